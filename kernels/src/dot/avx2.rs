@@ -1,0 +1,327 @@
+//! AVX2 + FMA (+ F16C) dot products, the same functions as [`super::scalar`].
+//!
+//! The integer work follows ggml's AVX2 kernels in `ggml/src/ggml-cpu/arch/x86/quants.c`
+//! (`bytes_from_nibbles_32`, `bytes_from_bits_32`, `mul_sum_i8_pairs_float`, the
+//! `maddubs`/`madd` chains of `ggml_vec_dot_q4_K_q8_K` …): exact integer sums per block, then
+//! one fused multiply-add per block into eight float lanes. Results differ from the scalar
+//! kernels only in the order of the per-block float additions.
+//!
+//! Every function is `unsafe`: the caller must have checked that the CPU has AVX2, FMA and
+//! F16C (see [`crate::simd`]).
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use half::f16;
+use quantize::blocks::*;
+
+use super::scalar::{k4_min_term, k4_scales_mins};
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum_f32_8(x: __m256) -> f32 {
+    let hi = _mm256_extractf128_ps(x, 1);
+    let lo = _mm256_castps256_ps128(x);
+    let s = _mm_add_ps(hi, lo);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// 32 nibbles → 32 bytes: low nibbles in bytes 0..16, high nibbles in bytes 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bytes_from_nibbles_32(p: *const u8) -> __m256i {
+    let tmp = _mm_loadu_si128(p as *const __m128i);
+    let bytes = _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1);
+    _mm256_and_si256(_mm256_set1_epi8(0x0F), bytes)
+}
+
+/// 32 bits → 32 bytes, 0xFF where the bit is set.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bytes_from_bits_32(qh: &[u8; 4]) -> __m256i {
+    let x32 = u32::from_le_bytes(*qh) as i32;
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0x0000000000000000,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+    let bit_mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    let bytes = _mm256_or_si256(bytes, bit_mask);
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// Unsigned × signed byte pairs, summed to 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+    let dot = _mm256_maddubs_epi16(ax, sy);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+}
+
+/// Signed × signed byte pairs, summed to 8 f32 lanes (sign moved onto y).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    mul_sum_us8_pairs_float(ax, sy)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load32(p: &[i8]) -> __m256i {
+    debug_assert!(p.len() >= 32);
+    _mm256_loadu_si256(p.as_ptr() as *const __m256i)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let n32 = n / 32 * 32;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (xp, yp) = (x.as_ptr(), y.as_ptr());
+    let mut i = 0;
+    while i < n32 {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let xv = _mm256_loadu_ps(xp.add(i + 8 * k));
+            let yv = _mm256_loadu_ps(yp.add(i + 8 * k));
+            *a = _mm256_fmadd_ps(xv, yv, *a);
+        }
+        i += 32;
+    }
+    let mut s = hsum_f32_8(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    for j in n32..n {
+        s += x[j] * y[j];
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_f16_f32(x: &[f16], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let n16 = n / 16 * 16;
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let (xp, yp) = (x.as_ptr() as *const u16, y.as_ptr());
+    let mut i = 0;
+    while i < n16 {
+        let x0 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
+        let x1 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i + 8) as *const __m128i));
+        acc0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(yp.add(i)), acc0);
+        acc1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(yp.add(i + 8)), acc1);
+        i += 16;
+    }
+    let mut s = hsum_f32_8(_mm256_add_ps(acc0, acc1));
+    for j in n16..n {
+        s += x[j].to_f32() * y[j];
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_bf16_f32(x: &[u16], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let n8 = n / 8 * 8;
+    let mut acc = _mm256_setzero_ps();
+    let (xp, yp) = (x.as_ptr(), y.as_ptr());
+    let mut i = 0;
+    while i < n8 {
+        let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(xp.add(i) as *const __m128i));
+        let xv = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+        acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i)), acc);
+        i += 8;
+    }
+    let mut s = hsum_f32_8(acc);
+    for j in n8..n {
+        s += f32::from_bits((x[j] as u32) << 16) * y[j];
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let off = _mm256_set1_epi8(8);
+    for (xb, yb) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        let qx = _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), off);
+        let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+        acc = _mm256_fmadd_ps(d, q, acc);
+    }
+    hsum_f32_8(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        summs += xb.m.to_f32() * yb.s.to_f32();
+        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+        let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+        acc = _mm256_fmadd_ps(d, xy, acc);
+    }
+    hsum_f32_8(acc) + summs
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+        // Where the fifth bit is clear the value is nibble − 16: set the top nibble (0xF0).
+        let bxhi = _mm256_andnot_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0xF0u8 as i8));
+        let qx = _mm256_or_si256(qx, bxhi);
+        let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+        acc = _mm256_fmadd_ps(d, q, acc);
+    }
+    hsum_f32_8(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        summs += xb.m.to_f32() * yb.s.to_f32();
+        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+        let bxhi = _mm256_and_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0x10));
+        let qx = _mm256_or_si256(qx, bxhi);
+        let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+        acc = _mm256_fmadd_ps(d, xy, acc);
+    }
+    hsum_f32_8(acc) + summs
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        let q = mul_sum_i8_pairs_float(load32(&xb.qs), load32(&yb.qs));
+        acc = _mm256_fmadd_ps(d, q, acc);
+    }
+    hsum_f32_8(acc)
+}
+
+/// Σ over one 32-value sub-block pair of a Q4_K/Q5_K chunk: `scale · Σ q·a` in i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scaled_dot_u8(q: __m256i, a: __m256i, scale: i32) -> __m256i {
+    let p16 = _mm256_maddubs_epi16(q, a);
+    _mm256_madd_epi16(_mm256_set1_epi16(scale as i16), p16)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let (sc, mn) = k4_scales_mins(&xb.scales);
+        let d = xb.d.to_f32() * yb.d;
+        let dmin = xb.dmin.to_f32() * yb.d;
+        acc_m += dmin * k4_min_term(&mn, &yb.bsums) as f32;
+        let mut sumi = _mm256_setzero_si256();
+        for k in 0..QK_K / 64 {
+            let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+            let lo = _mm256_and_si256(bits, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            let a_lo = load32(&yb.qs[64 * k..]);
+            let a_hi = load32(&yb.qs[64 * k + 32..]);
+            sumi = _mm256_add_epi32(sumi, scaled_dot_u8(lo, a_lo, sc[2 * k]));
+            sumi = _mm256_add_epi32(sumi, scaled_dot_u8(hi, a_hi, sc[2 * k + 1]));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_f32_8(acc) - acc_m
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let (sc, mn) = k4_scales_mins(&xb.scales);
+        let d = xb.d.to_f32() * yb.d;
+        let dmin = xb.dmin.to_f32() * yb.d;
+        acc_m += dmin * k4_min_term(&mn, &yb.bsums) as f32;
+        let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
+        let mut sumi = _mm256_setzero_si256();
+        for k in 0..QK_K / 64 {
+            let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+            let sh0 = _mm_cvtsi32_si128(2 * k as i32);
+            let sh1 = _mm_cvtsi32_si128(2 * k as i32 + 1);
+            let h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh0), one), 4);
+            let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh1), one), 4);
+            let lo = _mm256_add_epi8(_mm256_and_si256(bits, m4), h0);
+            let hi = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
+            let a_lo = load32(&yb.qs[64 * k..]);
+            let a_hi = load32(&yb.qs[64 * k + 32..]);
+            sumi = _mm256_add_epi32(sumi, scaled_dot_u8(lo, a_lo, sc[2 * k]));
+            sumi = _mm256_add_epi32(sumi, scaled_dot_u8(hi, a_hi, sc[2 * k + 1]));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_f32_8(acc) - acc_m
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let d = xb.d.to_f32() * yb.d;
+        let mut sumi = _mm256_setzero_si256();
+        for k in 0..QK_K / 128 {
+            let ql1 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k) as *const __m256i);
+            let ql2 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(xb.qh.as_ptr().add(32 * k) as *const __m256i);
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql2, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                ),
+            ];
+            for (p, qv) in q.iter().enumerate() {
+                let a = load32(&yb.qs[128 * k + 32 * p..]);
+                // (q − 32)·a = q·a − 32·a, both in i16 pairs.
+                let p16 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(*qv, a), _mm256_maddubs_epi16(m32, a));
+                let s0 = xb.scales[8 * k + 2 * p] as i16;
+                let s1 = xb.scales[8 * k + 2 * p + 1] as i16;
+                let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_f32_8(acc)
+}

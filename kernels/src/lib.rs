@@ -1,0 +1,14 @@
+//! # kernels — kiln's compute
+//!
+//! Scalar and SIMD kernels for inference: the dot product of every weight format with its
+//! activation format ([`dot`]), chosen at run time ([`simd`]), and — built on them — the matmul
+//! and the Llama-family forward pass that kiln uses to verify its own artifacts.
+//!
+//! Layout rule (candle's `k_quants`): each SIMD module has the same function names as the
+//! scalar module, and the scalar module is the reference. Artifacts are never written through
+//! SIMD code; SIMD results must match the scalar path within the tolerance each module states.
+
+pub mod dot;
+pub mod simd;
+
+pub use simd::{force_scalar, SimdLevel};
