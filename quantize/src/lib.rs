@@ -145,14 +145,14 @@ macro_rules! dispatch_block {
 
 fn check_shape(ty: GgmlType, len: usize, n_per_row: usize) -> Result<(), QuantError> {
     let block_size = ty.block_size();
-    if n_per_row == 0 || n_per_row % block_size != 0 {
+    if n_per_row == 0 || !n_per_row.is_multiple_of(block_size) {
         return Err(QuantError::RowLength {
             ty,
             n_per_row,
             block_size,
         });
     }
-    if len % n_per_row != 0 {
+    if !len.is_multiple_of(n_per_row) {
         return Err(QuantError::Ragged { len, n_per_row });
     }
     Ok(())
@@ -300,7 +300,7 @@ fn count_degraded<B: Quantize>(row: &[f32], blocks: &[B], deq: &mut [f32]) -> us
 /// Dequantizes `bytes` of type `ty` into `out` (whose length is the value count).
 pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
     let count = out.len();
-    if count % ty.block_size() != 0 {
+    if !count.is_multiple_of(ty.block_size()) {
         return Err(QuantError::RowLength {
             ty,
             n_per_row: count,
@@ -342,8 +342,9 @@ fn dequantize_blocks<B: Quantize>(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Views `bytes` as blocks of `B`, copying only when the slice is misaligned.
-pub fn blocks_from_bytes<B: BlockFormat>(bytes: &[u8]) -> std::borrow::Cow<'_, [B]> {
+/// Views little-endian `bytes` as blocks (or f32 / f16 / u16 values), copying only when the
+/// slice is misaligned for `B`.
+pub fn blocks_from_bytes<B: bytemuck::Pod>(bytes: &[u8]) -> std::borrow::Cow<'_, [B]> {
     match bytemuck::try_cast_slice::<u8, B>(bytes) {
         Ok(b) => std::borrow::Cow::Borrowed(b),
         Err(_) => std::borrow::Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),

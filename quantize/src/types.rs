@@ -133,7 +133,7 @@ impl GgmlType {
     /// Bytes of a row of `n` values, or `None` when `n` is not a multiple of the block size.
     pub const fn row_size(self, n: usize) -> Option<usize> {
         let bs = self.block_size();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         Some(n / bs * self.type_size())

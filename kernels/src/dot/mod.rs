@@ -100,13 +100,12 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, DotErr
             a_bytes: a.len(),
         });
     }
-    use bytemuck::pod_collect_to_vec as owned;
     use quantize::blocks_from_bytes as v;
     // GGUF is little-endian, as are the targets kiln builds for.
     Ok(match ty {
-        GgmlType::F32 => vec_dot_f32(&owned::<u8, f32>(w), &owned::<u8, f32>(a)),
-        GgmlType::F16 => vec_dot_f16_f32(&owned::<u8, f16>(w), &owned::<u8, f32>(a)),
-        GgmlType::BF16 => vec_dot_bf16_f32(&owned::<u8, u16>(w), &owned::<u8, f32>(a)),
+        GgmlType::F32 => vec_dot_f32(&v(w), &v(a)),
+        GgmlType::F16 => vec_dot_f16_f32(&v::<f16>(w), &v(a)),
+        GgmlType::BF16 => vec_dot_bf16_f32(&v(w), &v(a)),
         GgmlType::Q4_0 => vec_dot_q4_0_q8_0(&v(w), &v(a)),
         GgmlType::Q4_1 => vec_dot_q4_1_q8_1(&v(w), &v(a)),
         GgmlType::Q5_0 => vec_dot_q5_0_q8_0(&v(w), &v(a)),

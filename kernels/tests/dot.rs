@@ -1,0 +1,217 @@
+//! Dot products against ggml's own `ggml_vec_dot` results (tests/data/ggml/manifest.json), and
+//! SIMD against scalar on random rows of every type.
+//!
+//! The bound is the one the foundation issue sets: |kiln − ggml| ≤ 1e-5 × Σ|w·a|, with w and a
+//! the dequantized weight and activation rows.
+
+use std::path::PathBuf;
+
+use kernels::dot::{self, scalar};
+use kernels::simd;
+use quantize::{dequantize, quantize, GgmlType};
+
+fn data(rel: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/ggml")
+        .join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Σ|w·a| over the dequantized rows, in f64.
+fn abs_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
+    let wd = dequantize(ty, w, n).unwrap();
+    let ad = dequantize(ty.vec_dot_type(), a, n).unwrap();
+    wd.iter()
+        .zip(&ad)
+        .map(|(x, y)| (*x as f64 * *y as f64).abs())
+        .sum()
+}
+
+#[test]
+fn dots_match_ggml_vec_dot() {
+    let m: serde_json::Value = serde_json::from_slice(&data("manifest.json")).unwrap();
+    let n = m["n_per_row"].as_u64().unwrap() as usize;
+    let mut checked = 0;
+    let mut failures = vec![];
+    for (name, info) in m["types"].as_object().unwrap() {
+        let ty: GgmlType = name.parse().unwrap();
+        for d in info["dots"].as_array().unwrap() {
+            let (wp, ap) = (
+                d["weight"].as_str().unwrap(),
+                d["activation"].as_str().unwrap(),
+            );
+            let w = data(&format!("{name}/{wp}.q"));
+            let a = data(&format!("{}/{ap}.act.q", ty.vec_dot_type().name()));
+            let want = d["ggml_vec_dot"]
+                .as_f64()
+                .or_else(|| d["f64_dot_of_dequantized"].as_f64())
+                .unwrap();
+            let bound = 1e-5 * abs_dot(ty, &w, &a, n);
+            for (path, force) in [("dispatched", false), ("scalar", true)] {
+                let got = if force {
+                    scalar_dot(ty, &w, &a)
+                } else {
+                    dot::vec_dot(ty, n, &w, &a).unwrap()
+                } as f64;
+                checked += 1;
+                if (got - want).abs() > bound {
+                    failures.push(format!(
+                        "{name} {wp}·{ap} ({path}): kiln {got} vs ggml {want}, |Δ| {:e} > {bound:e}",
+                        (got - want).abs()
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 8 * 16 * 2);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn scalar_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+    use quantize::blocks_from_bytes as v;
+    match ty {
+        GgmlType::Q4_0 => scalar::vec_dot_q4_0_q8_0(&v(w), &v(a)),
+        GgmlType::Q4_1 => scalar::vec_dot_q4_1_q8_1(&v(w), &v(a)),
+        GgmlType::Q5_0 => scalar::vec_dot_q5_0_q8_0(&v(w), &v(a)),
+        GgmlType::Q5_1 => scalar::vec_dot_q5_1_q8_1(&v(w), &v(a)),
+        GgmlType::Q8_0 => scalar::vec_dot_q8_0_q8_0(&v(w), &v(a)),
+        GgmlType::Q4K => scalar::vec_dot_q4_k_q8_k(&v(w), &v(a)),
+        GgmlType::Q5K => scalar::vec_dot_q5_k_q8_k(&v(w), &v(a)),
+        GgmlType::Q6K => scalar::vec_dot_q6_k_q8_k(&v(w), &v(a)),
+        _ => unreachable!("{ty}"),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+    use kernels::dot::avx2;
+    use quantize::blocks_from_bytes as v;
+    assert_eq!(simd::available(), simd::SimdLevel::Avx2);
+    // SAFETY: checked above that the CPU has AVX2, FMA and F16C.
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => avx2::vec_dot_q4_0_q8_0(&v(w), &v(a)),
+            GgmlType::Q4_1 => avx2::vec_dot_q4_1_q8_1(&v(w), &v(a)),
+            GgmlType::Q5_0 => avx2::vec_dot_q5_0_q8_0(&v(w), &v(a)),
+            GgmlType::Q5_1 => avx2::vec_dot_q5_1_q8_1(&v(w), &v(a)),
+            GgmlType::Q8_0 => avx2::vec_dot_q8_0_q8_0(&v(w), &v(a)),
+            GgmlType::Q4K => avx2::vec_dot_q4_k_q8_k(&v(w), &v(a)),
+            GgmlType::Q5K => avx2::vec_dot_q5_k_q8_k(&v(w), &v(a)),
+            GgmlType::Q6K => avx2::vec_dot_q6_k_q8_k(&v(w), &v(a)),
+            _ => unreachable!("{ty}"),
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Roughly normal, with occasional large outliers like real weights and activations.
+    fn value(&mut self, scale: f32) -> f32 {
+        let g = (0..4).map(|_| self.uniform()).sum::<f32>() - 2.0;
+        if self.next().is_multiple_of(97) {
+            g * scale * 30.0
+        } else {
+            g * scale
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_matches_scalar_on_random_rows() {
+    if simd::available() != simd::SimdLevel::Avx2 {
+        eprintln!("no AVX2 on this CPU: nothing to compare");
+        return;
+    }
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    let types = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+    for trial in 0..40 {
+        let n = 256 * (1 + trial % 6);
+        let w: Vec<f32> = (0..n).map(|_| rng.value(0.05)).collect();
+        let x: Vec<f32> = (0..n).map(|_| rng.value(1.0)).collect();
+        for ty in types {
+            let qw =
+                (trial % 2 == 1).then(|| (0..n).map(|_| rng.uniform() + 0.01).collect::<Vec<_>>());
+            let (wq, _) = quantize(ty, &w, n, qw.as_deref()).unwrap();
+            let (aq, _) = quantize(ty.vec_dot_type(), &x, n, None).unwrap();
+            let s = scalar_dot(ty, &wq, &aq);
+            let v = avx2_dot(ty, &wq, &aq);
+            let bound = 1e-5 * abs_dot(ty, &wq, &aq, n);
+            assert!(
+                ((s - v) as f64).abs() <= bound,
+                "{ty} trial {trial}: scalar {s} vs avx2 {v} (bound {bound:e})"
+            );
+        }
+        // Float types.
+        let wf16: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let wbf: Vec<u16> = w
+            .iter()
+            .map(|&v| quantize::float::f32_to_bf16(v).to_bits())
+            .collect();
+        let tol = |abs: f64| 1e-5 * abs;
+        let abs32: f64 = w
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum();
+        unsafe {
+            let (s, v) = (scalar::vec_dot_f32(&w, &x), dot::avx2::vec_dot_f32(&w, &x));
+            assert!(((s - v) as f64).abs() <= tol(abs32), "f32: {s} vs {v}");
+            let (s, v) = (
+                scalar::vec_dot_f16_f32(&wf16, &x),
+                dot::avx2::vec_dot_f16_f32(&wf16, &x),
+            );
+            assert!(
+                ((s - v) as f64).abs() <= tol(abs32) * 1.01,
+                "f16: {s} vs {v}"
+            );
+            let (s, v) = (
+                scalar::vec_dot_bf16_f32(&wbf, &x),
+                dot::avx2::vec_dot_bf16_f32(&wbf, &x),
+            );
+            assert!(
+                ((s - v) as f64).abs() <= tol(abs32) * 1.05,
+                "bf16: {s} vs {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn float_dots_are_exact_on_small_integers() {
+    let w: Vec<f32> = (0..37).map(|i| (i % 7) as f32 - 3.0).collect();
+    let x: Vec<f32> = (0..37).map(|i| (i % 5) as f32).collect();
+    let want: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+    assert_eq!(dot::vec_dot_f32(&w, &x), want);
+    let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+    assert_eq!(dot::vec_dot_f16_f32(&wh, &x), want);
+    assert_eq!(scalar::vec_dot_f32(&w, &x), want);
+}
+
+#[test]
+fn type_erased_dot_checks_lengths() {
+    let w = vec![0u8; 18 * 8];
+    let a = vec![0u8; 34 * 8];
+    assert!(dot::vec_dot(GgmlType::Q4_0, 256, &w, &a).is_ok());
+    assert!(dot::vec_dot(GgmlType::Q4_0, 288, &w, &a).is_err());
+    assert!(dot::vec_dot(GgmlType::Q8K, 256, &w, &a).is_err());
+}
