@@ -1,51 +1,28 @@
 //! The `kiln` command line: parse flags, validate them into config structs, hand them to the
 //! library crates. Nothing numeric lives here.
+//!
+//! Exit codes: 0 success, 1 a check failed (verify thresholds), 2 an error (bad input, I/O).
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+mod cli;
+mod cmd;
 
-/// kiln turns FP32 language-model checkpoints into small, verified GGUF builds.
-#[derive(Parser, Debug)]
-#[command(name = "kiln", version, about, long_about = None)]
-struct Cli {
-    /// Force the scalar compute kernels (also: KILN_FORCE_SCALAR=1).
-    #[arg(long, global = true)]
-    force_scalar: bool,
+use clap::Parser;
 
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// List the tensor types kiln handles, with ids, block sizes and the SIMD level in use.
-    Types,
-}
-
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    let cli = cli::Cli::parse();
     if cli.force_scalar {
         kernels::simd::force_scalar(true);
     }
-    match cli.command {
-        Command::Types => {
-            println!(
-                "{:<6} {:>3} {:>6} {:>6} {:>6}  vec_dot",
-                "type", "id", "block", "bytes", "bpw"
-            );
-            for t in quantize::ALL_TYPES {
-                println!(
-                    "{:<6} {:>3} {:>6} {:>6} {:>6.2}  {}",
-                    t.name(),
-                    t.id(),
-                    t.block_size(),
-                    t.type_size(),
-                    t.bits_per_weight(),
-                    t.vec_dot_type()
-                );
-            }
-            println!("simd: {}", kernels::simd::level().name());
-        }
+    if let Some(n) = cli.threads {
+        // Ignore the error of a pool already built: only the first call sets the size.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
-    Ok(())
+    let code = match cmd::run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
 }

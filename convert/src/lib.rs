@@ -1,10 +1,31 @@
-//! # convert — checkpoints in, GGUF out
+//! # convert — checkpoints in, GGUF out (and back)
 //!
-//! Reads Hugging Face checkpoint directories (config.json, safetensors, tokenizer.json) and
-//! GGUF files, maps tensor names to llama.cpp's conventions, and writes GGUF v3. It uses
-//! `quantize`'s type table for every tensor type it names.
+//! * [`source`]: a Hugging Face checkpoint directory (config.json, `model.safetensors` or
+//!   sharded with `model.safetensors.index.json`, F32/F16/BF16) or a GGUF file, validated and
+//!   seen the same way: hyper-parameters, base metadata, tensors under llama.cpp's names in
+//!   llama.cpp's layout, loaded one at a time from a memory map.
+//! * [`gguf`]: GGUF v3 metadata values, a strict capped reader and a streaming writer.
+//! * [`safetensors`]: the checkpoint file format, header validated before use.
+//! * [`mapping`]: HF ↔ GGUF names, expected shapes, the Q/K row permutation.
+//! * [`tokenizer`]: tokenizer.json ↔ `tokenizer.ggml.*`, with llama.cpp's pre-tokenizer
+//!   detection, and kiln's text tokenizer.
+//! * [`convert`]: `kiln convert` (checkpoint → GGUF) and `kiln export` (GGUF → checkpoint).
+//! * [`atomic`]: output files appear whole or not at all.
 //!
-//! Status: the reader and writer arrive with the convert issue; today this crate only
-//! re-exports the type table it will be built on.
+//! Errors ([`Error`]) name the file, and the tensor where there is one.
 
+pub mod atomic;
+pub mod config;
+pub mod convert;
+mod error;
+pub mod gguf;
+pub mod inspect;
+pub mod mapping;
+pub mod safetensors;
+pub mod source;
+pub mod tokenizer;
+
+pub use config::{Arch, ModelConfig};
+pub use error::{Error, Result};
 pub use quantize::GgmlType;
+pub use source::{HfCheckpoint, ModelSource, SourceTensor};

@@ -1,0 +1,226 @@
+//! `kiln convert` and `kiln export`: checkpoint → GGUF (F32, F16, BF16 or Q8_0), and any GGUF
+//! kiln reads → an FP32 checkpoint directory. Both stream one tensor at a time and write
+//! through temporary files renamed into place.
+
+use std::path::{Path, PathBuf};
+
+use quantize::GgmlType;
+
+use crate::atomic::{self, AtomicFile};
+use crate::error::{Error, Result};
+use crate::gguf::{GgufWriter, Metadata, TensorSpec, Value};
+use crate::mapping::{gguf_to_hf, permutation_heads, permute_rows};
+use crate::source::ModelSource;
+use crate::tokenizer;
+
+/// llama.cpp's `general.file_type` values (`llama_ftype`) for the files kiln writes.
+pub fn file_type_id(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q5_0 => 8,
+        GgmlType::Q5_1 => 9,
+        GgmlType::Q6K => 18,
+        GgmlType::BF16 => 32,
+        _ => 0,
+    }
+}
+
+/// Options of `kiln convert`.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Type of the 2-D weights: F32, F16, BF16 or Q8_0. 1-D tensors (norms, biases) stay F32.
+    pub out_type: GgmlType,
+    /// The tokenizer's llama.cpp pre-tokenizer name, when kiln cannot tell it.
+    pub tokenizer_pre: Option<String>,
+    /// `general.name`.
+    pub name: Option<String>,
+    /// Accept NaN / Inf weights.
+    pub allow_nonfinite: bool,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions { out_type: GgmlType::F16, tokenizer_pre: None, name: None, allow_nonfinite: false }
+    }
+}
+
+/// One tensor of a conversion.
+#[derive(Debug, Clone)]
+pub struct TensorReport {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    pub bytes: u64,
+    /// Why the type differs from the requested one, if it does.
+    pub note: Option<String>,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    pub output: PathBuf,
+    pub tensors: Vec<TensorReport>,
+    pub file_bytes: u64,
+    /// Checkpoint tensors that were not converted (extra) or hold no weights (ignored).
+    pub extra: Vec<String>,
+    pub ignored: Vec<String>,
+    /// Warnings (e.g. blocks whose scale underflowed).
+    pub warnings: Vec<String>,
+}
+
+/// Checks a tensor's values, naming the first non-finite one.
+pub fn check_finite(path: &Path, tensor: &str, v: &[f32]) -> Result<()> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::tensor(
+            path,
+            tensor,
+            format!("value {} at index {i} is not finite (pass --allow-nonfinite to convert anyway)", v[i]),
+        ));
+    }
+    Ok(())
+}
+
+/// Converts `src` to a GGUF at `out`.
+pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    if !matches!(opts.out_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0) {
+        return Err(Error::unsupported(out, format!("convert writes f32, f16, bf16 or q8_0, not {}", opts.out_type)));
+    }
+    let mut md = src.base_metadata(opts.tokenizer_pre.as_deref())?;
+    if let Some(n) = &opts.name {
+        md.set("general.name", Value::String(n.clone()));
+    }
+    md.set("general.file_type", Value::U32(file_type_id(opts.out_type)));
+    md.set("general.quantization_version", Value::U32(2));
+    md.set("kiln.version", Value::String(env!("CARGO_PKG_VERSION").into()));
+    let md = ordered(md);
+
+    let mut specs = Vec::new();
+    let mut reports = Vec::new();
+    for t in src.tensors() {
+        let (ty, note) = if t.dims.len() == 1 {
+            (GgmlType::F32, None)
+        } else if opts.out_type.row_size(t.row_len()).is_none() {
+            (GgmlType::F16, Some(format!("{} rows of {} do not fit {}'s blocks", t.dims[1], t.row_len(), opts.out_type)))
+        } else {
+            (opts.out_type, None)
+        };
+        specs.push(TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty });
+        reports.push(TensorReport { name: t.name.clone(), dims: t.dims.clone(), ty, bytes: 0, note });
+    }
+    let writer = GgufWriter::new(out, md, specs)?;
+    for (i, r) in reports.iter_mut().enumerate() {
+        r.bytes = writer.tensor_size(i);
+    }
+    let mut warnings = Vec::new();
+    let mut file = AtomicFile::create(out)?;
+    let out_path = out.to_path_buf();
+    writer.write(&out_path, file.writer(), |i| {
+        let spec = &writer.tensors()[i];
+        let v = src.tensor_f32(&spec.name)?;
+        if !opts.allow_nonfinite {
+            check_finite(src.path(), &spec.name, &v)?;
+        }
+        let (bytes, stats) = quantize::quantize(spec.ty, &v, spec.dims[0] as usize, None)
+            .map_err(|e| Error::Quant { path: src.path().to_path_buf(), tensor: spec.name.clone(), source: e })?;
+        if stats.degraded_blocks > 0 {
+            warnings.push(format!(
+                "{}: {} blocks lost most of their signal to {} (values too small for its f16 scales)",
+                spec.name, stats.degraded_blocks, spec.ty
+            ));
+        }
+        Ok(bytes)
+    })?;
+    file.commit()?;
+    let (extra, ignored) = match src {
+        ModelSource::Hf(h) => (h.extra.clone(), h.ignored.clone()),
+        ModelSource::Gguf(_) => (vec![], vec![]),
+    };
+    Ok(ConvertReport { output: out_path, tensors: reports, file_bytes: writer.file_size(), extra, ignored, warnings })
+}
+
+/// Puts `general.*` first, then the architecture's keys, then the tokenizer's, then the rest,
+/// each group in insertion order (llama.cpp's converter writes them in this order).
+pub fn ordered(md: Metadata) -> Metadata {
+    let rank = |k: &str| {
+        if k.starts_with("general.") {
+            0
+        } else if k.starts_with("tokenizer.") {
+            2
+        } else if k.starts_with("kiln.") || k.starts_with("quantize.") {
+            3
+        } else {
+            1
+        }
+    };
+    let mut entries: Vec<(String, Value)> = md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    entries.sort_by_key(|(k, _)| rank(k));
+    let mut out = Metadata::new();
+    for (k, v) in entries {
+        out.set(k, v);
+    }
+    out
+}
+
+/// What `kiln export` wrote.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub dir: PathBuf,
+    pub tensors: usize,
+    pub files: Vec<PathBuf>,
+}
+
+/// Writes `src` (a GGUF) as an FP32 Hugging Face directory: model.safetensors (HF names,
+/// Q/K rows un-permuted), config.json, tokenizer.json, tokenizer_config.json.
+pub fn export(src: &ModelSource, out_dir: &Path) -> Result<ExportReport> {
+    let ModelSource::Gguf(g) = src else {
+        return Err(Error::unsupported(src.path(), "export reads a GGUF file (a checkpoint directory is already in HF form)"));
+    };
+    if out_dir.exists() && !out_dir.is_dir() {
+        return Err(Error::format(out_dir, "the output path exists and is not a directory"));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let c = &g.config;
+    let md = &g.file.metadata;
+    // Tokenizer first: it is the step most likely to refuse, and it writes little.
+    let tj = tokenizer::tokenizer_json_from_gguf(g.file.path(), md)?;
+    let mut tensors = Vec::new();
+    for t in src.tensors() {
+        let hf = gguf_to_hf(&t.name)
+            .ok_or_else(|| Error::tensor(g.file.path(), &t.name, "has no Hugging Face name (not a Llama-family tensor)"))?;
+        let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        tensors.push((t.name.clone(), hf, shape));
+    }
+    let st_path = out_dir.join("model.safetensors");
+    let names: Vec<(String, Vec<usize>)> = tensors.iter().map(|(_, hf, s)| (hf.clone(), s.clone())).collect();
+    crate::safetensors::write_f32(&st_path, &names, &[("format".into(), "pt".into())], |i| {
+        let (g_name, _, shape) = &tensors[i];
+        let mut v = src.tensor_f32(g_name)?;
+        if let Some(n_head) = permutation_heads(c, g_name) {
+            let rows = shape[0];
+            let cols = shape.get(1).copied().unwrap_or(1);
+            v = permute_rows(&v, rows, cols, n_head, true);
+        }
+        Ok(v)
+    })?;
+    let mut cfg = c.to_hf_json();
+    cfg["tie_word_embeddings"] = (g.file.tensor("output.weight").is_none()).into();
+    let pretty = |v: &serde_json::Value| {
+        let mut s = serde_json::to_string_pretty(v).expect("json");
+        s.push('\n');
+        s
+    };
+    let files = vec![
+        st_path,
+        out_dir.join("config.json"),
+        out_dir.join("tokenizer.json"),
+        out_dir.join("tokenizer_config.json"),
+    ];
+    atomic::write_file(&files[1], pretty(&cfg).as_bytes())?;
+    atomic::write_file(&files[2], pretty(&tj).as_bytes())?;
+    atomic::write_file(&files[3], pretty(&tokenizer::tokenizer_config_from_gguf(md)).as_bytes())?;
+    Ok(ExportReport { dir: out_dir.to_path_buf(), tensors: tensors.len(), files })
+}

@@ -1,0 +1,327 @@
+//! A model to read from: a Hugging Face checkpoint directory or a GGUF file, seen the same way —
+//! hyper-parameters, base GGUF metadata, and tensors under their GGUF names in GGUF layout
+//! (Q/K rows permuted for llama and mistral), loaded as f32 one at a time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use quantize::GgmlType;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, Metadata, Value};
+use crate::mapping::{self, expected_tensors, gguf_to_hf, hf_to_gguf, permutation_heads, permute_rows};
+use crate::safetensors::{self as st, Dtype, SafetensorsFile};
+
+/// A tensor of a model source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTensor {
+    /// GGUF name.
+    pub name: String,
+    /// Dimensions, innermost first (ggml's `ne`).
+    pub dims: Vec<u64>,
+    /// What the source stores it as (a GGUF type, or F32/F16/BF16 for safetensors dtypes).
+    pub stored: GgmlType,
+}
+
+impl SourceTensor {
+    /// Number of values.
+    pub fn n_elements(&self) -> usize {
+        self.dims.iter().product::<u64>() as usize
+    }
+    /// Values per row.
+    pub fn row_len(&self) -> usize {
+        self.dims[0] as usize
+    }
+}
+
+/// Where a checkpoint tensor lives.
+#[derive(Debug, Clone)]
+struct Loc {
+    file: usize,
+    index: usize,
+    hf_name: String,
+}
+
+/// A validated Hugging Face checkpoint directory.
+#[derive(Debug)]
+pub struct HfCheckpoint {
+    dir: PathBuf,
+    /// Hyper-parameters from config.json.
+    pub config: ModelConfig,
+    files: Vec<SafetensorsFile>,
+    locs: HashMap<String, Loc>,
+    tensors: Vec<SourceTensor>,
+    /// Checkpoint tensors kiln does not use (listed, never dropped silently).
+    pub extra: Vec<String>,
+    /// Checkpoint tensors that hold no weights (`rotary_emb.inv_freq` …), skipped.
+    pub ignored: Vec<String>,
+}
+
+impl HfCheckpoint {
+    /// Opens and validates a checkpoint directory: config.json, `model.safetensors` or the
+    /// shards of `model.safetensors.index.json`, every header, every tensor the architecture
+    /// needs with the shape config.json implies.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(Error::format(&dir, "is not a checkpoint directory"));
+        }
+        let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let mut files = Vec::new();
+        let mut listed: Option<HashMap<String, String>> = None;
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let j: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("not valid JSON: {e}")))?;
+            let wm = j["weight_map"].as_object().ok_or_else(|| Error::format(&index_path, "no weight_map object"))?;
+            let mut map = HashMap::new();
+            let mut shards: Vec<String> = Vec::new();
+            for (t, f) in wm {
+                let f = f.as_str().ok_or_else(|| Error::format(&index_path, format!("weight_map entry {t} is not a file name")))?;
+                if f.contains('/') || f.contains("..") {
+                    return Err(Error::format(&index_path, format!("shard name {f:?} leaves the checkpoint directory")));
+                }
+                if !shards.iter().any(|s| s == f) {
+                    shards.push(f.to_string());
+                }
+                map.insert(t.clone(), f.to_string());
+            }
+            shards.sort();
+            for s in &shards {
+                let p = dir.join(s);
+                if !p.exists() {
+                    return Err(Error::format(&p, "missing shard listed in model.safetensors.index.json"));
+                }
+                files.push(SafetensorsFile::open(&p)?);
+            }
+            listed = Some(map);
+        } else if single.exists() {
+            files.push(SafetensorsFile::open(&single)?);
+        } else {
+            return Err(Error::format(&dir, "no model.safetensors or model.safetensors.index.json"));
+        }
+
+        let mut by_hf: HashMap<String, (usize, usize)> = HashMap::new();
+        for (fi, f) in files.iter().enumerate() {
+            for (ti, t) in f.tensors.iter().enumerate() {
+                if let Some((other, _)) = by_hf.insert(t.name.clone(), (fi, ti)) {
+                    return Err(Error::tensor(
+                        f.path(),
+                        &t.name,
+                        format!("also stored in {}", files[other].path().display()),
+                    ));
+                }
+            }
+        }
+        if let Some(map) = &listed {
+            for (t, f) in map {
+                match by_hf.get(t) {
+                    Some((fi, _)) if files[*fi].path().file_name().map(|n| n.to_string_lossy() == *f).unwrap_or(false) => {}
+                    _ => {
+                        return Err(Error::tensor(&index_path, t, format!("listed in shard {f}, which does not hold it")));
+                    }
+                }
+            }
+        }
+
+        let mut extra = Vec::new();
+        let mut ignored = Vec::new();
+        let mut locs = HashMap::new();
+        let expected = expected_tensors(&config);
+        let wanted: HashMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let mut hf_names: Vec<&String> = by_hf.keys().collect();
+        hf_names.sort();
+        for hf in hf_names {
+            let (fi, ti) = by_hf[hf];
+            match hf_to_gguf(hf) {
+                Some(g) if wanted.contains_key(g.as_str()) => {
+                    locs.insert(g, Loc { file: fi, index: ti, hf_name: hf.clone() });
+                }
+                _ if mapping::is_ignorable(hf) => ignored.push(hf.clone()),
+                _ => extra.push(hf.clone()),
+            }
+        }
+        let mut tensors = Vec::with_capacity(expected.len());
+        for (g, shape) in &expected {
+            let loc = locs.get(g).ok_or_else(|| {
+                Error::format(
+                    &dir,
+                    format!(
+                        "missing tensor `{}` (needed by {} with the sizes in config.json)",
+                        gguf_to_hf(g).unwrap_or_else(|| g.clone()),
+                        config.arch.model_type()
+                    ),
+                )
+            })?;
+            let f = &files[loc.file];
+            let t = &f.tensors[loc.index];
+            if &t.shape != shape {
+                return Err(Error::tensor(
+                    f.path(),
+                    &t.name,
+                    format!("shape {:?} disagrees with config.json, which implies {:?}", t.shape, shape),
+                ));
+            }
+            let stored = match t.dtype {
+                Dtype::F32 => GgmlType::F32,
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
+            };
+            tensors.push(SourceTensor { name: g.clone(), dims: shape.iter().rev().map(|&d| d as u64).collect(), stored });
+        }
+        Ok(HfCheckpoint { dir, config, files, locs, tensors, extra, ignored })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The safetensors files.
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
+    /// A tensor in GGUF layout as f32; its mapped pages are released afterwards so reading a
+    /// whole checkpoint keeps memory bounded by one tensor.
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let loc = self.locs.get(name).ok_or_else(|| Error::format(&self.dir, format!("no tensor `{name}`")))?;
+        let f = &self.files[loc.file];
+        let t = &f.tensors[loc.index];
+        let mut v = vec![0f32; t.numel()];
+        st::to_f32(t.dtype, f.data(t), &mut v);
+        f.release(t);
+        if let Some(n_head) = permutation_heads(&self.config, name) {
+            let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
+            if rows % (2 * n_head) != 0 {
+                return Err(Error::tensor(f.path(), &loc.hf_name, format!("{rows} rows do not split into {n_head} heads")));
+            }
+            v = permute_rows(&v, rows, cols, n_head, false);
+        }
+        Ok(v)
+    }
+
+    /// The file holding a tensor and its HF name (for error messages).
+    pub fn origin(&self, name: &str) -> Option<(&Path, &str)> {
+        self.locs.get(name).map(|l| (self.files[l.file].path(), l.hf_name.as_str()))
+    }
+}
+
+/// A model to read: checkpoint directory or GGUF file.
+#[derive(Debug)]
+pub enum ModelSource {
+    Hf(Box<HfCheckpoint>),
+    Gguf(Box<GgufSource>),
+}
+
+/// A GGUF file as a model source.
+#[derive(Debug)]
+pub struct GgufSource {
+    /// The file.
+    pub file: GgufFile,
+    /// Hyper-parameters from its metadata.
+    pub config: ModelConfig,
+    tensors: Vec<SourceTensor>,
+}
+
+impl ModelSource {
+    /// Opens a checkpoint directory or a GGUF file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return Ok(ModelSource::Hf(Box::new(HfCheckpoint::open(path)?)));
+        }
+        let file = GgufFile::open(path)?;
+        let mut config = ModelConfig::from_gguf(path, &file.metadata)?;
+        config.tie_word_embeddings = file.tensor("output.weight").is_none();
+        let tensors = file
+            .tensors
+            .iter()
+            .map(|t| SourceTensor { name: t.name.clone(), dims: t.dims.clone(), stored: t.ty })
+            .collect();
+        Ok(ModelSource::Gguf(Box::new(GgufSource { file, config, tensors })))
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelSource::Hf(h) => h.dir(),
+            ModelSource::Gguf(g) => g.file.path(),
+        }
+    }
+
+    /// Hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            ModelSource::Hf(h) => &h.config,
+            ModelSource::Gguf(g) => &g.config,
+        }
+    }
+
+    /// Tensors under GGUF names.
+    pub fn tensors(&self) -> &[SourceTensor] {
+        match self {
+            ModelSource::Hf(h) => &h.tensors,
+            ModelSource::Gguf(g) => &g.tensors,
+        }
+    }
+
+    /// A tensor's values in GGUF layout.
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
+        match self {
+            ModelSource::Hf(h) => h.tensor_f32(name),
+            ModelSource::Gguf(g) => {
+                let t = g.file.tensor(name).ok_or_else(|| Error::format(g.file.path(), format!("no tensor `{name}`")))?;
+                g.file.tensor_f32(t)
+            }
+        }
+    }
+
+    /// The GGUF metadata a converted file carries: `general.*` (minus file type), the
+    /// architecture's hyper-parameters, and the tokenizer. For a checkpoint, `pre_override`
+    /// names the tokenizer's pre-tokenizer when kiln cannot tell it.
+    pub fn base_metadata(&self, pre_override: Option<&str>) -> Result<Metadata> {
+        let c = self.config();
+        let mut md = Metadata::new();
+        md.set("general.architecture", Value::String(c.arch.gguf_arch().into()));
+        md.set("general.type", Value::String("model".into()));
+        match self {
+            ModelSource::Hf(h) => {
+                let name = h.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+                md.set("general.name", Value::String(name));
+                c.to_gguf(&mut md);
+                let tok = crate::tokenizer::hf_tokenizer_metadata(h.dir(), c.vocab_size, c.bos_token_id, c.eos_token_id, pre_override)?;
+                for (k, v) in tok.iter() {
+                    md.set(k, v.clone());
+                }
+            }
+            ModelSource::Gguf(g) => {
+                for (k, v) in g.file.metadata.iter() {
+                    let skip = k == "general.file_type"
+                        || k == "general.quantization_version"
+                        || k == "general.alignment"
+                        || k.starts_with("quantize.")
+                        || k.starts_with("kiln.");
+                    if !skip {
+                        md.set(k, v.clone());
+                    }
+                }
+                if let Some(p) = pre_override {
+                    md.set("tokenizer.ggml.pre", Value::String(p.into()));
+                }
+            }
+        }
+        Ok(md)
+    }
+}
+
+impl SafetensorsFile {
+    /// Drops the mapped pages of `t` from this process (they are re-read from the file if
+    /// needed again), keeping resident memory to what is in use.
+    pub fn release(&self, t: &st::StTensor) {
+        self.release_range(t.start, t.len);
+    }
+}

@@ -1,0 +1,82 @@
+//! Command-line flags (clap). Only this module and `cmd` see clap types.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// kiln turns FP32 language-model checkpoints into small, verified GGUF builds.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, long_about = None)]
+pub struct Cli {
+    /// Force the scalar compute kernels (also: KILN_FORCE_SCALAR=1).
+    #[arg(long, global = true)]
+    pub force_scalar: bool,
+
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the tensor types kiln handles, with ids, block sizes and the SIMD level in use.
+    Types,
+    /// Show what a checkpoint directory or GGUF file holds: metadata, tensors, totals.
+    Inspect {
+        /// A checkpoint directory or a GGUF file.
+        path: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a Hugging Face checkpoint directory to GGUF.
+    Convert {
+        /// The checkpoint directory (config.json, safetensors, tokenizer.json).
+        input: PathBuf,
+        /// Output GGUF file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Type of the weight matrices (norms and biases stay f32).
+        #[arg(long = "type", value_enum, default_value_t = OutType::F16)]
+        out_type: OutType,
+        /// llama.cpp pre-tokenizer name, when kiln cannot tell it (e.g. smollm, llama-bpe, qwen2).
+        #[arg(long)]
+        tokenizer_pre: Option<String>,
+        /// general.name of the output.
+        #[arg(long)]
+        name: Option<String>,
+        /// Convert even if weights hold NaN or infinity.
+        #[arg(long)]
+        allow_nonfinite: bool,
+    },
+    /// Write any GGUF kiln reads as an FP32 Hugging Face directory.
+    Export {
+        /// Input GGUF file.
+        input: PathBuf,
+        /// Output directory.
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutType {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl OutType {
+    pub fn ggml(self) -> quantize::GgmlType {
+        match self {
+            OutType::F32 => quantize::GgmlType::F32,
+            OutType::F16 => quantize::GgmlType::F16,
+            OutType::Bf16 => quantize::GgmlType::BF16,
+            OutType::Q8_0 => quantize::GgmlType::Q8_0,
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! `kiln convert` and `kiln export`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use ::convert::convert::ConvertOptions;
+use ::convert::ModelSource;
+
+use super::human_bytes;
+
+pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<i32> {
+    let t0 = Instant::now();
+    let src = ModelSource::open(input)?;
+    if let ModelSource::Hf(h) = &src {
+        if !h.extra.is_empty() {
+            eprintln!("kiln: warning: {} checkpoint tensors are not part of the model and are not converted: {}", h.extra.len(), h.extra.join(", "));
+        }
+    }
+    let report = ::convert::convert::convert(&src, output, opts)?;
+    for w in &report.warnings {
+        eprintln!("kiln: warning: {w}");
+    }
+    for t in report.tensors.iter().filter(|t| t.note.is_some()) {
+        eprintln!("kiln: note: {} stored as {}: {}", t.name, t.ty, t.note.as_deref().unwrap_or(""));
+    }
+    println!(
+        "wrote {} ({} tensors, {}) in {:.2}s",
+        report.output.display(),
+        report.tensors.len(),
+        human_bytes(report.file_bytes),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+pub fn export(input: &Path, output: &Path) -> Result<i32> {
+    let t0 = Instant::now();
+    let src = ModelSource::open(input)?;
+    let r = ::convert::convert::export(&src, output)?;
+    println!("exported {} tensors to {} in {:.2}s", r.tensors, r.dir.display(), t0.elapsed().as_secs_f64());
+    Ok(0)
+}
