@@ -9,6 +9,7 @@ mod cmd;
 use clap::Parser;
 
 fn main() {
+    reset_sigpipe();
     let cli = cli::Cli::parse();
     if cli.force_scalar {
         kernels::simd::force_scalar(true);
@@ -25,4 +26,14 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Restores the default SIGPIPE action so that `kiln inspect … | head` ends quietly, as other
+/// Unix tools do, instead of panicking on a closed pipe (Rust ignores SIGPIPE by default).
+fn reset_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; only sets a signal action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

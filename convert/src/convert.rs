@@ -123,6 +123,8 @@ pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<C
         let v = src.tensor_f32(&spec.name)?;
         if !opts.allow_nonfinite {
             check_finite(src.path(), &spec.name, &v)?;
+        } else if let Some(bytes) = quantize::convert_float(spec.ty, &v) {
+            return Ok(bytes);
         }
         let (bytes, stats) = quantize::quantize(spec.ty, &v, spec.dims[0] as usize, None)
             .map_err(|e| Error::Quant { path: src.path().to_path_buf(), tensor: spec.name.clone(), source: e })?;
@@ -218,9 +220,11 @@ pub fn export(src: &ModelSource, out_dir: &Path) -> Result<ExportReport> {
         out_dir.join("config.json"),
         out_dir.join("tokenizer.json"),
         out_dir.join("tokenizer_config.json"),
+        out_dir.join("README.md"),
     ];
     atomic::write_file(&files[1], pretty(&cfg).as_bytes())?;
     atomic::write_file(&files[2], pretty(&tj).as_bytes())?;
     atomic::write_file(&files[3], pretty(&tokenizer::tokenizer_config_from_gguf(md)).as_bytes())?;
+    atomic::write_file(&files[4], crate::card::model_card(md, g.file.path()).as_bytes())?;
     Ok(ExportReport { dir: out_dir.to_path_buf(), tensors: tensors.len(), files })
 }

@@ -15,6 +15,7 @@
 //! Errors ([`Error`]) name the file, and the tensor where there is one.
 
 pub mod atomic;
+pub mod card;
 pub mod config;
 pub mod convert;
 mod error;
@@ -23,6 +24,7 @@ pub mod inspect;
 pub mod mapping;
 pub mod safetensors;
 pub mod source;
+pub mod testing;
 pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};

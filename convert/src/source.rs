@@ -292,6 +292,9 @@ impl ModelSource {
             ModelSource::Hf(h) => {
                 let name = h.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
                 md.set("general.name", Value::String(name));
+                for (k, v) in crate::card::read_card(&h.dir().join("README.md")) {
+                    md.set(k, v);
+                }
                 c.to_gguf(&mut md);
                 let tok = crate::tokenizer::hf_tokenizer_metadata(h.dir(), c.vocab_size, c.bos_token_id, c.eos_token_id, pre_override)?;
                 for (k, v) in tok.iter() {

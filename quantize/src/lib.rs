@@ -250,6 +250,20 @@ pub fn quantize_into(
     })
 }
 
+/// Converts `x` to a float storage type (F32, F16, BF16) without the finiteness check: NaN
+/// and infinities have float encodings, so a caller that has decided to keep them can.
+/// Returns `None` for the block types.
+pub fn convert_float(ty: GgmlType, x: &[f32]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; x.len() * ty.type_size()];
+    match ty {
+        GgmlType::F32 => out.copy_from_slice(bytemuck::cast_slice(x)),
+        GgmlType::F16 => float::f32_to_f16_bytes(x, &mut out),
+        GgmlType::BF16 => float::f32_to_bf16_bytes(x, &mut out),
+        _ => return None,
+    }
+    Some(out)
+}
+
 fn quantize_rows<B: Quantize>(
     x: &[f32],
     n_per_row: usize,
