@@ -16,7 +16,9 @@ fn main() {
     }
     if let Some(n) = cli.threads {
         // Ignore the error of a pool already built: only the first call sets the size.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
     let code = match cmd::run(cli.command) {
         Ok(code) => code,

@@ -7,8 +7,14 @@ use std::process::Command;
 use convert::testing::{write_checkpoint, TinySpec};
 
 fn kiln(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 struct Case {
@@ -22,14 +28,21 @@ fn case(spec: TinySpec) -> Case {
     let ckpt = tmp.path().join("ckpt");
     write_checkpoint(&ckpt, &spec).unwrap();
     let out = tmp.path().join("out.gguf");
-    Case { _tmp: tmp, ckpt, out }
+    Case {
+        _tmp: tmp,
+        ckpt,
+        out,
+    }
 }
 
 /// Splits a safetensors file into (header JSON text, data).
 fn split(path: &Path) -> (String, Vec<u8>) {
     let b = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-    (String::from_utf8(b[8..8 + n].to_vec()).unwrap(), b[8 + n..].to_vec())
+    (
+        String::from_utf8(b[8..8 + n].to_vec()).unwrap(),
+        b[8 + n..].to_vec(),
+    )
 }
 
 fn join(path: &Path, header: &[u8], data: &[u8]) {
@@ -48,7 +61,14 @@ fn edit_header(path: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_js
 
 /// Runs `kiln convert` on the case and checks the failure.
 fn expect_failure(c: &Case, must_name: &[&str]) {
-    let (code, err) = kiln(&["convert", c.ckpt.to_str().unwrap(), "-o", c.out.to_str().unwrap(), "--tokenizer-pre", "gpt-2"]);
+    let (code, err) = kiln(&[
+        "convert",
+        c.ckpt.to_str().unwrap(),
+        "-o",
+        c.out.to_str().unwrap(),
+        "--tokenizer-pre",
+        "gpt-2",
+    ]);
     assert_eq!(code, 2, "exit code; stderr: {err}");
     for m in must_name {
         assert!(err.contains(m), "message does not name {m:?}: {err}");
@@ -56,7 +76,10 @@ fn expect_failure(c: &Case, must_name: &[&str]) {
     assert!(!c.out.exists(), "output written despite the error");
     let dir = c.out.parent().unwrap();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
-        assert!(!e.file_name().to_string_lossy().contains("kiln-tmp"), "temporary file left behind");
+        assert!(
+            !e.file_name().to_string_lossy().contains("kiln-tmp"),
+            "temporary file left behind"
+        );
     }
 }
 
@@ -65,7 +88,14 @@ const Q: &str = "model.layers.0.self_attn.q_proj.weight";
 #[test]
 fn good_checkpoint_converts() {
     let c = case(TinySpec::default());
-    let (code, err) = kiln(&["convert", c.ckpt.to_str().unwrap(), "-o", c.out.to_str().unwrap(), "--tokenizer-pre", "gpt-2"]);
+    let (code, err) = kiln(&[
+        "convert",
+        c.ckpt.to_str().unwrap(),
+        "-o",
+        c.out.to_str().unwrap(),
+        "--tokenizer-pre",
+        "gpt-2",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(c.out.exists());
 }
@@ -107,14 +137,18 @@ fn overlapping_offsets() {
         let a = j["model.layers.0.input_layernorm.weight"]["data_offsets"].clone();
         j.get_mut("model.layers.1.input_layernorm.weight").unwrap()["data_offsets"] = a;
     });
-    expect_failure(&c, &["model.safetensors", "overlaps", "input_layernorm.weight"]);
+    expect_failure(
+        &c,
+        &["model.safetensors", "overlaps", "input_layernorm.weight"],
+    );
 }
 
 #[test]
 fn out_of_range_offsets() {
     let c = case(TinySpec::default());
     edit_header(&c.ckpt.join("model.safetensors"), |j| {
-        j.get_mut(Q).unwrap()["data_offsets"] = serde_json::json!([1u64 << 40, (1u64 << 40) + 16384]);
+        j.get_mut(Q).unwrap()["data_offsets"] =
+            serde_json::json!([1u64 << 40, (1u64 << 40) + 16384]);
     });
     expect_failure(&c, &["model.safetensors", Q, "out of range"]);
 }
@@ -143,14 +177,27 @@ fn byte_length_disagrees_with_shape() {
 fn shape_disagrees_with_config() {
     let c = case(TinySpec::default());
     let p = c.ckpt.join("config.json");
-    let cfg = std::fs::read_to_string(&p).unwrap().replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    let cfg = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
     std::fs::write(&p, cfg).unwrap();
-    expect_failure(&c, &["model.safetensors", "model.layers.0.mlp.gate_proj.weight", "[128, 64]", "disagrees with config.json"]);
+    expect_failure(
+        &c,
+        &[
+            "model.safetensors",
+            "model.layers.0.mlp.gate_proj.weight",
+            "[128, 64]",
+            "disagrees with config.json",
+        ],
+    );
 }
 
 #[test]
 fn missing_shard() {
-    let c = case(TinySpec { shards: 3, ..Default::default() });
+    let c = case(TinySpec {
+        shards: 3,
+        ..Default::default()
+    });
     std::fs::remove_file(c.ckpt.join("model-00002-of-00003.safetensors")).unwrap();
     expect_failure(&c, &["model-00002-of-00003.safetensors", "missing shard"]);
 }
@@ -161,7 +208,13 @@ fn missing_tensor() {
     edit_header(&c.ckpt.join("model.safetensors"), |j| {
         j.remove("model.layers.1.mlp.gate_proj.weight");
     });
-    expect_failure(&c, &["ckpt", "missing tensor `model.layers.1.mlp.gate_proj.weight`"]);
+    expect_failure(
+        &c,
+        &[
+            "ckpt",
+            "missing tensor `model.layers.1.mlp.gate_proj.weight`",
+        ],
+    );
 }
 
 #[test]
@@ -193,7 +246,9 @@ fn invalid_utf8_in_header() {
 fn unsupported_model_type_lists_the_supported() {
     let c = case(TinySpec::default());
     let p = c.ckpt.join("config.json");
-    let cfg = std::fs::read_to_string(&p).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\"");
+    let cfg = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\"");
     std::fs::write(&p, cfg).unwrap();
     expect_failure(&c, &["config.json", "gpt_neox", "llama, mistral, qwen2"]);
 }
@@ -203,8 +258,15 @@ fn small_gguf(path: &Path) {
     use convert::gguf::{GgufWriter, Metadata, TensorSpec, Value};
     let mut md = Metadata::new();
     md.set("general.architecture", Value::String("llama".into()));
-    md.set("x.arr", Value::string_array(["a".to_string(), "b".to_string()]));
-    let t = vec![TensorSpec { name: "w".into(), dims: vec![4], ty: convert::GgmlType::F32 }];
+    md.set(
+        "x.arr",
+        Value::string_array(["a".to_string(), "b".to_string()]),
+    );
+    let t = vec![TensorSpec {
+        name: "w".into(),
+        dims: vec![4],
+        ty: convert::GgmlType::F32,
+    }];
     let w = GgufWriter::new(path, md, t).unwrap();
     let mut f = std::fs::File::create(path).unwrap();
     w.write(path, &mut f, |_| Ok(vec![0u8; 16])).unwrap();
@@ -224,7 +286,10 @@ fn absurd_gguf_array_length_and_truncated_gguf() {
     let out = tmp.path().join("exported");
     let (code, err) = kiln(&["export", g.to_str().unwrap(), out.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("bad.gguf") && err.contains("x.arr") && err.contains("elements"), "{err}");
+    assert!(
+        err.contains("bad.gguf") && err.contains("x.arr") && err.contains("elements"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     small_gguf(&g);
@@ -232,7 +297,10 @@ fn absurd_gguf_array_length_and_truncated_gguf() {
     std::fs::write(&g, &b[..b.len() - 8]).unwrap();
     let (code, err) = kiln(&["inspect", g.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("bad.gguf") && err.contains("tensor `w`") && err.contains("past the end"), "{err}");
+    assert!(
+        err.contains("bad.gguf") && err.contains("tensor `w`") && err.contains("past the end"),
+        "{err}"
+    );
     std::fs::write(&g, &b[..20]).unwrap();
     let (code, err) = kiln(&["inspect", g.to_str().unwrap()]);
     assert_eq!(code, 2);
@@ -243,7 +311,17 @@ fn absurd_gguf_array_length_and_truncated_gguf() {
 fn output_path_that_is_a_directory() {
     let c = case(TinySpec::default());
     std::fs::create_dir(&c.out).unwrap();
-    let (code, err) = kiln(&["convert", c.ckpt.to_str().unwrap(), "-o", c.out.to_str().unwrap(), "--tokenizer-pre", "gpt-2"]);
+    let (code, err) = kiln(&[
+        "convert",
+        c.ckpt.to_str().unwrap(),
+        "-o",
+        c.out.to_str().unwrap(),
+        "--tokenizer-pre",
+        "gpt-2",
+    ]);
     assert_eq!(code, 2);
-    assert!(err.contains("out.gguf") && err.contains("directory"), "{err}");
+    assert!(
+        err.contains("out.gguf") && err.contains("directory"),
+        "{err}"
+    );
 }

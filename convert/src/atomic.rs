@@ -38,7 +38,10 @@ impl AtomicFile {
             _ => PathBuf::from("."),
         };
         if !dir.is_dir() {
-            return Err(Error::format(&dest, format!("the output directory {} does not exist", dir.display())));
+            return Err(Error::format(
+                &dest,
+                format!("the output directory {} does not exist", dir.display()),
+            ));
         }
         remove_stale_temps(&dir, &name);
         let tmp = dir.join(format!(".{name}.{}{TMP_SUFFIX}", std::process::id()));
@@ -48,7 +51,11 @@ impl AtomicFile {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| Error::io(&dest, e))?;
-        Ok(AtomicFile { dest, tmp, out: Some(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(AtomicFile {
+            dest,
+            tmp,
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
     }
 
     /// The final path.
@@ -65,7 +72,9 @@ impl AtomicFile {
     pub fn commit(mut self) -> Result<()> {
         let dest = self.dest.clone();
         let out = self.out.take().expect("commit twice");
-        let file = out.into_inner().map_err(|e| Error::io(&dest, e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(&dest, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&dest, e))?;
         drop(file);
         fs::rename(&self.tmp, &dest).map_err(|e| Error::io(&dest, e))?;
@@ -101,8 +110,14 @@ fn remove_stale_temps(dir: &Path, name: &str) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let f = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = f.strip_prefix(&prefix).and_then(|r| r.strip_suffix(TMP_SUFFIX)) {
-            let alive = pid.parse::<u32>().map(|p| Path::new(&format!("/proc/{p}")).exists()).unwrap_or(false);
+        if let Some(pid) = f
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(TMP_SUFFIX))
+        {
+            let alive = pid
+                .parse::<u32>()
+                .map(|p| Path::new(&format!("/proc/{p}")).exists())
+                .unwrap_or(false);
             if !alive {
                 let _ = fs::remove_file(e.path());
             }

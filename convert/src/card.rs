@@ -25,7 +25,11 @@ pub fn model_card(md: &Metadata, source: &Path) -> String {
         }
     }
     if let Some(langs) = md.get("general.languages").and_then(Value::as_array) {
-        let l: Vec<String> = langs.iter().filter_map(Value::as_str).map(yaml_str).collect();
+        let l: Vec<String> = langs
+            .iter()
+            .filter_map(Value::as_str)
+            .map(yaml_str)
+            .collect();
         if !l.is_empty() {
             s.push_str(&format!("language: [{}]\n", l.join(", ")));
         }
@@ -35,7 +39,10 @@ pub fn model_card(md: &Metadata, source: &Path) -> String {
     s.push_str(&format!(
         "# {name}\n\nFP32 weights exported by kiln {} from `{}`.\n",
         env!("CARGO_PKG_VERSION"),
-        source.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+        source
+            .file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
     ));
     s
 }
@@ -46,17 +53,31 @@ fn yaml_str(v: &str) -> String {
 
 /// The `general.*` keys a checkpoint's README.md front matter states (none if absent).
 pub fn read_card(path: &Path) -> Vec<(String, Value)> {
-    let Ok(text) = std::fs::read_to_string(path) else { return vec![] };
-    let Some(rest) = text.strip_prefix("---\n") else { return vec![] };
-    let Some(end) = rest.find("\n---") else { return vec![] };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return vec![];
+    };
+    let Some(rest) = text.strip_prefix("---\n") else {
+        return vec![];
+    };
+    let Some(end) = rest.find("\n---") else {
+        return vec![];
+    };
     let mut out = Vec::new();
     for line in rest[..end].lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim(), v.trim());
         if let Some((_, key)) = SCALARS.iter().find(|(c, _)| *c == k) {
             out.push((key.to_string(), Value::String(unquote(v))));
         } else if k == "language" {
-            let items: Vec<String> = v.trim_start_matches('[').trim_end_matches(']').split(',').map(unquote).filter(|s| !s.is_empty()).collect();
+            let items: Vec<String> = v
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(',')
+                .map(unquote)
+                .filter(|s| !s.is_empty())
+                .collect();
             if !items.is_empty() {
                 out.push(("general.languages".into(), Value::string_array(items)));
             }

@@ -128,8 +128,12 @@ impl ModelConfig {
 
     /// Parses config.json text (`path` names it in errors).
     pub fn from_hf_json(path: &Path, text: &str) -> Result<Self> {
-        let c: HfConfig = serde_json::from_str(text).map_err(|e| Error::format(path, format!("not a valid config.json: {e}")))?;
-        let mt = c.model_type.as_deref().ok_or_else(|| Error::format(path, "no model_type"))?;
+        let c: HfConfig = serde_json::from_str(text)
+            .map_err(|e| Error::format(path, format!("not a valid config.json: {e}")))?;
+        let mt = c
+            .model_type
+            .as_deref()
+            .ok_or_else(|| Error::format(path, "no model_type"))?;
         let arch = match mt {
             "llama" => Arch::Llama,
             "mistral" => Arch::Mistral,
@@ -141,20 +145,28 @@ impl ModelConfig {
                 ))
             }
         };
-        let need = |v: Option<usize>, k: &str| v.ok_or_else(|| Error::format(path, format!("missing `{k}`")));
+        let need = |v: Option<usize>, k: &str| {
+            v.ok_or_else(|| Error::format(path, format!("missing `{k}`")))
+        };
         let hidden_size = need(c.hidden_size, "hidden_size")?;
         let n_heads = need(c.num_attention_heads, "num_attention_heads")?;
         let rope_scaling_linear = match &c.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
-                let ty = v.get("type").or_else(|| v.get("rope_type")).and_then(|t| t.as_str()).unwrap_or("");
+                let ty = v
+                    .get("type")
+                    .or_else(|| v.get("rope_type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("");
                 let factor = v.get("factor").and_then(|f| f.as_f64());
                 match (ty, factor) {
                     ("linear", Some(f)) => Some(f as f32),
                     _ => {
                         return Err(Error::unsupported(
                             path,
-                            format!("rope_scaling {v} is not supported (kiln handles none or linear)"),
+                            format!(
+                                "rope_scaling {v} is not supported (kiln handles none or linear)"
+                            ),
                         ))
                     }
                 }
@@ -167,7 +179,9 @@ impl ModelConfig {
             n_layers: need(c.num_hidden_layers, "num_hidden_layers")?,
             n_heads,
             n_kv_heads: c.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: c.head_dim.unwrap_or(if n_heads > 0 { hidden_size / n_heads } else { 0 }),
+            head_dim: c
+                .head_dim
+                .unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0)),
             vocab_size: need(c.vocab_size, "vocab_size")?,
             context_length: c.max_position_embeddings.unwrap_or(2048),
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6) as f32,
@@ -199,13 +213,23 @@ impl ModelConfig {
                 return bad(format!("{k} = {v} is out of range"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
-            return bad(format!("{} attention heads are not a multiple of {} key/value heads", self.n_heads, self.n_kv_heads));
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad(format!(
+                "{} attention heads are not a multiple of {} key/value heads",
+                self.n_heads, self.n_kv_heads
+            ));
         }
-        if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} is odd: RoPE rotates pairs", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head_dim {} is odd: RoPE rotates pairs",
+                self.head_dim
+            ));
         }
-        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) || !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+        if !(self.rms_norm_eps.is_finite()
+            && self.rms_norm_eps > 0.0
+            && self.rope_theta.is_finite()
+            && self.rope_theta > 0.0)
+        {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())
@@ -213,16 +237,25 @@ impl ModelConfig {
 
     /// Reads the hyper-parameters from GGUF metadata (`path` names the file in errors).
     pub fn from_gguf(path: &Path, md: &Metadata) -> Result<Self> {
-        let arch_name = md.str("general.architecture").ok_or_else(|| Error::format(path, "no general.architecture"))?;
+        let arch_name = md
+            .str("general.architecture")
+            .ok_or_else(|| Error::format(path, "no general.architecture"))?;
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             other => {
-                return Err(Error::unsupported(path, format!("architecture `{other}` is not supported (kiln runs llama and qwen2)")))
+                return Err(Error::unsupported(
+                    path,
+                    format!("architecture `{other}` is not supported (kiln runs llama and qwen2)"),
+                ))
             }
         };
         let a = arch.gguf_arch();
-        let u = |k: &str| md.u64(&format!("{a}.{k}")).map(|v| v as usize).ok_or_else(|| Error::format(path, format!("missing {a}.{k}")));
+        let u = |k: &str| {
+            md.u64(&format!("{a}.{k}"))
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::format(path, format!("missing {a}.{k}")))
+        };
         let hidden_size = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
         let vocab_size = match md.u64(&format!("{a}.vocab_size")) {
@@ -244,16 +277,23 @@ impl ModelConfig {
             intermediate_size: u("feed_forward_length")?,
             n_layers: u("block_count")?,
             n_heads,
-            n_kv_heads: md.u64(&format!("{a}.attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads),
+            n_kv_heads: md
+                .u64(&format!("{a}.attention.head_count_kv"))
+                .map(|v| v as usize)
+                .unwrap_or(n_heads),
             head_dim,
             vocab_size,
             context_length: u("context_length")?,
-            rms_norm_eps: md.f64(&format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+            rms_norm_eps: md
+                .f64(&format!("{a}.attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f32,
             rope_theta: md.f64(&format!("{a}.rope.freq_base")).unwrap_or(10000.0) as f32,
             tie_word_embeddings: false,
             qkv_bias: arch == Arch::Qwen2,
             rope_scaling_linear: match md.str(&format!("{a}.rope.scaling.type")) {
-                Some("linear") => md.f64(&format!("{a}.rope.scaling.factor")).map(|f| f as f32),
+                Some("linear") => md
+                    .f64(&format!("{a}.rope.scaling.factor"))
+                    .map(|f| f as f32),
                 _ => None,
             },
             bos_token_id: md.u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
@@ -270,14 +310,26 @@ impl ModelConfig {
         md.set(k("context_length"), Value::U32(self.context_length as u32));
         md.set(k("embedding_length"), Value::U32(self.hidden_size as u32));
         md.set(k("block_count"), Value::U32(self.n_layers as u32));
-        md.set(k("feed_forward_length"), Value::U32(self.intermediate_size as u32));
+        md.set(
+            k("feed_forward_length"),
+            Value::U32(self.intermediate_size as u32),
+        );
         md.set(k("attention.head_count"), Value::U32(self.n_heads as u32));
-        md.set(k("attention.head_count_kv"), Value::U32(self.n_kv_heads as u32));
+        md.set(
+            k("attention.head_count_kv"),
+            Value::U32(self.n_kv_heads as u32),
+        );
         md.set(k("rope.freq_base"), Value::F32(self.rope_theta));
-        md.set(k("attention.layer_norm_rms_epsilon"), Value::F32(self.rms_norm_eps));
+        md.set(
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(self.rms_norm_eps),
+        );
         if self.head_dim != self.hidden_size / self.n_heads {
             md.set(k("attention.key_length"), Value::U32(self.head_dim as u32));
-            md.set(k("attention.value_length"), Value::U32(self.head_dim as u32));
+            md.set(
+                k("attention.value_length"),
+                Value::U32(self.head_dim as u32),
+            );
         }
         md.set(k("vocab_size"), Value::U32(self.vocab_size as u32));
         md.set(k("rope.dimension_count"), Value::U32(self.head_dim as u32));
@@ -314,7 +366,10 @@ impl ModelConfig {
             o.insert("eos_token_id".into(), e.into());
         }
         if let Some(f) = self.rope_scaling_linear {
-            o.insert("rope_scaling".into(), serde_json::json!({"type": "linear", "factor": f}));
+            o.insert(
+                "rope_scaling".into(),
+                serde_json::json!({"type": "linear", "factor": f}),
+            );
         }
         if self.arch == Arch::Llama && self.qkv_bias {
             o.insert("attention_bias".into(), true.into());

@@ -44,7 +44,12 @@ pub struct ConvertOptions {
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        ConvertOptions { out_type: GgmlType::F16, tokenizer_pre: None, name: None, allow_nonfinite: false }
+        ConvertOptions {
+            out_type: GgmlType::F16,
+            tokenizer_pre: None,
+            name: None,
+            allow_nonfinite: false,
+        }
     }
 }
 
@@ -78,7 +83,10 @@ pub fn check_finite(path: &Path, tensor: &str, v: &[f32]) -> Result<()> {
         return Err(Error::tensor(
             path,
             tensor,
-            format!("value {} at index {i} is not finite (pass --allow-nonfinite to convert anyway)", v[i]),
+            format!(
+                "value {} at index {i} is not finite (pass --allow-nonfinite to convert anyway)",
+                v[i]
+            ),
         ));
     }
     Ok(())
@@ -86,8 +94,17 @@ pub fn check_finite(path: &Path, tensor: &str, v: &[f32]) -> Result<()> {
 
 /// Converts `src` to a GGUF at `out`.
 pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
-    if !matches!(opts.out_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0) {
-        return Err(Error::unsupported(out, format!("convert writes f32, f16, bf16 or q8_0, not {}", opts.out_type)));
+    if !matches!(
+        opts.out_type,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    ) {
+        return Err(Error::unsupported(
+            out,
+            format!(
+                "convert writes f32, f16, bf16 or q8_0, not {}",
+                opts.out_type
+            ),
+        ));
     }
     let mut md = src.base_metadata(opts.tokenizer_pre.as_deref())?;
     if let Some(n) = &opts.name {
@@ -95,7 +112,10 @@ pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<C
     }
     md.set("general.file_type", Value::U32(file_type_id(opts.out_type)));
     md.set("general.quantization_version", Value::U32(2));
-    md.set("kiln.version", Value::String(env!("CARGO_PKG_VERSION").into()));
+    md.set(
+        "kiln.version",
+        Value::String(env!("CARGO_PKG_VERSION").into()),
+    );
     let md = ordered(md);
 
     let mut specs = Vec::new();
@@ -104,12 +124,30 @@ pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<C
         let (ty, note) = if t.dims.len() == 1 {
             (GgmlType::F32, None)
         } else if opts.out_type.row_size(t.row_len()).is_none() {
-            (GgmlType::F16, Some(format!("{} rows of {} do not fit {}'s blocks", t.dims[1], t.row_len(), opts.out_type)))
+            (
+                GgmlType::F16,
+                Some(format!(
+                    "{} rows of {} do not fit {}'s blocks",
+                    t.dims[1],
+                    t.row_len(),
+                    opts.out_type
+                )),
+            )
         } else {
             (opts.out_type, None)
         };
-        specs.push(TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty });
-        reports.push(TensorReport { name: t.name.clone(), dims: t.dims.clone(), ty, bytes: 0, note });
+        specs.push(TensorSpec {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty,
+        });
+        reports.push(TensorReport {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty,
+            bytes: 0,
+            note,
+        });
     }
     let writer = GgufWriter::new(out, md, specs)?;
     for (i, r) in reports.iter_mut().enumerate() {
@@ -141,7 +179,14 @@ pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<C
         ModelSource::Hf(h) => (h.extra.clone(), h.ignored.clone()),
         ModelSource::Gguf(_) => (vec![], vec![]),
     };
-    Ok(ConvertReport { output: out_path, tensors: reports, file_bytes: writer.file_size(), extra, ignored, warnings })
+    Ok(ConvertReport {
+        output: out_path,
+        tensors: reports,
+        file_bytes: writer.file_size(),
+        extra,
+        ignored,
+        warnings,
+    })
 }
 
 /// Puts `general.*` first, then the architecture's keys, then the tokenizer's, then the rest,
@@ -158,7 +203,8 @@ pub fn ordered(md: Metadata) -> Metadata {
             1
         }
     };
-    let mut entries: Vec<(String, Value)> = md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let mut entries: Vec<(String, Value)> =
+        md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     entries.sort_by_key(|(k, _)| rank(k));
     let mut out = Metadata::new();
     for (k, v) in entries {
@@ -179,10 +225,16 @@ pub struct ExportReport {
 /// Q/K rows un-permuted), config.json, tokenizer.json, tokenizer_config.json.
 pub fn export(src: &ModelSource, out_dir: &Path) -> Result<ExportReport> {
     let ModelSource::Gguf(g) = src else {
-        return Err(Error::unsupported(src.path(), "export reads a GGUF file (a checkpoint directory is already in HF form)"));
+        return Err(Error::unsupported(
+            src.path(),
+            "export reads a GGUF file (a checkpoint directory is already in HF form)",
+        ));
     };
     if out_dir.exists() && !out_dir.is_dir() {
-        return Err(Error::format(out_dir, "the output path exists and is not a directory"));
+        return Err(Error::format(
+            out_dir,
+            "the output path exists and is not a directory",
+        ));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let c = &g.config;
@@ -191,13 +243,21 @@ pub fn export(src: &ModelSource, out_dir: &Path) -> Result<ExportReport> {
     let tj = tokenizer::tokenizer_json_from_gguf(g.file.path(), md)?;
     let mut tensors = Vec::new();
     for t in src.tensors() {
-        let hf = gguf_to_hf(&t.name)
-            .ok_or_else(|| Error::tensor(g.file.path(), &t.name, "has no Hugging Face name (not a Llama-family tensor)"))?;
+        let hf = gguf_to_hf(&t.name).ok_or_else(|| {
+            Error::tensor(
+                g.file.path(),
+                &t.name,
+                "has no Hugging Face name (not a Llama-family tensor)",
+            )
+        })?;
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         tensors.push((t.name.clone(), hf, shape));
     }
     let st_path = out_dir.join("model.safetensors");
-    let names: Vec<(String, Vec<usize>)> = tensors.iter().map(|(_, hf, s)| (hf.clone(), s.clone())).collect();
+    let names: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(_, hf, s)| (hf.clone(), s.clone()))
+        .collect();
     crate::safetensors::write_f32(&st_path, &names, &[("format".into(), "pt".into())], |i| {
         let (g_name, _, shape) = &tensors[i];
         let mut v = src.tensor_f32(g_name)?;
@@ -224,7 +284,17 @@ pub fn export(src: &ModelSource, out_dir: &Path) -> Result<ExportReport> {
     ];
     atomic::write_file(&files[1], pretty(&cfg).as_bytes())?;
     atomic::write_file(&files[2], pretty(&tj).as_bytes())?;
-    atomic::write_file(&files[3], pretty(&tokenizer::tokenizer_config_from_gguf(md)).as_bytes())?;
-    atomic::write_file(&files[4], crate::card::model_card(md, g.file.path()).as_bytes())?;
-    Ok(ExportReport { dir: out_dir.to_path_buf(), tensors: tensors.len(), files })
+    atomic::write_file(
+        &files[3],
+        pretty(&tokenizer::tokenizer_config_from_gguf(md)).as_bytes(),
+    )?;
+    atomic::write_file(
+        &files[4],
+        crate::card::model_card(md, g.file.path()).as_bytes(),
+    )?;
+    Ok(ExportReport {
+        dir: out_dir.to_path_buf(),
+        tensors: tensors.len(),
+        files,
+    })
 }

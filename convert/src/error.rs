@@ -17,7 +17,11 @@ pub enum Error {
     Format { path: PathBuf, msg: String },
     /// One tensor is wrong (shape, dtype, bytes, values).
     #[error("{}: tensor `{tensor}`: {msg}", path.display())]
-    Tensor { path: PathBuf, tensor: String, msg: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        msg: String,
+    },
     /// The model or an option asks for something kiln does not do.
     #[error("{}: {msg}", path.display())]
     Unsupported { path: PathBuf, msg: String },
@@ -36,15 +40,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
     pub(crate) fn format(path: &Path, msg: impl Into<String>) -> Self {
-        Error::Format { path: path.to_path_buf(), msg: msg.into() }
+        Error::Format {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub(crate) fn tensor(path: &Path, tensor: &str, msg: impl Into<String>) -> Self {
-        Error::Tensor { path: path.to_path_buf(), tensor: tensor.to_string(), msg: msg.into() }
+        Error::Tensor {
+            path: path.to_path_buf(),
+            tensor: tensor.to_string(),
+            msg: msg.into(),
+        }
     }
     pub(crate) fn unsupported(path: &Path, msg: impl Into<String>) -> Self {
-        Error::Unsupported { path: path.to_path_buf(), msg: msg.into() }
+        Error::Unsupported {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
 }

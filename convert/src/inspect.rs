@@ -61,10 +61,28 @@ fn json_of(v: &Value) -> serde_json::Value {
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let src = ModelSource::open(path)?;
     let (kind, version, md, file_bytes, extra, ignored) = match &src {
-        ModelSource::Gguf(g) => ("gguf", Some(g.file.version), g.file.metadata.clone(), g.file.file_size(), vec![], vec![]),
+        ModelSource::Gguf(g) => (
+            "gguf",
+            Some(g.file.version),
+            g.file.metadata.clone(),
+            g.file.file_size(),
+            vec![],
+            vec![],
+        ),
         ModelSource::Hf(h) => {
-            let bytes = h.files().iter().map(|f| std::fs::metadata(f.path()).map(|m| m.len()).unwrap_or(0)).sum();
-            ("checkpoint", None, src.base_metadata(Some("(not checked)")).unwrap_or_default(), bytes, h.extra.clone(), h.ignored.clone())
+            let bytes = h
+                .files()
+                .iter()
+                .map(|f| std::fs::metadata(f.path()).map(|m| m.len()).unwrap_or(0))
+                .sum();
+            (
+                "checkpoint",
+                None,
+                src.base_metadata(Some("(not checked)")).unwrap_or_default(),
+                bytes,
+                h.extra.clone(),
+                h.ignored.clone(),
+            )
         }
     };
     let tensors: Vec<InspectTensor> = src
@@ -74,7 +92,11 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
             name: t.name.clone(),
             shape: t.dims.iter().rev().copied().collect(),
             ty: t.stored.name().to_string(),
-            bytes: t.stored.row_size(t.row_len()).map(|r| (r * (t.n_elements() / t.row_len())) as u64).unwrap_or(0),
+            bytes: t
+                .stored
+                .row_size(t.row_len())
+                .map(|r| (r * (t.n_elements() / t.row_len())) as u64)
+                .unwrap_or(0),
         })
         .collect();
     Ok(Inspection {
@@ -82,7 +104,10 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         kind,
         gguf_version: version,
         architecture: src.config().arch.gguf_arch().to_string(),
-        metadata: md.iter().map(|(k, v)| (k.to_string(), json_of(v))).collect(),
+        metadata: md
+            .iter()
+            .map(|(k, v)| (k.to_string(), json_of(v)))
+            .collect(),
         n_parameters: src.tensors().iter().map(|t| t.n_elements() as u64).sum(),
         tensor_bytes: tensors.iter().map(|t| t.bytes).sum(),
         tensors,

@@ -43,7 +43,10 @@ pub fn hf_to_gguf(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (n, suffix) = rest.split_once('.')?;
     let n: usize = n.parse().ok()?;
-    LAYER_TENSORS.iter().find(|(h, _)| *h == suffix).map(|(_, g)| format!("blk.{n}.{g}"))
+    LAYER_TENSORS
+        .iter()
+        .find(|(h, _)| *h == suffix)
+        .map(|(_, g)| format!("blk.{n}.{g}"))
 }
 
 /// The HF name of a GGUF tensor.
@@ -54,7 +57,10 @@ pub fn gguf_to_hf(g: &str) -> Option<String> {
     let rest = g.strip_prefix("blk.")?;
     let (n, suffix) = rest.split_once('.')?;
     let n: usize = n.parse().ok()?;
-    LAYER_TENSORS.iter().find(|(_, gg)| *gg == suffix).map(|(h, _)| format!("model.layers.{n}.{h}"))
+    LAYER_TENSORS
+        .iter()
+        .find(|(_, gg)| *gg == suffix)
+        .map(|(h, _)| format!("model.layers.{n}.{h}"))
 }
 
 /// The layer index of a GGUF tensor name (`blk.N.…`).
@@ -110,9 +116,19 @@ pub fn permutation_heads(c: &ModelConfig, gguf_name: &str) -> Option<usize> {
 /// Reorders the rows of a `rows × cols` matrix as llama.cpp's converter does for attn_q/attn_k
 /// (`inverse = false`: HF → GGUF), or undoes it (`inverse = true`). Within each head of
 /// `rows / n_head` rows, HF row `p·half + j` (p ∈ {0,1}) becomes GGUF row `2j + p`.
-pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize, inverse: bool) -> Vec<f32> {
+pub fn permute_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+    inverse: bool,
+) -> Vec<f32> {
     assert_eq!(data.len(), rows * cols);
-    assert_eq!(rows % (2 * n_head), 0, "rows {rows} do not split into {n_head} heads of pairs");
+    assert_eq!(
+        rows % (2 * n_head),
+        0,
+        "rows {rows} do not split into {n_head} heads of pairs"
+    );
     let hd = rows / n_head;
     let half = hd / 2;
     let mut out = vec![0f32; data.len()];
@@ -121,8 +137,13 @@ pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize, inver
             for j in 0..half {
                 let hf_row = h * hd + p * half + j;
                 let gg_row = h * hd + 2 * j + p;
-                let (src, dst) = if inverse { (gg_row, hf_row) } else { (hf_row, gg_row) };
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                let (src, dst) = if inverse {
+                    (gg_row, hf_row)
+                } else {
+                    (hf_row, gg_row)
+                };
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -136,8 +157,14 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for (h, g) in [
-            ("model.layers.12.self_attn.q_proj.weight", "blk.12.attn_q.weight"),
-            ("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
+            (
+                "model.layers.12.self_attn.q_proj.weight",
+                "blk.12.attn_q.weight",
+            ),
+            (
+                "model.layers.0.mlp.down_proj.weight",
+                "blk.0.ffn_down.weight",
+            ),
             ("model.layers.3.self_attn.v_proj.bias", "blk.3.attn_v.bias"),
             ("model.embed_tokens.weight", "token_embd.weight"),
             ("lm_head.weight", "output.weight"),
@@ -159,6 +186,9 @@ mod tests {
         assert_eq!(p, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
         assert_eq!(permute_rows(&p, 8, 1, 2, true), w);
         let w: Vec<f32> = (0..64 * 3).map(|x| x as f32).collect();
-        assert_eq!(permute_rows(&permute_rows(&w, 64, 3, 4, false), 64, 3, 4, true), w);
+        assert_eq!(
+            permute_rows(&permute_rows(&w, 64, 3, 4, false), 64, 3, 4, true),
+            w
+        );
     }
 }

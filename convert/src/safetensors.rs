@@ -87,7 +87,10 @@ pub struct SafetensorsFile {
 
 impl fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SafetensorsFile").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+        f.debug_struct("SafetensorsFile")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 
@@ -102,7 +105,10 @@ impl<'de> Deserialize<'de> for Entries {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Entries, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Entries, A::Error> {
                 let mut v = Vec::new();
                 while let Some(e) = m.next_entry::<String, serde_json::Value>()? {
                     v.push(e);
@@ -121,12 +127,19 @@ impl SafetensorsFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < 8 {
-            return Err(Error::format(path, format!("truncated: {len} bytes, not even the 8-byte header length")));
+            return Err(Error::format(
+                path,
+                format!("truncated: {len} bytes, not even the 8-byte header length"),
+            ));
         }
         // SAFETY: read-only map of a file kiln does not modify while it is open.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let tensors = parse_header(path, &map)?;
-        Ok(SafetensorsFile { path: path.to_path_buf(), map: Some(map), tensors })
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            map: Some(map),
+            tensors,
+        })
     }
 
     /// The file's path.
@@ -160,39 +173,70 @@ impl SafetensorsFile {
 /// Parses and validates a safetensors header from the whole file `bytes`.
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Vec<StTensor>> {
     if bytes.len() < 8 {
-        return Err(Error::format(path, format!("truncated: {} bytes, not even the 8-byte header length", bytes.len())));
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated: {} bytes, not even the 8-byte header length",
+                bytes.len()
+            ),
+        ));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
     if n > MAX_HEADER {
-        return Err(Error::format(path, format!("header length {n} is over the cap of {MAX_HEADER} bytes")));
+        return Err(Error::format(
+            path,
+            format!("header length {n} is over the cap of {MAX_HEADER} bytes"),
+        ));
     }
     if 8 + n > bytes.len() as u64 {
         return Err(Error::format(
             path,
-            format!("header length {n} runs past the end of the file ({} bytes)", bytes.len()),
+            format!(
+                "header length {n} runs past the end of the file ({} bytes)",
+                bytes.len()
+            ),
         ));
     }
     let header = &bytes[8..8 + n as usize];
-    let text = std::str::from_utf8(header)
-        .map_err(|e| Error::format(path, format!("header is not valid UTF-8 (at byte {})", 8 + e.valid_up_to())))?;
-    let entries: Entries =
-        serde_json::from_str(text.trim_end()).map_err(|e| Error::format(path, format!("header is not a JSON object: {e}")))?;
+    let text = std::str::from_utf8(header).map_err(|e| {
+        Error::format(
+            path,
+            format!(
+                "header is not valid UTF-8 (at byte {})",
+                8 + e.valid_up_to()
+            ),
+        )
+    })?;
+    let entries: Entries = serde_json::from_str(text.trim_end())
+        .map_err(|e| Error::format(path, format!("header is not a JSON object: {e}")))?;
     let data_len = bytes.len() as u64 - 8 - n;
     let data_start = 8 + n as usize;
     let mut seen = HashSet::new();
     let mut tensors = Vec::new();
     for (name, v) in entries.0 {
         if !seen.insert(name.clone()) {
-            return Err(Error::tensor(path, &name, "duplicate tensor name in the header"));
+            return Err(Error::tensor(
+                path,
+                &name,
+                "duplicate tensor name in the header",
+            ));
         }
         if name == "__metadata__" {
             continue;
         }
         let bad = |msg: String| Error::tensor(path, &name, msg);
-        let obj = v.as_object().ok_or_else(|| bad("entry is not an object".into()))?;
-        let dtype_s = obj.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype".into()))?;
-        let dtype = Dtype::parse(dtype_s)
-            .ok_or_else(|| bad(format!("dtype {dtype_s} is not supported (kiln reads F32, F16 and BF16)")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("entry is not an object".into()))?;
+        let dtype_s = obj
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| bad("no dtype".into()))?;
+        let dtype = Dtype::parse(dtype_s).ok_or_else(|| {
+            bad(format!(
+                "dtype {dtype_s} is not supported (kiln reads F32, F16 and BF16)"
+            ))
+        })?;
         let shape: Vec<usize> = obj
             .get("shape")
             .and_then(|s| s.as_array())
@@ -223,13 +267,23 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Vec<StTensor>> {
                 dtype.name()
             )));
         }
-        tensors.push(StTensor { name, dtype, shape, start: data_start + b as usize, len: (e - b) as usize });
+        tensors.push(StTensor {
+            name,
+            dtype,
+            shape,
+            start: data_start + b as usize,
+            len: (e - b) as usize,
+        });
     }
     let mut order: Vec<&StTensor> = tensors.iter().filter(|t| t.len > 0).collect();
     order.sort_by_key(|t| t.start);
     for w in order.windows(2) {
         if w[0].start + w[0].len > w[1].start {
-            return Err(Error::tensor(path, &w[0].name, format!("data overlaps tensor `{}`", w[1].name)));
+            return Err(Error::tensor(
+                path,
+                &w[0].name,
+                format!("data overlaps tensor `{}`", w[1].name),
+            ));
         }
     }
     Ok(tensors)
@@ -255,8 +309,10 @@ pub fn write_f32(
     use std::io::Write;
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        let m: serde_json::Map<String, serde_json::Value> =
-            metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        let m: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
         header.insert("__metadata__".into(), serde_json::Value::Object(m));
     }
     let mut off = 0u64;
@@ -270,17 +326,23 @@ pub fn write_f32(
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
     // Pad the header with spaces so the data starts 8-byte aligned, as the reference writer does.
-    while (8 + h.len()) % 8 != 0 {
+    while !(8 + h.len()).is_multiple_of(8) {
         h.push(b' ');
     }
     let mut f = crate::atomic::AtomicFile::create(dest)?;
     let io = |e| Error::io(dest, e);
-    f.writer().write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    f.writer()
+        .write_all(&(h.len() as u64).to_le_bytes())
+        .map_err(io)?;
     f.writer().write_all(&h).map_err(io)?;
     for (i, (name, shape)) in tensors.iter().enumerate() {
         let v = data(i)?;
         if v.len() != shape.iter().product::<usize>() {
-            return Err(Error::tensor(dest, name, format!("{} values supplied for shape {shape:?}", v.len())));
+            return Err(Error::tensor(
+                dest,
+                name,
+                format!("{} values supplied for shape {shape:?}", v.len()),
+            ));
         }
         f.writer().write_all(bytemuck::cast_slice(&v)).map_err(io)?;
     }

@@ -10,7 +10,9 @@ use quantize::GgmlType;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Metadata, Value};
-use crate::mapping::{self, expected_tensors, gguf_to_hf, hf_to_gguf, permutation_heads, permute_rows};
+use crate::mapping::{
+    self, expected_tensors, gguf_to_hf, hf_to_gguf, permutation_heads, permute_rows,
+};
 use crate::safetensors::{self as st, Dtype, SafetensorsFile};
 
 /// A tensor of a model source.
@@ -73,16 +75,27 @@ impl HfCheckpoint {
         let mut files = Vec::new();
         let mut listed: Option<HashMap<String, String>> = None;
         if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let j: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("not valid JSON: {e}")))?;
-            let wm = j["weight_map"].as_object().ok_or_else(|| Error::format(&index_path, "no weight_map object"))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let j: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::format(&index_path, format!("not valid JSON: {e}")))?;
+            let wm = j["weight_map"]
+                .as_object()
+                .ok_or_else(|| Error::format(&index_path, "no weight_map object"))?;
             let mut map = HashMap::new();
             let mut shards: Vec<String> = Vec::new();
             for (t, f) in wm {
-                let f = f.as_str().ok_or_else(|| Error::format(&index_path, format!("weight_map entry {t} is not a file name")))?;
+                let f = f.as_str().ok_or_else(|| {
+                    Error::format(
+                        &index_path,
+                        format!("weight_map entry {t} is not a file name"),
+                    )
+                })?;
                 if f.contains('/') || f.contains("..") {
-                    return Err(Error::format(&index_path, format!("shard name {f:?} leaves the checkpoint directory")));
+                    return Err(Error::format(
+                        &index_path,
+                        format!("shard name {f:?} leaves the checkpoint directory"),
+                    ));
                 }
                 if !shards.iter().any(|s| s == f) {
                     shards.push(f.to_string());
@@ -93,7 +106,10 @@ impl HfCheckpoint {
             for s in &shards {
                 let p = dir.join(s);
                 if !p.exists() {
-                    return Err(Error::format(&p, "missing shard listed in model.safetensors.index.json"));
+                    return Err(Error::format(
+                        &p,
+                        "missing shard listed in model.safetensors.index.json",
+                    ));
                 }
                 files.push(SafetensorsFile::open(&p)?);
             }
@@ -101,7 +117,10 @@ impl HfCheckpoint {
         } else if single.exists() {
             files.push(SafetensorsFile::open(&single)?);
         } else {
-            return Err(Error::format(&dir, "no model.safetensors or model.safetensors.index.json"));
+            return Err(Error::format(
+                &dir,
+                "no model.safetensors or model.safetensors.index.json",
+            ));
         }
 
         let mut by_hf: HashMap<String, (usize, usize)> = HashMap::new();
@@ -119,9 +138,18 @@ impl HfCheckpoint {
         if let Some(map) = &listed {
             for (t, f) in map {
                 match by_hf.get(t) {
-                    Some((fi, _)) if files[*fi].path().file_name().map(|n| n.to_string_lossy() == *f).unwrap_or(false) => {}
+                    Some((fi, _))
+                        if files[*fi]
+                            .path()
+                            .file_name()
+                            .map(|n| n.to_string_lossy() == *f)
+                            .unwrap_or(false) => {}
                     _ => {
-                        return Err(Error::tensor(&index_path, t, format!("listed in shard {f}, which does not hold it")));
+                        return Err(Error::tensor(
+                            &index_path,
+                            t,
+                            format!("listed in shard {f}, which does not hold it"),
+                        ));
                     }
                 }
             }
@@ -131,14 +159,22 @@ impl HfCheckpoint {
         let mut ignored = Vec::new();
         let mut locs = HashMap::new();
         let expected = expected_tensors(&config);
-        let wanted: HashMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let wanted: HashMap<&str, &Vec<usize>> =
+            expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
         let mut hf_names: Vec<&String> = by_hf.keys().collect();
         hf_names.sort();
         for hf in hf_names {
             let (fi, ti) = by_hf[hf];
             match hf_to_gguf(hf) {
                 Some(g) if wanted.contains_key(g.as_str()) => {
-                    locs.insert(g, Loc { file: fi, index: ti, hf_name: hf.clone() });
+                    locs.insert(
+                        g,
+                        Loc {
+                            file: fi,
+                            index: ti,
+                            hf_name: hf.clone(),
+                        },
+                    );
                 }
                 _ if mapping::is_ignorable(hf) => ignored.push(hf.clone()),
                 _ => extra.push(hf.clone()),
@@ -162,7 +198,10 @@ impl HfCheckpoint {
                 return Err(Error::tensor(
                     f.path(),
                     &t.name,
-                    format!("shape {:?} disagrees with config.json, which implies {:?}", t.shape, shape),
+                    format!(
+                        "shape {:?} disagrees with config.json, which implies {:?}",
+                        t.shape, shape
+                    ),
                 ));
             }
             let stored = match t.dtype {
@@ -170,9 +209,21 @@ impl HfCheckpoint {
                 Dtype::F16 => GgmlType::F16,
                 Dtype::BF16 => GgmlType::BF16,
             };
-            tensors.push(SourceTensor { name: g.clone(), dims: shape.iter().rev().map(|&d| d as u64).collect(), stored });
+            tensors.push(SourceTensor {
+                name: g.clone(),
+                dims: shape.iter().rev().map(|&d| d as u64).collect(),
+                stored,
+            });
         }
-        Ok(HfCheckpoint { dir, config, files, locs, tensors, extra, ignored })
+        Ok(HfCheckpoint {
+            dir,
+            config,
+            files,
+            locs,
+            tensors,
+            extra,
+            ignored,
+        })
     }
 
     /// The directory.
@@ -188,16 +239,31 @@ impl HfCheckpoint {
     /// A tensor in GGUF layout as f32; its mapped pages are released afterwards so reading a
     /// whole checkpoint keeps memory bounded by one tensor.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let loc = self.locs.get(name).ok_or_else(|| Error::format(&self.dir, format!("no tensor `{name}`")))?;
+        let loc = self
+            .locs
+            .get(name)
+            .ok_or_else(|| Error::format(&self.dir, format!("no tensor `{name}`")))?;
         let f = &self.files[loc.file];
         let t = &f.tensors[loc.index];
+        // Convert in slices, dropping each slice's mapped pages as soon as it is read, so the
+        // resident set holds the f32 copy and only a small window of the file.
+        const SLICE: usize = 1 << 22;
         let mut v = vec![0f32; t.numel()];
-        st::to_f32(t.dtype, f.data(t), &mut v);
-        f.release(t);
+        let data = f.data(t);
+        let es = t.dtype.size();
+        for (k, out) in v.chunks_mut(SLICE).enumerate() {
+            let start = k * SLICE * es;
+            st::to_f32(t.dtype, &data[start..start + out.len() * es], out);
+            f.release_range(t.start + start, out.len() * es);
+        }
         if let Some(n_head) = permutation_heads(&self.config, name) {
             let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
             if rows % (2 * n_head) != 0 {
-                return Err(Error::tensor(f.path(), &loc.hf_name, format!("{rows} rows do not split into {n_head} heads")));
+                return Err(Error::tensor(
+                    f.path(),
+                    &loc.hf_name,
+                    format!("{rows} rows do not split into {n_head} heads"),
+                ));
             }
             v = permute_rows(&v, rows, cols, n_head, false);
         }
@@ -206,7 +272,9 @@ impl HfCheckpoint {
 
     /// The file holding a tensor and its HF name (for error messages).
     pub fn origin(&self, name: &str) -> Option<(&Path, &str)> {
-        self.locs.get(name).map(|l| (self.files[l.file].path(), l.hf_name.as_str()))
+        self.locs
+            .get(name)
+            .map(|l| (self.files[l.file].path(), l.hf_name.as_str()))
     }
 }
 
@@ -240,9 +308,17 @@ impl ModelSource {
         let tensors = file
             .tensors
             .iter()
-            .map(|t| SourceTensor { name: t.name.clone(), dims: t.dims.clone(), stored: t.ty })
+            .map(|t| SourceTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                stored: t.ty,
+            })
             .collect();
-        Ok(ModelSource::Gguf(Box::new(GgufSource { file, config, tensors })))
+        Ok(ModelSource::Gguf(Box::new(GgufSource {
+            file,
+            config,
+            tensors,
+        })))
     }
 
     /// The path it was opened from.
@@ -274,7 +350,10 @@ impl ModelSource {
         match self {
             ModelSource::Hf(h) => h.tensor_f32(name),
             ModelSource::Gguf(g) => {
-                let t = g.file.tensor(name).ok_or_else(|| Error::format(g.file.path(), format!("no tensor `{name}`")))?;
+                let t = g
+                    .file
+                    .tensor(name)
+                    .ok_or_else(|| Error::format(g.file.path(), format!("no tensor `{name}`")))?;
                 g.file.tensor_f32(t)
             }
         }
@@ -286,17 +365,30 @@ impl ModelSource {
     pub fn base_metadata(&self, pre_override: Option<&str>) -> Result<Metadata> {
         let c = self.config();
         let mut md = Metadata::new();
-        md.set("general.architecture", Value::String(c.arch.gguf_arch().into()));
+        md.set(
+            "general.architecture",
+            Value::String(c.arch.gguf_arch().into()),
+        );
         md.set("general.type", Value::String("model".into()));
         match self {
             ModelSource::Hf(h) => {
-                let name = h.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+                let name = h
+                    .dir()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into());
                 md.set("general.name", Value::String(name));
                 for (k, v) in crate::card::read_card(&h.dir().join("README.md")) {
                     md.set(k, v);
                 }
                 c.to_gguf(&mut md);
-                let tok = crate::tokenizer::hf_tokenizer_metadata(h.dir(), c.vocab_size, c.bos_token_id, c.eos_token_id, pre_override)?;
+                let tok = crate::tokenizer::hf_tokenizer_metadata(
+                    h.dir(),
+                    c.vocab_size,
+                    c.bos_token_id,
+                    c.eos_token_id,
+                    pre_override,
+                )?;
                 for (k, v) in tok.iter() {
                     md.set(k, v.clone());
                 }
@@ -318,13 +410,5 @@ impl ModelSource {
             }
         }
         Ok(md)
-    }
-}
-
-impl SafetensorsFile {
-    /// Drops the mapped pages of `t` from this process (they are re-read from the file if
-    /// needed again), keeping resident memory to what is in use.
-    pub fn release(&self, t: &st::StTensor) {
-        self.release_range(t.start, t.len);
     }
 }

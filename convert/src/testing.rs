@@ -55,7 +55,9 @@ pub fn weights(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         s ^= s >> 27;
         (s.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32
     };
-    (0..n).map(|_| (next() + next() + next() - 1.5) * 2.0 * scale).collect()
+    (0..n)
+        .map(|_| (next() + next() + next() - 1.5) * 2.0 * scale)
+        .collect()
 }
 
 /// The HF tensors of `spec` in name order: (name, shape).
@@ -67,14 +69,32 @@ pub fn hf_tensors(spec: &TinySpec) -> Vec<(String, Vec<usize>)> {
         let p = format!("model.layers.{l}.");
         t.push((p.clone() + "input_layernorm.weight", vec![h]));
         t.push((p.clone() + "post_attention_layernorm.weight", vec![h]));
-        t.push((p.clone() + "self_attn.q_proj.weight", vec![spec.heads * hd, h]));
-        t.push((p.clone() + "self_attn.k_proj.weight", vec![spec.kv_heads * hd, h]));
-        t.push((p.clone() + "self_attn.v_proj.weight", vec![spec.kv_heads * hd, h]));
-        t.push((p.clone() + "self_attn.o_proj.weight", vec![h, spec.heads * hd]));
+        t.push((
+            p.clone() + "self_attn.q_proj.weight",
+            vec![spec.heads * hd, h],
+        ));
+        t.push((
+            p.clone() + "self_attn.k_proj.weight",
+            vec![spec.kv_heads * hd, h],
+        ));
+        t.push((
+            p.clone() + "self_attn.v_proj.weight",
+            vec![spec.kv_heads * hd, h],
+        ));
+        t.push((
+            p.clone() + "self_attn.o_proj.weight",
+            vec![h, spec.heads * hd],
+        ));
         if spec.arch == Arch::Qwen2 {
             t.push((p.clone() + "self_attn.q_proj.bias", vec![spec.heads * hd]));
-            t.push((p.clone() + "self_attn.k_proj.bias", vec![spec.kv_heads * hd]));
-            t.push((p.clone() + "self_attn.v_proj.bias", vec![spec.kv_heads * hd]));
+            t.push((
+                p.clone() + "self_attn.k_proj.bias",
+                vec![spec.kv_heads * hd],
+            ));
+            t.push((
+                p.clone() + "self_attn.v_proj.bias",
+                vec![spec.kv_heads * hd],
+            ));
         }
         t.push((p.clone() + "mlp.gate_proj.weight", vec![f, h]));
         t.push((p.clone() + "mlp.up_proj.weight", vec![f, h]));
@@ -101,18 +121,33 @@ pub fn tensor_values(spec: &TinySpec, name: &str, shape: &[usize], i: usize) -> 
 fn encode(dtype: Dtype, v: &[f32]) -> Vec<u8> {
     match dtype {
         Dtype::F32 => bytemuck::cast_slice(v).to_vec(),
-        Dtype::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()).collect(),
-        Dtype::BF16 => v.iter().flat_map(|&x| quantize::float::f32_to_bf16(x).to_bits().to_le_bytes()).collect(),
+        Dtype::F16 => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+            .collect(),
+        Dtype::BF16 => v
+            .iter()
+            .flat_map(|&x| quantize::float::f32_to_bf16(x).to_bits().to_le_bytes())
+            .collect(),
     }
 }
 
-/// Writes one safetensors file of `(name, dtype, shape, bytes)` tensors.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> std::io::Result<()> {
+/// Writes one safetensors file of `(name, dtype, shape)` tensors, streaming each tensor's
+/// bytes from `bytes(i)` so that only one tensor is in memory at a time.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Dtype, Vec<usize>)],
+    mut bytes: impl FnMut(usize) -> Vec<u8>,
+) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
     let mut off = 0usize;
-    for (name, dtype, shape, bytes) in tensors {
-        header.insert(name.clone(), json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [off, off + bytes.len()]}));
-        off += bytes.len();
+    for (name, dtype, shape) in tensors {
+        let len = shape.iter().product::<usize>() * dtype.size();
+        header.insert(
+            name.clone(),
+            json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [off, off + len]}),
+        );
+        off += len;
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header))?;
     while h.len() % 8 != 0 {
@@ -121,8 +156,14 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     f.write_all(&(h.len() as u64).to_le_bytes())?;
     f.write_all(&h)?;
-    for (_, _, _, b) in tensors {
-        f.write_all(b)?;
+    for (i, (name, dtype, shape)) in tensors.iter().enumerate() {
+        let b = bytes(i);
+        assert_eq!(
+            b.len(),
+            shape.iter().product::<usize>() * dtype.size(),
+            "{name}"
+        );
+        f.write_all(&b)?;
     }
     f.flush()
 }
@@ -131,7 +172,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec
 /// `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` after them, padded to `vocab` with merges.
 pub fn tokenizer_json(vocab: usize) -> serde_json::Value {
     // GPT-2's byte → printable-char table.
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -141,7 +185,11 @@ pub fn tokenizer_json(vocab: usize) -> serde_json::Value {
             n += 1;
         }
     }
-    let mut pairs: Vec<(u32, char)> = bs.iter().zip(&cs).map(|(&b, &c)| (b, char::from_u32(c).unwrap())).collect();
+    let mut pairs: Vec<(u32, char)> = bs
+        .iter()
+        .zip(&cs)
+        .map(|(&b, &c)| (b, char::from_u32(c).unwrap()))
+        .collect();
     pairs.sort();
     let mut v = serde_json::Map::new();
     let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -201,25 +249,38 @@ pub fn write_checkpoint(dir: &Path, spec: &TinySpec) -> std::io::Result<()> {
         "torch_dtype": "float32"
     });
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
-    std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec(&tokenizer_json(spec.vocab))?)?;
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_vec(&tokenizer_json(spec.vocab))?,
+    )?;
     std::fs::write(
         dir.join("tokenizer_config.json"),
-        serde_json::to_vec_pretty(&json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "add_bos_token": false}))?,
+        serde_json::to_vec_pretty(
+            &json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "add_bos_token": false}),
+        )?,
     )?;
     let names = hf_tensors(spec);
     let shards = spec.shards.max(1);
     let per = names.len().div_ceil(shards);
     let mut weight_map = serde_json::Map::new();
     for (s, chunk) in names.chunks(per).enumerate() {
-        let file = if shards == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", s + 1, shards) };
-        let mut ts = Vec::new();
-        for (name, shape) in chunk {
-            let i = names.iter().position(|(n, _)| n == name).unwrap();
-            let v = tensor_values(spec, name, shape, i);
-            ts.push((name.clone(), spec.dtype, shape.clone(), encode(spec.dtype, &v)));
+        let file = if shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", s + 1, shards)
+        };
+        let ts: Vec<(String, Dtype, Vec<usize>)> = chunk
+            .iter()
+            .map(|(n, s)| (n.clone(), spec.dtype, s.clone()))
+            .collect();
+        for (name, _) in chunk {
             weight_map.insert(name.clone(), json!(file));
         }
-        write_safetensors(&dir.join(&file), &ts)?;
+        write_safetensors(&dir.join(&file), &ts, |k| {
+            let (name, shape) = &chunk[k];
+            let i = names.iter().position(|(n, _)| n == name).unwrap();
+            encode(spec.dtype, &tensor_values(spec, name, shape, i))
+        })?;
     }
     if shards > 1 {
         std::fs::write(

@@ -34,19 +34,58 @@ pub const CHKTXT: &str = "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\u{1F
 /// Known check-text hashes → llama.cpp `pre` names (from `get_vocab_base_pre`), for the
 /// byte-level BPE tokenizers of the architectures kiln converts and their close relatives.
 pub const KNOWN_PRE_HASHES: &[(&str, &str)] = &[
-    ("855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249", "smollm"),
-    ("0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5", "llama-bpe"),
-    ("e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea", "qwen2"),
-    ("d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c", "qwen2"),
-    ("b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5", "deepseek-r1-qwen"),
-    ("3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454", "gpt-2"),
-    ("0fe1cf6eda062318a1af7270f3331a85c539a01778ff948e24388e949c5282f4", "gpt-2"),
-    ("35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34", "starcoder"),
-    ("6221ad2852e85ce96f791f476e0b390cf9b474c9e3d1362f53a24a06dc8220ff", "refact"),
-    ("32d85c31273f8019248f2559fed492d929ea28b17e51d81d3bb36fff23ca72b3", "stablelm2"),
-    ("63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e", "tekken"),
-    ("9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e", "falcon3"),
-    ("c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d", "smaug-bpe"),
+    (
+        "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249",
+        "smollm",
+    ),
+    (
+        "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5",
+        "llama-bpe",
+    ),
+    (
+        "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea",
+        "qwen2",
+    ),
+    (
+        "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c",
+        "qwen2",
+    ),
+    (
+        "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5",
+        "deepseek-r1-qwen",
+    ),
+    (
+        "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454",
+        "gpt-2",
+    ),
+    (
+        "0fe1cf6eda062318a1af7270f3331a85c539a01778ff948e24388e949c5282f4",
+        "gpt-2",
+    ),
+    (
+        "35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34",
+        "starcoder",
+    ),
+    (
+        "6221ad2852e85ce96f791f476e0b390cf9b474c9e3d1362f53a24a06dc8220ff",
+        "refact",
+    ),
+    (
+        "32d85c31273f8019248f2559fed492d929ea28b17e51d81d3bb36fff23ca72b3",
+        "stablelm2",
+    ),
+    (
+        "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e",
+        "tekken",
+    ),
+    (
+        "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e",
+        "falcon3",
+    ),
+    (
+        "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d",
+        "smaug-bpe",
+    ),
 ];
 
 /// The pre-tokenizer (as `tokenizer.json` JSON) that reproduces llama.cpp's pre-tokenization
@@ -75,7 +114,13 @@ pub fn pre_tokenizer_json(pre: &str) -> Option<Json> {
 
 /// SHA-256 of Python's `str(ids)` (`[1, 2, 3]`), the form llama.cpp hashes.
 pub fn ids_hash(ids: &[u32]) -> String {
-    let s = format!("[{}]", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
+    let s = format!(
+        "[{}]",
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     hex(&Sha256::digest(s.as_bytes()))
 }
 
@@ -97,12 +142,16 @@ pub fn hf_tokenizer_metadata(
 ) -> Result<Metadata> {
     let tj_path = dir.join("tokenizer.json");
     let text = std::fs::read_to_string(&tj_path).map_err(|e| Error::io(&tj_path, e))?;
-    let tj: Json = serde_json::from_str(&text).map_err(|e| Error::format(&tj_path, format!("not valid JSON: {e}")))?;
+    let tj: Json = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&tj_path, format!("not valid JSON: {e}")))?;
     let model = &tj["model"];
     if model["type"].as_str() != Some("BPE") {
         return Err(Error::unsupported(
             &tj_path,
-            format!("tokenizer model {} is not supported (kiln converts byte-level BPE tokenizers)", model["type"]),
+            format!(
+                "tokenizer model {} is not supported (kiln converts byte-level BPE tokenizers)",
+                model["type"]
+            ),
         ));
     }
     if !is_byte_level(&tj) {
@@ -111,18 +160,32 @@ pub fn hf_tokenizer_metadata(
             "a BPE tokenizer without byte-level pre-tokenization (SentencePiece-style) is not supported yet",
         ));
     }
-    let vocab = model["vocab"].as_object().ok_or_else(|| Error::format(&tj_path, "model.vocab is not an object"))?;
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| Error::format(&tj_path, "model.vocab is not an object"))?;
     let mut by_id: HashMap<u32, String> = HashMap::with_capacity(vocab.len());
     for (tok, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| Error::format(&tj_path, format!("vocab id of {tok:?} is not a number")))?;
+        let id = id.as_u64().ok_or_else(|| {
+            Error::format(&tj_path, format!("vocab id of {tok:?} is not a number"))
+        })?;
         by_id.insert(id as u32, tok.clone());
     }
     let mut added: HashMap<u32, (String, bool)> = HashMap::new();
-    for a in tj["added_tokens"].as_array().map(|v| v.as_slice()).unwrap_or(&[]) {
+    for a in tj["added_tokens"]
+        .as_array()
+        .map(|v| v.as_slice())
+        .unwrap_or(&[])
+    {
         let (Some(id), Some(content)) = (a["id"].as_u64(), a["content"].as_str()) else {
-            return Err(Error::format(&tj_path, format!("malformed added token {a}")));
+            return Err(Error::format(
+                &tj_path,
+                format!("malformed added token {a}"),
+            ));
         };
-        added.insert(id as u32, (content.to_string(), a["special"].as_bool().unwrap_or(false)));
+        added.insert(
+            id as u32,
+            (content.to_string(), a["special"].as_bool().unwrap_or(false)),
+        );
         by_id.insert(id as u32, content.to_string());
     }
     let vocab_size = vocab_size.max(by_id.keys().map(|&i| i as usize + 1).max().unwrap_or(0));
@@ -136,7 +199,11 @@ pub fn hf_tokenizer_metadata(
             }
             (Some(_), Some((content, special))) => {
                 tokens.push(content.clone());
-                types.push(if *special || looks_special(content) { token_type::CONTROL } else { token_type::USER_DEFINED });
+                types.push(if *special || looks_special(content) {
+                    token_type::CONTROL
+                } else {
+                    token_type::USER_DEFINED
+                });
             }
             (Some(t), None) => {
                 tokens.push(t.clone());
@@ -149,11 +216,15 @@ pub fn hf_tokenizer_metadata(
             .iter()
             .map(|x| match x {
                 Json::String(s) => Some(s.clone()),
-                Json::Array(p) if p.len() == 2 => Some(format!("{} {}", p[0].as_str()?, p[1].as_str()?)),
+                Json::Array(p) if p.len() == 2 => {
+                    Some(format!("{} {}", p[0].as_str()?, p[1].as_str()?))
+                }
                 _ => None,
             })
             .collect::<Option<_>>()
-            .ok_or_else(|| Error::format(&tj_path, "model.merges holds an entry that is not a merge"))?,
+            .ok_or_else(|| {
+                Error::format(&tj_path, "model.merges holds an entry that is not a merge")
+            })?,
         None => Vec::new(),
     };
 
@@ -165,14 +236,24 @@ pub fn hf_tokenizer_metadata(
     let mut md = Metadata::new();
     md.set("tokenizer.ggml.model", Value::String("gpt2".into()));
     md.set("tokenizer.ggml.pre", Value::String(pre));
-    md.set("tokenizer.ggml.tokens", Value::string_array(tokens.iter().cloned()));
-    md.set("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types.iter().map(|&t| Value::I32(t)).collect()));
+    md.set(
+        "tokenizer.ggml.tokens",
+        Value::string_array(tokens.iter().cloned()),
+    );
+    md.set(
+        "tokenizer.ggml.token_type",
+        Value::Array(
+            ValueType::I32,
+            types.iter().map(|&t| Value::I32(t)).collect(),
+        ),
+    );
     md.set("tokenizer.ggml.merges", Value::string_array(merges));
 
     // Special tokens and flags, as llama.cpp's SpecialVocab reads them.
     let tc_path = dir.join("tokenizer_config.json");
     let tc: Json = match std::fs::read_to_string(&tc_path) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| Error::format(&tc_path, format!("not valid JSON: {e}")))?,
+        Ok(t) => serde_json::from_str(&t)
+            .map_err(|e| Error::format(&tc_path, format!("not valid JSON: {e}")))?,
         Err(_) => json!({}),
     };
     let id_of = |name: &str| -> Option<u32> {
@@ -195,7 +276,9 @@ pub fn hf_tokenizer_metadata(
             md.set(key, Value::U32(id));
         }
     }
-    let add_bos = tc["add_bos_token"].as_bool().unwrap_or_else(|| post_processor_adds_bos(&tj));
+    let add_bos = tc["add_bos_token"]
+        .as_bool()
+        .unwrap_or_else(|| post_processor_adds_bos(&tj));
     md.set("tokenizer.ggml.add_bos_token", Value::Bool(add_bos));
     if let Some(b) = tc["add_eos_token"].as_bool() {
         md.set("tokenizer.ggml.add_eos_token", Value::Bool(b));
@@ -203,7 +286,11 @@ pub fn hf_tokenizer_metadata(
     match &tc["chat_template"] {
         Json::String(t) => md.set("tokenizer.chat_template", Value::String(t.clone())),
         Json::Array(list) => {
-            if let Some(t) = list.iter().find(|e| e["name"] == "default").and_then(|e| e["template"].as_str()) {
+            if let Some(t) = list
+                .iter()
+                .find(|e| e["name"] == "default")
+                .and_then(|e| e["template"].as_str())
+            {
                 md.set("tokenizer.chat_template", Value::String(t.to_string()));
             }
         }
@@ -234,14 +321,20 @@ fn looks_special(t: &str) -> bool {
 
 fn post_processor_adds_bos(tj: &Json) -> bool {
     let single = &tj["post_processor"]["single"];
-    single.as_array().and_then(|s| s.first()).map(|f| f.get("SpecialToken").is_some()).unwrap_or(false)
+    single
+        .as_array()
+        .and_then(|s| s.first())
+        .map(|f| f.get("SpecialToken").is_some())
+        .unwrap_or(false)
 }
 
 /// The `pre` name of a tokenizer.json (text), by llama.cpp's check-text hash.
 pub fn detect_pre(path: &Path, tokenizer_json: &str) -> Result<String> {
     let tok = tokenizers::Tokenizer::from_bytes(tokenizer_json.as_bytes())
         .map_err(|e| Error::format(path, format!("the tokenizers library cannot load it: {e}")))?;
-    let enc = tok.encode(CHKTXT, true).map_err(|e| Error::format(path, format!("cannot encode the check text: {e}")))?;
+    let enc = tok
+        .encode(CHKTXT, true)
+        .map_err(|e| Error::format(path, format!("cannot encode the check text: {e}")))?;
     let h = ids_hash(enc.get_ids());
     match KNOWN_PRE_HASHES.iter().find(|(k, _)| *k == h) {
         Some((_, name)) => Ok(name.to_string()),
@@ -258,17 +351,34 @@ pub fn detect_pre(path: &Path, tokenizer_json: &str) -> Result<String> {
 /// A `tokenizer.json` (as JSON) equivalent to GGUF tokenizer metadata, for byte-level BPE
 /// (`tokenizer.ggml.model = gpt2`) with a `pre` kiln knows. `path` names the GGUF in errors.
 pub fn tokenizer_json_from_gguf(path: &Path, md: &Metadata) -> Result<Json> {
-    let model = md.str("tokenizer.ggml.model").ok_or_else(|| Error::format(path, "no tokenizer.ggml.model"))?;
+    let model = md
+        .str("tokenizer.ggml.model")
+        .ok_or_else(|| Error::format(path, "no tokenizer.ggml.model"))?;
     if model != "gpt2" {
-        return Err(Error::unsupported(path, format!("tokenizer model `{model}` (kiln runs byte-level BPE, `gpt2`)")));
+        return Err(Error::unsupported(
+            path,
+            format!("tokenizer model `{model}` (kiln runs byte-level BPE, `gpt2`)"),
+        ));
     }
     let pre = md.str("tokenizer.ggml.pre").unwrap_or("default");
     let pre_tok = pre_tokenizer_json(pre).ok_or_else(|| {
         Error::unsupported(path, format!("pre-tokenizer `{pre}` is not one kiln implements (smollm, gpt-2, llama-bpe, qwen2 and relatives)"))
     })?;
     let tokens = string_array(path, md, "tokenizer.ggml.tokens")?;
-    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) => a.iter().map(|v| if let Value::I32(t) = v { *t } else { token_type::NORMAL }).collect(),
+    let types: Vec<i32> = match md
+        .get("tokenizer.ggml.token_type")
+        .and_then(Value::as_array)
+    {
+        Some(a) => a
+            .iter()
+            .map(|v| {
+                if let Value::I32(t) = v {
+                    *t
+                } else {
+                    token_type::NORMAL
+                }
+            })
+            .collect(),
         None => vec![token_type::NORMAL; tokens.len()],
     };
     let merges = string_array(path, md, "tokenizer.ggml.merges").unwrap_or_default();
@@ -307,7 +417,11 @@ pub fn tokenizer_config_from_gguf(md: &Metadata) -> Json {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let tok = |key: &str| md.u64(key).and_then(|i| tokens.get(i as usize)).map(|s| Json::String(s.to_string()));
+    let tok = |key: &str| {
+        md.u64(key)
+            .and_then(|i| tokens.get(i as usize))
+            .map(|s| Json::String(s.to_string()))
+    };
     let mut o = serde_json::Map::new();
     for (key, name) in [
         ("tokenizer.ggml.bos_token_id", "bos_token"),
@@ -319,17 +433,26 @@ pub fn tokenizer_config_from_gguf(md: &Metadata) -> Json {
             o.insert(name.into(), t);
         }
     }
-    if let Some(b) = md.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool) {
+    if let Some(b) = md
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(Value::as_bool)
+    {
         o.insert("add_bos_token".into(), b.into());
     }
-    if let Some(b) = md.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool) {
+    if let Some(b) = md
+        .get("tokenizer.ggml.add_eos_token")
+        .and_then(Value::as_bool)
+    {
         o.insert("add_eos_token".into(), b.into());
     }
     if let Some(t) = md.str("tokenizer.chat_template") {
         o.insert("chat_template".into(), t.into());
     }
     o.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
-    o.insert("model_max_length".into(), json!(1_000_000_000_000_000_019_884_624_838_656u128 as f64));
+    o.insert(
+        "model_max_length".into(),
+        json!(1_000_000_000_000_000_019_884_624_838_656u128 as f64),
+    );
     Json::Object(o)
 }
 
@@ -338,7 +461,11 @@ fn string_array(path: &Path, md: &Metadata, key: &str) -> Result<Vec<String>> {
         .and_then(Value::as_array)
         .ok_or_else(|| Error::format(path, format!("no {key}")))?
         .iter()
-        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::format(path, format!("{key} holds a non-string"))))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::format(path, format!("{key} holds a non-string")))
+        })
         .collect()
 }
 
@@ -355,7 +482,10 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("add_bos", &self.add_bos).field("bos", &self.bos).finish()
+        f.debug_struct("Tokenizer")
+            .field("add_bos", &self.add_bos)
+            .field("bos", &self.bos)
+            .finish()
     }
 }
 
@@ -367,7 +497,10 @@ impl Tokenizer {
             .map_err(|e| Error::format(path, format!("tokenizer metadata does not load: {e}")))?;
         Ok(Tokenizer {
             inner,
-            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
+            add_bos: md
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             bos: md.u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
             eos: md.u64("tokenizer.ggml.eos_token_id").map(|v| v as u32),
         })

@@ -12,7 +12,11 @@ use convert::testing::{hf_tensors, tensor_values, write_checkpoint, TinySpec};
 use convert::{GgmlType, ModelSource};
 
 fn opts(ty: GgmlType) -> ConvertOptions {
-    ConvertOptions { out_type: ty, tokenizer_pre: Some("gpt-2".into()), ..Default::default() }
+    ConvertOptions {
+        out_type: ty,
+        tokenizer_pre: Some("gpt-2".into()),
+        ..Default::default()
+    }
 }
 
 /// The checkpoint's values of an HF tensor, as the file stores them (rounded to its dtype).
@@ -23,7 +27,10 @@ fn stored(spec: &TinySpec, name: &str) -> Vec<f32> {
     match spec.dtype {
         Dtype::F32 => v,
         Dtype::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-        Dtype::BF16 => v.iter().map(|&x| quantize::float::f32_to_bf16(x).to_f32()).collect(),
+        Dtype::BF16 => v
+            .iter()
+            .map(|&x| quantize::float::f32_to_bf16(x).to_f32())
+            .collect(),
     }
 }
 
@@ -45,18 +52,45 @@ fn every_metadata_type_and_alignment_round_trip() {
     md.set("a.u64", Value::U64(u64::MAX));
     md.set("a.i64", Value::I64(i64::MIN));
     md.set("a.f64", Value::F64(-2.5e300));
-    md.set("a.arr_i32", Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(-2)]));
-    md.set("a.arr_str", Value::string_array(["x".to_string(), "".to_string()]));
+    md.set(
+        "a.arr_i32",
+        Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(-2)]),
+    );
+    md.set(
+        "a.arr_str",
+        Value::string_array(["x".to_string(), "".to_string()]),
+    );
     md.set(
         "a.nested",
-        Value::Array(ValueType::Array, vec![Value::Array(ValueType::U8, vec![Value::U8(1)]), Value::Array(ValueType::U8, vec![])]),
+        Value::Array(
+            ValueType::Array,
+            vec![
+                Value::Array(ValueType::U8, vec![Value::U8(1)]),
+                Value::Array(ValueType::U8, vec![]),
+            ],
+        ),
     );
     let tensors = vec![
-        TensorSpec { name: "a".into(), dims: vec![3], ty: GgmlType::F32 },
-        TensorSpec { name: "b".into(), dims: vec![32, 2], ty: GgmlType::Q8_0 },
-        TensorSpec { name: "c".into(), dims: vec![5, 1], ty: GgmlType::F16 },
+        TensorSpec {
+            name: "a".into(),
+            dims: vec![3],
+            ty: GgmlType::F32,
+        },
+        TensorSpec {
+            name: "b".into(),
+            dims: vec![32, 2],
+            ty: GgmlType::Q8_0,
+        },
+        TensorSpec {
+            name: "c".into(),
+            dims: vec![5, 1],
+            ty: GgmlType::F16,
+        },
     ];
-    let data: Vec<Vec<u8>> = tensors.iter().map(|t| (0..t.size().unwrap()).map(|i| i as u8).collect()).collect();
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| (0..t.size().unwrap()).map(|i| i as u8).collect())
+        .collect();
     let w = GgufWriter::new(&path, md.clone(), tensors.clone()).unwrap();
     let mut f = std::fs::File::create(&path).unwrap();
     w.write(&path, &mut f, |i| Ok(data[i].clone())).unwrap();
@@ -70,7 +104,10 @@ fn every_metadata_type_and_alignment_round_trip() {
         assert_eq!(t.offset % 64, 0, "{}", t.name);
         assert_eq!(g.tensor_data(t), &d[..]);
     }
-    assert_eq!(g.tensors.iter().map(|t| t.dims.clone()).collect::<Vec<_>>(), tensors.iter().map(|t| t.dims.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        g.tensors.iter().map(|t| t.dims.clone()).collect::<Vec<_>>(),
+        tensors.iter().map(|t| t.dims.clone()).collect::<Vec<_>>()
+    );
 }
 
 fn check_roundtrip(spec: &TinySpec) {
@@ -110,7 +147,12 @@ fn check_roundtrip(spec: &TinySpec) {
     // Hyper-parameters and tokenizer survive: the exported directory converts to the same
     // metadata (but the name, which is the directory's).
     let again = dir.path().join("again.gguf");
-    convert(&ModelSource::open(&back).unwrap(), &again, &opts(GgmlType::F32)).unwrap();
+    convert(
+        &ModelSource::open(&back).unwrap(),
+        &again,
+        &opts(GgmlType::F32),
+    )
+    .unwrap();
     let g2 = GgufFile::open(&again).unwrap();
     for (k, v) in g.metadata.iter().filter(|(k, _)| *k != "general.name") {
         assert_eq!(g2.metadata.get(k), Some(v), "{k}");
@@ -125,17 +167,32 @@ fn llama_f32_single_file() {
 
 #[test]
 fn llama_bf16_sharded_tied() {
-    check_roundtrip(&TinySpec { dtype: Dtype::BF16, shards: 3, tie_embeddings: true, ..Default::default() });
+    check_roundtrip(&TinySpec {
+        dtype: Dtype::BF16,
+        shards: 3,
+        tie_embeddings: true,
+        ..Default::default()
+    });
 }
 
 #[test]
 fn mistral_f16() {
-    check_roundtrip(&TinySpec { arch: Arch::Mistral, dtype: Dtype::F16, heads: 8, kv_heads: 8, ..Default::default() });
+    check_roundtrip(&TinySpec {
+        arch: Arch::Mistral,
+        dtype: Dtype::F16,
+        heads: 8,
+        kv_heads: 8,
+        ..Default::default()
+    });
 }
 
 #[test]
 fn qwen2_with_biases_is_not_permuted() {
-    let spec = TinySpec { arch: Arch::Qwen2, shards: 2, ..Default::default() };
+    let spec = TinySpec {
+        arch: Arch::Qwen2,
+        shards: 2,
+        ..Default::default()
+    };
     check_roundtrip(&spec);
 }
 
@@ -144,21 +201,38 @@ fn output_types_follow_the_rules_and_bytes_are_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
     // intermediate 96: ffn_down rows of 96 are fine for q8_0 (multiple of 32).
-    write_checkpoint(&ckpt, &TinySpec { intermediate: 96, ..Default::default() }).unwrap();
+    write_checkpoint(
+        &ckpt,
+        &TinySpec {
+            intermediate: 96,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let src = ModelSource::open(&ckpt).unwrap();
     for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0] {
         let a = dir.path().join(format!("a-{ty}.gguf"));
         let b = dir.path().join(format!("b-{ty}.gguf"));
         convert(&src, &a, &opts(ty)).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         pool.install(|| convert(&src, &b, &opts(ty))).unwrap();
-        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{ty}: bytes depend on threads");
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{ty}: bytes depend on threads"
+        );
         let g = GgufFile::open(&a).unwrap();
         for t in &g.tensors {
             let want = if t.dims.len() == 1 { GgmlType::F32 } else { ty };
             assert_eq!(t.ty, want, "{}", t.name);
         }
-        assert_eq!(g.metadata.u64("general.file_type"), Some(convert::convert::file_type_id(ty) as u64));
+        assert_eq!(
+            g.metadata.u64("general.file_type"),
+            Some(convert::convert::file_type_id(ty) as u64)
+        );
     }
 }
 
@@ -169,7 +243,15 @@ fn unknown_tokenizer_stops_and_names_the_flag() {
     write_checkpoint(&ckpt, &TinySpec::default()).unwrap();
     let src = ModelSource::open(&ckpt).unwrap();
     let out = dir.path().join("x.gguf");
-    let e = convert(&src, &out, &ConvertOptions { out_type: GgmlType::F32, ..Default::default() }).unwrap_err();
+    let e = convert(
+        &src,
+        &out,
+        &ConvertOptions {
+            out_type: GgmlType::F32,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("--tokenizer-pre"), "{e}");
     assert!(e.to_string().contains("tokenizer.json"), "{e}");
     assert!(!out.exists());
@@ -185,23 +267,37 @@ fn non_finite_weights_are_named() {
     // Poison one value of blk.1's ffn_up (HF mlp.up_proj) in place.
     let path = ckpt.join("model.safetensors");
     let st = SafetensorsFile::open(&path).unwrap();
-    let t = st.tensor("model.layers.1.mlp.up_proj.weight").unwrap().clone();
+    let t = st
+        .tensor("model.layers.1.mlp.up_proj.weight")
+        .unwrap()
+        .clone();
     drop(st);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[t.start + 4 * 77..t.start + 4 * 78].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
     let src = ModelSource::open(&ckpt).unwrap();
     let out = dir.path().join("x.gguf");
-    let e = convert(&src, &out, &opts(GgmlType::F16)).unwrap_err().to_string();
-    assert!(e.contains("blk.1.ffn_up.weight") && e.contains("index 77"), "{e}");
+    let e = convert(&src, &out, &opts(GgmlType::F16))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("blk.1.ffn_up.weight") && e.contains("index 77"),
+        "{e}"
+    );
     assert!(!out.exists());
-    let ok = ConvertOptions { allow_nonfinite: true, ..opts(GgmlType::F16) };
+    let ok = ConvertOptions {
+        allow_nonfinite: true,
+        ..opts(GgmlType::F16)
+    };
     convert(&src, &out, &ok).unwrap();
 }
 
 fn assert_no_temp(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        assert!(!n.ends_with(convert::atomic::TMP_SUFFIX), "temporary file left: {n}");
+        assert!(
+            !n.ends_with(convert::atomic::TMP_SUFFIX),
+            "temporary file left: {n}"
+        );
     }
 }

@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
 use ::convert::convert::ConvertOptions;
 use ::convert::ModelSource;
+use anyhow::Result;
 
 use super::human_bytes;
 
@@ -22,7 +22,12 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<i32
         eprintln!("kiln: warning: {w}");
     }
     for t in report.tensors.iter().filter(|t| t.note.is_some()) {
-        eprintln!("kiln: note: {} stored as {}: {}", t.name, t.ty, t.note.as_deref().unwrap_or(""));
+        eprintln!(
+            "kiln: note: {} stored as {}: {}",
+            t.name,
+            t.ty,
+            t.note.as_deref().unwrap_or("")
+        );
     }
     println!(
         "wrote {} ({} tensors, {}) in {:.2}s",
@@ -38,6 +43,11 @@ pub fn export(input: &Path, output: &Path) -> Result<i32> {
     let t0 = Instant::now();
     let src = ModelSource::open(input)?;
     let r = ::convert::convert::export(&src, output)?;
-    println!("exported {} tensors to {} in {:.2}s", r.tensors, r.dir.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "exported {} tensors to {} in {:.2}s",
+        r.tensors,
+        r.dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(0)
 }

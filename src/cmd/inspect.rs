@@ -12,7 +12,14 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&ins)?);
         return Ok(0);
     }
-    println!("{} ({}{})", ins.path, ins.kind, ins.gguf_version.map(|v| format!(" v{v}")).unwrap_or_default());
+    println!(
+        "{} ({}{})",
+        ins.path,
+        ins.kind,
+        ins.gguf_version
+            .map(|v| format!(" v{v}"))
+            .unwrap_or_default()
+    );
     println!("architecture: {}", ins.architecture);
     println!("\nmetadata ({} keys):", ins.metadata.len());
     for (k, v) in &ins.metadata {
@@ -28,7 +35,10 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
     println!("\ntensors ({}):", ins.tensors.len());
     println!("  {:<36} {:<8} {:>12}  shape", "name", "type", "bytes");
     for t in &ins.tensors {
-        println!("  {:<36} {:<8} {:>12}  {:?}", t.name, t.ty, t.bytes, t.shape);
+        println!(
+            "  {:<36} {:<8} {:>12}  {:?}",
+            t.name, t.ty, t.bytes, t.shape
+        );
     }
     println!(
         "\ntotal: {} parameters, {} of tensor data, file {}",
@@ -37,7 +47,11 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
         human_bytes(ins.file_bytes)
     );
     if !ins.extra_tensors.is_empty() {
-        println!("extra tensors not used by kiln ({}): {}", ins.extra_tensors.len(), ins.extra_tensors.join(", "));
+        println!(
+            "extra tensors not used by kiln ({}): {}",
+            ins.extra_tensors.len(),
+            ins.extra_tensors.join(", ")
+        );
     }
     if !ins.ignored_tensors.is_empty() {
         println!("ignored (no weights): {}", ins.ignored_tensors.join(", "));

@@ -15,8 +15,20 @@ pub fn run(cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Inspect { path, json } => inspect::run(&path, json),
-        Command::Convert { input, output, out_type, tokenizer_pre, name, allow_nonfinite } => {
-            let opts = ::convert::convert::ConvertOptions { out_type: out_type.ggml(), tokenizer_pre, name, allow_nonfinite };
+        Command::Convert {
+            input,
+            output,
+            out_type,
+            tokenizer_pre,
+            name,
+            allow_nonfinite,
+        } => {
+            let opts = ::convert::convert::ConvertOptions {
+                out_type: out_type.ggml(),
+                tokenizer_pre,
+                name,
+                allow_nonfinite,
+            };
             convert::convert(&input, &output, &opts)
         }
         Command::Export { input, output } => convert::export(&input, &output),
@@ -24,7 +36,10 @@ pub fn run(cmd: Command) -> Result<i32> {
 }
 
 fn types() {
-    println!("{:<6} {:>3} {:>6} {:>6} {:>6}  vec_dot", "type", "id", "block", "bytes", "bpw");
+    println!(
+        "{:<6} {:>3} {:>6} {:>6} {:>6}  vec_dot",
+        "type", "id", "block", "bytes", "bpw"
+    );
     for t in quantize::ALL_TYPES {
         println!(
             "{:<6} {:>3} {:>6} {:>6} {:>6.2}  {}",

@@ -163,7 +163,10 @@ impl Value {
 
     /// An array of strings.
     pub fn string_array(items: impl IntoIterator<Item = String>) -> Value {
-        Value::Array(ValueType::String, items.into_iter().map(Value::String).collect())
+        Value::Array(
+            ValueType::String,
+            items.into_iter().map(Value::String).collect(),
+        )
     }
 
     /// A short rendering for `kiln inspect` (arrays abbreviated).
@@ -178,7 +181,10 @@ impl Value {
             Value::F32(v) => format!("{v}"),
             Value::F64(v) => format!("{v}"),
             Value::Bool(v) => format!("{v}"),
-            other => format!("{}", other.as_u64().map(|v| v.to_string()).unwrap_or_else(|| format!("{other:?}"))),
+            other => other
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| format!("{other:?}")),
         };
         if s.chars().count() > max_chars {
             let cut: String = s.chars().take(max_chars).collect();

@@ -130,7 +130,10 @@ impl GgufFile {
         if meta.len() < 24 {
             return Err(Error::format(
                 path,
-                format!("truncated: {} bytes, a GGUF header needs at least 24", meta.len()),
+                format!(
+                    "truncated: {} bytes, a GGUF header needs at least 24",
+                    meta.len()
+                ),
             ));
         }
         // SAFETY: the map is read-only; kiln does not modify files it reads while they are
@@ -167,10 +170,12 @@ impl GgufFile {
 
     /// A tensor's values as f32 (dequantized).
     pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
-        quantize::dequantize(t.ty, self.tensor_data(t), t.n_elements() as usize).map_err(|e| Error::Quant {
-            path: self.path.clone(),
-            tensor: t.name.clone(),
-            source: e,
+        quantize::dequantize(t.ty, self.tensor_data(t), t.n_elements() as usize).map_err(|e| {
+            Error::Quant {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                source: e,
+            }
         })
     }
 
@@ -226,12 +231,18 @@ impl<'a> Cursor<'a> {
         if len > cap {
             return Err(Error::format(
                 self.path,
-                format!("{what} at byte {at} states a length of {len} bytes, over the cap of {cap}"),
+                format!(
+                    "{what} at byte {at} states a length of {len} bytes, over the cap of {cap}"
+                ),
             ));
         }
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| Error::format(self.path, format!("{what} at byte {at} is not valid UTF-8: {e}")))
+        String::from_utf8(bytes.to_vec()).map_err(|e| {
+            Error::format(
+                self.path,
+                format!("{what} at byte {at} is not valid UTF-8: {e}"),
+            )
+        })
     }
 
     fn value(&mut self, ty: ValueType, what: &str, limits: &Limits, depth: u32) -> Result<Value> {
@@ -250,19 +261,29 @@ impl<'a> Cursor<'a> {
             ValueType::Bool => {
                 let b = fixed(self, 1)?[0];
                 if b > 1 {
-                    return Err(Error::format(self.path, format!("{what}: bool byte is {b}, not 0 or 1")));
+                    return Err(Error::format(
+                        self.path,
+                        format!("{what}: bool byte is {b}, not 0 or 1"),
+                    ));
                 }
                 Value::Bool(b == 1)
             }
             ValueType::String => Value::String(self.string(what, limits.max_string)?),
             ValueType::Array => {
                 if depth >= limits.max_depth {
-                    return Err(Error::format(self.path, format!("{what}: arrays nested deeper than {}", limits.max_depth)));
+                    return Err(Error::format(
+                        self.path,
+                        format!("{what}: arrays nested deeper than {}", limits.max_depth),
+                    ));
                 }
                 let at = self.pos;
                 let et = self.u32(what)?;
-                let elem = ValueType::from_u32(et)
-                    .ok_or_else(|| Error::format(self.path, format!("{what}: unknown array element type {et}")))?;
+                let elem = ValueType::from_u32(et).ok_or_else(|| {
+                    Error::format(
+                        self.path,
+                        format!("{what}: unknown array element type {et}"),
+                    )
+                })?;
                 let count = self.u64(what)?;
                 let min = match elem {
                     ValueType::String => 8,
@@ -291,38 +312,70 @@ impl<'a> Cursor<'a> {
 /// Parses and validates a GGUF header from `bytes` (the whole file). `path` names the file in
 /// errors.
 pub fn parse_header(path: &Path, bytes: &[u8], limits: Limits) -> Result<Header> {
-    let mut c = Cursor { b: bytes, pos: 0, path };
+    let mut c = Cursor {
+        b: bytes,
+        pos: 0,
+        path,
+    };
     let magic = c.u32("magic")?;
     if magic != MAGIC {
-        return Err(Error::format(path, format!("not a GGUF file (magic {:#010x}, expected \"GGUF\")", magic)));
+        return Err(Error::format(
+            path,
+            format!("not a GGUF file (magic {:#010x}, expected \"GGUF\")", magic),
+        ));
     }
     let version = c.u32("version")?;
     if version != 2 && version != 3 {
-        return Err(Error::unsupported(path, format!("GGUF version {version} (kiln reads versions 2 and 3)")));
+        return Err(Error::unsupported(
+            path,
+            format!("GGUF version {version} (kiln reads versions 2 and 3)"),
+        ));
     }
     let n_tensors = c.u64("tensor count")?;
     let n_kv = c.u64("metadata count")?;
     if n_tensors > limits.max_tensors || n_tensors.saturating_mul(24) > c.remaining() {
-        return Err(Error::format(path, format!("tensor count {n_tensors} is over the cap of {} or past the end of the file", limits.max_tensors)));
+        return Err(Error::format(
+            path,
+            format!(
+                "tensor count {n_tensors} is over the cap of {} or past the end of the file",
+                limits.max_tensors
+            ),
+        ));
     }
     if n_kv > limits.max_kv || n_kv.saturating_mul(12) > c.remaining() {
-        return Err(Error::format(path, format!("metadata count {n_kv} is over the cap of {} or past the end of the file", limits.max_kv)));
+        return Err(Error::format(
+            path,
+            format!(
+                "metadata count {n_kv} is over the cap of {} or past the end of the file",
+                limits.max_kv
+            ),
+        ));
     }
     let mut metadata = Metadata::new();
     for i in 0..n_kv {
         let key = c.string(&format!("metadata key #{i}"), limits.max_string)?;
         if metadata.get(&key).is_some() {
-            return Err(Error::format(path, format!("duplicate metadata key `{key}`")));
+            return Err(Error::format(
+                path,
+                format!("duplicate metadata key `{key}`"),
+            ));
         }
         let t = c.u32(&key)?;
-        let ty = ValueType::from_u32(t).ok_or_else(|| Error::format(path, format!("metadata `{key}`: unknown value type {t}")))?;
+        let ty = ValueType::from_u32(t).ok_or_else(|| {
+            Error::format(path, format!("metadata `{key}`: unknown value type {t}"))
+        })?;
         let v = c.value(ty, &format!("metadata `{key}`"), &limits, 0)?;
         metadata.set(key, v);
     }
     let alignment = match metadata.get(KEY_ALIGNMENT) {
         None => DEFAULT_ALIGNMENT,
         Some(Value::U32(a)) if *a > 0 && a.is_power_of_two() => *a as u64,
-        Some(v) => return Err(Error::format(path, format!("{KEY_ALIGNMENT} is {v:?}: it must be a u32 power of two"))),
+        Some(v) => {
+            return Err(Error::format(
+                path,
+                format!("{KEY_ALIGNMENT} is {v:?}: it must be a u32 power of two"),
+            ))
+        }
     };
     let mut tensors = Vec::with_capacity(n_tensors as usize);
     let mut names = HashSet::new();
@@ -333,7 +386,11 @@ pub fn parse_header(path: &Path, bytes: &[u8], limits: Limits) -> Result<Header>
         }
         let n_dims = c.u32(&name)?;
         if n_dims == 0 || n_dims > 4 {
-            return Err(Error::tensor(path, &name, format!("{n_dims} dimensions (1 to 4 allowed)")));
+            return Err(Error::tensor(
+                path,
+                &name,
+                format!("{n_dims} dimensions (1 to 4 allowed)"),
+            ));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -341,20 +398,46 @@ pub fn parse_header(path: &Path, bytes: &[u8], limits: Limits) -> Result<Header>
         }
         let numel = dims
             .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&p| p < (1 << 48)))
+            .try_fold(1u64, |acc, &d| {
+                acc.checked_mul(d).filter(|&p| p < (1 << 48))
+            })
             .ok_or_else(|| Error::tensor(path, &name, format!("dimensions {dims:?} overflow")))?;
         let tid = c.u32(&name)?;
-        let ty = GgmlType::from_id(tid)
-            .ok_or_else(|| Error::tensor(path, &name, format!("tensor type id {tid} is not one kiln handles")))?;
+        let ty = GgmlType::from_id(tid).ok_or_else(|| {
+            Error::tensor(
+                path,
+                &name,
+                format!("tensor type id {tid} is not one kiln handles"),
+            )
+        })?;
         let offset = c.u64(&name)?;
         let row = ty.row_size(dims[0] as usize).ok_or_else(|| {
-            Error::tensor(path, &name, format!("row length {} is not a multiple of {}'s block size {}", dims[0], ty, ty.block_size()))
+            Error::tensor(
+                path,
+                &name,
+                format!(
+                    "row length {} is not a multiple of {}'s block size {}",
+                    dims[0],
+                    ty,
+                    ty.block_size()
+                ),
+            )
         })? as u64;
-        let size = if dims[0] == 0 { 0 } else { row * (numel / dims[0]) };
+        let size = row * numel.checked_div(dims[0]).unwrap_or(0);
         if offset % alignment != 0 {
-            return Err(Error::tensor(path, &name, format!("data offset {offset} is not aligned to {alignment}")));
+            return Err(Error::tensor(
+                path,
+                &name,
+                format!("data offset {offset} is not aligned to {alignment}"),
+            ));
         }
-        tensors.push(TensorInfo { name, dims, ty, offset, size });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            size,
+        });
     }
     let data_offset = align_up(c.pos as u64, alignment);
     let data_len = (bytes.len() as u64).saturating_sub(data_offset);
@@ -370,9 +453,19 @@ pub fn parse_header(path: &Path, bytes: &[u8], limits: Limits) -> Result<Header>
         })?;
         if let Some(next) = order.get(i + 1) {
             if end > next.offset {
-                return Err(Error::tensor(path, &t.name, format!("data overlaps tensor `{}`", next.name)));
+                return Err(Error::tensor(
+                    path,
+                    &t.name,
+                    format!("data overlaps tensor `{}`", next.name),
+                ));
             }
         }
     }
-    Ok(Header { version, metadata, tensors, data_offset, alignment })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        data_offset,
+        alignment,
+    })
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use quantize::GgmlType;
 
-use super::{align_up, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC, VERSION};
+use super::{
+    align_up, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC, VERSION,
+};
 use crate::error::{Error, Result};
 
 /// A tensor to write: its header entry, without the offset (the writer lays them out).
@@ -45,7 +47,12 @@ impl GgufWriter {
         let alignment = match metadata.get(KEY_ALIGNMENT) {
             None => DEFAULT_ALIGNMENT,
             Some(Value::U32(a)) if *a > 0 && a.is_power_of_two() => *a as u64,
-            Some(v) => return Err(Error::format(path, format!("{KEY_ALIGNMENT} must be a u32 power of two, not {v:?}"))),
+            Some(v) => {
+                return Err(Error::format(
+                    path,
+                    format!("{KEY_ALIGNMENT} must be a u32 power of two, not {v:?}"),
+                ))
+            }
         };
         let mut seen = std::collections::HashSet::new();
         let mut sizes = Vec::with_capacity(tensors.len());
@@ -56,16 +63,35 @@ impl GgufWriter {
                 return Err(Error::tensor(path, &t.name, "duplicate tensor name"));
             }
             if t.dims.is_empty() || t.dims.len() > 4 {
-                return Err(Error::tensor(path, &t.name, format!("{} dimensions (1 to 4 allowed)", t.dims.len())));
+                return Err(Error::tensor(
+                    path,
+                    &t.name,
+                    format!("{} dimensions (1 to 4 allowed)", t.dims.len()),
+                ));
             }
             let size = t.size().ok_or_else(|| {
-                Error::tensor(path, &t.name, format!("row length {} does not fit {}'s blocks of {}", t.dims[0], t.ty, t.ty.block_size()))
+                Error::tensor(
+                    path,
+                    &t.name,
+                    format!(
+                        "row length {} does not fit {}'s blocks of {}",
+                        t.dims[0],
+                        t.ty,
+                        t.ty.block_size()
+                    ),
+                )
             })?;
             offsets.push(off);
             sizes.push(size);
             off = align_up(off + size, alignment);
         }
-        Ok(GgufWriter { metadata, tensors, sizes, offsets, alignment })
+        Ok(GgufWriter {
+            metadata,
+            tensors,
+            sizes,
+            offsets,
+            alignment,
+        })
     }
 
     /// The tensors, in file order.
@@ -115,7 +141,12 @@ impl GgufWriter {
 
     /// Writes the file to `w`; `data(i)` supplies tensor `i`'s bytes, one tensor at a time, in
     /// order. `path` names the output in errors.
-    pub fn write<W: Write>(&self, path: &Path, w: &mut W, mut data: impl FnMut(usize) -> Result<Vec<u8>>) -> Result<()> {
+    pub fn write<W: Write>(
+        &self,
+        path: &Path,
+        w: &mut W,
+        mut data: impl FnMut(usize) -> Result<Vec<u8>>,
+    ) -> Result<()> {
         let io = |e| Error::io(path, e);
         w.write_all(&self.header_bytes()).map_err(io)?;
         let zeros = vec![0u8; self.alignment as usize];
@@ -125,7 +156,11 @@ impl GgufWriter {
                 return Err(Error::tensor(
                     path,
                     &self.tensors[i].name,
-                    format!("{} bytes supplied for a tensor of {}", bytes.len(), self.sizes[i]),
+                    format!(
+                        "{} bytes supplied for a tensor of {}",
+                        bytes.len(),
+                        self.sizes[i]
+                    ),
                 ));
             }
             w.write_all(&bytes).map_err(io)?;
