@@ -55,4 +55,8 @@ if [ ! -f "$hf/model.safetensors" ] || [ ! -f "$hf/tokenizer.json" ]; then
   "$kiln" export "$gguf" "$hf.part"
   rm -rf "$hf" && mv "$hf.part" "$hf"
 fi
-echo "fixture ready: $gguf, $hf, $texts"
+f32="$root/smollm2-f32.gguf"
+if [ ! -f "$f32" ]; then
+  "$kiln" convert "$hf" -o "$f32" --type f32
+fi
+echo "fixture ready: $gguf, $hf, $f32, $texts"

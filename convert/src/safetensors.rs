@@ -147,6 +147,11 @@ impl SafetensorsFile {
         &self.path
     }
 
+    /// The whole file's bytes (memory-mapped).
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_ref().expect("mapped")
+    }
+
     /// A tensor's raw bytes.
     pub fn data(&self, t: &StTensor) -> &[u8] {
         &self.map.as_ref().expect("mapped")[t.start..t.start + t.len]

@@ -270,6 +270,14 @@ impl HfCheckpoint {
         Ok(v)
     }
 
+    /// A tensor as stored (Hugging Face layout, no permutation): the index of its file in
+    /// [`HfCheckpoint::files`] and its header entry.
+    pub fn raw_tensor(&self, name: &str) -> Option<(usize, &st::StTensor)> {
+        self.locs
+            .get(name)
+            .map(|l| (l.file, &self.files[l.file].tensors[l.index]))
+    }
+
     /// The file holding a tensor and its HF name (for error messages).
     pub fn origin(&self, name: &str) -> Option<(&Path, &str)> {
         self.locs

@@ -9,6 +9,15 @@
 //! SIMD code; SIMD results must match the scalar path within the tolerance each module states.
 
 pub mod dot;
+pub mod forward;
+pub mod mask;
+pub mod matmul;
+pub mod model;
+pub mod ops;
 pub mod simd;
 
+pub use forward::{forward, ForwardError, ForwardOptions, Logits, NoObserver, Observer, State};
+pub use mask::{BlockMask, HeadPattern};
+pub use matmul::MatmulMode;
+pub use model::{Config, Layer, MatKind, Model, RopeStyle, Storage, Weight};
 pub use simd::{force_scalar, SimdLevel};

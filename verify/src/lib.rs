@@ -1,8 +1,13 @@
 //! # verify — parity between a candidate artifact and its FP32 reference
 //!
-//! KL divergence, top-1 agreement, perplexity delta and per-tensor weight error, the
-//! thresholds a CI gate checks, and the report data (serde structs) the binary renders.
+//! * [`load`]: a GGUF file or checkpoint directory → kiln's kernel [`kernels::Model`].
+//! * [`eval`]: evaluation protocols (llama.cpp's perplexity chunks, full sequence) and
+//!   perplexity.
 //!
-//! Status: built by the verify issue on top of the kernels crate.
+//! KL divergence, top-1 agreement, per-tensor weight error, thresholds and the report data
+//! (serde structs the binary renders) build on these.
+
+pub mod eval;
+pub mod load;
 
 pub use kernels;

@@ -157,6 +157,11 @@ impl GgufFile {
         &self.path
     }
 
+    /// The whole file's bytes (memory-mapped).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)

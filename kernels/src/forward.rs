@@ -1,0 +1,489 @@
+//! The Llama-family forward pass, in the spirit of llama2.c's `forward`: one readable function,
+//! every buffer preallocated in [`State`], no allocation per token.
+//!
+//! ```text
+//! x = embed(tokens)                                   [T, dim]
+//! for each layer:
+//!     h = rmsnorm(x) · attn_norm
+//!     q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)   rope(q), rope(k); k, v → cache
+//!     x += attention(q, cache; causal, optional block mask) · Woᵀ
+//!     h = rmsnorm(x) · ffn_norm
+//!     x += (silu(h·Wgateᵀ) ⊙ h·Wupᵀ) · Wdownᵀ
+//! logits = (rmsnorm(x) · output_norm) · Woutputᵀ
+//! ```
+//!
+//! A batch of tokens (prefill) goes through the batched matmul; one token (decode) is the same
+//! code with T = 1. Observers see every matmul input (for the importance matrix) and, when they
+//! ask, every attention row (for mask statistics); the default observer compiles to nothing.
+
+use rayon::prelude::*;
+
+use crate::dot;
+use crate::mask::BlockMask;
+use crate::matmul::{matmul, MatmulMode, MatmulScratch};
+use crate::model::{Config, MatKind, Model, RopeStyle};
+
+/// Sees the forward pass from inside. Every method has an empty default.
+pub trait Observer: Sync {
+    /// The input `x` (`[n_tok, cols]`) of the matmuls of `kind` in `layer` (`n_layers` for
+    /// the output projection).
+    fn matmul_input(&self, _layer: usize, _kind: MatKind, _x: &[f32], _n_tok: usize) {}
+    /// True when [`Observer::attention`] wants to be called.
+    fn wants_attention(&self) -> bool {
+        false
+    }
+    /// The attention probabilities of `head` in `layer` for the query at position `q_pos`:
+    /// `probs[k]` for key positions `0..=q_pos` (zero where a mask excluded the key).
+    fn attention(&self, _layer: usize, _head: usize, _q_pos: usize, _probs: &[f32]) {}
+}
+
+/// The observer that observes nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Which positions of a batch need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (perplexity, KL divergence).
+    All,
+    /// The tokens from this index of the batch on.
+    From(usize),
+    /// None (filling the cache).
+    None,
+}
+
+/// Options of a forward pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions<'a> {
+    /// How quantized matmuls are computed.
+    pub mode: MatmulMode,
+    /// Block-sparse attention; `None` is dense causal attention.
+    pub mask: Option<&'a BlockMask>,
+}
+
+/// The working memory of a forward pass: KV cache and activations, sized once.
+#[derive(Debug)]
+pub struct State {
+    /// Longest sequence the cache holds.
+    pub max_ctx: usize,
+    /// Most tokens per forward call.
+    pub max_batch: usize,
+    /// Tokens in the cache (the next token's position).
+    pub pos: usize,
+    kv_dim: usize,
+    k_cache: Vec<f32>,  // [n_layers, max_ctx, kv_dim]
+    v_cache: Vec<f32>,  // [n_layers, max_ctx, kv_dim]
+    x: Vec<f32>,        // [max_batch, dim] residual stream
+    xb: Vec<f32>,       // [max_batch, dim] normed input / projection output
+    q: Vec<f32>,        // [max_batch, n_heads·head_dim]
+    k: Vec<f32>,        // [max_batch, kv_dim]
+    v: Vec<f32>,        // [max_batch, kv_dim]
+    att: Vec<f32>,      // [max_batch, n_heads·head_dim] attention output
+    scores: Vec<f32>,   // [n_heads, max_ctx] one attention row per head
+    hb: Vec<f32>,       // [max_batch, ffn_dim]
+    hb2: Vec<f32>,      // [max_batch, ffn_dim]
+    rope_cos: Vec<f32>, // [max_ctx, head_dim/2]
+    rope_sin: Vec<f32>, // [max_ctx, head_dim/2]
+    /// Logits of the last call: `[n, vocab]` rows for the positions asked for.
+    pub logits: Vec<f32>,
+    scratch: MatmulScratch,
+}
+
+impl State {
+    /// Buffers for `model` holding `max_ctx` positions, `max_batch` tokens per call.
+    pub fn new(c: &Config, max_ctx: usize, max_batch: usize) -> Self {
+        let max_batch = max_batch.clamp(1, max_ctx.max(1));
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let q_dim = c.n_heads * c.head_dim;
+        let half = c.head_dim / 2;
+        let mut rope_cos = vec![0f32; max_ctx * half];
+        let mut rope_sin = vec![0f32; max_ctx * half];
+        for p in 0..max_ctx {
+            let pos = p as f64 / c.rope_scale as f64;
+            for i in 0..half {
+                let theta = (c.rope_theta as f64).powf(-2.0 * i as f64 / c.head_dim as f64);
+                let a = pos * theta;
+                rope_cos[p * half + i] = a.cos() as f32;
+                rope_sin[p * half + i] = a.sin() as f32;
+            }
+        }
+        State {
+            max_ctx,
+            max_batch,
+            pos: 0,
+            kv_dim,
+            k_cache: vec![0.0; c.n_layers * max_ctx * kv_dim],
+            v_cache: vec![0.0; c.n_layers * max_ctx * kv_dim],
+            x: vec![0.0; max_batch * c.dim],
+            xb: vec![0.0; max_batch * c.dim],
+            q: vec![0.0; max_batch * q_dim],
+            k: vec![0.0; max_batch * kv_dim],
+            v: vec![0.0; max_batch * kv_dim],
+            att: vec![0.0; max_batch * q_dim],
+            scores: vec![0.0; c.n_heads * max_ctx],
+            hb: vec![0.0; max_batch * c.ffn_dim],
+            hb2: vec![0.0; max_batch * c.ffn_dim],
+            rope_cos,
+            rope_sin,
+            logits: Vec::with_capacity(c.vocab),
+            scratch: MatmulScratch::default(),
+        }
+    }
+
+    /// Empties the cache (the next token is at position 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}
+
+/// The error of a forward call that does not fit its state.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{n} tokens exceed the batch size {max}")]
+    Batch { n: usize, max: usize },
+    #[error("position {end} exceeds the context of {max} tokens")]
+    Context { end: usize, max: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    Token { id: u32, vocab: usize },
+}
+
+/// Σx² in f64, then `x / sqrt(mean + eps) · w`, as ggml's `rms_norm` (f64 sum).
+fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// Rotates the heads of one token's q or k (`n_heads × head_dim`) to position `pos`.
+fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = head_dim / 2;
+    for h in v.chunks_exact_mut(head_dim) {
+        match style {
+            RopeStyle::Adjacent => {
+                for i in 0..half {
+                    let (a, b) = (h[2 * i], h[2 * i + 1]);
+                    h[2 * i] = a * cos[i] - b * sin[i];
+                    h[2 * i + 1] = a * sin[i] + b * cos[i];
+                }
+            }
+            RopeStyle::Neox => {
+                for i in 0..half {
+                    let (a, b) = (h[i], h[i + half]);
+                    h[i] = a * cos[i] - b * sin[i];
+                    h[i + half] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+    }
+}
+
+fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (v, &bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        }
+    }
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Runs `tokens` (positions `state.pos ..`) through `model`, appending to the cache. Logits
+/// for the positions `logits` asks for land in `state.logits`.
+pub fn forward<O: Observer>(
+    model: &Model,
+    state: &mut State,
+    tokens: &[u32],
+    logits: Logits,
+    opts: ForwardOptions,
+    obs: &O,
+) -> Result<(), ForwardError> {
+    let c = &model.config;
+    let n = tokens.len();
+    if n > state.max_batch {
+        return Err(ForwardError::Batch {
+            n,
+            max: state.max_batch,
+        });
+    }
+    if state.pos + n > state.max_ctx {
+        return Err(ForwardError::Context {
+            end: state.pos + n,
+            max: state.max_ctx,
+        });
+    }
+    if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+        return Err(ForwardError::Token { id, vocab: c.vocab });
+    }
+    let (dim, hd, kv_dim) = (c.dim, c.head_dim, state.kv_dim);
+    let q_dim = c.n_heads * hd;
+    let half = hd / 2;
+    let pos0 = state.pos;
+    let mode = opts.mode;
+
+    for (t, &tok) in tokens.iter().enumerate() {
+        model
+            .token_embd
+            .row_f32(tok as usize, &mut state.x[t * dim..(t + 1) * dim]);
+    }
+
+    for (l, layer) in model.layers.iter().enumerate() {
+        // Attention block.
+        for t in 0..n {
+            rmsnorm(
+                &mut state.xb[t * dim..(t + 1) * dim],
+                &state.x[t * dim..(t + 1) * dim],
+                &layer.attn_norm,
+                c.rms_eps,
+            );
+        }
+        let xb = &state.xb[..n * dim];
+        obs.matmul_input(l, MatKind::Qkv, xb, n);
+        matmul(
+            &layer.wq,
+            xb,
+            n,
+            &mut state.q[..n * q_dim],
+            &mut state.scratch,
+            mode,
+        );
+        matmul(
+            &layer.wk,
+            xb,
+            n,
+            &mut state.k[..n * kv_dim],
+            &mut state.scratch,
+            mode,
+        );
+        matmul(
+            &layer.wv,
+            xb,
+            n,
+            &mut state.v[..n * kv_dim],
+            &mut state.scratch,
+            mode,
+        );
+        add_bias(&mut state.q[..n * q_dim], &layer.bq);
+        add_bias(&mut state.k[..n * kv_dim], &layer.bk);
+        add_bias(&mut state.v[..n * kv_dim], &layer.bv);
+        for t in 0..n {
+            let p = pos0 + t;
+            let (cs, sn) = (
+                &state.rope_cos[p * half..(p + 1) * half],
+                &state.rope_sin[p * half..(p + 1) * half],
+            );
+            rope(
+                &mut state.q[t * q_dim..(t + 1) * q_dim],
+                hd,
+                cs,
+                sn,
+                c.rope_style,
+            );
+            rope(
+                &mut state.k[t * kv_dim..(t + 1) * kv_dim],
+                hd,
+                cs,
+                sn,
+                c.rope_style,
+            );
+            let at = (l * state.max_ctx + p) * kv_dim;
+            state.k_cache[at..at + kv_dim].copy_from_slice(&state.k[t * kv_dim..(t + 1) * kv_dim]);
+            state.v_cache[at..at + kv_dim].copy_from_slice(&state.v[t * kv_dim..(t + 1) * kv_dim]);
+        }
+        attention(model, state, l, n, opts.mask, obs);
+        obs.matmul_input(l, MatKind::AttnOutput, &state.att[..n * q_dim], n);
+        matmul(
+            &layer.wo,
+            &state.att[..n * q_dim],
+            n,
+            &mut state.xb[..n * dim],
+            &mut state.scratch,
+            mode,
+        );
+        for (x, &d) in state.x[..n * dim].iter_mut().zip(&state.xb[..n * dim]) {
+            *x += d;
+        }
+
+        // Feed-forward block.
+        for t in 0..n {
+            rmsnorm(
+                &mut state.xb[t * dim..(t + 1) * dim],
+                &state.x[t * dim..(t + 1) * dim],
+                &layer.ffn_norm,
+                c.rms_eps,
+            );
+        }
+        let f = c.ffn_dim;
+        obs.matmul_input(l, MatKind::GateUp, &state.xb[..n * dim], n);
+        matmul(
+            &layer.w_gate,
+            &state.xb[..n * dim],
+            n,
+            &mut state.hb[..n * f],
+            &mut state.scratch,
+            mode,
+        );
+        matmul(
+            &layer.w_up,
+            &state.xb[..n * dim],
+            n,
+            &mut state.hb2[..n * f],
+            &mut state.scratch,
+            mode,
+        );
+        for (g, &u) in state.hb[..n * f].iter_mut().zip(&state.hb2[..n * f]) {
+            *g = silu(*g) * u;
+        }
+        obs.matmul_input(l, MatKind::Down, &state.hb[..n * f], n);
+        matmul(
+            &layer.w_down,
+            &state.hb[..n * f],
+            n,
+            &mut state.xb[..n * dim],
+            &mut state.scratch,
+            mode,
+        );
+        for (x, &d) in state.x[..n * dim].iter_mut().zip(&state.xb[..n * dim]) {
+            *x += d;
+        }
+    }
+    state.pos += n;
+
+    let (first, count) = match logits {
+        Logits::None => (n, 0),
+        Logits::Last => (n - 1, 1),
+        Logits::All => (0, n),
+        Logits::From(i) => (i.min(n), n - i.min(n)),
+    };
+    state.logits.clear();
+    if count > 0 {
+        for t in first..n {
+            let r = t - first;
+            rmsnorm(
+                &mut state.xb[r * dim..(r + 1) * dim],
+                &state.x[t * dim..(t + 1) * dim],
+                &model.output_norm,
+                c.rms_eps,
+            );
+        }
+        obs.matmul_input(c.n_layers, MatKind::Output, &state.xb[..count * dim], count);
+        state.logits.resize(count * c.vocab, 0.0);
+        matmul(
+            model.output_weight(),
+            &state.xb[..count * dim],
+            count,
+            &mut state.logits,
+            &mut state.scratch,
+            mode,
+        );
+    }
+    Ok(())
+}
+
+/// Causal grouped-query attention for the `n` newest tokens of layer `l`, heads in parallel.
+/// Key blocks a mask excludes are skipped: no dot product, no value accumulation.
+fn attention<O: Observer>(
+    model: &Model,
+    state: &mut State,
+    l: usize,
+    n: usize,
+    mask: Option<&crate::mask::BlockMask>,
+    obs: &O,
+) {
+    let c = &model.config;
+    let hd = c.head_dim;
+    let q_dim = c.n_heads * hd;
+    let kv_dim = state.kv_dim;
+    let group = c.n_heads / c.n_kv_heads;
+    let pos0 = state.pos;
+    let max_ctx = state.max_ctx;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let kc = &state.k_cache[l * max_ctx * kv_dim..(l + 1) * max_ctx * kv_dim];
+    let vc = &state.v_cache[l * max_ctx * kv_dim..(l + 1) * max_ctx * kv_dim];
+    let q = &state.q;
+    let watch = obs.wants_attention();
+    // Each head owns one scores row and writes only its own columns of `att`.
+    let att_ptr = AttOut(state.att.as_mut_ptr());
+    state
+        .scores
+        .par_chunks_mut(max_ctx)
+        .take(c.n_heads)
+        .enumerate()
+        .for_each(|(h, scores)| {
+            let att = att_ptr;
+            let g = h / group;
+            let pattern = mask.map(|m| m.pattern(l, h));
+            let block = mask.map_or(usize::MAX, |m| m.block);
+            for t in 0..n {
+                let p = pos0 + t;
+                let qv = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                let row = &mut scores[..=p];
+                // The key ranges this query may see: all of 0..=p, or the mask's blocks.
+                let for_each_range = |f: &mut dyn FnMut(usize, usize)| match pattern {
+                    None => f(0, p + 1),
+                    Some(pat) => {
+                        let qb = p / block;
+                        for kb in 0..=qb {
+                            if pat.allows(qb, kb) {
+                                f(kb * block, ((kb + 1) * block).min(p + 1));
+                            }
+                        }
+                    }
+                };
+                if watch && pattern.is_some() {
+                    row.fill(0.0);
+                }
+                let mut max = f32::NEG_INFINITY;
+                for_each_range(&mut |a, b| {
+                    for k in a..b {
+                        let s = dot::vec_dot_f32(
+                            qv,
+                            &kc[k * kv_dim + g * hd..k * kv_dim + (g + 1) * hd],
+                        ) * scale;
+                        row[k] = s;
+                        max = max.max(s);
+                    }
+                });
+                let mut sum = 0f64;
+                for_each_range(&mut |a, b| {
+                    for s in &mut row[a..b] {
+                        let e = (*s - max).exp();
+                        *s = e;
+                        sum += e as f64;
+                    }
+                });
+                let inv = (1.0 / sum) as f32;
+                // SAFETY: head h writes only att[t, h·hd .. (h+1)·hd], disjoint across heads.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), hd) };
+                out.fill(0.0);
+                for_each_range(&mut |a, b| {
+                    for k in a..b {
+                        row[k] *= inv;
+                        let w = row[k];
+                        let vv = &vc[k * kv_dim + g * hd..k * kv_dim + (g + 1) * hd];
+                        for (o, &x) in out.iter_mut().zip(vv) {
+                            *o += w * x;
+                        }
+                    }
+                });
+                if watch {
+                    obs.attention(l, h, p, row);
+                }
+            }
+        });
+}
+
+#[derive(Clone, Copy)]
+struct AttOut(*mut f32);
+unsafe impl Send for AttOut {}
+unsafe impl Sync for AttOut {}

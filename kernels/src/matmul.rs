@@ -1,0 +1,219 @@
+//! Matrix products `Y[t, r] = Σ_c W[r, c] · X[t, c]` for a batch of tokens, as ggml computes
+//! them: the activations are quantized once to the weight's activation type (Q8_0, Q8_1 or
+//! Q8_K) and every output is one dot product of a weight row with an activation row. Rows are
+//! split across rayon threads; within a thread each tile of weight rows is applied to every
+//! token before moving on, so a tile stays in cache while the activations stream past.
+//!
+//! [`MatmulMode::Dequantized`] instead expands each weight row to f32 and uses f32 dots: the
+//! same weights without activation quantization, to measure what that quantization costs.
+
+use bytemuck::Pod;
+use rayon::prelude::*;
+
+use quantize::blocks::*;
+use quantize::{GgmlType, Quantize};
+
+use crate::dot;
+use crate::model::Weight;
+
+/// How a matmul treats quantized weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulMode {
+    /// Quantize activations, use the integer dot products (what llama.cpp does).
+    #[default]
+    Quantized,
+    /// Dequantize weight rows to f32 and use f32 dot products (for checking).
+    Dequantized,
+}
+
+/// Reusable buffers of a matmul (quantized activations), so the forward pass does not
+/// allocate per token. 8-byte aligned (Q8_K blocks hold an f32).
+#[derive(Debug, Default)]
+pub struct MatmulScratch {
+    act: Vec<u64>,
+}
+
+impl MatmulScratch {
+    fn bytes(&mut self, n: usize) -> &mut [u8] {
+        let words = n.div_ceil(8);
+        if self.act.len() < words {
+            self.act.resize(words, 0);
+        }
+        &mut bytemuck::cast_slice_mut(&mut self.act[..words])[..n]
+    }
+}
+
+/// A raw pointer that may be shared across threads because every thread writes disjoint
+/// elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Weight rows per tile.
+const TILE: usize = 16;
+
+/// `out[t·rows + r] = W[r] · x[t]` for `n_tok` tokens; `x` is `[n_tok, cols]`, `out` is
+/// `[n_tok, rows]`.
+pub fn matmul(
+    w: &Weight,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+    mode: MatmulMode,
+) {
+    assert_eq!(x.len(), n_tok * w.cols, "matmul input");
+    assert_eq!(out.len(), n_tok * w.rows, "matmul output");
+    if mode == MatmulMode::Dequantized && w.ty != GgmlType::F32 {
+        return matmul_dequantized(w, x, n_tok, out);
+    }
+    match w.ty {
+        GgmlType::F32 => run::<f32, f32>(
+            w,
+            bytemuck::cast_slice(x),
+            w.cols * 4,
+            n_tok,
+            out,
+            dot::vec_dot_f32,
+        ),
+        GgmlType::F16 => run::<half::f16, f32>(
+            w,
+            bytemuck::cast_slice(x),
+            w.cols * 4,
+            n_tok,
+            out,
+            dot::vec_dot_f16_f32,
+        ),
+        GgmlType::BF16 => run::<u16, f32>(
+            w,
+            bytemuck::cast_slice(x),
+            w.cols * 4,
+            n_tok,
+            out,
+            dot::vec_dot_bf16_f32,
+        ),
+        GgmlType::Q4_0 => {
+            quantized::<BlockQ4_0, BlockQ8_0>(w, x, n_tok, out, scratch, dot::vec_dot_q4_0_q8_0)
+        }
+        GgmlType::Q4_1 => {
+            quantized::<BlockQ4_1, BlockQ8_1>(w, x, n_tok, out, scratch, dot::vec_dot_q4_1_q8_1)
+        }
+        GgmlType::Q5_0 => {
+            quantized::<BlockQ5_0, BlockQ8_0>(w, x, n_tok, out, scratch, dot::vec_dot_q5_0_q8_0)
+        }
+        GgmlType::Q5_1 => {
+            quantized::<BlockQ5_1, BlockQ8_1>(w, x, n_tok, out, scratch, dot::vec_dot_q5_1_q8_1)
+        }
+        GgmlType::Q8_0 => {
+            quantized::<BlockQ8_0, BlockQ8_0>(w, x, n_tok, out, scratch, dot::vec_dot_q8_0_q8_0)
+        }
+        GgmlType::Q4K => {
+            quantized::<BlockQ4K, BlockQ8K>(w, x, n_tok, out, scratch, dot::vec_dot_q4_k_q8_k)
+        }
+        GgmlType::Q5K => {
+            quantized::<BlockQ5K, BlockQ8K>(w, x, n_tok, out, scratch, dot::vec_dot_q5_k_q8_k)
+        }
+        GgmlType::Q6K => {
+            quantized::<BlockQ6K, BlockQ8K>(w, x, n_tok, out, scratch, dot::vec_dot_q6_k_q8_k)
+        }
+        GgmlType::Q8_1 | GgmlType::Q8K => {
+            panic!("{} is an activation format, not a weight type", w.ty)
+        }
+    }
+}
+
+fn quantized<W: Pod + Sync, A: Quantize>(
+    w: &Weight,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+    f: fn(&[W], &[A]) -> f32,
+) {
+    let nb = w.cols / A::BLOCK_SIZE;
+    let arow = nb * std::mem::size_of::<A>();
+    let acts = scratch.bytes(arow * n_tok);
+    {
+        let blocks: &mut [A] = bytemuck::cast_slice_mut(acts);
+        let quant = |(xs, ab): (&[f32], &mut [A])| A::quantize_row_ref(xs, ab);
+        if n_tok >= 4 {
+            x.par_chunks(w.cols)
+                .zip(blocks.par_chunks_mut(nb))
+                .for_each(quant);
+        } else {
+            x.chunks(w.cols).zip(blocks.chunks_mut(nb)).for_each(quant);
+        }
+    }
+    run::<W, A>(w, acts, arow, n_tok, out, f);
+}
+
+/// The tiled, threaded loop over weight rows × tokens.
+fn run<W: Pod + Sync, A: Pod + Sync>(
+    w: &Weight,
+    acts: &[u8],
+    arow: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    f: fn(&[W], &[A]) -> f32,
+) {
+    let rows = w.rows;
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let acts: &[A] = bytemuck::cast_slice(acts);
+    let per_tok = arow / std::mem::size_of::<A>();
+    let threads = rayon::current_num_threads().max(1);
+    // Enough chunks to balance, few enough that scheduling costs nothing next to the dots.
+    let work = rows * n_tok * w.cols;
+    let n_chunks = if work < 1 << 16 {
+        1
+    } else {
+        (threads * 4).min(rows.div_ceil(TILE))
+    };
+    let chunk_rows = rows
+        .div_ceil(n_chunks)
+        .next_multiple_of(TILE.min(rows))
+        .max(1);
+    let body = |c: usize| {
+        let out = out_ptr;
+        let r0 = c * chunk_rows;
+        let r1 = (r0 + chunk_rows).min(rows);
+        let mut t0 = r0;
+        while t0 < r1 {
+            let t1 = (t0 + TILE).min(r1);
+            for t in 0..n_tok {
+                let a = &acts[t * per_tok..(t + 1) * per_tok];
+                for r in t0..t1 {
+                    let wr = quantize::blocks_from_bytes::<W>(w.row(r));
+                    let v = f(&wr, a);
+                    // SAFETY: each (t, r) is written by exactly one thread (rows are split
+                    // into disjoint chunks) and lies inside `out` (asserted by the caller).
+                    unsafe { *out.0.add(t * rows + r) = v };
+                }
+            }
+            t0 = t1;
+        }
+    };
+    let n = rows.div_ceil(chunk_rows);
+    if n <= 1 {
+        (0..n).for_each(body);
+    } else {
+        (0..n).into_par_iter().for_each(body);
+    }
+}
+
+fn matmul_dequantized(w: &Weight, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    let rows = w.rows;
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..rows).into_par_iter().for_each_init(
+        || vec![0f32; w.cols],
+        |row, r| {
+            let out = out_ptr;
+            w.row_f32(r, row);
+            for t in 0..n_tok {
+                let v = dot::vec_dot_f32(row, &x[t * w.cols..(t + 1) * w.cols]);
+                // SAFETY: row r is handled by one task; (t, r) is inside `out`.
+                unsafe { *out.0.add(t * rows + r) = v };
+            }
+        },
+    );
+}

@@ -1,0 +1,312 @@
+//! The model kiln runs: a Llama-family decoder whose weights can each be of any type kiln
+//! handles, held zero-copy in whatever storage the loader provides (a memory-mapped GGUF or
+//! safetensors file, or owned memory).
+
+use std::sync::Arc;
+
+use quantize::GgmlType;
+
+/// Bytes that outlive the model: a memory map, a vector, a slice of either.
+pub trait Storage: Send + Sync {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+impl Storage for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Which RoPE pairing the Q/K rows are laid out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (x[2i], x[2i+1]): llama.cpp's llama architecture, on Q/K rows its
+    /// converter permuted (ggml's `GGML_ROPE_TYPE_NORM`).
+    Adjacent,
+    /// Halves (x[i], x[i + d/2]): Hugging Face's `rotate_half`, and qwen2 in GGUF
+    /// (`GGML_ROPE_TYPE_NEOX`).
+    Neox,
+}
+
+/// Hyper-parameters of the forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Model width (embedding length).
+    pub dim: usize,
+    /// SwiGLU inner width.
+    pub ffn_dim: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (each serves `n_heads / n_kv_heads` query heads).
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the output projection).
+    pub vocab: usize,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// Positions are divided by this before RoPE (linear scaling; 1 = none).
+    pub rope_scale: f32,
+    /// RoPE pairing.
+    pub rope_style: RopeStyle,
+    /// Training context length (the longest sequence the model is meant for).
+    pub max_ctx: usize,
+}
+
+/// A weight matrix `[rows, cols]` (row-major: each row is `cols` values of `ty`), or a vector
+/// (`rows = 1`).
+#[derive(Clone)]
+pub struct Weight {
+    /// Storage type.
+    pub ty: GgmlType,
+    /// Output features (rows).
+    pub rows: usize,
+    /// Input features (values per row).
+    pub cols: usize,
+    storage: Arc<dyn Storage>,
+    offset: usize,
+    row_bytes: usize,
+}
+
+impl std::fmt::Debug for Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Weight({} [{}, {}])", self.ty, self.rows, self.cols)
+    }
+}
+
+/// The error of building a weight from bytes that do not fit.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}: {msg}")]
+pub struct WeightError {
+    pub what: String,
+    pub msg: String,
+}
+
+impl Weight {
+    /// A weight over `storage[offset..]`, checked to hold `rows × cols` values of `ty`.
+    pub fn new(
+        what: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        storage: Arc<dyn Storage>,
+        offset: usize,
+    ) -> Result<Self, WeightError> {
+        let err = |msg: String| WeightError {
+            what: what.to_string(),
+            msg,
+        };
+        let row_bytes = ty.row_size(cols).ok_or_else(|| {
+            err(format!(
+                "rows of {cols} values do not fit {ty}'s blocks of {}",
+                ty.block_size()
+            ))
+        })?;
+        let need = row_bytes * rows;
+        let have = storage.bytes().len().saturating_sub(offset);
+        if have < need {
+            return Err(err(format!(
+                "{rows}×{cols} {ty} needs {need} bytes, {have} available"
+            )));
+        }
+        Ok(Weight {
+            ty,
+            rows,
+            cols,
+            storage,
+            offset,
+            row_bytes,
+        })
+    }
+
+    /// An owned f32 weight.
+    pub fn from_f32(
+        what: &str,
+        rows: usize,
+        cols: usize,
+        v: Vec<f32>,
+    ) -> Result<Self, WeightError> {
+        let bytes: Vec<u8> = bytemuck::cast_slice(&v).to_vec();
+        Self::new(what, GgmlType::F32, rows, cols, Arc::new(bytes), 0)
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// All rows' bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.storage.bytes()[self.offset..self.offset + self.row_bytes * self.rows]
+    }
+
+    /// Row `r`'s bytes.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let s = self.offset + r * self.row_bytes;
+        &self.storage.bytes()[s..s + self.row_bytes]
+    }
+
+    /// Row `r` as f32.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        quantize::dequantize_into(self.ty, self.row(r), &mut out[..self.cols])
+            .expect("row size checked at construction");
+    }
+
+    /// All values as f32 (for small vectors: norms, biases).
+    pub fn to_f32(&self) -> Vec<f32> {
+        quantize::dequantize(self.ty, self.bytes(), self.rows * self.cols)
+            .expect("size checked at construction")
+    }
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// RMSNorm weight before attention, `[dim]`.
+    pub attn_norm: Vec<f32>,
+    /// Query projection, `[n_heads·head_dim, dim]`.
+    pub wq: Weight,
+    /// Key projection, `[n_kv_heads·head_dim, dim]`.
+    pub wk: Weight,
+    /// Value projection, `[n_kv_heads·head_dim, dim]`.
+    pub wv: Weight,
+    /// Optional q/k/v biases (qwen2), `[n_heads·head_dim]`, `[n_kv_heads·head_dim]` ×2.
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    /// Attention output projection, `[dim, n_heads·head_dim]`.
+    pub wo: Weight,
+    /// RMSNorm weight before the feed-forward, `[dim]`.
+    pub ffn_norm: Vec<f32>,
+    /// SwiGLU gate, `[ffn_dim, dim]`.
+    pub w_gate: Weight,
+    /// SwiGLU up, `[ffn_dim, dim]`.
+    pub w_up: Weight,
+    /// SwiGLU down, `[dim, ffn_dim]`.
+    pub w_down: Weight,
+}
+
+/// A whole model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Hyper-parameters.
+    pub config: Config,
+    /// Token embeddings, `[vocab, dim]`.
+    pub token_embd: Weight,
+    /// Blocks.
+    pub layers: Vec<Layer>,
+    /// Final RMSNorm weight, `[dim]`.
+    pub output_norm: Vec<f32>,
+    /// Output projection, `[vocab, dim]`; `None` when tied to `token_embd`.
+    pub output: Option<Weight>,
+}
+
+/// Which matrix of a block a matmul input belongs to (for observers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatKind {
+    /// The shared input of attn_q, attn_k and attn_v.
+    Qkv,
+    /// attn_output.
+    AttnOutput,
+    /// The shared input of ffn_gate and ffn_up.
+    GateUp,
+    /// ffn_down.
+    Down,
+    /// The output projection (layer index is `n_layers`).
+    Output,
+}
+
+impl Model {
+    /// The output projection (the embedding when tied).
+    pub fn output_weight(&self) -> &Weight {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Checks every shape against the config.
+    pub fn validate(&self) -> Result<(), WeightError> {
+        let c = &self.config;
+        let q = c.n_heads * c.head_dim;
+        let kv = c.n_kv_heads * c.head_dim;
+        let chk = |w: &Weight, rows: usize, cols: usize, what: String| {
+            if w.rows != rows || w.cols != cols {
+                Err(WeightError {
+                    what,
+                    msg: format!(
+                        "is [{}, {}], the config implies [{rows}, {cols}]",
+                        w.rows, w.cols
+                    ),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let vec = |v: &[f32], n: usize, what: String| {
+            if v.len() != n {
+                Err(WeightError {
+                    what,
+                    msg: format!("has {} values, the config implies {n}", v.len()),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 {
+            return Err(WeightError {
+                what: "config".into(),
+                msg: format!("{c:?} is inconsistent"),
+            });
+        }
+        chk(&self.token_embd, c.vocab, c.dim, "token_embd".into())?;
+        if let Some(o) = &self.output {
+            chk(o, c.vocab, c.dim, "output".into())?;
+        }
+        vec(&self.output_norm, c.dim, "output_norm".into())?;
+        if self.layers.len() != c.n_layers {
+            return Err(WeightError {
+                what: "layers".into(),
+                msg: format!("{} layers, config says {}", self.layers.len(), c.n_layers),
+            });
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            vec(&l.attn_norm, c.dim, n("attn_norm"))?;
+            vec(&l.ffn_norm, c.dim, n("ffn_norm"))?;
+            chk(&l.wq, q, c.dim, n("attn_q"))?;
+            chk(&l.wk, kv, c.dim, n("attn_k"))?;
+            chk(&l.wv, kv, c.dim, n("attn_v"))?;
+            chk(&l.wo, c.dim, q, n("attn_output"))?;
+            chk(&l.w_gate, c.ffn_dim, c.dim, n("ffn_gate"))?;
+            chk(&l.w_up, c.ffn_dim, c.dim, n("ffn_up"))?;
+            chk(&l.w_down, c.dim, c.ffn_dim, n("ffn_down"))?;
+            for (b, len, s) in [
+                (&l.bq, q, "attn_q.bias"),
+                (&l.bk, kv, "attn_k.bias"),
+                (&l.bv, kv, "attn_v.bias"),
+            ] {
+                if let Some(b) = b {
+                    vec(b, len, n(s))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of all weights.
+    pub fn weight_bytes(&self) -> usize {
+        let mut n = self.token_embd.bytes().len()
+            + self.output.as_ref().map_or(0, |o| o.bytes().len())
+            + 4 * self.output_norm.len();
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                n += w.bytes().len();
+            }
+            n += 4 * (l.attn_norm.len() + l.ffn_norm.len());
+        }
+        n
+    }
+}

@@ -1,0 +1,200 @@
+//! Loading a model for kiln's kernel: a GGUF file (memory-mapped, zero-copy, any tensor types)
+//! or a Hugging Face checkpoint directory (memory-mapped safetensors run as stored — F32, F16
+//! or BF16 — in Hugging Face layout with rotate-half RoPE, no GGUF written first).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use convert::source::{HfCheckpoint, ModelSource};
+use convert::{Arch, GgmlType, ModelConfig};
+use kernels::{Config, Layer, Model, RopeStyle, Storage, Weight};
+
+/// What can go wrong loading.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Convert(#[from] convert::Error),
+    #[error("{path}: {source}")]
+    Weight {
+        path: String,
+        source: kernels::model::WeightError,
+    },
+    #[error("{path}: tensor `{tensor}` is missing")]
+    Missing { path: String, tensor: String },
+}
+
+struct GgufStorage(convert::gguf::GgufFile);
+impl Storage for GgufStorage {
+    fn bytes(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+struct ShardStorage(Arc<HfCheckpoint>, usize);
+impl Storage for ShardStorage {
+    fn bytes(&self) -> &[u8] {
+        self.0.files()[self.1].bytes()
+    }
+}
+
+fn kernel_config(c: &ModelConfig, rope_style: RopeStyle) -> Config {
+    Config {
+        dim: c.hidden_size,
+        ffn_dim: c.intermediate_size,
+        n_layers: c.n_layers,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        vocab: c.vocab_size,
+        rms_eps: c.rms_norm_eps,
+        rope_theta: c.rope_theta,
+        rope_scale: c.rope_scaling_linear.unwrap_or(1.0),
+        rope_style,
+        max_ctx: c.context_length,
+    }
+}
+
+/// A loaded model and what it was loaded from.
+pub struct Loaded {
+    /// The model.
+    pub model: Model,
+    /// The source, for its metadata and tokenizer.
+    pub source: Arc<ModelSource>,
+}
+
+/// Loads `path` (GGUF file or checkpoint directory).
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let source = Arc::new(ModelSource::open(path)?);
+    let model = match &*source {
+        ModelSource::Gguf(_) => load_gguf(path)?,
+        ModelSource::Hf(_) => load_hf(path)?,
+    };
+    Ok(Loaded { model, source })
+}
+
+fn build(
+    c: &ModelConfig,
+    rope: RopeStyle,
+    path: &Path,
+    mut get: impl FnMut(&str) -> Option<Result<Weight, kernels::model::WeightError>>,
+) -> Result<Model, LoadError> {
+    let p = path.display().to_string();
+    let mut need = |name: &str| -> Result<Weight, LoadError> {
+        match get(name) {
+            Some(Ok(w)) => Ok(w),
+            Some(Err(e)) => Err(LoadError::Weight {
+                path: p.clone(),
+                source: e,
+            }),
+            None => Err(LoadError::Missing {
+                path: p.clone(),
+                tensor: name.to_string(),
+            }),
+        }
+    };
+    let token_embd = need("token_embd.weight")?;
+    let output = if c.tie_word_embeddings {
+        None
+    } else {
+        Some(need("output.weight")?)
+    };
+    let output_norm = need("output_norm.weight")?.to_f32();
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for i in 0..c.n_layers {
+        let mut w = |s: &str| need(&format!("blk.{i}.{s}"));
+        let bias = c.qkv_bias;
+        layers.push(Layer {
+            attn_norm: w("attn_norm.weight")?.to_f32(),
+            wq: w("attn_q.weight")?,
+            wk: w("attn_k.weight")?,
+            wv: w("attn_v.weight")?,
+            bq: if bias {
+                Some(w("attn_q.bias")?.to_f32())
+            } else {
+                None
+            },
+            bk: if bias {
+                Some(w("attn_k.bias")?.to_f32())
+            } else {
+                None
+            },
+            bv: if bias {
+                Some(w("attn_v.bias")?.to_f32())
+            } else {
+                None
+            },
+            wo: w("attn_output.weight")?,
+            ffn_norm: w("ffn_norm.weight")?.to_f32(),
+            w_gate: w("ffn_gate.weight")?,
+            w_up: w("ffn_up.weight")?,
+            w_down: w("ffn_down.weight")?,
+        });
+    }
+    let model = Model {
+        config: kernel_config(c, rope),
+        token_embd,
+        layers,
+        output_norm,
+        output,
+    };
+    model
+        .validate()
+        .map_err(|e| LoadError::Weight { path: p, source: e })?;
+    Ok(model)
+}
+
+/// Loads a GGUF file zero-copy.
+pub fn load_gguf(path: &Path) -> Result<Model, LoadError> {
+    let file = convert::gguf::GgufFile::open(path)?;
+    let mut c = ModelConfig::from_gguf(path, &file.metadata)?;
+    c.tie_word_embeddings = file.tensor("output.weight").is_none();
+    let rope = if c.arch == Arch::Qwen2 {
+        RopeStyle::Neox
+    } else {
+        RopeStyle::Adjacent
+    };
+    let infos: Vec<_> = file.tensors.clone();
+    let base = file.data_offset as usize;
+    let storage: Arc<dyn Storage> = Arc::new(GgufStorage(file));
+    build(&c, rope, path, |name| {
+        let t = infos.iter().find(|t| t.name == name)?;
+        let (rows, cols) = (t.n_rows(), t.row_len());
+        Some(Weight::new(
+            name,
+            t.ty,
+            rows,
+            cols,
+            storage.clone(),
+            base + t.offset as usize,
+        ))
+    })
+}
+
+/// Loads a checkpoint directory zero-copy, in Hugging Face layout.
+pub fn load_hf(path: &Path) -> Result<Model, LoadError> {
+    let ck = Arc::new(HfCheckpoint::open(path)?);
+    let c = ck.config.clone();
+    let storages: Vec<Arc<dyn Storage>> = (0..ck.files().len())
+        .map(|i| Arc::new(ShardStorage(ck.clone(), i)) as Arc<dyn Storage>)
+        .collect();
+    build(&c, RopeStyle::Neox, path, |name| {
+        let (fi, t) = ck.raw_tensor(name)?;
+        let ty = match t.dtype {
+            convert::safetensors::Dtype::F32 => GgmlType::F32,
+            convert::safetensors::Dtype::F16 => GgmlType::F16,
+            convert::safetensors::Dtype::BF16 => GgmlType::BF16,
+        };
+        let (rows, cols) = match t.shape.len() {
+            1 => (1, t.shape[0]),
+            _ => (t.shape[0], t.shape[1..].iter().product()),
+        };
+        Some(Weight::new(
+            name,
+            ty,
+            rows,
+            cols,
+            storages[fi].clone(),
+            t.start,
+        ))
+    })
+}
