@@ -255,7 +255,10 @@ impl Model {
                 Ok(())
             }
         };
-        if c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 {
+        if c.n_kv_heads == 0
+            || !c.n_heads.is_multiple_of(c.n_kv_heads)
+            || !c.head_dim.is_multiple_of(2)
+        {
             return Err(WeightError {
                 what: "config".into(),
                 msg: format!("{c:?} is inconsistent"),
