@@ -52,6 +52,69 @@ pub enum Command {
         #[arg(long)]
         allow_nonfinite: bool,
     },
+    /// Perplexity of a model on a text (llama.cpp's protocol by default).
+    Perplexity {
+        /// A GGUF file or checkpoint directory.
+        model: PathBuf,
+        /// The text file.
+        #[arg(long)]
+        text: PathBuf,
+        /// Tokens per chunk.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Most chunks (default: the whole text).
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// `llama`: second half of each chunk scored (llama-perplexity); `full`: every position.
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Llama)]
+        protocol: ProtocolArg,
+        /// Tokens per forward call.
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        /// Dequantize weights to f32 instead of quantizing activations (for checking).
+        #[arg(long)]
+        dequantized: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text from a prompt.
+    Run {
+        /// A GGUF file or checkpoint directory.
+        model: PathBuf,
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// Tokens to generate.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
+        n: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temp: f32,
+        /// Sample among the k most likely tokens (0 = all).
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Prefill and decode speed, with the machine's memory bandwidth measured in the same run.
+    Bench {
+        /// A GGUF file or checkpoint directory.
+        model: PathBuf,
+        /// Prompt tokens of the prefill test (0 = skip).
+        #[arg(long, default_value_t = 512)]
+        pp: usize,
+        /// Generated tokens of the decode test (0 = skip).
+        #[arg(long, default_value_t = 128)]
+        tg: usize,
+        /// Repetitions.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = BenchFormat::Md)]
+        format: BenchFormat,
+    },
     /// Write any GGUF kiln reads as an FP32 Hugging Face directory.
     Export {
         /// Input GGUF file.
@@ -79,4 +142,17 @@ impl OutType {
             OutType::Q8_0 => quantize::GgmlType::Q8_0,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProtocolArg {
+    Llama,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchFormat {
+    Md,
+    Json,
+    Csv,
 }

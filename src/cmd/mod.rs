@@ -2,11 +2,12 @@
 //! the library, print the result. Returns the process exit code.
 
 mod convert;
+mod infer;
 mod inspect;
 
 use anyhow::Result;
 
-use crate::cli::Command;
+use crate::cli::{BenchFormat, Command, ProtocolArg};
 
 pub fn run(cmd: Command) -> Result<i32> {
     match cmd {
@@ -32,6 +33,60 @@ pub fn run(cmd: Command) -> Result<i32> {
             convert::convert(&input, &output, &opts)
         }
         Command::Export { input, output } => convert::export(&input, &output),
+        Command::Perplexity {
+            model,
+            text,
+            ctx,
+            chunks,
+            protocol,
+            batch,
+            dequantized,
+            json,
+        } => infer::perplexity_cmd(infer::PerplexityArgs {
+            model: &model,
+            text: &text,
+            ctx,
+            chunks,
+            protocol: match protocol {
+                ProtocolArg::Llama => verify::eval::Protocol::LlamaCpp,
+                ProtocolArg::Full => verify::eval::Protocol::Full,
+            },
+            batch,
+            dequantized,
+            json,
+        }),
+        Command::Run {
+            model,
+            prompt,
+            n,
+            temp,
+            top_k,
+            seed,
+        } => infer::run_cmd(infer::RunArgs {
+            model: &model,
+            prompt: &prompt,
+            n,
+            temp,
+            top_k,
+            seed,
+        }),
+        Command::Bench {
+            model,
+            pp,
+            tg,
+            reps,
+            format,
+        } => infer::bench_cmd(infer::BenchArgs {
+            model: &model,
+            pp,
+            tg,
+            reps,
+            format: match format {
+                BenchFormat::Md => "md",
+                BenchFormat::Json => "json",
+                BenchFormat::Csv => "csv",
+            },
+        }),
     }
 }
 

@@ -1,0 +1,282 @@
+//! `kiln perplexity`, `kiln run` and `kiln bench`: kiln's kernel on a model.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use convert::source::ModelSource;
+use convert::tokenizer::Tokenizer;
+use kernels::{forward, ForwardOptions, Logits, MatmulMode, NoObserver, State};
+use verify::eval::{perplexity, EvalOptions, Protocol};
+use verify::load::Loaded;
+
+use super::human_bytes;
+
+/// Loads a model and its tokenizer.
+pub fn load_with_tokenizer(path: &Path) -> Result<(Loaded, Tokenizer)> {
+    let loaded = verify::load::load(path)?;
+    let tok = tokenizer_of(&loaded.source)?;
+    Ok((loaded, tok))
+}
+
+/// The tokenizer of a model source.
+pub fn tokenizer_of(src: &ModelSource) -> Result<Tokenizer> {
+    Ok(match src {
+        ModelSource::Gguf(g) => Tokenizer::from_gguf(g.file.path(), &g.file.metadata)?,
+        ModelSource::Hf(h) => Tokenizer::from_hf_dir(h.dir(), h.config.vocab_size, None)?,
+    })
+}
+
+/// Reads and tokenizes a text file.
+pub fn tokenize_file(tok: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the text", path.display()))?;
+    tok.encode(&text)
+        .map_err(|e| anyhow::anyhow!("{}: tokenizing failed: {e}", path.display()))
+}
+
+pub struct PerplexityArgs<'a> {
+    pub model: &'a Path,
+    pub text: &'a Path,
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+    pub protocol: Protocol,
+    pub batch: usize,
+    pub dequantized: bool,
+    pub json: bool,
+}
+
+pub fn perplexity_cmd(a: PerplexityArgs) -> Result<i32> {
+    let (loaded, tok) = load_with_tokenizer(a.model)?;
+    let tokens = tokenize_file(&tok, a.text)?;
+    let opts = EvalOptions {
+        ctx: a.ctx,
+        chunks: a.chunks,
+        protocol: a.protocol,
+        batch: a.batch.min(a.ctx),
+        mode: if a.dequantized {
+            MatmulMode::Dequantized
+        } else {
+            MatmulMode::Quantized
+        },
+        bos: if tok.add_bos { tok.bos } else { None },
+    };
+    let t0 = Instant::now();
+    let p = perplexity(&loaded.model, &tokens, &opts)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = serde_json::to_value(&p)?;
+        v["tokens"] = tokens.len().into();
+        v["seconds"] = secs.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        eprintln!(
+            "{} tokens, {} chunks of {}, {:?} protocol",
+            tokens.len(),
+            p.chunks,
+            a.ctx,
+            a.protocol
+        );
+        let line: Vec<String> = p
+            .per_chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("[{}]{v:.4}", i + 1))
+            .collect();
+        println!("{}", line.join(","));
+        println!(
+            "Final estimate: PPL = {:.4} +/- {:.5} ({} predictions, top-1 {:.2}%, {:.1} tokens/s)",
+            p.ppl,
+            p.ppl * p.nll_stderr,
+            p.n_scored,
+            100.0 * p.top1_hit_rate,
+            (p.chunks * a.ctx) as f64 / secs
+        );
+    }
+    Ok(0)
+}
+
+pub struct RunArgs<'a> {
+    pub model: &'a Path,
+    pub prompt: &'a str,
+    pub n: usize,
+    pub temp: f32,
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+pub fn run_cmd(a: RunArgs) -> Result<i32> {
+    let (loaded, tok) = load_with_tokenizer(a.model)?;
+    let model = &loaded.model;
+    let prompt = tok
+        .encode(a.prompt)
+        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let ctx = (prompt.len() + a.n).min(model.config.max_ctx.max(prompt.len() + 1));
+    let mut st = State::new(&model.config, ctx, prompt.len().clamp(1, 512));
+    let mut rng = kernels::ops::Rng::new(a.seed);
+    let fo = ForwardOptions::default();
+    let t0 = Instant::now();
+    for chunk in prompt.chunks(st.max_batch) {
+        forward(model, &mut st, chunk, Logits::Last, fo, &NoObserver)?;
+    }
+    let t_prompt = t0.elapsed().as_secs_f64();
+    let mut out: Vec<u32> = Vec::new();
+    let mut printed = 0;
+    let stdout = std::io::stdout();
+    let mut so = stdout.lock();
+    let t1 = Instant::now();
+    while out.len() < a.n && st.pos < ctx {
+        let next = kernels::ops::sample(&st.logits, a.temp, a.top_k, &mut rng) as u32;
+        if Some(next) == tok.eos {
+            break;
+        }
+        out.push(next);
+        let text = tok.decode(&out).unwrap_or_default();
+        // Print only complete characters: a partial UTF-8 sequence decodes to U+FFFD.
+        if !text.ends_with('\u{FFFD}') && text.len() > printed {
+            write!(so, "{}", &text[printed..])?;
+            so.flush()?;
+            printed = text.len();
+        }
+        if st.pos >= ctx {
+            break;
+        }
+        forward(model, &mut st, &[next], Logits::Last, fo, &NoObserver)?;
+    }
+    writeln!(so)?;
+    eprintln!(
+        "prompt {} tokens in {:.2}s ({:.1} t/s), generated {} tokens in {:.2}s ({:.1} t/s)",
+        prompt.len(),
+        t_prompt,
+        prompt.len() as f64 / t_prompt,
+        out.len(),
+        t1.elapsed().as_secs_f64(),
+        out.len() as f64 / t1.elapsed().as_secs_f64().max(1e-9)
+    );
+    Ok(0)
+}
+
+pub struct BenchArgs<'a> {
+    pub model: &'a Path,
+    pub pp: usize,
+    pub tg: usize,
+    pub reps: usize,
+    pub format: &'a str,
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+    (m, var.sqrt())
+}
+
+/// Read bandwidth of this machine, all threads, over a buffer far larger than the caches (GB/s).
+pub fn memory_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let words = 256 << 17; // 256 MiB of u64
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s: u64 = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+            .sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((words * 8) as f64 / secs / 1e9);
+    }
+    best
+}
+
+pub fn bench_cmd(a: BenchArgs) -> Result<i32> {
+    let loaded = verify::load::load(a.model)?;
+    let model = &loaded.model;
+    let c = &model.config;
+    let threads = rayon::current_num_threads();
+    let bw = memory_bandwidth();
+    let mut rng = kernels::ops::Rng::new(42);
+    let tokens: Vec<u32> = (0..a.pp.max(1))
+        .map(|_| (rng.uniform() * c.vocab as f64) as u32)
+        .collect();
+    let mut st = State::new(c, (a.pp + a.tg).max(1), a.pp.max(1));
+    let fo = ForwardOptions::default();
+    // Warm-up: touch every weight once.
+    forward(
+        model,
+        &mut st,
+        &tokens[..tokens.len().min(16)],
+        Logits::Last,
+        fo,
+        &NoObserver,
+    )?;
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..a.reps.max(1) {
+        if a.pp > 0 {
+            st.reset();
+            let t = Instant::now();
+            forward(model, &mut st, &tokens, Logits::Last, fo, &NoObserver)?;
+            pp.push(a.pp as f64 / t.elapsed().as_secs_f64());
+        }
+        if a.tg > 0 {
+            st.reset();
+            let mut tok = tokens[0];
+            let t = Instant::now();
+            for _ in 0..a.tg {
+                forward(model, &mut st, &[tok], Logits::Last, fo, &NoObserver)?;
+                tok = kernels::ops::argmax(&st.logits) as u32;
+            }
+            tg.push(a.tg as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    let size = model.weight_bytes() as u64;
+    let params: usize = loaded.source.tensors().iter().map(|t| t.n_elements()).sum();
+    let name = a
+        .model
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let simd = kernels::simd::level().name();
+    let mut rows = Vec::new();
+    if !pp.is_empty() {
+        rows.push((format!("pp{}", a.pp), mean_sd(&pp)));
+    }
+    if !tg.is_empty() {
+        rows.push((format!("tg{}", a.tg), mean_sd(&tg)));
+    }
+    match a.format {
+        "json" => {
+            let v = serde_json::json!({
+                "model": name, "size_bytes": size, "params": params, "threads": threads, "simd": simd,
+                "memory_bandwidth_gbs": bw, "reps": a.reps,
+                "tests": rows.iter().map(|(t, (m, s))| serde_json::json!({"test": t, "tokens_per_s": m, "stddev": s})).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        "csv" => {
+            println!("model,size_bytes,params,threads,simd,memory_bandwidth_gbs,test,tokens_per_s,stddev");
+            for (t, (m, s)) in &rows {
+                println!("{name},{size},{params},{threads},{simd},{bw:.2},{t},{m:.2},{s:.2}");
+            }
+        }
+        _ => {
+            println!("| model | size | params | threads | simd | test | t/s |");
+            println!("| --- | ---: | ---: | ---: | --- | --- | ---: |");
+            for (t, (m, s)) in &rows {
+                println!(
+                    "| {name} | {} | {:.2} M | {threads} | {simd} | {t} | {m:.2} ± {s:.2} |",
+                    human_bytes(size),
+                    params as f64 / 1e6
+                );
+            }
+            println!("\nmemory read bandwidth (same run, {threads} threads): {bw:.2} GB/s");
+        }
+    }
+    Ok(0)
+}
