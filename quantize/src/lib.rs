@@ -25,6 +25,7 @@ pub mod blocks;
 pub mod float;
 mod kquants;
 mod legacy;
+pub mod mix;
 pub mod search;
 pub mod types;
 
