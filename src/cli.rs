@@ -16,6 +16,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub threads: Option<usize>,
 
+    /// No progress output.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -114,6 +118,66 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = BenchFormat::Md)]
         format: BenchFormat,
+    },
+    /// Collect an importance matrix (llama-imatrix's statistics) from calibration text.
+    Calibrate {
+        /// A GGUF file or checkpoint directory (the FP32 model).
+        model: PathBuf,
+        /// Calibration text files (tokens of all of them, in order).
+        #[arg(long, required = true, num_args = 1..)]
+        text: Vec<PathBuf>,
+        /// Tokens per chunk.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Most chunks (default: all the text holds).
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// Also collect the output projection's input (llama-imatrix's --process-output).
+        #[arg(long)]
+        process_output: bool,
+        /// Output file: GGUF imatrix, or the legacy format when the name ends in .dat.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Show an importance matrix file, or convert it between the GGUF and .dat formats.
+    Imatrix {
+        /// An imatrix file (GGUF or .dat).
+        input: PathBuf,
+        /// Write it here (format by extension: .dat is the legacy format).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Quantize a checkpoint directory or GGUF to one of llama.cpp's file types.
+    Quantize {
+        /// A checkpoint directory (converted in one step) or a GGUF file.
+        input: PathBuf,
+        /// Output GGUF file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// File type: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q5_0, Q5_1, Q4_0, Q4_1, F16, BF16, F32.
+        #[arg(long = "type")]
+        ftype: String,
+        /// Importance matrix (GGUF or .dat) for the weighted quantizers.
+        #[arg(long)]
+        imatrix: Option<PathBuf>,
+        /// REGEX=TYPE: tensors whose name matches get TYPE (repeatable; first match wins).
+        #[arg(long = "tensor-type")]
+        tensor_type: Vec<String>,
+        /// Type of output.weight (and of a tied token embedding).
+        #[arg(long)]
+        output_tensor_type: Option<String>,
+        /// Type of token_embd.weight.
+        #[arg(long)]
+        token_embedding_type: Option<String>,
+        /// Every quantized tensor gets the file type's default type.
+        #[arg(long)]
+        pure: bool,
+        /// Print the per-tensor plan and totals; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// llama.cpp pre-tokenizer name, when kiln cannot tell it.
+        #[arg(long)]
+        tokenizer_pre: Option<String>,
     },
     /// Write any GGUF kiln reads as an FP32 Hugging Face directory.
     Export {

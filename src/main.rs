@@ -20,7 +20,7 @@ fn main() {
             .num_threads(n)
             .build_global();
     }
-    let code = match cmd::run(cli.command) {
+    let code = match cmd::run(cli.command, cli.quiet) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: error: {e:#}");

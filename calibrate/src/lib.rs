@@ -1,9 +1,11 @@
 //! # calibrate — what the model does on real text
 //!
-//! Importance matrices (per-column sums of squared matmul inputs, llama-imatrix's format),
-//! attention statistics, and block-sparse mask derivation, all computed by running `kernels`'
-//! forward pass over calibration text.
+//! * [`imatrix`]: importance matrices (per-column sums of squared matmul inputs, what
+//!   llama-imatrix collects), collected by running `kernels`' forward pass over calibration
+//!   text, read and written in llama.cpp's GGUF and legacy `.dat` formats.
 //!
-//! Status: built by the calibrate issue on top of the kernels crate.
+//! Attention statistics and block-sparse mask derivation build on the same forward pass.
 
-pub use kernels;
+pub mod imatrix;
+
+pub use imatrix::{calibrate, CalibOptions, Imatrix};

@@ -92,7 +92,8 @@ pub fn check_finite(path: &Path, tensor: &str, v: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// Converts `src` to a GGUF at `out`.
+/// Converts `src` to a GGUF at `out`: 2-D weights to `opts.out_type` (F16 where rows do not
+/// fit its blocks), 1-D tensors F32.
 pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     if !matches!(
         opts.out_type,
@@ -106,65 +107,155 @@ pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<C
             ),
         ));
     }
+    let plan: Vec<PlannedTensor> = src
+        .tensors()
+        .iter()
+        .map(|t| {
+            if t.dims.len() == 1 {
+                PlannedTensor {
+                    name: t.name.clone(),
+                    ty: GgmlType::F32,
+                    note: None,
+                }
+            } else if opts.out_type.row_size(t.row_len()).is_none() {
+                PlannedTensor {
+                    name: t.name.clone(),
+                    ty: GgmlType::F16,
+                    note: Some(format!(
+                        "{} rows of {} do not fit {}'s blocks",
+                        t.dims[1],
+                        t.row_len(),
+                        opts.out_type
+                    )),
+                }
+            } else {
+                PlannedTensor {
+                    name: t.name.clone(),
+                    ty: opts.out_type,
+                    note: None,
+                }
+            }
+        })
+        .collect();
+    let w = WriteOptions {
+        file_type: file_type_id(opts.out_type),
+        tokenizer_pre: opts.tokenizer_pre.clone(),
+        name: opts.name.clone(),
+        allow_nonfinite: opts.allow_nonfinite,
+        ..Default::default()
+    };
+    write_model(src, out, &plan, &w)
+}
+
+/// One tensor of a write plan.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    /// GGUF name (a tensor of the source).
+    pub name: String,
+    /// Type to write.
+    pub ty: GgmlType,
+    /// Why the type is what it is, when worth telling.
+    pub note: Option<String>,
+}
+
+/// Importance weights of a tensor's columns (what an imatrix supplies), by tensor name.
+pub type ImportanceFn<'a> = &'a (dyn Fn(&str) -> Option<Vec<f32>> + Sync);
+/// A progress callback: (done, total, tensor name).
+pub type ProgressFn<'a> = &'a (dyn Fn(usize, usize, &str) + Sync);
+/// Metadata computed after the tensors are written.
+pub type LateMetadataFn<'a> = &'a (dyn Fn() -> Result<Vec<(String, Value)>> + Sync);
+
+/// Options of [`write_model`].
+#[derive(Default)]
+pub struct WriteOptions<'a> {
+    /// `general.file_type`.
+    pub file_type: u32,
+    /// Keys added after the source's metadata (quantization and provenance keys).
+    pub extra_metadata: Vec<(String, Value)>,
+    /// Importance weights per tensor for the weighted quantizers.
+    pub importance: Option<ImportanceFn<'a>>,
+    /// Accept NaN / Inf weights (float outputs only).
+    pub allow_nonfinite: bool,
+    /// The tokenizer's pre-tokenizer, when kiln cannot tell it.
+    pub tokenizer_pre: Option<String>,
+    /// `general.name`.
+    pub name: Option<String>,
+    /// Called after each tensor is written: (done, total, tensor name).
+    pub progress: Option<ProgressFn<'a>>,
+    /// Metadata known only after the tensors are written (a digest computed meanwhile): each
+    /// key must already be in `extra_metadata` with a value of the same encoded size; the
+    /// header of the temporary file is rewritten with these values before it is renamed.
+    pub late_metadata: Option<LateMetadataFn<'a>>,
+}
+
+/// Writes `src` as a GGUF at `out` with each tensor in `plan` (in plan order) converted to its
+/// type, streaming one tensor at a time. A tensor whose type is unchanged is copied byte for
+/// byte (as llama-quantize does).
+pub fn write_model(
+    src: &ModelSource,
+    out: &Path,
+    plan: &[PlannedTensor],
+    opts: &WriteOptions,
+) -> Result<ConvertReport> {
     let mut md = src.base_metadata(opts.tokenizer_pre.as_deref())?;
     if let Some(n) = &opts.name {
         md.set("general.name", Value::String(n.clone()));
     }
-    md.set("general.file_type", Value::U32(file_type_id(opts.out_type)));
+    md.set("general.file_type", Value::U32(opts.file_type));
     md.set("general.quantization_version", Value::U32(2));
     md.set(
         "kiln.version",
         Value::String(env!("CARGO_PKG_VERSION").into()),
     );
+    for (k, v) in &opts.extra_metadata {
+        md.set(k.clone(), v.clone());
+    }
     let md = ordered(md);
-
-    let mut specs = Vec::new();
-    let mut reports = Vec::new();
-    for t in src.tensors() {
-        let (ty, note) = if t.dims.len() == 1 {
-            (GgmlType::F32, None)
-        } else if opts.out_type.row_size(t.row_len()).is_none() {
-            (
-                GgmlType::F16,
-                Some(format!(
-                    "{} rows of {} do not fit {}'s blocks",
-                    t.dims[1],
-                    t.row_len(),
-                    opts.out_type
-                )),
-            )
-        } else {
-            (opts.out_type, None)
-        };
+    let by_name: std::collections::HashMap<&str, &crate::source::SourceTensor> =
+        src.tensors().iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut specs = Vec::with_capacity(plan.len());
+    for p in plan {
+        let t = by_name
+            .get(p.name.as_str())
+            .ok_or_else(|| Error::format(src.path(), format!("no tensor `{}`", p.name)))?;
         specs.push(TensorSpec {
-            name: t.name.clone(),
+            name: p.name.clone(),
             dims: t.dims.clone(),
-            ty,
-        });
-        reports.push(TensorReport {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty,
-            bytes: 0,
-            note,
+            ty: p.ty,
         });
     }
     let writer = GgufWriter::new(out, md, specs)?;
-    for (i, r) in reports.iter_mut().enumerate() {
-        r.bytes = writer.tensor_size(i);
-    }
+    let mut reports: Vec<TensorReport> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, p)| TensorReport {
+            name: p.name.clone(),
+            dims: writer.tensors()[i].dims.clone(),
+            ty: p.ty,
+            bytes: writer.tensor_size(i),
+            note: p.note.clone(),
+        })
+        .collect();
     let mut warnings = Vec::new();
     let mut file = AtomicFile::create(out)?;
     let out_path = out.to_path_buf();
     writer.write(&out_path, file.writer(), |i| {
         let spec = &writer.tensors()[i];
+        if let Some(raw) = src.raw_if_type(&spec.name, spec.ty) {
+            if let Some(p) = opts.progress {
+                p(i + 1, plan.len(), &spec.name);
+            }
+            return Ok(raw.to_vec());
+        }
         let v = src.tensor_f32(&spec.name)?;
         if !opts.allow_nonfinite {
             check_finite(src.path(), &spec.name, &v)?;
         } else if let Some(bytes) = quantize::convert_float(spec.ty, &v) {
             return Ok(bytes);
         }
-        let (bytes, stats) = quantize::quantize(spec.ty, &v, spec.dims[0] as usize, None)
+        let qw = if spec.ty.is_quantized() { opts.importance.and_then(|f| f(&spec.name)) } else { None };
+        let qw = qw.filter(|w| w.len() == spec.dims[0] as usize);
+        let (bytes, stats) = quantize::quantize(spec.ty, &v, spec.dims[0] as usize, qw.as_deref())
             .map_err(|e| Error::Quant { path: src.path().to_path_buf(), tensor: spec.name.clone(), source: e })?;
         if stats.degraded_blocks > 0 {
             warnings.push(format!(
@@ -172,9 +263,38 @@ pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<C
                 spec.name, stats.degraded_blocks, spec.ty
             ));
         }
+        if let Some(p) = opts.progress {
+            p(i + 1, plan.len(), &spec.name);
+        }
         Ok(bytes)
     })?;
+    if let Some(late) = opts.late_metadata {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut md2 = writer.metadata().clone();
+        for (k, v) in late()? {
+            md2.set(k, v);
+        }
+        let header = GgufWriter::new(&out_path, md2, writer.tensors().to_vec())?.header_bytes();
+        if header.len() != writer.header_bytes().len() {
+            return Err(Error::format(
+                &out_path,
+                "late metadata changed the header size",
+            ));
+        }
+        let w = file.writer();
+        w.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(&out_path, e))?;
+        w.write_all(&header).map_err(|e| Error::io(&out_path, e))?;
+    }
     file.commit()?;
+    for r in &mut reports {
+        if r.note.is_none() && r.ty.is_quantized() && opts.importance.is_some() {
+            let has = opts.importance.and_then(|f| f(&r.name)).is_some();
+            if !has {
+                r.note = Some("no importance data: quantized unweighted".into());
+            }
+        }
+    }
     let (extra, ignored) = match src {
         ModelSource::Hf(h) => (h.extra.clone(), h.ignored.clone()),
         ModelSource::Gguf(_) => (vec![], vec![]),

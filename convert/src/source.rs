@@ -367,6 +367,64 @@ impl ModelSource {
         }
     }
 
+    /// SHA-256 identifying the source: of the file for a GGUF; for a checkpoint directory, of
+    /// the `sha256sum`-style listing (`<hash>  <name>` lines, names sorted) of config.json, the
+    /// tokenizer files and every safetensors file.
+    pub fn sha256(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let file_hash = |p: &Path| -> Result<String> {
+            use std::io::Read;
+            let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(crate::tokenizer::hex(&h.finalize()))
+        };
+        match self {
+            ModelSource::Gguf(g) => file_hash(g.file.path()),
+            ModelSource::Hf(h) => {
+                let mut names: Vec<PathBuf> = [
+                    "config.json",
+                    "tokenizer.json",
+                    "tokenizer_config.json",
+                    "model.safetensors.index.json",
+                ]
+                .iter()
+                .map(|n| h.dir().join(n))
+                .filter(|p| p.exists())
+                .chain(h.files().iter().map(|f| f.path().to_path_buf()))
+                .collect();
+                names.sort();
+                let mut listing = String::new();
+                for p in names {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    listing.push_str(&format!("{}  {name}\n", file_hash(&p)?));
+                }
+                Ok(crate::tokenizer::hex(&Sha256::digest(listing.as_bytes())))
+            }
+        }
+    }
+
+    /// A GGUF source tensor's bytes when it is already stored as `ty` (to copy it unchanged).
+    pub fn raw_if_type(&self, name: &str, ty: GgmlType) -> Option<&[u8]> {
+        match self {
+            ModelSource::Gguf(g) => {
+                let t = g.file.tensor(name)?;
+                (t.ty == ty).then(|| g.file.tensor_data(t))
+            }
+            ModelSource::Hf(_) => None,
+        }
+    }
+
     /// The GGUF metadata a converted file carries: `general.*` (minus file type), the
     /// architecture's hyper-parameters, and the tokenizer. For a checkpoint, `pre_override`
     /// names the tokenizer's pre-tokenizer when kiln cannot tell it.

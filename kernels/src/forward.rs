@@ -72,6 +72,9 @@ pub struct State {
     pub max_batch: usize,
     /// Tokens in the cache (the next token's position).
     pub pos: usize,
+    /// Store keys and values rounded to f16, as llama.cpp's default KV cache does (its
+    /// perplexity and imatrix tools run that way); off, the cache keeps f32.
+    pub kv_f16: bool,
     kv_dim: usize,
     k_cache: Vec<f32>,  // [n_layers, max_ctx, kv_dim]
     v_cache: Vec<f32>,  // [n_layers, max_ctx, kv_dim]
@@ -113,6 +116,7 @@ impl State {
             max_ctx,
             max_batch,
             pos: 0,
+            kv_f16: false,
             kv_dim,
             k_cache: vec![0.0; c.n_layers * max_ctx * kv_dim],
             v_cache: vec![0.0; c.n_layers * max_ctx * kv_dim],
@@ -298,6 +302,14 @@ pub fn forward<O: Observer>(
             let at = (l * state.max_ctx + p) * kv_dim;
             state.k_cache[at..at + kv_dim].copy_from_slice(&state.k[t * kv_dim..(t + 1) * kv_dim]);
             state.v_cache[at..at + kv_dim].copy_from_slice(&state.v[t * kv_dim..(t + 1) * kv_dim]);
+            if state.kv_f16 {
+                for v in state.k_cache[at..at + kv_dim]
+                    .iter_mut()
+                    .chain(state.v_cache[at..at + kv_dim].iter_mut())
+                {
+                    *v = half::f16::from_f32(*v).to_f32();
+                }
+            }
         }
         attention(model, state, l, n, opts.mask, obs);
         obs.matmul_input(l, MatKind::AttnOutput, &state.att[..n * q_dim], n);

@@ -332,12 +332,7 @@ fn get_type_impl(
         c.i_attention_wv += 1;
     } else if cat == Category::FfnDown {
         let (i, n) = (c.i_ffn_down, n_layer);
-        if ftype == Ftype::Q4_K_M && use_more_bits(i, n) {
-            ty = GgmlType::Q6K;
-            why = format!(
-                "ffn_down #{i} of {n}: more bits in the first/last eighth and every third layer"
-            );
-        } else if ftype == Ftype::Q5_K_M && use_more_bits(i, n) {
+        if matches!(ftype, Ftype::Q4_K_M | Ftype::Q5_K_M) && use_more_bits(i, n) {
             ty = GgmlType::Q6K;
             why = format!(
                 "ffn_down #{i} of {n}: more bits in the first/last eighth and every third layer"

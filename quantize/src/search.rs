@@ -56,7 +56,7 @@ pub fn make_qx_quants(
         l_out.fill(0);
         return 0.0;
     }
-    let mut iscale = (-nmax) as f32 / max;
+    let iscale = (-nmax) as f32 / max;
     if rmse_type == 0 {
         for (li, &v) in l_out.iter_mut().zip(x) {
             let l = nearest_int(iscale * v);
@@ -92,27 +92,47 @@ pub fn make_qx_quants(
         };
     }
     let mut best = scale * sumlx;
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
+    // The 18 candidate scales are independent of each other (only the choice among them is
+    // sequential), so their sums are computed side by side, one lane per candidate, each lane
+    // doing exactly the operations, in exactly the order, of ggml's loop for that candidate —
+    // the same bits, several times faster. The choice then runs in ggml's order.
+    const LANES: usize = 24;
+    let mut isc = [0f32; LANES];
+    let cands: [i32; 18] = [
+        -9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+    ];
+    for (k, &is) in cands.iter().enumerate() {
+        isc[k] = -(nmax as f32 + 0.1f32 * is as f32) / max;
+    }
+    let mut slx = [0f32; LANES];
+    let mut sl2 = [0f32; LANES];
+    let mut l = [0i32; LANES];
+    for i in 0..n {
+        let xi = x[i];
+        let w = weight(i);
+        let wx = w * xi;
+        for k in 0..LANES {
+            l[k] = nearest_int(isc[k] * xi).min(nmax - 1).max(-nmax);
         }
-        iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for i in 0..n {
-            let l = nearest_int(iscale * x[i]).min(nmax - 1).max(-nmax);
-            let w = weight(i);
-            let lf = l as f32;
-            sumlx += w * x[i] * lf;
-            suml2 += w * lf * lf;
+        for k in 0..LANES {
+            let lf = l[k] as f32;
+            slx[k] += wx * lf;
+            sl2[k] += w * lf * lf;
         }
+    }
+    let mut chosen = None;
+    for k in 0..cands.len() {
+        let (sumlx, suml2) = (slx[k], sl2[k]);
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                let l = nearest_int(iscale * x[i]);
-                l_out[i] = (nmax + l.min(nmax - 1).max(-nmax)) as i8;
-            }
             scale = sumlx / suml2;
             best = scale * sumlx;
+            chosen = Some(isc[k]);
+        }
+    }
+    if let Some(iscale) = chosen {
+        for i in 0..n {
+            let l = nearest_int(iscale * x[i]);
+            l_out[i] = (nmax + l.min(nmax - 1).max(-nmax)) as i8;
         }
     }
     scale
@@ -157,7 +177,7 @@ pub fn make_qkx2_quants(
         l_out[..n].fill(0);
         return (0.0, -min);
     }
-    let mut iscale = nmax as f32 / (max - min);
+    let iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
     for i in 0..n {
@@ -170,40 +190,12 @@ pub fn make_qkx2_quants(
     if nstep < 1 {
         return (scale, -min);
     }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).min(nmax).max(0);
-            laux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0.0f32;
-            for i in 0..n {
-                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
-                diff = if use_mad { diff.abs() } else { diff * diff };
-                cur_error += weights[i] * diff;
-            }
-            if cur_error < best_error {
-                l_out[..n].copy_from_slice(&laux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
+    let w = |i: usize| weights[i];
+    let lq = |v: f32| nearest_int(v).min(nmax).max(0);
+    search_scale_min(
+        x, w, sum_w, sum_x, l_out, laux, nmax, max, rmin, rdelta, nstep, use_mad, lq, &mut scale,
+        &mut min, best_error,
+    );
     (scale, -min)
 }
 
@@ -304,6 +296,109 @@ pub fn make_qkx3_quants(
         }
     }
     (scale, -min)
+}
+
+/// The candidate-scale search of [`make_qkx2_quants`]: for
+/// `is = 0..=nstep`, quantize with scale `(rmin + rdelta·is + nmax) / (max − min)`, fit scale
+/// and min by least squares, and keep the fit if its weighted error beats the best so far.
+///
+/// ggml runs the candidates one after another, and an accepted candidate moves `min`, which
+/// the following candidates use. kiln evaluates a window of candidates side by side (one lane
+/// each, every lane doing exactly ggml's operations in ggml's order for that candidate, so the
+/// same bits) assuming `min` stays; it then takes the decisions in ggml's order and, when one
+/// candidate is accepted, discards the lanes after it and resumes from the next candidate with
+/// the new `min`. The result is ggml's, bit for bit. (With importance weights, as in
+/// [`make_qkx3_quants`], accepted candidates come so often that the discarded lanes cost more
+/// than the lanes save, so that search stays sequential.)
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn search_scale_min(
+    x: &[f32],
+    weight: impl Fn(usize) -> f32,
+    sum_w: f32,
+    sum_x: f32,
+    l_out: &mut [u8],
+    laux: &mut [u8],
+    nmax: i32,
+    max: f32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+    lq: impl Fn(f32) -> i32,
+    scale: &mut f32,
+    min: &mut f32,
+    mut best: f32,
+) {
+    const LANES: usize = 8;
+    let n = x.len();
+    let nmaxf = nmax as f32;
+    let mut w = [0f32; 256];
+    for i in 0..n {
+        w[i] = weight(i);
+    }
+    let w = &w[..n];
+    let mut start = 0i32;
+    while start <= nstep {
+        let count = ((nstep - start + 1) as usize).min(LANES);
+        let m = *min;
+        let mut isc = [0f32; LANES];
+        for k in 0..count {
+            isc[k] = (rmin + rdelta * (start + k as i32) as f32 + nmaxf) / (max - m);
+        }
+        let (mut sl, mut sl2, mut sxl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for i in 0..n {
+            let (xi, wi) = (x[i], w[i]);
+            let d = xi - m;
+            for k in 0..LANES {
+                let lf = lq(isc[k] * d) as f32;
+                sl[k] += wi * lf;
+                sl2[k] += wi * lf * lf;
+                sxl[k] += wi * lf * xi;
+            }
+        }
+        let (mut ts, mut tm, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        for k in 0..count {
+            let dd = sum_w * sl2[k] - sl[k] * sl[k];
+            if dd > 0.0 {
+                let mut this_scale = (sum_w * sxl[k] - sum_x * sl[k]) / dd;
+                let mut this_min = (sl2[k] * sum_x - sl[k] * sxl[k]) / dd;
+                if this_min > 0.0 {
+                    this_min = 0.0;
+                    this_scale = sxl[k] / sl2[k];
+                }
+                ts[k] = this_scale;
+                tm[k] = this_min;
+                ok[k] = true;
+            }
+        }
+        let mut err = [0f32; LANES];
+        for i in 0..n {
+            let (xi, wi) = (x[i], w[i]);
+            let d = xi - m;
+            for k in 0..LANES {
+                let lf = lq(isc[k] * d) as f32;
+                let mut diff = ts[k] * lf + tm[k] - xi;
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                err[k] += wi * diff;
+            }
+        }
+        let mut next = start + count as i32;
+        for k in 0..count {
+            if ok[k] && err[k] < best {
+                best = err[k];
+                *scale = ts[k];
+                *min = tm[k];
+                for i in 0..n {
+                    laux[i] = lq(isc[k] * (x[i] - m)) as u8;
+                }
+                l_out[..n].copy_from_slice(&laux[..n]);
+                next = start + k as i32 + 1;
+                break;
+            }
+        }
+        start = next;
+    }
 }
 
 /// Quantization of non-negative values (the sub-block scales and mins of the K-quants) to

@@ -4,12 +4,14 @@
 mod convert;
 mod infer;
 mod inspect;
+mod progress;
+mod quant;
 
 use anyhow::Result;
 
 use crate::cli::{BenchFormat, Command, ProtocolArg};
 
-pub fn run(cmd: Command) -> Result<i32> {
+pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
     match cmd {
         Command::Types => {
             types();
@@ -33,6 +35,53 @@ pub fn run(cmd: Command) -> Result<i32> {
             convert::convert(&input, &output, &opts)
         }
         Command::Export { input, output } => convert::export(&input, &output),
+        Command::Calibrate {
+            model,
+            text,
+            ctx,
+            chunks,
+            process_output,
+            output,
+        } => quant::calibrate_cmd(quant::CalibrateArgs {
+            model: &model,
+            texts: &text,
+            ctx,
+            chunks,
+            process_output,
+            output: &output,
+            quiet,
+        }),
+        Command::Imatrix { input, output } => quant::imatrix_cmd(&input, output.as_deref()),
+        Command::Quantize {
+            input,
+            output,
+            ftype,
+            imatrix,
+            tensor_type,
+            output_tensor_type,
+            token_embedding_type,
+            pure,
+            dry_run,
+            tokenizer_pre,
+        } => {
+            let parse_ty = |s: Option<String>| -> Result<Option<quantize::GgmlType>> {
+                s.map(|s| s.parse::<quantize::GgmlType>().map_err(anyhow::Error::from))
+                    .transpose()
+            };
+            quant::quantize_cmd(quant::QuantizeArgs {
+                input: &input,
+                output: &output,
+                ftype: ftype.parse().map_err(anyhow::Error::msg)?,
+                imatrix: imatrix.as_deref(),
+                tensor_types: &tensor_type,
+                output_tensor_type: parse_ty(output_tensor_type)?,
+                token_embedding_type: parse_ty(token_embedding_type)?,
+                pure,
+                dry_run,
+                tokenizer_pre,
+                quiet,
+            })
+        }
         Command::Perplexity {
             model,
             text,

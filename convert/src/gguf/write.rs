@@ -94,6 +94,11 @@ impl GgufWriter {
         })
     }
 
+    /// The metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
     /// The tensors, in file order.
     pub fn tensors(&self) -> &[TensorSpec] {
         &self.tensors
@@ -109,7 +114,7 @@ impl GgufWriter {
         let header = self.header_bytes().len() as u64;
         match self.tensors.len() {
             0 => header,
-            n => header + self.offsets[n - 1] + self.sizes[n - 1],
+            n => header + align_up(self.offsets[n - 1] + self.sizes[n - 1], self.alignment),
         }
     }
 
@@ -164,10 +169,10 @@ impl GgufWriter {
                 ));
             }
             w.write_all(&bytes).map_err(io)?;
-            if i + 1 < self.tensors.len() {
-                let pad = self.offsets[i + 1] - self.offsets[i] - self.sizes[i];
-                w.write_all(&zeros[..pad as usize]).map_err(io)?;
-            }
+            // Every tensor, the last included, is padded to the alignment, as ggml writes.
+            let end = self.offsets[i] + self.sizes[i];
+            let pad = align_up(end, self.alignment) - end;
+            w.write_all(&zeros[..pad as usize]).map_err(io)?;
         }
         Ok(())
     }

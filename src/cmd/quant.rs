@@ -1,0 +1,296 @@
+//! `kiln calibrate`, `kiln imatrix` and `kiln quantize`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use calibrate::{CalibOptions, Imatrix};
+use convert::convert::{write_model, PlannedTensor, WriteOptions};
+use convert::gguf::Value;
+use convert::ModelSource;
+use quantize::mix::{self, Ftype, MixOptions, ModelFacts, TensorDesc};
+use quantize::GgmlType;
+
+use super::human_bytes;
+use super::infer::{load_with_tokenizer, tokenize_file};
+use super::progress::Progress;
+
+pub struct CalibrateArgs<'a> {
+    pub model: &'a Path,
+    pub texts: &'a [PathBuf],
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+    pub process_output: bool,
+    pub output: &'a Path,
+    pub quiet: bool,
+}
+
+pub fn calibrate_cmd(a: CalibrateArgs) -> Result<i32> {
+    let t0 = Instant::now();
+    let (loaded, tok) = load_with_tokenizer(a.model)?;
+    let mut tokens = Vec::new();
+    let mut names = Vec::new();
+    for t in a.texts {
+        tokens.extend(tokenize_file(&tok, t)?);
+        names.push(
+            t.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+    }
+    let opts = CalibOptions {
+        ctx: a.ctx,
+        chunks: a.chunks,
+        bos: if tok.add_bos { tok.bos } else { None },
+        process_output: a.process_output,
+        datasets: names,
+        kv_f16: true,
+    };
+    let n = a.chunks.map_or(tokens.len() / a.ctx.max(1), |c| {
+        c.min(tokens.len() / a.ctx.max(1))
+    });
+    let p = Progress::new("calibrate", n, a.quiet);
+    let m = calibrate::calibrate(&loaded.model, &tokens, &opts, |d, t| p.step(d, t, "chunks"))?;
+    p.finish();
+    let expected = matmul_weights(&loaded.source, a.process_output);
+    for w in m.coverage(&expected) {
+        eprintln!("kiln: warning: {w}");
+    }
+    m.write(a.output)?;
+    println!(
+        "wrote {} ({} entries, {} chunks of {} tokens) in {:.1}s",
+        a.output.display(),
+        m.entries.len(),
+        m.chunk_count,
+        m.chunk_size,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// The weight matrices an imatrix should cover, with their input widths.
+fn matmul_weights(src: &ModelSource, process_output: bool) -> Vec<(String, usize)> {
+    src.tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2 && t.name.starts_with("blk.") && t.name.ends_with(".weight"))
+        .chain(
+            src.tensors()
+                .iter()
+                .filter(|t| process_output && (t.name == "output.weight")),
+        )
+        .map(|t| (t.name.clone(), t.row_len()))
+        .collect()
+}
+
+pub fn imatrix_cmd(input: &Path, output: Option<&Path>) -> Result<i32> {
+    let m = Imatrix::read(input)?;
+    println!(
+        "{}: {} entries, {} chunks of {} tokens, datasets {:?}",
+        input.display(),
+        m.entries.len(),
+        m.chunk_count,
+        m.chunk_size,
+        m.datasets
+    );
+    if let Some(o) = output {
+        m.write(o)?;
+        println!("wrote {}", o.display());
+    }
+    Ok(0)
+}
+
+pub struct QuantizeArgs<'a> {
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub ftype: Ftype,
+    pub imatrix: Option<&'a Path>,
+    pub tensor_types: &'a [String],
+    pub output_tensor_type: Option<GgmlType>,
+    pub token_embedding_type: Option<GgmlType>,
+    pub pure: bool,
+    pub dry_run: bool,
+    pub tokenizer_pre: Option<String>,
+    pub quiet: bool,
+}
+
+pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
+    let t0 = Instant::now();
+    let src = ModelSource::open(a.input)?;
+    let imatrix = match a.imatrix {
+        Some(p) => Some(Imatrix::read(p)?),
+        None => None,
+    };
+    let mut overrides = Vec::new();
+    for s in a.tensor_types {
+        let (re, ty) = s
+            .split_once('=')
+            .with_context(|| format!("--tensor-type {s}: expected REGEX=TYPE"))?;
+        let ty: GgmlType = ty.parse()?;
+        if !ty.is_quantized() && ty != GgmlType::F16 && ty != GgmlType::BF16 && ty != GgmlType::F32
+        {
+            bail!("--tensor-type {s}: {ty} is not a storage type");
+        }
+        overrides.push((
+            regex::Regex::new(re).with_context(|| format!("--tensor-type {s}: bad regex"))?,
+            ty,
+        ));
+    }
+    let opts = MixOptions {
+        has_imatrix: imatrix.is_some(),
+        pure: a.pure,
+        output_tensor_type: a.output_tensor_type,
+        token_embedding_type: a.token_embedding_type,
+        overrides,
+    };
+    let c = src.config();
+    let facts = ModelFacts {
+        n_layer: c.n_layers,
+        n_head: c.n_heads,
+        n_head_kv: c.n_kv_heads,
+        is_llama_arch: c.arch.gguf_arch() == "llama",
+    };
+    let descs: Vec<TensorDesc> = src
+        .tensors()
+        .iter()
+        .map(|t| TensorDesc {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            current: t.stored,
+        })
+        .collect();
+    let choices = mix::plan(&descs, &facts, a.ftype, &opts)?;
+    let n_params: u64 = src.tensors().iter().map(|t| t.n_elements() as u64).sum();
+    let total: u64 = choices
+        .iter()
+        .zip(&descs)
+        .map(|(ch, d)| {
+            ch.ty.row_size(d.dims[0] as usize).unwrap_or(0) as u64
+                * d.dims.iter().skip(1).product::<u64>()
+        })
+        .sum();
+    if a.dry_run {
+        println!(
+            "{:<32} {:<14} {:<6} {:>10}  reason",
+            "tensor", "shape", "type", "bytes"
+        );
+        for (ch, d) in choices.iter().zip(&descs) {
+            let shape: Vec<String> = d.dims.iter().rev().map(|x| x.to_string()).collect();
+            let bytes = ch.ty.row_size(d.dims[0] as usize).unwrap_or(0) as u64
+                * d.dims.iter().skip(1).product::<u64>();
+            println!(
+                "{:<32} {:<14} {:<6} {:>10}  {}",
+                ch.name,
+                shape.join("×"),
+                ch.ty.name(),
+                bytes,
+                ch.reason
+            );
+        }
+        println!(
+            "\ntotal {} tensors: {} ({:.3} bits per weight, {:.1}% of FP32's {})",
+            choices.len(),
+            human_bytes(total),
+            total as f64 * 8.0 / n_params as f64,
+            100.0 * total as f64 / (n_params * 4) as f64,
+            human_bytes(n_params * 4)
+        );
+        return Ok(0);
+    }
+    // The source's digest is computed on another thread while the model is quantized.
+    let report = std::thread::scope(|s| -> Result<convert::convert::ConvertReport> {
+        let h = s.spawn(|| src.sha256());
+        let mut extra: Vec<(String, Value)> = Vec::new();
+        if let (Some(m), Some(p)) = (&imatrix, a.imatrix) {
+            extra.push((
+                "quantize.imatrix.file".into(),
+                Value::String(p.display().to_string()),
+            ));
+            if let Some(d) = m.datasets.first() {
+                extra.push(("quantize.imatrix.dataset".into(), Value::String(d.clone())));
+            }
+            extra.push((
+                "quantize.imatrix.entries_count".into(),
+                Value::U32(m.entries.len() as u32),
+            ));
+            extra.push((
+                "quantize.imatrix.chunks_count".into(),
+                Value::U32(m.chunk_count),
+            ));
+            extra.push(("kiln.imatrix.sha256".into(), Value::String(file_sha256(p)?)));
+        }
+        let options = serde_json::json!({
+            "type": a.ftype.name(), "pure": a.pure, "tensor_type": a.tensor_types,
+            "output_tensor_type": a.output_tensor_type.map(|t| t.name()),
+            "token_embedding_type": a.token_embedding_type.map(|t| t.name()),
+            "imatrix": a.imatrix.map(|p| p.display().to_string()),
+        });
+        extra.push((
+            "kiln.quantize.options".into(),
+            Value::String(options.to_string()),
+        ));
+        let plan: Vec<PlannedTensor> = choices
+            .iter()
+            .map(|c| PlannedTensor {
+                name: c.name.clone(),
+                ty: c.ty,
+                note: None,
+            })
+            .collect();
+        let p = Progress::new("quantize", plan.len(), a.quiet);
+        let progress = |d: usize, t: usize, w: &str| p.step(d, t, w);
+        let importance = |name: &str| imatrix.as_ref().and_then(|m| m.importance(name));
+        let w = WriteOptions {
+            file_type: a.ftype.id(),
+            extra_metadata: extra,
+            importance: imatrix
+                .as_ref()
+                .map(|_| &importance as &(dyn Fn(&str) -> Option<Vec<f32>> + Sync)),
+            tokenizer_pre: a.tokenizer_pre.clone(),
+            progress: Some(&progress),
+            ..Default::default()
+        };
+        // The source digest is written last: the header carries a same-length placeholder
+        // that is replaced in the temporary file before it is renamed into place.
+        let mut w = w;
+        w.extra_metadata
+            .push(("kiln.source.sha256".into(), Value::String("0".repeat(64))));
+        let handle = std::sync::Mutex::new(Some(h));
+        let late = || -> convert::Result<Vec<(String, Value)>> {
+            let h = handle.lock().unwrap().take().expect("digest joined once");
+            let d = h.join().expect("hashing the source panicked")?;
+            Ok(vec![("kiln.source.sha256".to_string(), Value::String(d))])
+        };
+        w.late_metadata = Some(&late);
+        let report = write_model(&src, a.output, &plan, &w)?;
+        p.finish();
+        Ok(report)
+    })?;
+    for w in &report.warnings {
+        eprintln!("kiln: warning: {w}");
+    }
+    if let Some(m) = &imatrix {
+        let expected: Vec<(String, usize)> = choices
+            .iter()
+            .zip(&descs)
+            .filter(|(c, _)| c.ty.is_quantized() && c.name.starts_with("blk."))
+            .map(|(c, d)| (c.name.clone(), d.dims[0] as usize))
+            .collect();
+        for w in m.coverage(&expected) {
+            eprintln!("kiln: warning: {w}");
+        }
+    }
+    println!(
+        "wrote {} ({}, {:.3} bits per weight) in {:.2}s",
+        report.output.display(),
+        human_bytes(report.file_bytes),
+        total as f64 * 8.0 / n_params as f64,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+fn file_sha256(p: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let b = std::fs::read(p)?;
+    Ok(convert::tokenizer::hex(&Sha256::digest(&b)))
+}

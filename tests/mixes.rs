@@ -1,0 +1,236 @@
+//! llama.cpp's reference mixes (`tests/data/smollm2/llama-quantize-reference.json`: 8 file types,
+//! without and with `imatrix-macbeth.gguf`), made by kiln from the fixture's FP32 checkpoint:
+//! the same tensor types and byte-identical tensor data, from the checkpoint directory and from
+//! kiln's F32 GGUF, with 1 and 2 threads. Also kiln's own imatrix against llama-imatrix's.
+//! Needs the fixture (`scripts/fetch-fixture.sh`); run by `.ci/run`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use convert::gguf::GgufFile;
+use sha2::{Digest, Sha256};
+
+fn fixtures() -> PathBuf {
+    let p = std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".fixtures"));
+    assert!(
+        p.join("smollm2-f32.gguf").exists(),
+        "no fixture at {}: run scripts/fetch-fixture.sh",
+        p.display()
+    );
+    p
+}
+
+fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/smollm2")
+        .join(rel)
+}
+
+fn kiln(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("-q")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// name → (type, sha256 of the data)
+fn tensors_of(path: &Path) -> BTreeMap<String, (String, String)> {
+    let g = GgufFile::open(path).unwrap();
+    g.tensors
+        .iter()
+        .map(|t| {
+            let h: String = Sha256::digest(g.tensor_data(t))
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            (t.name.clone(), (t.ty.name().to_uppercase(), h))
+        })
+        .collect()
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(data("llama-quantize-reference.json")).unwrap()).unwrap()
+}
+
+fn check(mix: &str, got: &BTreeMap<String, (String, String)>, what: &str) {
+    let r = reference();
+    let want = r["mixes"][mix]["tensors"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no mix {mix}"));
+    assert_eq!(got.len(), want.len(), "{mix} ({what}): tensor count");
+    let mut bad = Vec::new();
+    for (name, w) in want {
+        let (ty, h) = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{mix} ({what}): no {name}"));
+        if ty != w["type"].as_str().unwrap() || h != w["sha256"].as_str().unwrap() {
+            bad.push(format!("{name}: {ty} vs {}", w["type"]));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{mix} ({what}): {} tensors differ from llama-quantize's: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+#[test]
+#[ignore = "needs the fixture (scripts/fetch-fixture.sh)"]
+fn all_reference_mixes_are_byte_identical() {
+    let fx = fixtures();
+    let hf = fx.join("smollm2-hf");
+    let f32 = fx.join("smollm2-f32.gguf");
+    let imatrix = data("imatrix-macbeth.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let r = reference();
+    let mixes: Vec<String> = r["mixes"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(mixes.len(), 16);
+    for mix in &mixes {
+        let (ty, im) = mix.split_once('-').unwrap();
+        let out = tmp.path().join(format!("{mix}.gguf"));
+        let mut runs: Vec<(&Path, &str)> = vec![(&hf, "2"), (&f32, "1")];
+        if mix == "Q4_K_M-macbeth" {
+            runs.extend([(hf.as_path(), "1"), (f32.as_path(), "2")]);
+        }
+        for (src, threads) in runs {
+            let mut args = vec![
+                "--threads",
+                threads,
+                "quantize",
+                src.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--type",
+                ty,
+            ];
+            if im == "macbeth" {
+                args.extend(["--imatrix", imatrix.to_str().unwrap()]);
+            }
+            kiln(&args);
+            check(
+                mix,
+                &tensors_of(&out),
+                &format!("from {}, {threads} threads", src.display()),
+            );
+            if im == "macbeth" {
+                let g = GgufFile::open(&out).unwrap();
+                assert_eq!(g.metadata.u64("quantize.imatrix.entries_count"), Some(210));
+                assert_eq!(g.metadata.u64("quantize.imatrix.chunks_count"), Some(16));
+                assert_eq!(
+                    g.metadata.str("quantize.imatrix.dataset"),
+                    Some("macbeth_gut.txt")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the fixture (scripts/fetch-fixture.sh)"]
+fn kilns_imatrix_matches_llama_imatrix() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = tmp.path().join("imatrix.gguf");
+    kiln(&[
+        "calibrate",
+        fx.join("smollm2-f32.gguf").to_str().unwrap(),
+        "--text",
+        fx.join("texts/macbeth_gut.txt").to_str().unwrap(),
+        "--ctx",
+        "512",
+        "--chunks",
+        "16",
+        "-o",
+        ours.to_str().unwrap(),
+    ]);
+    let a = calibrate::Imatrix::read(&ours).unwrap();
+    let b = calibrate::Imatrix::read(&data("imatrix-macbeth.gguf")).unwrap();
+    assert_eq!(
+        a.entries.keys().collect::<Vec<_>>(),
+        b.entries.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (a.chunk_count, a.chunk_size, &a.datasets),
+        (b.chunk_count, b.chunk_size, &b.datasets)
+    );
+    let mut worst = (0f64, String::new());
+    for (name, eb) in &b.entries {
+        let ea = &a.entries[name];
+        assert_eq!(ea.counts, eb.counts, "{name}");
+        for (x, y) in ea.in_sum2.iter().zip(&eb.in_sum2) {
+            let rel = ((*x as f64) - (*y as f64)).abs() / (*y as f64).abs().max(1e-30);
+            if rel > worst.0 {
+                worst = (rel, name.clone());
+            }
+        }
+    }
+    eprintln!(
+        "largest relative in_sum2 difference: {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert!(worst.0 <= 1e-3, "{worst:?}");
+    // Quantizing with kiln's imatrix picks llama.cpp's types.
+    for ty in ["Q4_K_M", "Q4_0", "Q4_K_S"] {
+        let out = tmp.path().join(format!("{ty}.gguf"));
+        kiln(&[
+            "quantize",
+            fx.join("smollm2-hf").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+            "--imatrix",
+            ours.to_str().unwrap(),
+        ]);
+        let r = reference();
+        let want = r["mixes"][format!("{ty}-macbeth")]["tensors"]
+            .as_object()
+            .unwrap()
+            .clone();
+        for (name, (t, _)) in tensors_of(&out) {
+            assert_eq!(t, want[&name]["type"].as_str().unwrap(), "{ty} {name}");
+        }
+    }
+}
+
+#[test]
+fn imatrix_formats_convert_without_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dat = tmp.path().join("m.dat");
+    let gguf = tmp.path().join("m.gguf");
+    kiln(&[
+        "imatrix",
+        data("imatrix-macbeth.gguf").to_str().unwrap(),
+        "-o",
+        dat.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&dat).unwrap(),
+        std::fs::read(data("imatrix-macbeth.dat")).unwrap(),
+        "GGUF → .dat is llama.cpp's .dat"
+    );
+    kiln(&[
+        "imatrix",
+        dat.to_str().unwrap(),
+        "-o",
+        gguf.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&gguf).unwrap(),
+        std::fs::read(data("imatrix-macbeth.gguf")).unwrap(),
+        ".dat → GGUF is llama.cpp's GGUF"
+    );
+    let a = calibrate::Imatrix::read(&data("imatrix-macbeth.gguf")).unwrap();
+    let b = calibrate::Imatrix::read(&data("imatrix-macbeth.dat")).unwrap();
+    assert_eq!(a, b);
+}
