@@ -100,6 +100,7 @@ mod tests {
         assert!(p.allows(7, 0) && p.allows(7, 7) && p.allows(7, 6) && p.allows(7, 4));
         assert!(!p.allows(7, 5) && !p.allows(7, 1) && !p.allows(3, 4));
         assert_eq!(HeadPattern::Dense.density(8), 1.0);
-        assert!(p.density(32) < 0.2);
+        let d = p.density(32);
+        assert!(d > 0.2 && d < 0.25, "{d}");
     }
 }
