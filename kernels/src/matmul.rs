@@ -69,6 +69,8 @@ pub fn matmul(
         return matmul_dequantized(w, x, n_tok, out);
     }
     match w.ty {
+        GgmlType::F32 if tiled(n_tok) => run_tiled::<f32>(w, x, n_tok, out, TileKernel::F32),
+        GgmlType::F16 if tiled(n_tok) => run_tiled::<half::f16>(w, x, n_tok, out, TileKernel::F16),
         GgmlType::F32 => run::<f32, f32>(
             w,
             bytemuck::cast_slice(x),
@@ -198,6 +200,105 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
         (0..n).for_each(body);
     } else {
         (0..n).into_par_iter().for_each(body);
+    }
+}
+
+/// True when the register-tiled float kernels apply: a batch of tokens and AVX2.
+fn tiled(n_tok: usize) -> bool {
+    n_tok >= 3 && crate::simd::level() == crate::simd::SimdLevel::Avx2
+}
+
+#[derive(Clone, Copy)]
+enum TileKernel {
+    F32,
+    F16,
+}
+
+/// Float weights × a batch of tokens in 4-row × 3-token register tiles (AVX2): each weight
+/// and activation vector loaded feeds several FMAs. Rows and tokens left over use the plain
+/// dot product.
+fn run_tiled<W: Pod + Sync>(
+    w: &Weight,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    kernel: TileKernel,
+) {
+    let rows = w.rows;
+    let cols = w.cols;
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let threads = rayon::current_num_threads().max(1);
+    let n_chunks = (threads * 4).min(rows.div_ceil(TILE)).max(1);
+    let chunk_rows = rows.div_ceil(n_chunks).next_multiple_of(4).max(4);
+    let n = rows.div_ceil(chunk_rows);
+    let xr = |t: usize| &x[t * cols..(t + 1) * cols];
+    (0..n).into_par_iter().for_each(|c| {
+        let out = out_ptr;
+        let put = |t: usize, r: usize, v: f32| {
+            // SAFETY: each (t, r) is written once, by the task owning row r; inside `out`.
+            unsafe { *out.0.add(t * rows + r) = v };
+        };
+        let r0 = c * chunk_rows;
+        let r1 = (r0 + chunk_rows).min(rows);
+        let wrow = |r: usize| quantize::blocks_from_bytes::<W>(w.row(r));
+        let mut r = r0;
+        while r + 4 <= r1 {
+            let ws = [wrow(r), wrow(r + 1), wrow(r + 2), wrow(r + 3)];
+            let mut t = 0;
+            while t + 3 <= n_tok {
+                let xs = [xr(t), xr(t + 1), xr(t + 2)];
+                // SAFETY: `tiled` checked that the CPU has AVX2, FMA and F16C.
+                let tile = unsafe {
+                    match kernel {
+                        TileKernel::F32 => crate::dot::avx2::dot_tile_f32_4x3(
+                            [
+                                bytemuck::cast_slice(&ws[0]),
+                                bytemuck::cast_slice(&ws[1]),
+                                bytemuck::cast_slice(&ws[2]),
+                                bytemuck::cast_slice(&ws[3]),
+                            ],
+                            xs,
+                            cols,
+                        ),
+                        TileKernel::F16 => crate::dot::avx2::dot_tile_f16_4x3(
+                            [
+                                bytemuck::cast_slice(&ws[0]),
+                                bytemuck::cast_slice(&ws[1]),
+                                bytemuck::cast_slice(&ws[2]),
+                                bytemuck::cast_slice(&ws[3]),
+                            ],
+                            xs,
+                            cols,
+                        ),
+                    }
+                };
+                for (k, row) in tile.iter().enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        put(t + j, r + k, v);
+                    }
+                }
+                t += 3;
+            }
+            for tt in t..n_tok {
+                for k in 0..4 {
+                    put(tt, r + k, float_dot(kernel, &ws[k], xr(tt)));
+                }
+            }
+            r += 4;
+        }
+        for rr in r..r1 {
+            let wr = wrow(rr);
+            for t in 0..n_tok {
+                put(t, rr, float_dot(kernel, &wr, xr(t)));
+            }
+        }
+    });
+}
+
+fn float_dot<W: Pod>(kernel: TileKernel, w: &[W], x: &[f32]) -> f32 {
+    match kernel {
+        TileKernel::F32 => dot::vec_dot_f32(bytemuck::cast_slice(w), x),
+        TileKernel::F16 => dot::vec_dot_f16_f32(bytemuck::cast_slice(w), x),
     }
 }
 

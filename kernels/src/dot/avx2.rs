@@ -18,6 +18,14 @@ use quantize::blocks::*;
 
 use super::scalar::{k4_min_term, k4_scales_mins};
 
+/// f16 → f32 with F16C, inlined (the `half` crate's conversion is an out-of-line call that
+/// re-checks CPU features, a measurable cost once per block).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn h2f(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum_f32_8(x: __m256) -> f32 {
@@ -79,48 +87,39 @@ unsafe fn load32(p: &[i8]) -> __m256i {
     _mm256_loadu_si256(p.as_ptr() as *const __m256i)
 }
 
+/// One eight-lane accumulator, the same association as the register-tiled kernels
+/// ([`dot_tile_f32_4x3`]), so a token gives the same bits in a batch as alone.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
     let n = x.len().min(y.len());
-    let n32 = n / 32 * 32;
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc = _mm256_setzero_ps();
     let (xp, yp) = (x.as_ptr(), y.as_ptr());
     let mut i = 0;
-    while i < n32 {
-        for (k, a) in acc.iter_mut().enumerate() {
-            let xv = _mm256_loadu_ps(xp.add(i + 8 * k));
-            let yv = _mm256_loadu_ps(yp.add(i + 8 * k));
-            *a = _mm256_fmadd_ps(xv, yv, *a);
-        }
-        i += 32;
+    while i + 8 <= n {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)), acc);
+        i += 8;
     }
-    let mut s = hsum_f32_8(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ));
-    for j in n32..n {
+    let mut s = hsum_f32_8(acc);
+    for j in i..n {
         s += x[j] * y[j];
     }
     s
 }
 
+/// As [`vec_dot_f32`], with f16 weights (same association as [`dot_tile_f16_4x3`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_f16_f32(x: &[f16], y: &[f32]) -> f32 {
     let n = x.len().min(y.len());
-    let n16 = n / 16 * 16;
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
+    let mut acc = _mm256_setzero_ps();
     let (xp, yp) = (x.as_ptr() as *const u16, y.as_ptr());
     let mut i = 0;
-    while i < n16 {
-        let x0 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
-        let x1 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i + 8) as *const __m128i));
-        acc0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(yp.add(i)), acc0);
-        acc1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(yp.add(i + 8)), acc1);
-        i += 16;
+    while i + 8 <= n {
+        let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
+        acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i)), acc);
+        i += 8;
     }
-    let mut s = hsum_f32_8(_mm256_add_ps(acc0, acc1));
-    for j in n16..n {
+    let mut s = hsum_f32_8(acc);
+    for j in i..n {
         s += x[j].to_f32() * y[j];
     }
     s
@@ -146,12 +145,12 @@ pub unsafe fn vec_dot_bf16_f32(x: &[u16], y: &[f32]) -> f32 {
     s
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let off = _mm256_set1_epi8(8);
     for (xb, yb) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
         let qx = _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), off);
         let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
         acc = _mm256_fmadd_ps(d, q, acc);
@@ -159,13 +158,13 @@ pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     hsum_f32_8(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
     for (xb, yb) in x.iter().zip(y) {
-        summs += xb.m.to_f32() * yb.s.to_f32();
-        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        summs += h2f(xb.m) * h2f(yb.s);
+        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
         let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
         let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
         acc = _mm256_fmadd_ps(d, xy, acc);
@@ -173,11 +172,11 @@ pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     hsum_f32_8(acc) + summs
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
         let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
         // Where the fifth bit is clear the value is nibble − 16: set the top nibble (0xF0).
         let bxhi = _mm256_andnot_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0xF0u8 as i8));
@@ -188,13 +187,13 @@ pub unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     hsum_f32_8(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
     for (xb, yb) in x.iter().zip(y) {
-        summs += xb.m.to_f32() * yb.s.to_f32();
-        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        summs += h2f(xb.m) * h2f(yb.s);
+        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
         let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
         let bxhi = _mm256_and_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(qx, bxhi);
@@ -204,11 +203,11 @@ pub unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     hsum_f32_8(acc) + summs
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(xb.d.to_f32() * yb.d.to_f32());
+        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
         let q = mul_sum_i8_pairs_float(load32(&xb.qs), load32(&yb.qs));
         acc = _mm256_fmadd_ps(d, q, acc);
     }
@@ -223,15 +222,15 @@ unsafe fn scaled_dot_u8(q: __m256i, a: __m256i, scale: i32) -> __m256i {
     _mm256_madd_epi16(_mm256_set1_epi16(scale as i16), p16)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = 0f32;
     for (xb, yb) in x.iter().zip(y) {
         let (sc, mn) = k4_scales_mins(&xb.scales);
-        let d = xb.d.to_f32() * yb.d;
-        let dmin = xb.dmin.to_f32() * yb.d;
+        let d = h2f(xb.d) * yb.d;
+        let dmin = h2f(xb.dmin) * yb.d;
         acc_m += dmin * k4_min_term(&mn, &yb.bsums) as f32;
         let mut sumi = _mm256_setzero_si256();
         for k in 0..QK_K / 64 {
@@ -248,7 +247,7 @@ pub unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     hsum_f32_8(acc) - acc_m
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let one = _mm256_set1_epi8(1);
@@ -256,8 +255,8 @@ pub unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     let mut acc_m = 0f32;
     for (xb, yb) in x.iter().zip(y) {
         let (sc, mn) = k4_scales_mins(&xb.scales);
-        let d = xb.d.to_f32() * yb.d;
-        let dmin = xb.dmin.to_f32() * yb.d;
+        let d = h2f(xb.d) * yb.d;
+        let dmin = h2f(xb.dmin) * yb.d;
         acc_m += dmin * k4_min_term(&mn, &yb.bsums) as f32;
         let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
         let mut sumi = _mm256_setzero_si256();
@@ -279,14 +278,14 @@ pub unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     hsum_f32_8(acc) - acc_m
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let m2 = _mm256_set1_epi8(3);
     let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
-        let d = xb.d.to_f32() * yb.d;
+        let d = h2f(xb.d) * yb.d;
         let mut sumi = _mm256_setzero_si256();
         for k in 0..QK_K / 128 {
             let ql1 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k) as *const __m256i);
@@ -324,4 +323,71 @@ pub unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_f32_8(acc)
+}
+
+/// A 4 × 3 tile of f32 dot products: `out[r][t] = Σ w[r]·x[t]` for four weight rows and three
+/// activation rows of `n` values (`n` a multiple of 8), each pair of loads feeding several
+/// FMAs instead of one. The per-pair sums are in eight lanes like [`vec_dot_f32`]'s, so a
+/// tile and a single dot differ only in the order of the final lane additions.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_tile_f32_4x3(w: [&[f32]; 4], x: [&[f32]; 3], n: usize) -> [[f32; 3]; 4] {
+    let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        let xv = [
+            _mm256_loadu_ps(x[0].as_ptr().add(i)),
+            _mm256_loadu_ps(x[1].as_ptr().add(i)),
+            _mm256_loadu_ps(x[2].as_ptr().add(i)),
+        ];
+        for r in 0..4 {
+            let wv = _mm256_loadu_ps(w[r].as_ptr().add(i));
+            for t in 0..3 {
+                acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [[0f32; 3]; 4];
+    for r in 0..4 {
+        for t in 0..3 {
+            let mut s = hsum_f32_8(acc[r][t]);
+            for j in i..n {
+                s += w[r][j] * x[t][j];
+            }
+            out[r][t] = s;
+        }
+    }
+    out
+}
+
+/// [`dot_tile_f32_4x3`] with f16 weight rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_tile_f16_4x3(w: [&[f16]; 4], x: [&[f32]; 3], n: usize) -> [[f32; 3]; 4] {
+    let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        let xv = [
+            _mm256_loadu_ps(x[0].as_ptr().add(i)),
+            _mm256_loadu_ps(x[1].as_ptr().add(i)),
+            _mm256_loadu_ps(x[2].as_ptr().add(i)),
+        ];
+        for r in 0..4 {
+            let wv = _mm256_cvtph_ps(_mm_loadu_si128(w[r].as_ptr().add(i) as *const __m128i));
+            for t in 0..3 {
+                acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [[0f32; 3]; 4];
+    for r in 0..4 {
+        for t in 0..3 {
+            let mut s = hsum_f32_8(acc[r][t]);
+            for j in i..n {
+                s += w[r][j].to_f32() * x[t][j];
+            }
+            out[r][t] = s;
+        }
+    }
+    out
 }
