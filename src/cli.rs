@@ -179,6 +179,55 @@ pub enum Command {
         #[arg(long)]
         tokenizer_pre: Option<String>,
     },
+    /// Parity of a candidate GGUF with its FP32 reference; exit 0 pass, 1 a threshold failed, 2 error.
+    Verify {
+        /// The FP32 reference (checkpoint directory or GGUF).
+        #[arg(long)]
+        reference: PathBuf,
+        /// The candidate GGUF.
+        #[arg(long)]
+        candidate: PathBuf,
+        /// Evaluation text.
+        #[arg(long)]
+        text: PathBuf,
+        /// Tokens per chunk.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Most chunks (default: the whole text).
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// `llama`: second half of each chunk (llama-perplexity's KLD protocol); `full`: every position.
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Llama)]
+        protocol: ProtocolArg,
+        /// Largest mean KL divergence.
+        #[arg(long)]
+        max_kld: Option<f64>,
+        /// Largest 99th-percentile KL divergence.
+        #[arg(long)]
+        max_kld_p99: Option<f64>,
+        /// Smallest top-1 agreement, as a fraction (0.9) or percent (90).
+        #[arg(long)]
+        min_top1: Option<f64>,
+        /// Largest perplexity ratio candidate / reference.
+        #[arg(long)]
+        max_ppl_ratio: Option<f64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+    /// Build every target of a kiln.toml: calibrate, quantize, verify, benchmark, report.
+    Build {
+        /// The build file.
+        file: PathBuf,
+        /// Output directory (default: build/ next to the file).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The demo: fetch the SmolLM2 fixture if missing and build examples/smollm2.toml.
+    Demo,
     /// Write any GGUF kiln reads as an FP32 Hugging Face directory.
     Export {
         /// Input GGUF file.
@@ -219,4 +268,12 @@ pub enum BenchFormat {
     Md,
     Json,
     Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Md,
+    Junit,
 }

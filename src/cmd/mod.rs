@@ -1,15 +1,18 @@
 //! One function per command: take the parsed flags, build the library's option structs, call
 //! the library, print the result. Returns the process exit code.
 
+mod build;
 mod convert;
 mod infer;
 mod inspect;
 mod progress;
 mod quant;
+mod render;
+mod verify;
 
 use anyhow::Result;
 
-use crate::cli::{BenchFormat, Command, ProtocolArg};
+use crate::cli::{BenchFormat, Command, ProtocolArg, ReportFormat};
 
 pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
     match cmd {
@@ -51,6 +54,49 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             output: &output,
             quiet,
         }),
+        Command::Verify {
+            reference,
+            candidate,
+            text,
+            ctx,
+            chunks,
+            protocol,
+            max_kld,
+            max_kld_p99,
+            min_top1,
+            max_ppl_ratio,
+            format,
+        } => verify::verify_cmd(verify::VerifyArgs {
+            reference: &reference,
+            candidate: &candidate,
+            text: &text,
+            ctx,
+            chunks,
+            protocol: match protocol {
+                ProtocolArg::Llama => ::verify::eval::Protocol::LlamaCpp,
+                ProtocolArg::Full => ::verify::eval::Protocol::Full,
+            },
+            thresholds: ::verify::parity::Thresholds {
+                max_kld,
+                max_kld_p99,
+                min_top1: min_top1.map(|p| if p > 1.0 { p / 100.0 } else { p }),
+                max_ppl_ratio,
+            },
+            format: match format {
+                ReportFormat::Text => "text",
+                ReportFormat::Json => "json",
+                ReportFormat::Md => "md",
+                ReportFormat::Junit => "junit",
+            },
+            quiet,
+        }),
+        Command::Build { file, output, json } => build::build_cmd(build::BuildArgs {
+            file: &file,
+            out: output.as_deref(),
+            quiet,
+            json,
+        }),
+        Command::Demo => build::demo_cmd(quiet),
         Command::Imatrix { input, output } => quant::imatrix_cmd(&input, output.as_deref()),
         Command::Quantize {
             input,
@@ -97,8 +143,8 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             ctx,
             chunks,
             protocol: match protocol {
-                ProtocolArg::Llama => verify::eval::Protocol::LlamaCpp,
-                ProtocolArg::Full => verify::eval::Protocol::Full,
+                ProtocolArg::Llama => ::verify::eval::Protocol::LlamaCpp,
+                ProtocolArg::Full => ::verify::eval::Protocol::Full,
             },
             batch,
             dequantized,

@@ -113,21 +113,24 @@ pub struct QuantizeArgs<'a> {
     pub quiet: bool,
 }
 
-pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
-    let t0 = Instant::now();
-    let src = ModelSource::open(a.input)?;
-    let imatrix = match a.imatrix {
-        Some(p) => Some(Imatrix::read(p)?),
-        None => None,
-    };
+/// What a quantization wrote.
+pub struct Quantized {
+    pub report: convert::convert::ConvertReport,
+    /// Bytes of tensor data.
+    pub tensor_bytes: u64,
+    /// Parameters of the model.
+    pub n_params: u64,
+}
+
+/// Parses `--tensor-type REGEX=TYPE` options.
+pub fn parse_overrides(specs: &[String]) -> Result<Vec<(regex::Regex, GgmlType)>> {
     let mut overrides = Vec::new();
-    for s in a.tensor_types {
+    for s in specs {
         let (re, ty) = s
             .split_once('=')
             .with_context(|| format!("--tensor-type {s}: expected REGEX=TYPE"))?;
         let ty: GgmlType = ty.parse()?;
-        if !ty.is_quantized() && ty != GgmlType::F16 && ty != GgmlType::BF16 && ty != GgmlType::F32
-        {
+        if matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K) {
             bail!("--tensor-type {s}: {ty} is not a storage type");
         }
         overrides.push((
@@ -135,40 +138,25 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
             ty,
         ));
     }
+    Ok(overrides)
+}
+
+pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
+    let t0 = Instant::now();
+    let src = ModelSource::open(a.input)?;
+    let imatrix = match a.imatrix {
+        Some(p) => Some((Imatrix::read(p)?, p)),
+        None => None,
+    };
     let opts = MixOptions {
         has_imatrix: imatrix.is_some(),
         pure: a.pure,
         output_tensor_type: a.output_tensor_type,
         token_embedding_type: a.token_embedding_type,
-        overrides,
+        overrides: parse_overrides(a.tensor_types)?,
     };
-    let c = src.config();
-    let facts = ModelFacts {
-        n_layer: c.n_layers,
-        n_head: c.n_heads,
-        n_head_kv: c.n_kv_heads,
-        is_llama_arch: c.arch.gguf_arch() == "llama",
-    };
-    let descs: Vec<TensorDesc> = src
-        .tensors()
-        .iter()
-        .map(|t| TensorDesc {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            current: t.stored,
-        })
-        .collect();
-    let choices = mix::plan(&descs, &facts, a.ftype, &opts)?;
-    let n_params: u64 = src.tensors().iter().map(|t| t.n_elements() as u64).sum();
-    let total: u64 = choices
-        .iter()
-        .zip(&descs)
-        .map(|(ch, d)| {
-            ch.ty.row_size(d.dims[0] as usize).unwrap_or(0) as u64
-                * d.dims.iter().skip(1).product::<u64>()
-        })
-        .sum();
     if a.dry_run {
+        let (choices, descs, n_params, total) = plan(&src, a.ftype, &opts)?;
         println!(
             "{:<32} {:<14} {:<6} {:>10}  reason",
             "tensor", "shape", "type", "bytes"
@@ -196,11 +184,83 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         );
         return Ok(0);
     }
-    // The source's digest is computed on another thread while the model is quantized.
+    let q = quantize_to(
+        &src,
+        a.output,
+        a.ftype,
+        imatrix.as_ref().map(|(m, p)| (m, *p)),
+        opts,
+        a.tensor_types,
+        a.tokenizer_pre.clone(),
+        a.quiet,
+    )?;
+    for w in &q.report.warnings {
+        eprintln!("kiln: warning: {w}");
+    }
+    println!(
+        "wrote {} ({}, {:.3} bits per weight) in {:.2}s",
+        q.report.output.display(),
+        human_bytes(q.report.file_bytes),
+        q.tensor_bytes as f64 * 8.0 / q.n_params as f64,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// The per-tensor plan, the descriptions it was made from, parameters and tensor bytes.
+pub fn plan(
+    src: &ModelSource,
+    ftype: Ftype,
+    opts: &MixOptions,
+) -> Result<(Vec<mix::Choice>, Vec<TensorDesc>, u64, u64)> {
+    let c = src.config();
+    let facts = ModelFacts {
+        n_layer: c.n_layers,
+        n_head: c.n_heads,
+        n_head_kv: c.n_kv_heads,
+        is_llama_arch: c.arch.gguf_arch() == "llama",
+    };
+    let descs: Vec<TensorDesc> = src
+        .tensors()
+        .iter()
+        .map(|t| TensorDesc {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            current: t.stored,
+        })
+        .collect();
+    let choices = mix::plan(&descs, &facts, ftype, opts)?;
+    let n_params: u64 = src.tensors().iter().map(|t| t.n_elements() as u64).sum();
+    let total: u64 = choices
+        .iter()
+        .zip(&descs)
+        .map(|(ch, d)| {
+            ch.ty.row_size(d.dims[0] as usize).unwrap_or(0) as u64
+                * d.dims.iter().skip(1).product::<u64>()
+        })
+        .sum();
+    Ok((choices, descs, n_params, total))
+}
+
+/// Quantizes `src` to `out` with llama.cpp's mix for `ftype`, importance-weighted by
+/// `imatrix` (the matrix and the path it came from) when given, with llama.cpp's
+/// `quantize.imatrix.*` keys and kiln's provenance keys.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_to(
+    src: &ModelSource,
+    out: &Path,
+    ftype: Ftype,
+    imatrix: Option<(&Imatrix, &Path)>,
+    opts: MixOptions,
+    tensor_types: &[String],
+    tokenizer_pre: Option<String>,
+    quiet: bool,
+) -> Result<Quantized> {
+    let (choices, descs, n_params, total) = plan(src, ftype, &opts)?;
     let report = std::thread::scope(|s| -> Result<convert::convert::ConvertReport> {
         let h = s.spawn(|| src.sha256());
         let mut extra: Vec<(String, Value)> = Vec::new();
-        if let (Some(m), Some(p)) = (&imatrix, a.imatrix) {
+        if let Some((m, p)) = imatrix {
             extra.push((
                 "quantize.imatrix.file".into(),
                 Value::String(p.display().to_string()),
@@ -219,15 +279,18 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
             extra.push(("kiln.imatrix.sha256".into(), Value::String(file_sha256(p)?)));
         }
         let options = serde_json::json!({
-            "type": a.ftype.name(), "pure": a.pure, "tensor_type": a.tensor_types,
-            "output_tensor_type": a.output_tensor_type.map(|t| t.name()),
-            "token_embedding_type": a.token_embedding_type.map(|t| t.name()),
-            "imatrix": a.imatrix.map(|p| p.display().to_string()),
+            "type": ftype.name(), "pure": opts.pure, "tensor_type": tensor_types,
+            "output_tensor_type": opts.output_tensor_type.map(|t| t.name()),
+            "token_embedding_type": opts.token_embedding_type.map(|t| t.name()),
+            "imatrix": imatrix.map(|(_, p)| p.display().to_string()),
         });
         extra.push((
             "kiln.quantize.options".into(),
             Value::String(options.to_string()),
         ));
+        // The source digest is written last: the header carries a same-length placeholder that
+        // is replaced in the temporary file before it is renamed into place.
+        extra.push(("kiln.source.sha256".into(), Value::String("0".repeat(64))));
         let plan: Vec<PlannedTensor> = choices
             .iter()
             .map(|c| PlannedTensor {
@@ -236,39 +299,29 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
                 note: None,
             })
             .collect();
-        let p = Progress::new("quantize", plan.len(), a.quiet);
+        let p = Progress::new("quantize", plan.len(), quiet);
         let progress = |d: usize, t: usize, w: &str| p.step(d, t, w);
-        let importance = |name: &str| imatrix.as_ref().and_then(|m| m.importance(name));
-        let w = WriteOptions {
-            file_type: a.ftype.id(),
-            extra_metadata: extra,
-            importance: imatrix
-                .as_ref()
-                .map(|_| &importance as &(dyn Fn(&str) -> Option<Vec<f32>> + Sync)),
-            tokenizer_pre: a.tokenizer_pre.clone(),
-            progress: Some(&progress),
-            ..Default::default()
-        };
-        // The source digest is written last: the header carries a same-length placeholder
-        // that is replaced in the temporary file before it is renamed into place.
-        let mut w = w;
-        w.extra_metadata
-            .push(("kiln.source.sha256".into(), Value::String("0".repeat(64))));
+        let importance = |name: &str| imatrix.and_then(|(m, _)| m.importance(name));
         let handle = std::sync::Mutex::new(Some(h));
         let late = || -> convert::Result<Vec<(String, Value)>> {
             let h = handle.lock().unwrap().take().expect("digest joined once");
             let d = h.join().expect("hashing the source panicked")?;
             Ok(vec![("kiln.source.sha256".to_string(), Value::String(d))])
         };
-        w.late_metadata = Some(&late);
-        let report = write_model(&src, a.output, &plan, &w)?;
+        let w = WriteOptions {
+            file_type: ftype.id(),
+            extra_metadata: extra,
+            importance: imatrix.map(|_| &importance as &(dyn Fn(&str) -> Option<Vec<f32>> + Sync)),
+            tokenizer_pre,
+            progress: Some(&progress),
+            late_metadata: Some(&late),
+            ..Default::default()
+        };
+        let report = write_model(src, out, &plan, &w)?;
         p.finish();
         Ok(report)
     })?;
-    for w in &report.warnings {
-        eprintln!("kiln: warning: {w}");
-    }
-    if let Some(m) = &imatrix {
+    if let Some((m, _)) = imatrix {
         let expected: Vec<(String, usize)> = choices
             .iter()
             .zip(&descs)
@@ -279,17 +332,14 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
             eprintln!("kiln: warning: {w}");
         }
     }
-    println!(
-        "wrote {} ({}, {:.3} bits per weight) in {:.2}s",
-        report.output.display(),
-        human_bytes(report.file_bytes),
-        total as f64 * 8.0 / n_params as f64,
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(0)
+    Ok(Quantized {
+        report,
+        tensor_bytes: total,
+        n_params,
+    })
 }
 
-fn file_sha256(p: &Path) -> Result<String> {
+pub fn file_sha256(p: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let b = std::fs::read(p)?;
     Ok(convert::tokenizer::hex(&Sha256::digest(&b)))

@@ -1,13 +1,17 @@
-//! # verify — parity between a candidate artifact and its FP32 reference
+//! # verify — parity between candidate artifacts and their FP32 reference
 //!
 //! * [`load`]: a GGUF file or checkpoint directory → kiln's kernel [`kernels::Model`].
 //! * [`eval`]: evaluation protocols (llama.cpp's perplexity chunks, full sequence) and
 //!   perplexity.
-//!
-//! KL divergence, top-1 agreement, per-tensor weight error, thresholds and the report data
-//! (serde structs the binary renders) build on these.
+//! * [`parity`]: KL divergence, top-1 agreement, perplexity ratio and Δp of candidates against
+//!   a reference, streamed chunk by chunk; thresholds and checks.
+//! * [`weights`]: per-tensor weight error (RMSE, relative error, cosine).
+//! * [`report`]: the report data, versioned serde structs the binary renders.
 
 pub mod eval;
 pub mod load;
+pub mod parity;
+pub mod report;
+pub mod weights;
 
 pub use kernels;

@@ -1,0 +1,659 @@
+//! `kiln build kiln.toml`: calibrate once, then quantize, verify and benchmark every target,
+//! and write the artifacts, the reports and the manifest. Finished work is reused when nothing
+//! it depends on changed, so a rerun writes identical bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use calibrate::{CalibOptions, Imatrix};
+use convert::ModelSource;
+use quantize::mix::{Ftype, MixOptions};
+use quantize::GgmlType;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use verify::eval::{EvalOptions, Protocol};
+use verify::parity::Thresholds;
+use verify::report::{BenchResult, BuildReport, TargetReport, SCHEMA_VERSION};
+
+use super::infer::{tokenize_file, tokenizer_of};
+use super::progress::Progress;
+use super::quant::{file_sha256, parse_overrides, quantize_to};
+use super::render;
+
+/// The `[model]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The FP32 checkpoint directory (or GGUF).
+    pub path: PathBuf,
+    /// Prefix of the artifact names (default: the directory name).
+    pub name: Option<String>,
+    /// llama.cpp pre-tokenizer name, when kiln cannot tell it.
+    pub tokenizer_pre: Option<String>,
+}
+
+/// The `[calibration]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibSection {
+    pub texts: Vec<PathBuf>,
+    #[serde(default = "ctx_default")]
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+}
+
+/// The `[evaluation]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    pub texts: Vec<PathBuf>,
+    #[serde(default = "ctx_default")]
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+    /// `llama` (default) or `full`.
+    #[serde(default = "protocol_default")]
+    pub protocol: String,
+}
+
+/// The `[bench]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchSection {
+    #[serde(default = "pp_default")]
+    pub pp: usize,
+    #[serde(default = "tg_default")]
+    pub tg: usize,
+    #[serde(default = "reps_default")]
+    pub reps: usize,
+}
+
+impl Default for BenchSection {
+    fn default() -> Self {
+        BenchSection {
+            pp: pp_default(),
+            tg: tg_default(),
+            reps: reps_default(),
+        }
+    }
+}
+
+fn ctx_default() -> usize {
+    512
+}
+fn protocol_default() -> String {
+    "llama".into()
+}
+fn pp_default() -> usize {
+    128
+}
+fn tg_default() -> usize {
+    32
+}
+fn reps_default() -> usize {
+    2
+}
+
+/// One `[[target]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    pub name: String,
+    /// File type: Q8_0, Q6_K, Q5_K_M, Q4_K_M, …
+    #[serde(rename = "type")]
+    pub ftype: String,
+    /// Use the build's importance matrix.
+    #[serde(default)]
+    pub imatrix: bool,
+    /// `REGEX=TYPE` overrides.
+    #[serde(default)]
+    pub tensor_types: Vec<String>,
+    pub output_tensor_type: Option<String>,
+    pub token_embedding_type: Option<String>,
+    #[serde(default)]
+    pub pure: bool,
+    /// Thresholds overriding the build's defaults.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+}
+
+/// A whole kiln.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildFile {
+    pub model: ModelSection,
+    pub calibration: Option<CalibSection>,
+    pub evaluation: EvalSection,
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    #[serde(default)]
+    pub bench: BenchSection,
+    #[serde(rename = "target")]
+    pub targets: Vec<TargetSection>,
+}
+
+impl BuildFile {
+    /// Reads and validates `path`; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let mut f: BuildFile = toml::from_str(&text)
+            .with_context(|| format!("{}: not a valid build file", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut f.model.path);
+        if let Some(c) = &mut f.calibration {
+            c.texts.iter_mut().for_each(abs);
+        }
+        f.evaluation.texts.iter_mut().for_each(abs);
+        f.validate(path)?;
+        Ok(f)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let p = path.display();
+        if self.targets.is_empty() {
+            bail!("{p}: no [[target]]");
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.targets {
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!(
+                    "{p}: target name {:?} must be letters, digits, '-', '_' or '.'",
+                    t.name
+                );
+            }
+            if !names.insert(&t.name) {
+                bail!("{p}: two targets are called {:?}", t.name);
+            }
+            t.ftype
+                .parse::<Ftype>()
+                .map_err(|e| anyhow::anyhow!("{p}: target {}: {e}", t.name))?;
+            parse_overrides(&t.tensor_types).with_context(|| format!("{p}: target {}", t.name))?;
+            for ty in [&t.output_tensor_type, &t.token_embedding_type]
+                .into_iter()
+                .flatten()
+            {
+                ty.parse::<GgmlType>()
+                    .with_context(|| format!("{p}: target {}", t.name))?;
+            }
+            if t.imatrix && self.calibration.is_none() {
+                bail!(
+                    "{p}: target {} uses an imatrix but there is no [calibration] section",
+                    t.name
+                );
+            }
+        }
+        if !matches!(self.evaluation.protocol.as_str(), "llama" | "full") {
+            bail!(
+                "{p}: evaluation protocol {:?} (llama or full)",
+                self.evaluation.protocol
+            );
+        }
+        if self.evaluation.texts.is_empty() {
+            bail!("{p}: [evaluation] names no texts");
+        }
+        for t in self
+            .calibration
+            .iter()
+            .flat_map(|c| &c.texts)
+            .chain(&self.evaluation.texts)
+        {
+            if !t.is_file() {
+                bail!("{p}: text {} does not exist", t.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a previous run left: keys of finished work and their results.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Cache {
+    imatrix_key: Option<String>,
+    targets: BTreeMap<String, (String, TargetReport)>,
+}
+
+fn sha_of(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    convert::tokenizer::hex(&h.finalize())
+}
+
+pub struct BuildArgs<'a> {
+    pub file: &'a Path,
+    pub out: Option<&'a Path>,
+    pub quiet: bool,
+    pub json: bool,
+}
+
+/// Runs a build; returns the exit code and the report.
+pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
+    let cfg = BuildFile::load(a.file)?;
+    let out = a
+        .out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| a.file.parent().unwrap_or(Path::new(".")).join("build"));
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
+    let say = |m: String| {
+        if !a.quiet {
+            eprintln!("{m}");
+        }
+    };
+    let cache_path = out.join(".kiln-cache.json");
+    let mut cache: Cache = std::fs::read(&cache_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let src = ModelSource::open(&cfg.model.path)?;
+    let model_name = cfg.model.name.clone().unwrap_or_else(|| {
+        cfg.model
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    say(format!(
+        "kiln build: {} ({} targets) → {}",
+        cfg.model.path.display(),
+        cfg.targets.len(),
+        out.display()
+    ));
+    let model_sha = src.sha256()?;
+    let version = env!("CARGO_PKG_VERSION");
+    let text_hashes = |ts: &[PathBuf]| -> Result<String> {
+        Ok(ts
+            .iter()
+            .map(|t| file_sha256(t))
+            .collect::<Result<Vec<_>>>()?
+            .join(","))
+    };
+    let tok = tokenizer_of(&src)?;
+    let bos = if tok.add_bos { tok.bos } else { None };
+
+    // 1. Calibration, once, if any target needs it.
+    let imatrix_path = out.join("imatrix.gguf");
+    let mut imatrix_key = String::new();
+    let imatrix: Option<Imatrix> = if cfg.targets.iter().any(|t| t.imatrix) {
+        let c = cfg.calibration.as_ref().expect("validated");
+        imatrix_key = sha_of(&[
+            version,
+            &model_sha,
+            &serde_json::to_string(c)?,
+            &text_hashes(&c.texts)?,
+        ]);
+        if cache.imatrix_key.as_deref() == Some(imatrix_key.as_str()) && imatrix_path.exists() {
+            say("calibration: reusing imatrix.gguf".into());
+            Some(Imatrix::read(&imatrix_path)?)
+        } else {
+            let reference = verify::load::load(&cfg.model.path)?;
+            let mut tokens = Vec::new();
+            for t in &c.texts {
+                tokens.extend(tokenize_file(&tok, t)?);
+            }
+            let names = c
+                .texts
+                .iter()
+                .map(|t| {
+                    t.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let opts = CalibOptions {
+                ctx: c.ctx,
+                chunks: c.chunks,
+                bos,
+                process_output: false,
+                datasets: names,
+                kv_f16: true,
+            };
+            let n = c
+                .chunks
+                .map_or(tokens.len() / c.ctx, |k| k.min(tokens.len() / c.ctx));
+            let p = Progress::new("calibrate", n, a.quiet);
+            let m = calibrate::calibrate(&reference.model, &tokens, &opts, |d, t| {
+                p.step(d, t, "chunks")
+            })?;
+            p.finish();
+            m.write(&imatrix_path)?;
+            cache.imatrix_key = Some(imatrix_key.clone());
+            save_cache(&cache_path, &cache)?;
+            Some(m)
+        }
+    } else {
+        None
+    };
+
+    // 2. Quantize each target whose work is not already done.
+    let eval = &cfg.evaluation;
+    let protocol = if eval.protocol == "full" {
+        Protocol::Full
+    } else {
+        Protocol::LlamaCpp
+    };
+    let eval_key = sha_of(&[
+        &serde_json::to_string(eval)?,
+        &text_hashes(&eval.texts)?,
+        &serde_json::to_string(&cfg.bench)?,
+    ]);
+    let mut todo = Vec::new();
+    let mut keys = BTreeMap::new();
+    for t in &cfg.targets {
+        let file = format!("{model_name}-{}.gguf", t.name);
+        let path = out.join(&file);
+        let key = sha_of(&[
+            version,
+            &model_sha,
+            if t.imatrix { &imatrix_key } else { "" },
+            &serde_json::to_string(t)?,
+            &serde_json::to_string(&cfg.thresholds)?,
+            &eval_key,
+        ]);
+        keys.insert(t.name.clone(), key.clone());
+        let done = cache.targets.get(&t.name).filter(|(k, r)| {
+            *k == key && path.exists() && file_sha256(&path).map(|h| h == r.sha256).unwrap_or(false)
+        });
+        if done.is_some() {
+            say(format!("{}: reusing {file}", t.name));
+            continue;
+        }
+        let ftype: Ftype = t.ftype.parse().map_err(anyhow::Error::msg)?;
+        let parse = |s: &Option<String>| s.as_ref().map(|x| x.parse::<GgmlType>()).transpose();
+        let opts = MixOptions {
+            has_imatrix: t.imatrix,
+            pure: t.pure,
+            output_tensor_type: parse(&t.output_tensor_type)?,
+            token_embedding_type: parse(&t.token_embedding_type)?,
+            overrides: parse_overrides(&t.tensor_types)?,
+        };
+        say(format!(
+            "{}: quantizing to {ftype}{}",
+            t.name,
+            if t.imatrix { " with the imatrix" } else { "" }
+        ));
+        let im = if t.imatrix {
+            imatrix.as_ref().map(|m| (m, imatrix_path.as_path()))
+        } else {
+            None
+        };
+        let q = quantize_to(
+            &src,
+            &path,
+            ftype,
+            im,
+            opts,
+            &t.tensor_types,
+            cfg.model.tokenizer_pre.clone(),
+            a.quiet,
+        )?;
+        todo.push((t.clone(), file, path, q));
+    }
+
+    // 3. Verify the new artifacts against the FP32 model (reference run once per chunk) and
+    //    benchmark them.
+    if !todo.is_empty() {
+        let reference = verify::load::load(&cfg.model.path)?;
+        let mut tokens = Vec::new();
+        for t in &eval.texts {
+            tokens.extend(tokenize_file(&tok, t)?);
+        }
+        let opts = EvalOptions {
+            ctx: eval.ctx,
+            chunks: eval.chunks,
+            protocol,
+            bos,
+            ..Default::default()
+        };
+        let cands: Vec<verify::load::Loaded> = todo
+            .iter()
+            .map(|(_, _, p, _)| verify::load::load(p))
+            .collect::<Result<_, _>>()?;
+        let models: Vec<&kernels::Model> = cands.iter().map(|c| &c.model).collect();
+        let n = verify::eval::n_chunks(tokens.len(), &opts)?;
+        let p = Progress::new("verify", n, a.quiet);
+        let parities =
+            verify::parity::compare(&reference.model, &models, &tokens, &opts, |d, t| {
+                p.step(d, t, "chunks")
+            })?;
+        p.finish();
+        let fp32_bytes: u64 = src
+            .tensors()
+            .iter()
+            .map(|t| t.n_elements() as u64 * 4)
+            .sum();
+        for (((t, file, path, q), cand), parity) in todo.into_iter().zip(&cands).zip(parities) {
+            say(format!("{}: benchmarking", t.name));
+            let bench = bench(&cand.model, &cfg.bench)?;
+            let errors = verify::weights::weight_errors(&src, &cand.source)?;
+            let thresholds = t.thresholds.or(&cfg.thresholds);
+            let checks = thresholds.check(&parity);
+            let mut types: BTreeMap<String, usize> = BTreeMap::new();
+            for r in &q.report.tensors {
+                *types.entry(r.ty.name().to_string()).or_default() += 1;
+            }
+            let report = TargetReport {
+                name: t.name.clone(),
+                ftype: t.ftype.to_uppercase(),
+                imatrix: t.imatrix,
+                file,
+                sha256: file_sha256(&path)?,
+                bytes: q.report.file_bytes,
+                bits_per_weight: q.tensor_bytes as f64 * 8.0 / q.n_params as f64,
+                ratio_to_fp32: q.report.file_bytes as f64 / fp32_bytes as f64,
+                pass: checks.iter().all(|c| c.pass),
+                checks,
+                parity,
+                bench,
+                per_layer_error: verify::weights::per_layer(&errors),
+                tensor_types: types.into_iter().collect(),
+            };
+            cache
+                .targets
+                .insert(t.name.clone(), (keys[&t.name].clone(), report));
+            save_cache(&cache_path, &cache)?;
+        }
+    }
+
+    // 4. Reports and manifest, from the (possibly reused) results, in target order.
+    let targets: Vec<TargetReport> = cfg
+        .targets
+        .iter()
+        .map(|t| cache.targets[&t.name].1.clone())
+        .collect();
+    let pass = targets.iter().all(|t| t.pass);
+    let report = BuildReport {
+        schema_version: SCHEMA_VERSION,
+        kiln_version: version.into(),
+        model: model_name.clone(),
+        model_sha256: model_sha.clone(),
+        parameters: src.tensors().iter().map(|t| t.n_elements() as u64).sum(),
+        fp32_bytes: src
+            .tensors()
+            .iter()
+            .map(|t| t.n_elements() as u64 * 4)
+            .sum(),
+        calibration_texts: cfg
+            .calibration
+            .iter()
+            .flat_map(|c| &c.texts)
+            .map(|t| file_name(t))
+            .collect(),
+        evaluation_texts: eval.texts.iter().map(|t| file_name(t)).collect(),
+        protocol: eval.protocol.clone(),
+        ctx: eval.ctx,
+        eval_chunks: targets.first().map_or(0, |t| t.parity.chunks),
+        targets,
+        pass,
+    };
+    let write = |name: &str, bytes: &[u8]| convert::atomic::write_file(out.join(name), bytes);
+    write(
+        "report.json",
+        (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+    )?;
+    write("report.md", render::build_md(&report).as_bytes())?;
+    write("report.html", render::build_html(&report).as_bytes())?;
+    let mut inputs = BTreeMap::new();
+    inputs.insert("model".to_string(), model_sha.clone());
+    for t in cfg
+        .calibration
+        .iter()
+        .flat_map(|c| &c.texts)
+        .chain(&eval.texts)
+    {
+        inputs.insert(file_name(t), file_sha256(t)?);
+    }
+    let mut artifacts = BTreeMap::new();
+    for t in &report.targets {
+        artifacts.insert(t.file.clone(), t.sha256.clone());
+    }
+    if imatrix.is_some() {
+        artifacts.insert("imatrix.gguf".to_string(), file_sha256(&imatrix_path)?);
+    }
+    let manifest = serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
+        "kiln_version": version,
+        "config": relative_config(&cfg, a.file),
+        "inputs": inputs,
+        "artifacts": artifacts,
+    });
+    write(
+        "manifest.json",
+        (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
+    )?;
+    Ok((if pass { 0 } else { 1 }, report, out))
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The resolved config with paths relative to the build file (so the manifest does not depend
+/// on where the checkout lives).
+fn relative_config(cfg: &BuildFile, file: &Path) -> serde_json::Value {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let rel = |p: &Path| p.strip_prefix(base).unwrap_or(p).display().to_string();
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    v["model"]["path"] = rel(&cfg.model.path).into();
+    if let Some(c) = &cfg.calibration {
+        v["calibration"]["texts"] = c.texts.iter().map(|t| rel(t)).collect::<Vec<_>>().into();
+    }
+    v["evaluation"]["texts"] = cfg
+        .evaluation
+        .texts
+        .iter()
+        .map(|t| rel(t))
+        .collect::<Vec<_>>()
+        .into();
+    v
+}
+
+fn save_cache(path: &Path, cache: &Cache) -> Result<()> {
+    convert::atomic::write_file(path, &serde_json::to_vec_pretty(cache)?)?;
+    Ok(())
+}
+
+fn bench(model: &kernels::Model, b: &BenchSection) -> Result<BenchResult> {
+    use kernels::{forward, ForwardOptions, Logits, NoObserver, State};
+    let c = &model.config;
+    let mut rng = kernels::ops::Rng::new(7);
+    let tokens: Vec<u32> = (0..b.pp.max(1))
+        .map(|_| (rng.uniform() * c.vocab as f64) as u32)
+        .collect();
+    let mut st = State::new(c, b.pp.max(1) + b.tg, b.pp.max(1));
+    let fo = ForwardOptions::default();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..b.reps.max(1) {
+        st.reset();
+        let t = std::time::Instant::now();
+        forward(model, &mut st, &tokens, Logits::Last, fo, &NoObserver)?;
+        pp.push(b.pp as f64 / t.elapsed().as_secs_f64());
+        st.reset();
+        let t = std::time::Instant::now();
+        let mut tok = tokens[0];
+        for _ in 0..b.tg {
+            forward(model, &mut st, &[tok], Logits::Last, fo, &NoObserver)?;
+            tok = kernels::ops::argmax(&st.logits) as u32;
+        }
+        tg.push(b.tg as f64 / t.elapsed().as_secs_f64().max(1e-9));
+    }
+    let ms = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let sd =
+            (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len().max(2) - 1) as f64).sqrt();
+        (m, sd)
+    };
+    let ((pm, ps), (tm, ts)) = (ms(&pp), ms(&tg));
+    Ok(BenchResult {
+        threads: rayon::current_num_threads(),
+        pp_tokens: b.pp,
+        pp_tokens_per_s: pm,
+        pp_stddev: ps,
+        tg_tokens: b.tg,
+        tg_tokens_per_s: tm,
+        tg_stddev: ts,
+    })
+}
+
+pub fn build_cmd(a: BuildArgs) -> Result<i32> {
+    let (code, report, out) = build(&a)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render::build_md(&report));
+        println!("\nreport: {}", out.join("report.html").display());
+    }
+    if code != 0 {
+        let failed: Vec<&str> = report
+            .targets
+            .iter()
+            .filter(|t| !t.pass)
+            .map(|t| t.name.as_str())
+            .collect();
+        eprintln!(
+            "kiln: build: targets failed their thresholds: {}",
+            failed.join(", ")
+        );
+    }
+    Ok(code)
+}
+
+/// `kiln demo`: the fixture model (fetched if missing) through `examples/smollm2.toml`.
+pub fn demo_cmd(quiet: bool) -> Result<i32> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let toml = root.join("examples/smollm2.toml");
+    let fixture = root.join(".fixtures/smollm2-hf/model.safetensors");
+    if !fixture.exists() || !root.join(".fixtures/texts/hamlet_gut.txt").exists() {
+        eprintln!("kiln demo: fetching the fixture model and texts (scripts/fetch-fixture.sh)");
+        let exe = std::env::current_exe()?;
+        let st = std::process::Command::new("bash")
+            .arg(root.join("scripts/fetch-fixture.sh"))
+            .arg(exe)
+            .status()
+            .context("running scripts/fetch-fixture.sh")?;
+        if !st.success() {
+            bail!("fetching the fixture failed (see above)");
+        }
+    }
+    build_cmd(BuildArgs {
+        file: &toml,
+        out: None,
+        quiet,
+        json: false,
+    })
+}

@@ -1,0 +1,346 @@
+//! Rendering report data: text, Markdown, JUnit XML, and the self-contained HTML build report
+//! with SVG plots.
+
+use verify::report::{BuildReport, VerifyReport};
+
+use super::human_bytes;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+pub fn verify_text(r: &VerifyReport) -> String {
+    let p = &r.parity;
+    let mut s = format!(
+        "reference {}\ncandidate {}\ntext {} ({} protocol, ctx {}, {} chunks, {} scored positions)\n\n",
+        r.reference, r.candidate, r.text, r.protocol, r.ctx, p.chunks, p.n_scored
+    );
+    s += &format!(
+        "KLD        mean {:.6}  median {:.6}  p99 {:.6}  max {:.6}\n",
+        p.kld.mean, p.kld.median, p.kld.p99, p.kld.max
+    );
+    s += &format!("top-1      {:.3} %\n", 100.0 * p.top1);
+    s += &format!(
+        "perplexity reference {:.4}  candidate {:.4}  ratio {:.5}\n",
+        p.ppl_reference, p.ppl_candidate, p.ppl_ratio
+    );
+    s += &format!(
+        "Δp         mean {:+.5}  rms {:.5}\n",
+        p.delta_p_mean, p.delta_p_rms
+    );
+    let mut worst: Vec<_> = r.tensors.iter().collect();
+    worst.sort_by(|a, b| b.rel.total_cmp(&a.rel));
+    s += "\nlargest weight errors:\n";
+    for t in worst.iter().take(8) {
+        s += &format!(
+            "  {:<32} {:<5} rel {:.5}  rmse {:.3e}  cos {:.6}\n",
+            t.name, t.ty, t.rel, t.rmse, t.cosine
+        );
+    }
+    s += "\nchecks:\n";
+    if r.checks.is_empty() {
+        s += "  (no thresholds given)\n";
+    }
+    for c in &r.checks {
+        s += &format!("  {}\n", c.describe());
+    }
+    s += &format!("\nresult: {}\n", if r.pass { "PASS" } else { "FAIL" });
+    s
+}
+
+pub fn verify_md(r: &VerifyReport) -> String {
+    let p = &r.parity;
+    let mut s = format!(
+        "# kiln verify: {}\n\nReference `{}`, text `{}` ({} protocol, ctx {}, {} positions).\n\n",
+        r.candidate, r.reference, r.text, r.protocol, r.ctx, p.n_scored
+    );
+    s += "| metric | value |\n| --- | ---: |\n";
+    s += &format!(
+        "| KLD mean | {:.6} |\n| KLD median | {:.6} |\n| KLD p99 | {:.6} |\n| KLD max | {:.6} |\n",
+        p.kld.mean, p.kld.median, p.kld.p99, p.kld.max
+    );
+    s += &format!("| top-1 | {:.3} % |\n| PPL reference | {:.4} |\n| PPL candidate | {:.4} |\n| PPL ratio | {:.5} |\n", 100.0 * p.top1, p.ppl_reference, p.ppl_candidate, p.ppl_ratio);
+    s += &format!(
+        "| Δp mean | {:+.5} |\n| Δp rms | {:.5} |\n\n",
+        p.delta_p_mean, p.delta_p_rms
+    );
+    if !r.checks.is_empty() {
+        s += "| check | value | limit | result |\n| --- | ---: | ---: | --- |\n";
+        for c in &r.checks {
+            s += &format!(
+                "| {} | {:.6} | {} | {} |\n",
+                c.name,
+                c.value,
+                c.limit,
+                if c.pass { "pass" } else { "**FAIL**" }
+            );
+        }
+    }
+    s += &format!("\n**{}**\n", if r.pass { "PASS" } else { "FAIL" });
+    s
+}
+
+pub fn verify_junit(r: &VerifyReport) -> String {
+    let failures = r.checks.iter().filter(|c| !c.pass).count();
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    s += &format!(
+        "<testsuites name=\"kiln verify\" tests=\"{}\" failures=\"{failures}\">\n",
+        r.checks.len()
+    );
+    s += &format!(
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\">\n",
+        esc(&r.candidate),
+        r.checks.len()
+    );
+    for c in &r.checks {
+        s += &format!(
+            "    <testcase classname=\"kiln.verify\" name=\"{}\">\n",
+            esc(&c.name)
+        );
+        if !c.pass {
+            s += &format!(
+                "      <failure message=\"{}\">{}</failure>\n",
+                esc(&c.describe()),
+                esc(&c.describe())
+            );
+        }
+        s += &format!(
+            "      <system-out>{}</system-out>\n    </testcase>\n",
+            esc(&c.describe())
+        );
+    }
+    s += "  </testsuite>\n</testsuites>\n";
+    s
+}
+
+pub fn build_md(r: &BuildReport) -> String {
+    let mut s = format!(
+        "# kiln build: {}\n\nkiln {} · {} parameters · FP32 {} · calibration: {} · evaluation: {} ({} protocol, ctx {}, {} chunks)\n\n",
+        r.model,
+        r.kiln_version,
+        r.parameters,
+        human_bytes(r.fp32_bytes),
+        r.calibration_texts.join(", "),
+        r.evaluation_texts.join(", "),
+        r.protocol,
+        r.ctx,
+        r.eval_chunks
+    );
+    s += "| target | type | imatrix | size | bpw | vs FP32 | KLD mean | KLD p99 | top-1 | PPL | PPL ratio | prefill t/s | decode t/s | result |\n";
+    s += "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+    for t in &r.targets {
+        s += &format!(
+            "| {} | {} | {} | {} | {:.2} | {:.1} % | {:.5} | {:.4} | {:.2} % | {:.3} | {:.4} | {:.1} | {:.1} | {} |\n",
+            t.name,
+            t.ftype,
+            if t.imatrix { "yes" } else { "no" },
+            human_bytes(t.bytes),
+            t.bits_per_weight,
+            100.0 * t.ratio_to_fp32,
+            t.parity.kld.mean,
+            t.parity.kld.p99,
+            100.0 * t.parity.top1,
+            t.parity.ppl_candidate,
+            t.parity.ppl_ratio,
+            t.bench.pp_tokens_per_s,
+            t.bench.tg_tokens_per_s,
+            if t.pass { "pass" } else { "**FAIL**" }
+        );
+    }
+    if let Some(t) = r.targets.first() {
+        s += &format!(
+            "\nFP32 reference perplexity: {:.4}.\n",
+            t.parity.ppl_reference
+        );
+    }
+    for t in r.targets.iter().filter(|t| !t.pass) {
+        let f: Vec<String> = t
+            .checks
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.describe())
+            .collect();
+        s += &format!("\n{} failed: {}\n", t.name, f.join("; "));
+    }
+    s
+}
+
+/// A scatter plot of size (x) against mean KLD (y, log scale), one labelled point per target.
+fn svg_size_kld(r: &BuildReport) -> String {
+    let (w, h, m) = (520.0, 300.0, 50.0);
+    let xs: Vec<f64> = r
+        .targets
+        .iter()
+        .map(|t| t.bytes as f64 / (1 << 20) as f64)
+        .collect();
+    let ys: Vec<f64> = r
+        .targets
+        .iter()
+        .map(|t| t.parity.kld.mean.max(1e-6).log10())
+        .collect();
+    let (x0, x1) = bounds(&xs);
+    let (y0, y1) = bounds(&ys);
+    let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
+    let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
+    let mut s = format!("<svg id=\"plot-size-kld\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"size versus KLD\">\n");
+    s += &axes(
+        w,
+        h,
+        m,
+        "size (MiB)",
+        "mean KLD (log10)",
+        (x0, x1),
+        (y0, y1),
+    );
+    for (i, t) in r.targets.iter().enumerate() {
+        let color = if t.pass { "#2b7" } else { "#d33" };
+        s += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"{color}\"><title>{}: {:.1} MiB, KLD {:.5}</title></circle><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{}</text>\n",
+            px(xs[i]),
+            py(ys[i]),
+            esc(&t.name),
+            xs[i],
+            t.parity.kld.mean,
+            px(xs[i]) + 7.0,
+            py(ys[i]) - 7.0,
+            esc(&t.name)
+        );
+    }
+    s + "</svg>\n"
+}
+
+/// Mean relative weight error per layer, one line per target.
+fn svg_per_layer(r: &BuildReport) -> String {
+    let (w, h, m) = (520.0, 300.0, 50.0);
+    let palette = ["#2b7", "#27b", "#b72", "#a3c", "#3aa", "#c33", "#777"];
+    let all: Vec<f64> = r
+        .targets
+        .iter()
+        .flat_map(|t| t.per_layer_error.iter().map(|p| p.1))
+        .collect();
+    let layers: Vec<f64> = r
+        .targets
+        .iter()
+        .flat_map(|t| t.per_layer_error.iter().map(|p| p.0 as f64))
+        .collect();
+    let (x0, x1) = bounds(&layers);
+    let (y0, y1) = bounds(&all);
+    let y0 = y0.min(0.0);
+    let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
+    let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
+    let mut s = format!("<svg id=\"plot-per-layer\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"per-layer weight error\">\n");
+    s += &axes(
+        w,
+        h,
+        m,
+        "layer",
+        "mean relative weight error",
+        (x0, x1),
+        (y0, y1),
+    );
+    for (i, t) in r.targets.iter().enumerate() {
+        let c = palette[i % palette.len()];
+        let pts: Vec<String> = t
+            .per_layer_error
+            .iter()
+            .map(|&(l, e)| format!("{:.1},{:.1}", px(l as f64), py(e)))
+            .collect();
+        s += &format!("<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>\n", pts.join(" "), esc(&t.name));
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"{c}\">{}</text>\n",
+            w - m + 4.0,
+            m + 14.0 * i as f64,
+            esc(&t.name)
+        );
+    }
+    s + "</svg>\n"
+}
+
+fn bounds(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.1).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
+fn axes(w: f64, h: f64, m: f64, xl: &str, yl: &str, xr: (f64, f64), yr: (f64, f64)) -> String {
+    format!(
+        "<line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#333\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{b}\" stroke=\"#333\"/>\
+<text x=\"{cx}\" y=\"{lx}\" font-size=\"12\" text-anchor=\"middle\">{xl}</text>\
+<text x=\"14\" y=\"{cy}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 14 {cy})\">{yl}</text>\
+<text x=\"{m}\" y=\"{tx}\" font-size=\"10\">{:.3}</text><text x=\"{r}\" y=\"{tx}\" font-size=\"10\" text-anchor=\"end\">{:.3}</text>\
+<text x=\"{yl_x}\" y=\"{b}\" font-size=\"10\" text-anchor=\"end\">{:.3}</text><text x=\"{yl_x}\" y=\"{m}\" font-size=\"10\" text-anchor=\"end\">{:.3}</text>\n",
+        xr.0,
+        xr.1,
+        yr.0,
+        yr.1,
+        b = h - m,
+        r = w - m,
+        cx = w / 2.0,
+        lx = h - 10.0,
+        cy = h / 2.0,
+        tx = h - m + 14.0,
+        yl_x = m - 4.0,
+    )
+}
+
+/// The self-contained HTML report: targets table and the two SVG plots, no external resources.
+/// A small script marks the page as rendered (`data-ready`) after checking both plots exist.
+pub fn build_html(r: &BuildReport) -> String {
+    let md_rows: Vec<String> = r
+        .targets
+        .iter()
+        .map(|t| {
+            format!(
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.1} %</td><td>{:.5}</td><td>{:.4}</td><td>{:.2} %</td><td>{:.3}</td><td>{:.4}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
+                if t.pass { "pass" } else { "fail" },
+                esc(&t.name),
+                esc(&t.ftype),
+                if t.imatrix { "yes" } else { "no" },
+                human_bytes(t.bytes),
+                t.bits_per_weight,
+                100.0 * t.ratio_to_fp32,
+                t.parity.kld.mean,
+                t.parity.kld.p99,
+                100.0 * t.parity.top1,
+                t.parity.ppl_candidate,
+                t.parity.ppl_ratio,
+                t.bench.pp_tokens_per_s,
+                t.bench.tg_tokens_per_s,
+                if t.pass { "pass" } else { "FAIL" }
+            )
+        })
+        .collect();
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>kiln build: {model}</title>\n<style>\n\
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}\n\
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}\n\
+th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background: #fdd; }}\n\
+.plots {{ display: flex; flex-wrap: wrap; gap: 2em; margin-top: 1.5em; }}\n\
+</style>\n</head>\n<body>\n<h1>kiln build: {model}</h1>\n\
+<p>kiln {ver} · {params} parameters · FP32 {fp32} · calibration: {cal} · evaluation: {ev} ({proto} protocol, ctx {ctx}, {chunks} chunks) · result: <strong id=\"result\">{result}</strong></p>\n\
+<table id=\"targets\">\n<thead><tr><th>target</th><th>type</th><th>imatrix</th><th>size</th><th>bpw</th><th>vs FP32</th><th>KLD mean</th><th>KLD p99</th><th>top-1</th><th>PPL</th><th>PPL ratio</th><th>prefill t/s</th><th>decode t/s</th><th>result</th></tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n\
+<div class=\"plots\">\n<figure><figcaption>Size against mean KL divergence</figcaption>\n{p1}</figure>\n<figure><figcaption>Per-layer weight error</figcaption>\n{p2}</figure>\n</div>\n\
+<script>\n(function () {{\n  var ok = document.querySelectorAll('#targets tbody tr').length === {n} &&\n    document.getElementById('plot-size-kld') && document.getElementById('plot-per-layer');\n  document.body.setAttribute('data-ready', ok ? '1' : '0');\n}})();\n</script>\n</body>\n</html>\n",
+        model = esc(&r.model),
+        ver = esc(&r.kiln_version),
+        params = r.parameters,
+        fp32 = human_bytes(r.fp32_bytes),
+        cal = esc(&r.calibration_texts.join(", ")),
+        ev = esc(&r.evaluation_texts.join(", ")),
+        proto = esc(&r.protocol),
+        ctx = r.ctx,
+        chunks = r.eval_chunks,
+        result = if r.pass { "pass" } else { "FAIL" },
+        rows = md_rows.join("\n"),
+        p1 = svg_size_kld(r),
+        p2 = svg_per_layer(r),
+        n = r.targets.len(),
+    )
+}

@@ -1,0 +1,85 @@
+//! Report data: what `kiln verify` and `kiln build` found, as serde structs with a versioned
+//! schema. The binary renders them (text, JSON, Markdown, JUnit XML, HTML).
+
+use serde::{Deserialize, Serialize};
+
+use crate::parity::{Check, Parity, Thresholds};
+use crate::weights::TensorError;
+
+/// The version of the JSON report schemas; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `kiln verify`'s result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifyReport {
+    pub schema_version: u32,
+    pub kiln_version: String,
+    pub reference: String,
+    pub candidate: String,
+    pub text: String,
+    /// `llama` or `full`.
+    pub protocol: String,
+    pub ctx: usize,
+    pub parity: Parity,
+    pub thresholds: Thresholds,
+    pub checks: Vec<Check>,
+    /// Per-tensor weight error.
+    pub tensors: Vec<TensorError>,
+    /// True when every check passed.
+    pub pass: bool,
+}
+
+/// Speed of one artifact in kiln's kernel.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BenchResult {
+    pub threads: usize,
+    pub pp_tokens: usize,
+    pub pp_tokens_per_s: f64,
+    pub pp_stddev: f64,
+    pub tg_tokens: usize,
+    pub tg_tokens_per_s: f64,
+    pub tg_stddev: f64,
+}
+
+/// One target of a build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetReport {
+    pub name: String,
+    /// File type (Q4_K_M …).
+    pub ftype: String,
+    pub imatrix: bool,
+    /// Artifact file name (in the output directory).
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub bits_per_weight: f64,
+    /// bytes / FP32 bytes.
+    pub ratio_to_fp32: f64,
+    pub parity: Parity,
+    pub checks: Vec<Check>,
+    pub pass: bool,
+    pub bench: BenchResult,
+    /// Mean relative weight error per layer.
+    pub per_layer_error: Vec<(usize, f64)>,
+    /// Tensor type counts (`q4_K` → 16 …).
+    pub tensor_types: Vec<(String, usize)>,
+}
+
+/// `kiln build`'s report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildReport {
+    pub schema_version: u32,
+    pub kiln_version: String,
+    pub model: String,
+    pub model_sha256: String,
+    pub parameters: u64,
+    pub fp32_bytes: u64,
+    pub calibration_texts: Vec<String>,
+    pub evaluation_texts: Vec<String>,
+    pub protocol: String,
+    pub ctx: usize,
+    pub eval_chunks: usize,
+    pub targets: Vec<TargetReport>,
+    /// True when every target passed.
+    pub pass: bool,
+}
