@@ -281,7 +281,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
             .collect::<Result<Vec<_>>>()?
             .join(","))
     };
-    let tok = tokenizer_of(&src)?;
+    let tok = tokenizer_of(&src, cfg.model.tokenizer_pre.as_deref())?;
     let bos = if tok.add_bos { tok.bos } else { None };
 
     // 1. Calibration, once, if any target needs it.
@@ -395,6 +395,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
             &path,
             ftype,
             im,
+            Some("imatrix.gguf"),
             opts,
             &t.tensor_types,
             cfg.model.tokenizer_pre.clone(),

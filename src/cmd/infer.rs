@@ -16,15 +16,16 @@ use super::human_bytes;
 /// Loads a model and its tokenizer.
 pub fn load_with_tokenizer(path: &Path) -> Result<(Loaded, Tokenizer)> {
     let loaded = verify::load::load(path)?;
-    let tok = tokenizer_of(&loaded.source)?;
+    let tok = tokenizer_of(&loaded.source, None)?;
     Ok((loaded, tok))
 }
 
-/// The tokenizer of a model source.
-pub fn tokenizer_of(src: &ModelSource) -> Result<Tokenizer> {
+/// The tokenizer of a model source (`pre` names a checkpoint's pre-tokenizer when kiln
+/// cannot tell it).
+pub fn tokenizer_of(src: &ModelSource, pre: Option<&str>) -> Result<Tokenizer> {
     Ok(match src {
         ModelSource::Gguf(g) => Tokenizer::from_gguf(g.file.path(), &g.file.metadata)?,
-        ModelSource::Hf(h) => Tokenizer::from_hf_dir(h.dir(), h.config.vocab_size, None)?,
+        ModelSource::Hf(h) => Tokenizer::from_hf_dir(h.dir(), h.config.vocab_size, pre)?,
     })
 }
 

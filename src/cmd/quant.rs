@@ -189,6 +189,7 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         a.output,
         a.ftype,
         imatrix.as_ref().map(|(m, p)| (m, *p)),
+        None,
         opts,
         a.tensor_types,
         a.tokenizer_pre.clone(),
@@ -244,13 +245,15 @@ pub fn plan(
 
 /// Quantizes `src` to `out` with llama.cpp's mix for `ftype`, importance-weighted by
 /// `imatrix` (the matrix and the path it came from) when given, with llama.cpp's
-/// `quantize.imatrix.*` keys and kiln's provenance keys.
+/// `quantize.imatrix.*` keys and kiln's provenance keys. `quantize.imatrix.file` records the
+/// path as given (as llama-quantize does) unless `imatrix_name` names it otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_to(
     src: &ModelSource,
     out: &Path,
     ftype: Ftype,
     imatrix: Option<(&Imatrix, &Path)>,
+    imatrix_name: Option<&str>,
     opts: MixOptions,
     tensor_types: &[String],
     tokenizer_pre: Option<String>,
@@ -261,10 +264,10 @@ pub fn quantize_to(
         let h = s.spawn(|| src.sha256());
         let mut extra: Vec<(String, Value)> = Vec::new();
         if let Some((m, p)) = imatrix {
-            extra.push((
-                "quantize.imatrix.file".into(),
-                Value::String(p.display().to_string()),
-            ));
+            let name = imatrix_name
+                .map(str::to_string)
+                .unwrap_or_else(|| p.display().to_string());
+            extra.push(("quantize.imatrix.file".into(), Value::String(name)));
             if let Some(d) = m.datasets.first() {
                 extra.push(("quantize.imatrix.dataset".into(), Value::String(d.clone())));
             }
@@ -282,7 +285,7 @@ pub fn quantize_to(
             "type": ftype.name(), "pure": opts.pure, "tensor_type": tensor_types,
             "output_tensor_type": opts.output_tensor_type.map(|t| t.name()),
             "token_embedding_type": opts.token_embedding_type.map(|t| t.name()),
-            "imatrix": imatrix.map(|(_, p)| p.display().to_string()),
+            "imatrix": imatrix.map(|(_, p)| imatrix_name.map(str::to_string).unwrap_or_else(|| p.display().to_string())),
         });
         extra.push((
             "kiln.quantize.options".into(),
