@@ -234,3 +234,74 @@ fn imatrix_formats_convert_without_loss() {
     let b = calibrate::Imatrix::read(&data("imatrix-macbeth.dat")).unwrap();
     assert_eq!(a, b);
 }
+
+/// `kiln verify`'s numbers against llama-perplexity's own (`--kl-divergence`, ctx 512,
+/// 8 chunks of hamlet) on reference mixes kiln made: mean KLD within 10 %, top-1 within one
+/// percentage point. Four mixes spanning the range (run against one reference pass).
+#[test]
+#[ignore = "needs the fixture (scripts/fetch-fixture.sh)"]
+fn verify_reproduces_llama_perplexity_kld() {
+    use verify::eval::{EvalOptions, Protocol};
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let want: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data("llama-perplexity-hamlet.json")).unwrap())
+            .unwrap();
+    let mixes = ["Q8_0-none", "Q6_K-macbeth", "Q4_K_M-none", "Q4_0-none"];
+    let mut cands = Vec::new();
+    for mix in mixes {
+        let (ty, im) = mix.split_once('-').unwrap();
+        let out = tmp.path().join(format!("{mix}.gguf"));
+        let mut args = vec![
+            "quantize",
+            fx.join("smollm2-f32.gguf")
+                .to_str()
+                .unwrap()
+                .to_string()
+                .leak() as &str,
+            "-o",
+            out.to_str().unwrap().to_string().leak(),
+            "--type",
+            ty,
+        ];
+        let im_path = data("imatrix-macbeth.gguf");
+        if im == "macbeth" {
+            args.extend(["--imatrix", im_path.to_str().unwrap().to_string().leak()]);
+        }
+        kiln(&args);
+        cands.push(verify::load::load_gguf(&out).unwrap());
+    }
+    let reference = verify::load::load_gguf(&fx.join("smollm2-f32.gguf")).unwrap();
+    let g = GgufFile::open(fx.join("smollm2-f32.gguf")).unwrap();
+    let tok = convert::tokenizer::Tokenizer::from_gguf(g.path(), &g.metadata).unwrap();
+    let tokens = tok
+        .encode(&std::fs::read_to_string(fx.join("texts/hamlet_gut.txt")).unwrap())
+        .unwrap();
+    let opts = EvalOptions {
+        ctx: 512,
+        chunks: Some(8),
+        protocol: Protocol::LlamaCpp,
+        ..Default::default()
+    };
+    let refs: Vec<&kernels::Model> = cands.iter().collect();
+    let got = verify::parity::compare(&reference, &refs, &tokens, &opts, |_, _| {}).unwrap();
+    for (mix, p) in mixes.iter().zip(&got) {
+        let w = &want["mixes"][mix];
+        let (wk, wt) = (
+            w["kld_mean"].as_f64().unwrap(),
+            w["same_top1_pct"].as_f64().unwrap(),
+        );
+        eprintln!("{mix}: KLD {:.6} (llama.cpp {wk:.6}), top-1 {:.3} % (llama.cpp {wt:.3} %), PPL {:.4} (llama.cpp {:.4})", p.kld.mean, 100.0 * p.top1, p.ppl_candidate, w["ppl"]);
+        assert_eq!(p.n_scored, 2040);
+        assert!(
+            (p.kld.mean - wk).abs() <= 0.1 * wk,
+            "{mix}: KLD {} vs {wk}",
+            p.kld.mean
+        );
+        assert!(
+            (100.0 * p.top1 - wt).abs() <= 1.0,
+            "{mix}: top-1 {} vs {wt}",
+            100.0 * p.top1
+        );
+    }
+}

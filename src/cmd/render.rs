@@ -320,7 +320,7 @@ pub fn build_html(r: &BuildReport) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>kiln build: {model}</title>\n<style>\n\
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}\n\
-table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}\n\
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }}\n\
 th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background: #fdd; }}\n\
 .plots {{ display: flex; flex-wrap: wrap; gap: 2em; margin-top: 1.5em; }}\n\
 </style>\n</head>\n<body>\n<h1>kiln build: {model}</h1>\n\
