@@ -81,6 +81,9 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Ignore attention masks stored in the model (run dense).
+        #[arg(long)]
+        dense: bool,
     },
     /// Generate text from a prompt.
     Run {
@@ -118,6 +121,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = BenchFormat::Md)]
         format: BenchFormat,
+        /// Ignore attention masks stored in the model (run dense).
+        #[arg(long)]
+        dense: bool,
     },
     /// Collect an importance matrix (llama-imatrix's statistics) from calibration text.
     Calibrate {
@@ -214,6 +220,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
+        /// Ignore an attention mask stored in the candidate (run it dense).
+        #[arg(long)]
+        dense: bool,
     },
     /// Build every target of a kiln.toml: calibrate, quantize, verify, benchmark, report.
     Build {
@@ -223,6 +232,35 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Derive block-sparse attention masks from calibration text (and store them in an artifact).
+    Masks {
+        /// The FP32 model to calibrate on.
+        model: PathBuf,
+        /// Calibration texts.
+        #[arg(long, required = true, num_args = 1..)]
+        text: Vec<PathBuf>,
+        /// Share of each head's attention mass to keep.
+        #[arg(long, default_value_t = 0.99)]
+        coverage: f64,
+        /// Tokens per block.
+        #[arg(long, default_value_t = 64)]
+        block: usize,
+        /// Calibration context.
+        #[arg(long, default_value_t = 2048)]
+        ctx: usize,
+        /// Calibration chunks.
+        #[arg(long, default_value_t = 2)]
+        chunks: usize,
+        /// A GGUF to copy with the mask added (with -o).
+        #[arg(long)]
+        artifact: Option<PathBuf>,
+        /// Output GGUF (with --artifact).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print the per-head choices as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -201,6 +201,7 @@ reps = 1
 [[target]]
 name = "q8"
 type = "Q8_0"
+attention_masks = { coverage = 0.9, block = 16, ctx = 64, chunks = 2 }
 
 [[target]]
 name = "q4km"
@@ -280,6 +281,19 @@ fn build_is_deterministic_and_reports_failures() {
         .map(|t| t["pass"].as_bool().unwrap())
         .collect();
     assert_eq!(pass, vec![true, true, false]);
+    let masks = &r["targets"][0]["masks"];
+    assert_eq!(masks["block"], 16);
+    assert!(
+        masks["density"].as_f64().unwrap() <= 1.0
+            && masks["vs_dense"]["n_scored"].as_u64().unwrap() > 0,
+        "{masks}"
+    );
+    assert!(r["targets"][1]["masks"].is_null());
+    assert!(std::fs::read_to_string(a.join("report.md"))
+        .unwrap()
+        .contains("Block-sparse attention"));
+    let g = convert::gguf::GgufFile::open(a.join("tiny-q8.gguf")).unwrap();
+    assert_eq!(g.metadata.u64("kiln.attention.block_size"), Some(16));
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(a.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["artifacts"].as_object().unwrap().len(), 4);
@@ -383,4 +397,64 @@ fn html_report_renders_in_chromium() {
     assert_eq!(dom.matches("<tr class=").count(), 3, "three target rows");
     assert!(dom.contains("id=\"plot-size-kld\"") && dom.contains("id=\"plot-per-layer\""));
     assert!(dom.contains("<circle") && dom.contains("<polyline"));
+}
+
+fn ppl(model: &Path, text: &Path, extra: &[&str]) -> f64 {
+    let mut args = vec![
+        "perplexity",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--ctx",
+        "128",
+        "--chunks",
+        "2",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = ok(&args);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["ppl"].as_f64().unwrap()
+}
+
+#[test]
+fn attention_masks_are_stored_and_applied() {
+    let s = setup();
+    let d = &s.dir;
+    let (q8, text) = (d.join("q8.gguf"), d.join("eval.txt"));
+    let dense_ppl = ppl(&q8, &text, &[]);
+    for (cov, name) in [("1.0", "full.gguf"), ("0.5", "half.gguf")] {
+        ok(&[
+            "masks",
+            d.join("ref.gguf").to_str().unwrap(),
+            "--text",
+            d.join("calib.txt").to_str().unwrap(),
+            "--coverage",
+            cov,
+            "--block",
+            "16",
+            "--ctx",
+            "128",
+            "--chunks",
+            "2",
+            "--artifact",
+            q8.to_str().unwrap(),
+            "-o",
+            d.join(name).to_str().unwrap(),
+        ]);
+        // The strict reader loads it; the keys are there; the tensors are untouched.
+        let g = convert::gguf::GgufFile::open(d.join(name)).unwrap();
+        assert_eq!(g.metadata.u64("kiln.attention.version"), Some(1));
+        assert_eq!(g.metadata.u64("kiln.attention.block_size"), Some(16));
+        let orig = convert::gguf::GgufFile::open(&q8).unwrap();
+        for (a, b) in g.tensors.iter().zip(&orig.tensors) {
+            assert_eq!(g.tensor_data(a), orig.tensor_data(b), "{}", a.name);
+        }
+        // Ignoring the keys runs dense: exactly the unmasked model's result.
+        assert_eq!(ppl(&d.join(name), &text, &["--dense"]), dense_ppl);
+    }
+    // Coverage 1.0 keeps every head dense: exactly the dense logits.
+    assert_eq!(ppl(&d.join("full.gguf"), &text, &[]), dense_ppl);
+    // Coverage 0.5 really masks something.
+    assert_ne!(ppl(&d.join("half.gguf"), &text, &[]), dense_ppl);
 }

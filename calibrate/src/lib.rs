@@ -4,8 +4,10 @@
 //!   llama-imatrix collects), collected by running `kernels`' forward pass over calibration
 //!   text, read and written in llama.cpp's GGUF and legacy `.dat` formats.
 //!
-//! Attention statistics and block-sparse mask derivation build on the same forward pass.
+//! * [`masks`]: attention statistics at a long context, block-sparse mask derivation per head,
+//!   and the `kiln.attention.*` keys that carry masks in an artifact.
 
 pub mod imatrix;
+pub mod masks;
 
 pub use imatrix::{calibrate, CalibOptions, Imatrix};

@@ -91,6 +91,9 @@ pub struct State {
     rope_sin: Vec<f32>, // [max_ctx, head_dim/2]
     /// Logits of the last call: `[n, vocab]` rows for the positions asked for.
     pub logits: Vec<f32>,
+    /// Time spent in attention (scores, softmax, values) since the state was made; for the
+    /// masked-vs-dense benchmark.
+    pub attention_time: std::time::Duration,
     scratch: MatmulScratch,
 }
 
@@ -132,6 +135,7 @@ impl State {
             rope_cos,
             rope_sin,
             logits: Vec::with_capacity(c.vocab),
+            attention_time: std::time::Duration::ZERO,
             scratch: MatmulScratch::default(),
         }
     }
@@ -311,7 +315,9 @@ pub fn forward<O: Observer>(
                 }
             }
         }
+        let t_att = std::time::Instant::now();
         attention(model, state, l, n, opts.mask, obs);
+        state.attention_time += t_att.elapsed();
         obs.matmul_input(l, MatKind::AttnOutput, &state.att[..n * q_dim], n);
         matmul(
             &layer.wo,

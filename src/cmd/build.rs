@@ -115,6 +115,9 @@ pub struct TargetSection {
     /// Thresholds overriding the build's defaults.
     #[serde(default)]
     pub thresholds: Thresholds,
+    /// Block-sparse attention masks derived on the calibration texts, e.g.
+    /// `attention_masks = { coverage = 0.99, block = 64 }`.
+    pub attention_masks: Option<super::masks::MaskSettings>,
 }
 
 /// A whole kiln.toml.
@@ -352,6 +355,8 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
     ]);
     let mut todo = Vec::new();
     let mut keys = BTreeMap::new();
+    let mut masks_done: BTreeMap<String, (kernels::BlockMask, Vec<calibrate::masks::HeadChoice>)> =
+        BTreeMap::new();
     for t in &cfg.targets {
         let file = format!("{model_name}-{}.gguf", t.name);
         let path = out.join(&file);
@@ -380,6 +385,29 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
             token_embedding_type: parse(&t.token_embedding_type)?,
             overrides: parse_overrides(&t.tensor_types)?,
         };
+        let mut extra_meta = Vec::new();
+        let mut mask = None;
+        if let Some(ms) = &t.attention_masks {
+            let key = serde_json::to_string(ms)?;
+            if !masks_done.contains_key(&key) {
+                say(format!(
+                    "{}: deriving attention masks (coverage {}, block {}, ctx {})",
+                    t.name, ms.coverage, ms.block, ms.ctx
+                ));
+                let texts = &cfg.calibration.as_ref().expect("validated").texts;
+                let derived = super::masks::derive_mask(
+                    &cfg.model.path,
+                    texts,
+                    ms,
+                    cfg.model.tokenizer_pre.as_deref(),
+                    a.quiet,
+                )?;
+                masks_done.insert(key.clone(), derived);
+            }
+            let (m, _) = &masks_done[&key];
+            extra_meta = calibrate::masks::to_metadata(m, ms.coverage);
+            mask = Some((m.clone(), *ms));
+        }
         say(format!(
             "{}: quantizing to {ftype}{}",
             t.name,
@@ -399,9 +427,10 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
             opts,
             &t.tensor_types,
             cfg.model.tokenizer_pre.clone(),
+            extra_meta,
             a.quiet,
         )?;
-        todo.push((t.clone(), file, path, q));
+        todo.push((t.clone(), file, path, q, mask));
     }
 
     // 3. Verify the new artifacts against the FP32 model (reference run once per chunk) and
@@ -421,24 +450,72 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         };
         let cands: Vec<verify::load::Loaded> = todo
             .iter()
-            .map(|(_, _, p, _)| verify::load::load(p))
+            .map(|t| verify::load::load(&t.2))
             .collect::<Result<_, _>>()?;
-        let models: Vec<&kernels::Model> = cands.iter().map(|c| &c.model).collect();
+        let masked: Vec<verify::eval::Masked> = cands
+            .iter()
+            .zip(&todo)
+            .map(|(c, t)| (&c.model, t.4.as_ref().map(|(m, _)| m)))
+            .collect();
         let n = verify::eval::n_chunks(tokens.len(), &opts)?;
         let p = Progress::new("verify", n, a.quiet);
-        let parities =
-            verify::parity::compare(&reference.model, &models, &tokens, &opts, |d, t| {
-                p.step(d, t, "chunks")
-            })?;
+        let parities = verify::parity::compare_masked(
+            (&reference.model, None),
+            &masked,
+            &tokens,
+            &opts,
+            |d, t| p.step(d, t, "chunks"),
+        )?;
         p.finish();
         let fp32_bytes: u64 = src
             .tensors()
             .iter()
             .map(|t| t.n_elements() as u64 * 4)
             .sum();
-        for (((t, file, path, q), cand), parity) in todo.into_iter().zip(&cands).zip(parities) {
+        for (((t, file, path, q, mask), cand), parity) in todo.into_iter().zip(&cands).zip(parities)
+        {
             say(format!("{}: benchmarking", t.name));
             let bench = bench(&cand.model, &cfg.bench)?;
+            let masks = match &mask {
+                None => None,
+                Some((m, ms)) => {
+                    say(format!(
+                        "{}: masked against dense, and prefill at {} tokens",
+                        t.name, ms.ctx
+                    ));
+                    let vs_dense = verify::parity::compare_masked(
+                        (&cand.model, None),
+                        &[(&cand.model, Some(m))],
+                        &tokens,
+                        &opts,
+                        |_, _| {},
+                    )?
+                    .pop()
+                    .expect("one candidate");
+                    let (pm, am) = prefill_speed(&cand.model, Some(m), ms.ctx)?;
+                    let (pd, ad) = prefill_speed(&cand.model, None, ms.ctx)?;
+                    let heads = m.patterns.iter().map(|l| l.len()).sum();
+                    let dense_heads = m
+                        .patterns
+                        .iter()
+                        .flatten()
+                        .filter(|p| **p == kernels::HeadPattern::Dense)
+                        .count();
+                    Some(verify::report::MaskReport {
+                        coverage: ms.coverage,
+                        block: ms.block,
+                        ctx: ms.ctx,
+                        density: m.density(ms.ctx.div_ceil(ms.block)),
+                        dense_heads,
+                        heads,
+                        vs_dense,
+                        prefill_masked_tps: pm,
+                        prefill_dense_tps: pd,
+                        attention_masked_s: am,
+                        attention_dense_s: ad,
+                    })
+                }
+            };
             let errors = verify::weights::weight_errors(&src, &cand.source)?;
             let thresholds = t.thresholds.or(&cfg.thresholds);
             let checks = thresholds.check(&parity);
@@ -461,6 +538,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
                 bench,
                 per_layer_error: verify::weights::per_layer(&errors),
                 tensor_types: types.into_iter().collect(),
+                masks,
             };
             cache
                 .targets
@@ -567,6 +645,33 @@ fn relative_config(cfg: &BuildFile, file: &Path) -> serde_json::Value {
 fn save_cache(path: &Path, cache: &Cache) -> Result<()> {
     convert::atomic::write_file(path, &serde_json::to_vec_pretty(cache)?)?;
     Ok(())
+}
+
+/// Prefill of `ctx` tokens: tokens/s and seconds in attention.
+fn prefill_speed(
+    model: &kernels::Model,
+    mask: Option<&kernels::BlockMask>,
+    ctx: usize,
+) -> Result<(f64, f64)> {
+    use kernels::{forward, ForwardOptions, Logits, NoObserver, State};
+    let c = &model.config;
+    let mut rng = kernels::ops::Rng::new(11);
+    let tokens: Vec<u32> = (0..ctx)
+        .map(|_| (rng.uniform() * c.vocab as f64) as u32)
+        .collect();
+    let mut st = State::new(c, ctx, 512);
+    let fo = ForwardOptions {
+        mask,
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    for part in tokens.chunks(512) {
+        forward(model, &mut st, part, Logits::None, fo, &NoObserver)?;
+    }
+    Ok((
+        ctx as f64 / t.elapsed().as_secs_f64(),
+        st.attention_time.as_secs_f64(),
+    ))
 }
 
 fn bench(model: &kernels::Model, b: &BenchSection) -> Result<BenchResult> {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use convert::source::ModelSource;
 use convert::tokenizer::Tokenizer;
 use kernels::{forward, ForwardOptions, Logits, MatmulMode, NoObserver, State};
-use verify::eval::{perplexity, EvalOptions, Protocol};
+use verify::eval::{EvalOptions, Protocol};
 use verify::load::Loaded;
 
 use super::human_bytes;
@@ -29,6 +29,18 @@ pub fn tokenizer_of(src: &ModelSource, pre: Option<&str>) -> Result<Tokenizer> {
     })
 }
 
+/// The attention mask stored in a loaded model (`kiln.attention.*` keys), unless `dense`.
+pub fn stored_mask(loaded: &Loaded, dense: bool) -> Result<Option<kernels::BlockMask>> {
+    if dense {
+        return Ok(None);
+    }
+    match &*loaded.source {
+        ModelSource::Gguf(g) => Ok(calibrate::masks::from_metadata(&g.file.metadata)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", g.file.path().display()))?),
+        ModelSource::Hf(_) => Ok(None),
+    }
+}
+
 /// Reads and tokenizes a text file.
 pub fn tokenize_file(tok: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
     let text = std::fs::read_to_string(path)
@@ -46,6 +58,7 @@ pub struct PerplexityArgs<'a> {
     pub batch: usize,
     pub dequantized: bool,
     pub json: bool,
+    pub dense: bool,
 }
 
 pub fn perplexity_cmd(a: PerplexityArgs) -> Result<i32> {
@@ -63,8 +76,9 @@ pub fn perplexity_cmd(a: PerplexityArgs) -> Result<i32> {
         },
         bos: if tok.add_bos { tok.bos } else { None },
     };
+    let mask = stored_mask(&loaded, a.dense)?;
     let t0 = Instant::now();
-    let p = perplexity(&loaded.model, &tokens, &opts)?;
+    let p = verify::eval::perplexity_masked(&loaded.model, mask.as_ref(), &tokens, &opts)?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&p)?;
@@ -119,7 +133,11 @@ pub fn run_cmd(a: RunArgs) -> Result<i32> {
     let ctx = (prompt.len() + a.n).min(model.config.max_ctx.max(prompt.len() + 1));
     let mut st = State::new(&model.config, ctx, prompt.len().clamp(1, 512));
     let mut rng = kernels::ops::Rng::new(a.seed);
-    let fo = ForwardOptions::default();
+    let mask = stored_mask(&loaded, false)?;
+    let fo = ForwardOptions {
+        mask: mask.as_ref(),
+        ..Default::default()
+    };
     let t0 = Instant::now();
     for chunk in prompt.chunks(st.max_batch) {
         forward(model, &mut st, chunk, Logits::Last, fo, &NoObserver)?;
@@ -162,6 +180,7 @@ pub fn run_cmd(a: RunArgs) -> Result<i32> {
 }
 
 pub struct BenchArgs<'a> {
+    pub dense: bool,
     pub model: &'a Path,
     pub pp: usize,
     pub tg: usize,
@@ -205,35 +224,59 @@ pub fn bench_cmd(a: BenchArgs) -> Result<i32> {
     let tokens: Vec<u32> = (0..a.pp.max(1))
         .map(|_| (rng.uniform() * c.vocab as f64) as u32)
         .collect();
+    let mask = stored_mask(&loaded, a.dense)?;
     let mut st = State::new(c, (a.pp + a.tg).max(1), a.pp.max(1));
-    let fo = ForwardOptions::default();
     // Warm-up: touch every weight once.
     forward(
         model,
         &mut st,
         &tokens[..tokens.len().min(16)],
         Logits::Last,
-        fo,
+        ForwardOptions::default(),
         &NoObserver,
     )?;
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    for _ in 0..a.reps.max(1) {
-        if a.pp > 0 {
-            st.reset();
-            let t = Instant::now();
-            forward(model, &mut st, &tokens, Logits::Last, fo, &NoObserver)?;
-            pp.push(a.pp as f64 / t.elapsed().as_secs_f64());
-        }
-        if a.tg > 0 {
-            st.reset();
-            let mut tok = tokens[0];
-            let t = Instant::now();
-            for _ in 0..a.tg {
-                forward(model, &mut st, &[tok], Logits::Last, fo, &NoObserver)?;
-                tok = kernels::ops::argmax(&st.logits) as u32;
+    let runs: Vec<(&str, Option<&kernels::BlockMask>)> = match &mask {
+        Some(m) => vec![("masked", Some(m)), ("dense", None)],
+        None => vec![("", None)],
+    };
+    let mut rows = Vec::new();
+    for (label, m) in runs {
+        let fo = ForwardOptions {
+            mask: m,
+            ..Default::default()
+        };
+        let (mut pp, mut tg, mut att) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..a.reps.max(1) {
+            if a.pp > 0 {
+                st.reset();
+                let a0 = st.attention_time;
+                let t = Instant::now();
+                forward(model, &mut st, &tokens, Logits::Last, fo, &NoObserver)?;
+                pp.push(a.pp as f64 / t.elapsed().as_secs_f64());
+                att.push((st.attention_time - a0).as_secs_f64());
             }
-            tg.push(a.tg as f64 / t.elapsed().as_secs_f64());
+            if a.tg > 0 {
+                st.reset();
+                let mut tok = tokens[0];
+                let t = Instant::now();
+                for _ in 0..a.tg {
+                    forward(model, &mut st, &[tok], Logits::Last, fo, &NoObserver)?;
+                    tok = kernels::ops::argmax(&st.logits) as u32;
+                }
+                tg.push(a.tg as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        let suffix = if label.is_empty() {
+            String::new()
+        } else {
+            format!(" {label}")
+        };
+        if !pp.is_empty() {
+            let (am, _) = mean_sd(&att);
+            rows.push((format!("pp{}{suffix}", a.pp), mean_sd(&pp), Some(am)));
+        }
+        if !tg.is_empty() {
+            rows.push((format!("tg{}{suffix}", a.tg), mean_sd(&tg), None));
         }
     }
     let size = model.weight_bytes() as u64;
@@ -244,34 +287,29 @@ pub fn bench_cmd(a: BenchArgs) -> Result<i32> {
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     let simd = kernels::simd::level().name();
-    let mut rows = Vec::new();
-    if !pp.is_empty() {
-        rows.push((format!("pp{}", a.pp), mean_sd(&pp)));
-    }
-    if !tg.is_empty() {
-        rows.push((format!("tg{}", a.tg), mean_sd(&tg)));
-    }
     match a.format {
         "json" => {
             let v = serde_json::json!({
                 "model": name, "size_bytes": size, "params": params, "threads": threads, "simd": simd,
                 "memory_bandwidth_gbs": bw, "reps": a.reps,
-                "tests": rows.iter().map(|(t, (m, s))| serde_json::json!({"test": t, "tokens_per_s": m, "stddev": s})).collect::<Vec<_>>(),
+                "tests": rows.iter().map(|(t, (m, s), att)| serde_json::json!({"test": t, "tokens_per_s": m, "stddev": s, "attention_seconds": att})).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         "csv" => {
-            println!("model,size_bytes,params,threads,simd,memory_bandwidth_gbs,test,tokens_per_s,stddev");
-            for (t, (m, s)) in &rows {
-                println!("{name},{size},{params},{threads},{simd},{bw:.2},{t},{m:.2},{s:.2}");
+            println!("model,size_bytes,params,threads,simd,memory_bandwidth_gbs,test,tokens_per_s,stddev,attention_seconds");
+            for (t, (m, s), att) in &rows {
+                let att = att.map(|x| format!("{x:.4}")).unwrap_or_default();
+                println!("{name},{size},{params},{threads},{simd},{bw:.2},{t},{m:.2},{s:.2},{att}");
             }
         }
         _ => {
-            println!("| model | size | params | threads | simd | test | t/s |");
-            println!("| --- | ---: | ---: | ---: | --- | --- | ---: |");
-            for (t, (m, s)) in &rows {
+            println!("| model | size | params | threads | simd | test | t/s | attention s |");
+            println!("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |");
+            for (t, (m, s), att) in &rows {
+                let att = att.map(|x| format!("{x:.3}")).unwrap_or_default();
                 println!(
-                    "| {name} | {} | {:.2} M | {threads} | {simd} | {t} | {m:.2} ± {s:.2} |",
+                    "| {name} | {} | {:.2} M | {threads} | {simd} | {t} | {m:.2} ± {s:.2} | {att} |",
                     human_bytes(size),
                     params as f64 / 1e6
                 );

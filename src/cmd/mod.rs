@@ -5,6 +5,7 @@ mod build;
 mod convert;
 mod infer;
 mod inspect;
+mod masks;
 mod progress;
 mod quant;
 mod render;
@@ -66,6 +67,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             min_top1,
             max_ppl_ratio,
             format,
+            dense,
         } => verify::verify_cmd(verify::VerifyArgs {
             reference: &reference,
             candidate: &candidate,
@@ -88,6 +90,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
                 ReportFormat::Md => "md",
                 ReportFormat::Junit => "junit",
             },
+            dense,
             quiet,
         }),
         Command::Build { file, output, json } => build::build_cmd(build::BuildArgs {
@@ -97,6 +100,30 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             json,
         }),
         Command::Demo => build::demo_cmd(quiet),
+        Command::Masks {
+            model,
+            text,
+            coverage,
+            block,
+            ctx,
+            chunks,
+            artifact,
+            output,
+            json,
+        } => masks::masks_cmd(masks::MasksArgs {
+            model: &model,
+            texts: &text,
+            settings: masks::MaskSettings {
+                coverage,
+                block,
+                ctx,
+                chunks,
+            },
+            artifact: artifact.as_deref(),
+            output: output.as_deref(),
+            json,
+            quiet,
+        }),
         Command::Imatrix { input, output } => quant::imatrix_cmd(&input, output.as_deref()),
         Command::Quantize {
             input,
@@ -137,6 +164,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             batch,
             dequantized,
             json,
+            dense,
         } => infer::perplexity_cmd(infer::PerplexityArgs {
             model: &model,
             text: &text,
@@ -149,6 +177,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             batch,
             dequantized,
             json,
+            dense,
         }),
         Command::Run {
             model,
@@ -171,7 +200,9 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             tg,
             reps,
             format,
+            dense,
         } => infer::bench_cmd(infer::BenchArgs {
+            dense,
             model: &model,
             pp,
             tg,

@@ -193,6 +193,7 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         opts,
         a.tensor_types,
         a.tokenizer_pre.clone(),
+        Vec::new(),
         a.quiet,
     )?;
     for w in &q.report.warnings {
@@ -257,12 +258,13 @@ pub fn quantize_to(
     opts: MixOptions,
     tensor_types: &[String],
     tokenizer_pre: Option<String>,
+    extra_meta: Vec<(String, Value)>,
     quiet: bool,
 ) -> Result<Quantized> {
     let (choices, descs, n_params, total) = plan(src, ftype, &opts)?;
     let report = std::thread::scope(|s| -> Result<convert::convert::ConvertReport> {
         let h = s.spawn(|| src.sha256());
-        let mut extra: Vec<(String, Value)> = Vec::new();
+        let mut extra: Vec<(String, Value)> = extra_meta;
         if let Some((m, p)) = imatrix {
             let name = imatrix_name
                 .map(str::to_string)

@@ -165,6 +165,40 @@ pub fn build_md(r: &BuildReport) -> String {
             .collect();
         s += &format!("\n{} failed: {}\n", t.name, f.join("; "));
     }
+    s += &masks_md(r);
+    s
+}
+
+fn masks_md(r: &BuildReport) -> String {
+    let masked: Vec<_> = r
+        .targets
+        .iter()
+        .filter_map(|t| t.masks.as_ref().map(|m| (t, m)))
+        .collect();
+    if masked.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## Block-sparse attention\n\n| target | coverage | block | density | dense heads | KLD vs dense | top-1 vs dense | KLD vs FP32 | prefill t/s masked / dense | attention s masked / dense |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (t, m) in masked {
+        s += &format!(
+            "| {} | {} | {} | {:.3} | {}/{} | {:.5} | {:.2} % | {:.5} | {:.1} / {:.1} (ctx {}) | {:.3} / {:.3} ({:.2}×) |\n",
+            t.name,
+            m.coverage,
+            m.block,
+            m.density,
+            m.dense_heads,
+            m.heads,
+            m.vs_dense.kld.mean,
+            100.0 * m.vs_dense.top1,
+            t.parity.kld.mean,
+            m.prefill_masked_tps,
+            m.prefill_dense_tps,
+            m.ctx,
+            m.attention_masked_s,
+            m.attention_dense_s,
+            m.attention_dense_s / m.attention_masked_s.max(1e-9)
+        );
+    }
     s
 }
 
@@ -327,7 +361,7 @@ th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background:
 <p>kiln {ver} · {params} parameters · FP32 {fp32} · calibration: {cal} · evaluation: {ev} ({proto} protocol, ctx {ctx}, {chunks} chunks) · result: <strong id=\"result\">{result}</strong></p>\n\
 <table id=\"targets\">\n<thead><tr><th>target</th><th>type</th><th>imatrix</th><th>size</th><th>bpw</th><th>vs FP32</th><th>KLD mean</th><th>KLD p99</th><th>top-1</th><th>PPL</th><th>PPL ratio</th><th>prefill t/s</th><th>decode t/s</th><th>result</th></tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n\
 <div class=\"plots\">\n<figure><figcaption>Size against mean KL divergence</figcaption>\n{p1}</figure>\n<figure><figcaption>Per-layer weight error</figcaption>\n{p2}</figure>\n</div>\n\
-<script>\n(function () {{\n  var ok = document.querySelectorAll('#targets tbody tr').length === {n} &&\n    document.getElementById('plot-size-kld') && document.getElementById('plot-per-layer');\n  document.body.setAttribute('data-ready', ok ? '1' : '0');\n}})();\n</script>\n</body>\n</html>\n",
+{masks}\n<script>\n(function () {{\n  var ok = document.querySelectorAll('#targets tbody tr').length === {n} &&\n    document.getElementById('plot-size-kld') && document.getElementById('plot-per-layer');\n  document.body.setAttribute('data-ready', ok ? '1' : '0');\n}})();\n</script>\n</body>\n</html>\n",
         model = esc(&r.model),
         ver = esc(&r.kiln_version),
         params = r.parameters,
@@ -342,5 +376,9 @@ th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background:
         p1 = svg_size_kld(r),
         p2 = svg_per_layer(r),
         n = r.targets.len(),
+        masks = {
+            let m = masks_md(r);
+            if m.is_empty() { String::new() } else { format!("<h2>Block-sparse attention</h2>\n<pre>{}</pre>", esc(m.trim())) }
+        },
     )
 }

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use anyhow::Result;
 use verify::eval::{EvalOptions, Protocol};
-use verify::parity::{compare, Thresholds};
+use verify::parity::{compare_masked, Thresholds};
 use verify::report::{VerifyReport, SCHEMA_VERSION};
 
-use super::infer::{load_with_tokenizer, tokenize_file};
+use super::infer::{load_with_tokenizer, stored_mask, tokenize_file};
 use super::progress::Progress;
 use super::render;
 
@@ -20,6 +20,7 @@ pub struct VerifyArgs<'a> {
     pub protocol: Protocol,
     pub thresholds: Thresholds,
     pub format: &'a str,
+    pub dense: bool,
     pub quiet: bool,
 }
 
@@ -44,9 +45,10 @@ pub fn verify_cmd(a: VerifyArgs) -> Result<i32> {
     };
     let n = verify::eval::n_chunks(tokens.len(), &opts)?;
     let p = Progress::new("verify", n, a.quiet);
-    let parity = compare(
-        &reference.model,
-        &[&candidate.model],
+    let mask = stored_mask(&candidate, a.dense)?;
+    let parity = compare_masked(
+        (&reference.model, None),
+        &[(&candidate.model, mask.as_ref())],
         &tokens,
         &opts,
         |d, t| p.step(d, t, "chunks"),

@@ -44,6 +44,9 @@ pub struct EvalOptions {
     pub bos: Option<u32>,
 }
 
+/// A model and the attention mask it runs with (`None`: dense).
+pub type Masked<'a> = (&'a Model, Option<&'a kernels::BlockMask>);
+
 impl Default for EvalOptions {
     fn default() -> Self {
         EvalOptions {
@@ -95,7 +98,7 @@ pub fn chunk_tokens(tokens: &[u32], c: usize, opts: &EvalOptions) -> Vec<u32> {
 /// Runs chunk `c` through `model`, calling `f(j, logits_j, next_token)` for each scored
 /// position `j` of the chunk.
 pub fn run_chunk<O: Observer>(
-    model: &Model,
+    (model, mask): Masked,
     state: &mut State,
     tokens: &[u32],
     c: usize,
@@ -108,7 +111,7 @@ pub fn run_chunk<O: Observer>(
     let vocab = model.config.vocab;
     let fo = ForwardOptions {
         mode: opts.mode,
-        mask: None,
+        mask,
     };
     state.reset();
     let mut start = 0;
@@ -162,13 +165,23 @@ pub fn perplexity(
     tokens: &[u32],
     opts: &EvalOptions,
 ) -> Result<Perplexity, EvalError> {
+    perplexity_masked(model, None, tokens, opts)
+}
+
+/// [`perplexity`] with an attention mask.
+pub fn perplexity_masked(
+    model: &Model,
+    mask: Option<&kernels::BlockMask>,
+    tokens: &[u32],
+    opts: &EvalOptions,
+) -> Result<Perplexity, EvalError> {
     let chunks = n_chunks(tokens.len(), opts)?;
     let mut state = State::new(&model.config, opts.ctx, opts.batch.min(opts.ctx));
     let (mut sum, mut sum2, mut n, mut hits) = (0f64, 0f64, 0usize, 0usize);
     let mut per_chunk = Vec::with_capacity(chunks);
     for c in 0..chunks {
         run_chunk(
-            model,
+            (model, mask),
             &mut state,
             tokens,
             c,

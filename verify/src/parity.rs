@@ -10,7 +10,7 @@
 use kernels::{Model, NoObserver, State};
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{n_chunks, run_chunk, EvalError, EvalOptions};
+use crate::eval::{n_chunks, run_chunk, EvalError, EvalOptions, Masked};
 
 /// Distribution statistics of one quantity over the scored positions.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -87,9 +87,22 @@ pub fn compare(
     candidates: &[&Model],
     tokens: &[u32],
     opts: &EvalOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<Vec<Parity>, EvalError> {
+    let masked: Vec<Masked> = candidates.iter().map(|&m| (m, None)).collect();
+    compare_masked((reference, None), &masked, tokens, opts, progress)
+}
+
+/// [`compare`] with attention masks on the reference and the candidates.
+pub fn compare_masked(
+    reference: Masked,
+    candidates: &[Masked],
+    tokens: &[u32],
+    opts: &EvalOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Parity>, EvalError> {
     let chunks = n_chunks(tokens.len(), opts)?;
+    let (reference, ref_mask) = reference;
     let vocab = reference.config.vocab;
     let first = opts.protocol.first_scored(opts.ctx);
     let per_chunk = opts.ctx - 1 - first;
@@ -97,7 +110,7 @@ pub fn compare(
     let mut st_ref = State::new(&reference.config, opts.ctx, batch);
     let mut states: Vec<State> = candidates
         .iter()
-        .map(|m| State::new(&m.config, opts.ctx, batch))
+        .map(|(m, _)| State::new(&m.config, opts.ctx, batch))
         .collect();
     let mut accs: Vec<Acc> = candidates
         .iter()
@@ -116,7 +129,7 @@ pub fn compare(
     let mut lq = vec![0f64; vocab];
     for c in 0..chunks {
         run_chunk(
-            reference,
+            (reference, ref_mask),
             &mut st_ref,
             tokens,
             c,
@@ -130,23 +143,31 @@ pub fn compare(
                 nll_r -= ref_logp[k * vocab + nx as usize];
             },
         )?;
-        for ((m, st), acc) in candidates
+        for ((&(m, mask), st), acc) in candidates
             .iter()
             .zip(states.iter_mut())
             .zip(accs.iter_mut())
         {
-            run_chunk(m, st, tokens, c, opts, &NoObserver, |j, logits, nx| {
-                let k = j - first;
-                let lp = &ref_logp[k * vocab..(k + 1) * vocab];
-                log_softmax(logits, &mut lq);
-                let kld: f64 = lp.iter().zip(&lq).map(|(&a, &b)| a.exp() * (a - b)).sum();
-                acc.kld.push(kld.max(0.0));
-                acc.same += (kernels::ops::argmax(logits) == ref_top[k]) as usize;
-                acc.nll_c -= lq[nx as usize];
-                let d = lq[nx as usize].exp() - lp[nx as usize].exp();
-                acc.dp += d;
-                acc.dp2 += d * d;
-            })?;
+            run_chunk(
+                (m, mask),
+                st,
+                tokens,
+                c,
+                opts,
+                &NoObserver,
+                |j, logits, nx| {
+                    let k = j - first;
+                    let lp = &ref_logp[k * vocab..(k + 1) * vocab];
+                    log_softmax(logits, &mut lq);
+                    let kld: f64 = lp.iter().zip(&lq).map(|(&a, &b)| a.exp() * (a - b)).sum();
+                    acc.kld.push(kld.max(0.0));
+                    acc.same += (kernels::ops::argmax(logits) == ref_top[k]) as usize;
+                    acc.nll_c -= lq[nx as usize];
+                    let d = lq[nx as usize].exp() - lp[nx as usize].exp();
+                    acc.dp += d;
+                    acc.dp2 += d * d;
+                },
+            )?;
         }
         progress(c + 1, chunks);
     }

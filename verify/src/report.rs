@@ -63,6 +63,34 @@ pub struct TargetReport {
     pub per_layer_error: Vec<(usize, f64)>,
     /// Tensor type counts (`q4_K` → 16 …).
     pub tensor_types: Vec<(String, usize)>,
+    /// Block-sparse attention, when the target has a mask.
+    #[serde(default)]
+    pub masks: Option<MaskReport>,
+}
+
+/// What a target's attention mask costs and saves.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MaskReport {
+    /// Coverage target the mask was derived for.
+    pub coverage: f64,
+    /// Tokens per block.
+    pub block: usize,
+    /// Context the density and speed are measured at.
+    pub ctx: usize,
+    /// Mean share of causal blocks computed.
+    pub density: f64,
+    /// Heads kept dense.
+    pub dense_heads: usize,
+    /// Heads in all.
+    pub heads: usize,
+    /// The masked model against the same weights run dense.
+    pub vs_dense: Parity,
+    /// Prefill of `ctx` tokens, tokens/s, masked and dense.
+    pub prefill_masked_tps: f64,
+    pub prefill_dense_tps: f64,
+    /// Seconds spent in attention during that prefill, masked and dense.
+    pub attention_masked_s: f64,
+    pub attention_dense_s: f64,
 }
 
 /// `kiln build`'s report.
