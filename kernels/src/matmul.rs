@@ -53,6 +53,21 @@ unsafe impl Sync for SharedOut {}
 /// Weight rows per tile.
 const TILE: usize = 16;
 
+/// A four-token dot product (see `dot::avx2::vec_dot4_*`); unsafe because it needs AVX2.
+type Dot4<W, A> = unsafe fn(&[W], [&[A]; 4]) -> [f32; 4];
+
+/// The AVX2 four-token kernel `$name` when the CPU runs AVX2 (and prefill has ≥ 4 tokens).
+macro_rules! dot4 {
+    ($name:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        let k: Option<Dot4<_, _>> = (crate::simd::level() == crate::simd::SimdLevel::Avx2)
+            .then_some(crate::dot::avx2::$name as Dot4<_, _>);
+        #[cfg(not(target_arch = "x86_64"))]
+        let k: Option<Dot4<_, _>> = None;
+        k
+    }};
+}
+
 /// `out[t·rows + r] = W[r] · x[t]` for `n_tok` tokens; `x` is `[n_tok, cols]`, `out` is
 /// `[n_tok, rows]`.
 pub fn matmul(
@@ -78,6 +93,7 @@ pub fn matmul(
             n_tok,
             out,
             dot::vec_dot_f32,
+            None,
         ),
         GgmlType::F16 => run::<half::f16, f32>(
             w,
@@ -86,6 +102,7 @@ pub fn matmul(
             n_tok,
             out,
             dot::vec_dot_f16_f32,
+            None,
         ),
         GgmlType::BF16 => run::<u16, f32>(
             w,
@@ -94,31 +111,80 @@ pub fn matmul(
             n_tok,
             out,
             dot::vec_dot_bf16_f32,
+            None,
         ),
-        GgmlType::Q4_0 => {
-            quantized::<BlockQ4_0, BlockQ8_0>(w, x, n_tok, out, scratch, dot::vec_dot_q4_0_q8_0)
-        }
-        GgmlType::Q4_1 => {
-            quantized::<BlockQ4_1, BlockQ8_1>(w, x, n_tok, out, scratch, dot::vec_dot_q4_1_q8_1)
-        }
-        GgmlType::Q5_0 => {
-            quantized::<BlockQ5_0, BlockQ8_0>(w, x, n_tok, out, scratch, dot::vec_dot_q5_0_q8_0)
-        }
-        GgmlType::Q5_1 => {
-            quantized::<BlockQ5_1, BlockQ8_1>(w, x, n_tok, out, scratch, dot::vec_dot_q5_1_q8_1)
-        }
-        GgmlType::Q8_0 => {
-            quantized::<BlockQ8_0, BlockQ8_0>(w, x, n_tok, out, scratch, dot::vec_dot_q8_0_q8_0)
-        }
-        GgmlType::Q4K => {
-            quantized::<BlockQ4K, BlockQ8K>(w, x, n_tok, out, scratch, dot::vec_dot_q4_k_q8_k)
-        }
-        GgmlType::Q5K => {
-            quantized::<BlockQ5K, BlockQ8K>(w, x, n_tok, out, scratch, dot::vec_dot_q5_k_q8_k)
-        }
-        GgmlType::Q6K => {
-            quantized::<BlockQ6K, BlockQ8K>(w, x, n_tok, out, scratch, dot::vec_dot_q6_k_q8_k)
-        }
+        GgmlType::Q4_0 => quantized::<BlockQ4_0, BlockQ8_0>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q4_0_q8_0,
+            dot4!(vec_dot4_q4_0_q8_0),
+        ),
+        GgmlType::Q4_1 => quantized::<BlockQ4_1, BlockQ8_1>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q4_1_q8_1,
+            dot4!(vec_dot4_q4_1_q8_1),
+        ),
+        GgmlType::Q5_0 => quantized::<BlockQ5_0, BlockQ8_0>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q5_0_q8_0,
+            dot4!(vec_dot4_q5_0_q8_0),
+        ),
+        GgmlType::Q5_1 => quantized::<BlockQ5_1, BlockQ8_1>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q5_1_q8_1,
+            dot4!(vec_dot4_q5_1_q8_1),
+        ),
+        GgmlType::Q8_0 => quantized::<BlockQ8_0, BlockQ8_0>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q8_0_q8_0,
+            dot4!(vec_dot4_q8_0_q8_0),
+        ),
+        GgmlType::Q4K => quantized::<BlockQ4K, BlockQ8K>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q4_k_q8_k,
+            dot4!(vec_dot4_q4_k_q8_k),
+        ),
+        GgmlType::Q5K => quantized::<BlockQ5K, BlockQ8K>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q5_k_q8_k,
+            dot4!(vec_dot4_q5_k_q8_k),
+        ),
+        GgmlType::Q6K => quantized::<BlockQ6K, BlockQ8K>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q6_k_q8_k,
+            dot4!(vec_dot4_q6_k_q8_k),
+        ),
         GgmlType::Q8_1 | GgmlType::Q8K => {
             panic!("{} is an activation format, not a weight type", w.ty)
         }
@@ -132,6 +198,7 @@ fn quantized<W: Pod + Sync, A: Quantize>(
     out: &mut [f32],
     scratch: &mut MatmulScratch,
     f: fn(&[W], &[A]) -> f32,
+    f4: Option<Dot4<W, A>>,
 ) {
     let nb = w.cols / A::BLOCK_SIZE;
     let arow = nb * std::mem::size_of::<A>();
@@ -147,7 +214,7 @@ fn quantized<W: Pod + Sync, A: Quantize>(
             x.chunks(w.cols).zip(blocks.chunks_mut(nb)).for_each(quant);
         }
     }
-    run::<W, A>(w, acts, arow, n_tok, out, f);
+    run::<W, A>(w, acts, arow, n_tok, out, f, f4);
 }
 
 /// The tiled, threaded loop over weight rows × tokens.
@@ -158,6 +225,7 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
     n_tok: usize,
     out: &mut [f32],
     f: fn(&[W], &[A]) -> f32,
+    f4: Option<Dot4<W, A>>,
 ) {
     let rows = w.rows;
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -182,7 +250,24 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
         let mut t0 = r0;
         while t0 < r1 {
             let t1 = (t0 + TILE).min(r1);
-            for t in 0..n_tok {
+            let mut first = 0;
+            if let Some(f4) = f4 {
+                let act = |t: usize| &acts[t * per_tok..(t + 1) * per_tok];
+                while first + 4 <= n_tok {
+                    let a = [act(first), act(first + 1), act(first + 2), act(first + 3)];
+                    for r in t0..t1 {
+                        let wr = quantize::blocks_from_bytes::<W>(w.row(r));
+                        // SAFETY: `f4` is only given when the CPU has AVX2, FMA and F16C.
+                        let v = unsafe { f4(&wr, a) };
+                        for (k, &vk) in v.iter().enumerate() {
+                            // SAFETY: as below — (t, r) belongs to this thread's rows.
+                            unsafe { *out.0.add((first + k) * rows + r) = vk };
+                        }
+                    }
+                    first += 4;
+                }
+            }
+            for t in first..n_tok {
                 let a = &acts[t * per_tok..(t + 1) * per_tok];
                 for r in t0..t1 {
                     let wr = quantize::blocks_from_bytes::<W>(w.row(r));

@@ -391,3 +391,257 @@ pub unsafe fn dot_tile_f16_4x3(w: [&[f16]; 4], x: [&[f32]; 3], n: usize) -> [[f3
     }
     out
 }
+
+// Four activation rows at once: each weight block is unpacked once and applied to four tokens
+// (the prefill path). Per token the operations and their order are exactly those of the
+// single-row functions above, so a token gets the same bits in a group of four as alone.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q4_0_q8_0(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let off = _mm256_set1_epi8(8);
+    for (i, xb) in x.iter().enumerate() {
+        let qx = _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), off);
+        let dx = h2f(xb.d);
+        for t in 0..4 {
+            let yb = &y[t][i];
+            let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
+        }
+    }
+    [
+        hsum_f32_8(acc[0]),
+        hsum_f32_8(acc[1]),
+        hsum_f32_8(acc[2]),
+        hsum_f32_8(acc[3]),
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q5_0_q8_0(x: &[BlockQ5_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, xb) in x.iter().enumerate() {
+        let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+        let bxhi = _mm256_andnot_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0xF0u8 as i8));
+        let qx = _mm256_or_si256(qx, bxhi);
+        let dx = h2f(xb.d);
+        for t in 0..4 {
+            let yb = &y[t][i];
+            let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
+        }
+    }
+    [
+        hsum_f32_8(acc[0]),
+        hsum_f32_8(acc[1]),
+        hsum_f32_8(acc[2]),
+        hsum_f32_8(acc[3]),
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q8_0_q8_0(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, xb) in x.iter().enumerate() {
+        let qx = load32(&xb.qs);
+        let dx = h2f(xb.d);
+        for t in 0..4 {
+            let yb = &y[t][i];
+            let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
+        }
+    }
+    [
+        hsum_f32_8(acc[0]),
+        hsum_f32_8(acc[1]),
+        hsum_f32_8(acc[2]),
+        hsum_f32_8(acc[3]),
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q4_1_q8_1(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut summs = [0f32; 4];
+    for (i, xb) in x.iter().enumerate() {
+        let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+        let (dx, mx) = (h2f(xb.d), h2f(xb.m));
+        for t in 0..4 {
+            let yb = &y[t][i];
+            summs[t] += mx * h2f(yb.s);
+            let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), xy, acc[t]);
+        }
+    }
+    [
+        hsum_f32_8(acc[0]) + summs[0],
+        hsum_f32_8(acc[1]) + summs[1],
+        hsum_f32_8(acc[2]) + summs[2],
+        hsum_f32_8(acc[3]) + summs[3],
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q5_1_q8_1(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut summs = [0f32; 4];
+    for (i, xb) in x.iter().enumerate() {
+        let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+        let bxhi = _mm256_and_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0x10));
+        let qx = _mm256_or_si256(qx, bxhi);
+        let (dx, mx) = (h2f(xb.d), h2f(xb.m));
+        for t in 0..4 {
+            let yb = &y[t][i];
+            summs[t] += mx * h2f(yb.s);
+            let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), xy, acc[t]);
+        }
+    }
+    [
+        hsum_f32_8(acc[0]) + summs[0],
+        hsum_f32_8(acc[1]) + summs[1],
+        hsum_f32_8(acc[2]) + summs[2],
+        hsum_f32_8(acc[3]) + summs[3],
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc_m = [0f32; 4];
+    for (i, xb) in x.iter().enumerate() {
+        let (sc, mn) = k4_scales_mins(&xb.scales);
+        let (xd, xdmin) = (h2f(xb.d), h2f(xb.dmin));
+        let mut q = [_mm256_setzero_si256(); 8];
+        for k in 0..QK_K / 64 {
+            let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+            q[2 * k] = _mm256_and_si256(bits, m4);
+            q[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        }
+        for t in 0..4 {
+            let yb = &y[t][i];
+            let d = xd * yb.d;
+            let dmin = xdmin * yb.d;
+            acc_m[t] += dmin * k4_min_term(&mn, &yb.bsums) as f32;
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..QK_K / 64 {
+                let a_lo = load32(&yb.qs[64 * k..]);
+                let a_hi = load32(&yb.qs[64 * k + 32..]);
+                sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k], a_lo, sc[2 * k]));
+                sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k + 1], a_hi, sc[2 * k + 1]));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    [
+        hsum_f32_8(acc[0]) - acc_m[0],
+        hsum_f32_8(acc[1]) - acc_m[1],
+        hsum_f32_8(acc[2]) - acc_m[2],
+        hsum_f32_8(acc[3]) - acc_m[3],
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc_m = [0f32; 4];
+    for (i, xb) in x.iter().enumerate() {
+        let (sc, mn) = k4_scales_mins(&xb.scales);
+        let (xd, xdmin) = (h2f(xb.d), h2f(xb.dmin));
+        let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for k in 0..QK_K / 64 {
+            let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+            let sh0 = _mm_cvtsi32_si128(2 * k as i32);
+            let sh1 = _mm_cvtsi32_si128(2 * k as i32 + 1);
+            let h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh0), one), 4);
+            let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh1), one), 4);
+            q[2 * k] = _mm256_add_epi8(_mm256_and_si256(bits, m4), h0);
+            q[2 * k + 1] = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
+        }
+        for t in 0..4 {
+            let yb = &y[t][i];
+            let d = xd * yb.d;
+            let dmin = xdmin * yb.d;
+            acc_m[t] += dmin * k4_min_term(&mn, &yb.bsums) as f32;
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..QK_K / 64 {
+                let a_lo = load32(&yb.qs[64 * k..]);
+                let a_hi = load32(&yb.qs[64 * k + 32..]);
+                sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k], a_lo, sc[2 * k]));
+                sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k + 1], a_hi, sc[2 * k + 1]));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    [
+        hsum_f32_8(acc[0]) - acc_m[0],
+        hsum_f32_8(acc[1]) - acc_m[1],
+        hsum_f32_8(acc[2]) - acc_m[2],
+        hsum_f32_8(acc[3]) - acc_m[3],
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q6_k_q8_k(x: &[BlockQ6K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, xb) in x.iter().enumerate() {
+        let xd = h2f(xb.d);
+        let mut qv = [_mm256_setzero_si256(); 8];
+        let mut scales = [_mm256_setzero_si256(); 8];
+        for k in 0..QK_K / 128 {
+            let ql1 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k) as *const __m256i);
+            let ql2 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(xb.qh.as_ptr().add(32 * k) as *const __m256i);
+            qv[4 * k] = _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+            );
+            qv[4 * k + 1] = _mm256_or_si256(
+                _mm256_and_si256(ql2, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+            );
+            qv[4 * k + 2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+            );
+            qv[4 * k + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+            );
+            for p in 0..4 {
+                let s0 = xb.scales[8 * k + 2 * p] as i16;
+                let s1 = xb.scales[8 * k + 2 * p + 1] as i16;
+                scales[4 * k + p] = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+            }
+        }
+        for t in 0..4 {
+            let yb = &y[t][i];
+            let d = xd * yb.d;
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..QK_K / 128 {
+                for p in 0..4 {
+                    let a = load32(&yb.qs[128 * k + 32 * p..]);
+                    let p16 = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(qv[4 * k + p], a),
+                        _mm256_maddubs_epi16(m32, a),
+                    );
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales[4 * k + p], p16));
+                }
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    [
+        hsum_f32_8(acc[0]),
+        hsum_f32_8(acc[1]),
+        hsum_f32_8(acc[2]),
+        hsum_f32_8(acc[3]),
+    ]
+}
