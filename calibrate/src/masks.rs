@@ -119,16 +119,19 @@ pub struct HeadChoice {
     pub head: usize,
     /// `dense`, or `sink S window W vertical [..]`.
     pub pattern: String,
-    /// Share of the head's calibration attention mass the pattern keeps.
+    /// Share of its calibration attention mass the pattern keeps, for the worst query block.
     pub coverage: f64,
     /// Share of causal blocks computed at the calibration length.
     pub density: f64,
 }
 
-/// Share of `mass` (`[qb][kb]`, `n` blocks) that `p` keeps.
+/// Share of `mass` (`[qb][kb]`, `n` blocks) that `p` keeps, for the worst query block: every
+/// query block must keep the target share of its own attention, so late queries, whose
+/// attention spreads over the most keys, are not traded against early ones.
 fn coverage_of(p: &HeadPattern, mass: &[f64], n: usize) -> f64 {
-    let (mut kept, mut total) = (0.0, 0.0);
+    let mut worst = 1.0f64;
     for qb in 0..n {
+        let (mut kept, mut total) = (0.0, 0.0);
         for kb in 0..=qb {
             let m = mass[qb * n + kb];
             total += m;
@@ -136,12 +139,11 @@ fn coverage_of(p: &HeadPattern, mass: &[f64], n: usize) -> f64 {
                 kept += m;
             }
         }
+        if total > 0.0 {
+            worst = worst.min(kept / total);
+        }
     }
-    if total > 0.0 {
-        kept / total
-    } else {
-        1.0
-    }
+    worst
 }
 
 /// The cheapest pattern for one head's `mass` that keeps `target` of it.
