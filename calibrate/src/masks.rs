@@ -5,8 +5,8 @@
 //!    pair.
 //! 2. [`derive`] picks per head the cheapest static pattern — attention-sink blocks at the
 //!    start, a window of recent blocks, optional fixed "vertical" key blocks — that keeps at
-//!    least the coverage target of that head's mass; a head that needs dense attention stays
-//!    dense.
+//!    least the coverage target of the attention mass of every query block of that head; a
+//!    head that needs dense attention stays dense.
 //! 3. [`to_metadata`] / [`from_metadata`] store the patterns in the artifact under versioned
 //!    `kiln.attention.*` keys (documented in `docs/attention-masks.md`); tools that do not know
 //!    them ignore them and run dense.
