@@ -3,43 +3,18 @@
 //! runs them explicitly after fetching it (`cargo test --release --test fixture -- --ignored`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use convert::gguf::GgufFile;
 use convert::safetensors::SafetensorsFile;
 use convert::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 
-fn fixtures() -> PathBuf {
-    let p = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".fixtures"));
-    assert!(
-        p.join("smollm2-hf/model.safetensors").exists(),
-        "no fixture at {}: run scripts/fetch-fixture.sh first",
-        p.display()
-    );
-    p
-}
-
-fn data(rel: &str) -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/smollm2")
-        .join(rel);
-    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
-}
+mod common;
+use common::{data_json as data, fixtures, kiln_ok};
 
 fn kiln(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kiln {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kiln_ok(args);
 }
 
 fn hex(b: &[u8]) -> String {

@@ -2,22 +2,13 @@
 //! `tests/data/smollm2/hamlet-512.json` and llama.cpp's perplexity protocol.
 //! Needs the fixture (`scripts/fetch-fixture.sh`); run by `.ci/run`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kernels::{forward, ForwardOptions, Logits, MatmulMode, NoObserver, State};
 use verify::eval::{perplexity, EvalOptions, Protocol};
 
-fn fixtures() -> PathBuf {
-    let p = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".fixtures"));
-    assert!(
-        p.join("smollm2-f32.gguf").exists(),
-        "no fixture at {}: run scripts/fetch-fixture.sh",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::fixtures;
 
 fn reference() -> serde_json::Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2/hamlet-512.json");

@@ -5,41 +5,17 @@
 //! Needs the fixture (`scripts/fetch-fixture.sh`); run by `.ci/run`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use convert::gguf::GgufFile;
 use sha2::{Digest, Sha256};
 
-fn fixtures() -> PathBuf {
-    let p = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".fixtures"));
-    assert!(
-        p.join("smollm2-f32.gguf").exists(),
-        "no fixture at {}: run scripts/fetch-fixture.sh",
-        p.display()
-    );
-    p
-}
-
-fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/smollm2")
-        .join(rel)
-}
+mod common;
+use common::{data_path as data, fixtures, kiln_ok};
 
 fn kiln(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("-q")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kiln {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kiln_ok(args);
 }
 
 /// name → (type, sha256 of the data)

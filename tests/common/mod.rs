@@ -1,0 +1,46 @@
+//! Helpers shared by the workspace's integration tests (each test binary uses some of them).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The real-model fixture directory (`KILN_FIXTURES`, default `.fixtures/`), made by
+/// `scripts/fetch-fixture.sh`.
+pub fn fixtures() -> PathBuf {
+    let p = std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".fixtures"));
+    assert!(
+        p.join("smollm2-f32.gguf").exists() && p.join("smollm2-hf/model.safetensors").exists(),
+        "no fixture at {}: run scripts/fetch-fixture.sh first",
+        p.display()
+    );
+    p
+}
+
+/// A file of the checked-in reference data (`tests/data/smollm2/`).
+pub fn data_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/smollm2")
+        .join(rel)
+}
+
+/// A JSON file of the checked-in reference data.
+pub fn data_json(rel: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(data_path(rel)).unwrap()).unwrap()
+}
+
+/// Runs `kiln -q ARGS`, asserting success; returns stdout.
+pub fn kiln_ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("-q")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
