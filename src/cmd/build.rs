@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use verify::eval::{EvalOptions, Protocol};
 use verify::parity::Thresholds;
-use verify::report::{BenchResult, BuildReport, TargetReport, SCHEMA_VERSION};
+use verify::report::{BuildReport, TargetReport, SCHEMA_VERSION};
 
 use super::infer::{tokenize_file, tokenizer_of};
 use super::progress::Progress;
@@ -475,7 +475,8 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         for (((t, file, path, q, mask), cand), parity) in todo.into_iter().zip(&cands).zip(parities)
         {
             say(format!("{}: benchmarking", t.name));
-            let bench = bench(&cand.model, &cfg.bench)?;
+            let b = &cfg.bench;
+            let bench = verify::bench::run(&cand.model, None, b.pp, b.tg, b.reps)?;
             let masks = match &mask {
                 None => None,
                 Some((m, ms)) => {
@@ -492,8 +493,10 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
                     )?
                     .pop()
                     .expect("one candidate");
-                    let (pm, am) = prefill_speed(&cand.model, Some(m), ms.ctx)?;
-                    let (pd, ad) = prefill_speed(&cand.model, None, ms.ctx)?;
+                    let masked = verify::bench::run(&cand.model, Some(m), ms.ctx, 0, 1)?;
+                    let dense = verify::bench::run(&cand.model, None, ms.ctx, 0, 1)?;
+                    let (pm, am) = (masked.pp_tokens_per_s, masked.pp_attention_s);
+                    let (pd, ad) = (dense.pp_tokens_per_s, dense.pp_attention_s);
                     let heads = m.patterns.iter().map(|l| l.len()).sum();
                     let dense_heads = m
                         .patterns
@@ -645,75 +648,6 @@ fn relative_config(cfg: &BuildFile, file: &Path) -> serde_json::Value {
 fn save_cache(path: &Path, cache: &Cache) -> Result<()> {
     convert::atomic::write_file(path, &serde_json::to_vec_pretty(cache)?)?;
     Ok(())
-}
-
-/// Prefill of `ctx` tokens: tokens/s and seconds in attention.
-fn prefill_speed(
-    model: &kernels::Model,
-    mask: Option<&kernels::BlockMask>,
-    ctx: usize,
-) -> Result<(f64, f64)> {
-    use kernels::{forward, ForwardOptions, Logits, NoObserver, State};
-    let c = &model.config;
-    let mut rng = kernels::ops::Rng::new(11);
-    let tokens: Vec<u32> = (0..ctx)
-        .map(|_| (rng.uniform() * c.vocab as f64) as u32)
-        .collect();
-    let mut st = State::new(c, ctx, 512);
-    let fo = ForwardOptions {
-        mask,
-        ..Default::default()
-    };
-    let t = std::time::Instant::now();
-    for part in tokens.chunks(512) {
-        forward(model, &mut st, part, Logits::None, fo, &NoObserver)?;
-    }
-    Ok((
-        ctx as f64 / t.elapsed().as_secs_f64(),
-        st.attention_time.as_secs_f64(),
-    ))
-}
-
-fn bench(model: &kernels::Model, b: &BenchSection) -> Result<BenchResult> {
-    use kernels::{forward, ForwardOptions, Logits, NoObserver, State};
-    let c = &model.config;
-    let mut rng = kernels::ops::Rng::new(7);
-    let tokens: Vec<u32> = (0..b.pp.max(1))
-        .map(|_| (rng.uniform() * c.vocab as f64) as u32)
-        .collect();
-    let mut st = State::new(c, b.pp.max(1) + b.tg, b.pp.max(1));
-    let fo = ForwardOptions::default();
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    for _ in 0..b.reps.max(1) {
-        st.reset();
-        let t = std::time::Instant::now();
-        forward(model, &mut st, &tokens, Logits::Last, fo, &NoObserver)?;
-        pp.push(b.pp as f64 / t.elapsed().as_secs_f64());
-        st.reset();
-        let t = std::time::Instant::now();
-        let mut tok = tokens[0];
-        for _ in 0..b.tg {
-            forward(model, &mut st, &[tok], Logits::Last, fo, &NoObserver)?;
-            tok = kernels::ops::argmax(&st.logits) as u32;
-        }
-        tg.push(b.tg as f64 / t.elapsed().as_secs_f64().max(1e-9));
-    }
-    let ms = |v: &[f64]| {
-        let m = v.iter().sum::<f64>() / v.len() as f64;
-        let sd =
-            (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len().max(2) - 1) as f64).sqrt();
-        (m, sd)
-    };
-    let ((pm, ps), (tm, ts)) = (ms(&pp), ms(&tg));
-    Ok(BenchResult {
-        threads: rayon::current_num_threads(),
-        pp_tokens: b.pp,
-        pp_tokens_per_s: pm,
-        pp_stddev: ps,
-        tg_tokens: b.tg,
-        tg_tokens_per_s: tm,
-        tg_stddev: ts,
-    })
 }
 
 pub fn build_cmd(a: BuildArgs) -> Result<i32> {

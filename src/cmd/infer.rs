@@ -188,13 +188,6 @@ pub struct BenchArgs<'a> {
     pub format: &'a str,
 }
 
-/// Mean and sample standard deviation.
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let m = v.iter().sum::<f64>() / v.len() as f64;
-    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len().max(2) - 1) as f64;
-    (m, var.sqrt())
-}
-
 /// Read bandwidth of this machine, all threads, over a buffer far larger than the caches (GB/s).
 pub fn memory_bandwidth() -> f64 {
     use rayon::prelude::*;
@@ -217,66 +210,34 @@ pub fn memory_bandwidth() -> f64 {
 pub fn bench_cmd(a: BenchArgs) -> Result<i32> {
     let loaded = verify::load::load(a.model)?;
     let model = &loaded.model;
-    let c = &model.config;
     let threads = rayon::current_num_threads();
     let bw = memory_bandwidth();
-    let mut rng = kernels::ops::Rng::new(42);
-    let tokens: Vec<u32> = (0..a.pp.max(1))
-        .map(|_| (rng.uniform() * c.vocab as f64) as u32)
-        .collect();
     let mask = stored_mask(&loaded, a.dense)?;
-    let mut st = State::new(c, (a.pp + a.tg).max(1), a.pp.max(1));
-    // Warm-up: touch every weight once.
-    forward(
-        model,
-        &mut st,
-        &tokens[..tokens.len().min(16)],
-        Logits::Last,
-        ForwardOptions::default(),
-        &NoObserver,
-    )?;
     let runs: Vec<(&str, Option<&kernels::BlockMask>)> = match &mask {
         Some(m) => vec![("masked", Some(m)), ("dense", None)],
         None => vec![("", None)],
     };
     let mut rows = Vec::new();
     for (label, m) in runs {
-        let fo = ForwardOptions {
-            mask: m,
-            ..Default::default()
-        };
-        let (mut pp, mut tg, mut att) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..a.reps.max(1) {
-            if a.pp > 0 {
-                st.reset();
-                let a0 = st.attention_time;
-                let t = Instant::now();
-                forward(model, &mut st, &tokens, Logits::Last, fo, &NoObserver)?;
-                pp.push(a.pp as f64 / t.elapsed().as_secs_f64());
-                att.push((st.attention_time - a0).as_secs_f64());
-            }
-            if a.tg > 0 {
-                st.reset();
-                let mut tok = tokens[0];
-                let t = Instant::now();
-                for _ in 0..a.tg {
-                    forward(model, &mut st, &[tok], Logits::Last, fo, &NoObserver)?;
-                    tok = kernels::ops::argmax(&st.logits) as u32;
-                }
-                tg.push(a.tg as f64 / t.elapsed().as_secs_f64());
-            }
-        }
+        let r = verify::bench::run(model, m, a.pp, a.tg, a.reps)?;
         let suffix = if label.is_empty() {
             String::new()
         } else {
             format!(" {label}")
         };
-        if !pp.is_empty() {
-            let (am, _) = mean_sd(&att);
-            rows.push((format!("pp{}{suffix}", a.pp), mean_sd(&pp), Some(am)));
+        if a.pp > 0 {
+            rows.push((
+                format!("pp{}{suffix}", a.pp),
+                (r.pp_tokens_per_s, r.pp_stddev),
+                Some(r.pp_attention_s),
+            ));
         }
-        if !tg.is_empty() {
-            rows.push((format!("tg{}{suffix}", a.tg), mean_sd(&tg), None));
+        if a.tg > 0 {
+            rows.push((
+                format!("tg{}{suffix}", a.tg),
+                (r.tg_tokens_per_s, r.tg_stddev),
+                None,
+            ));
         }
     }
     let size = model.weight_bytes() as u64;

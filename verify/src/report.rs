@@ -39,6 +39,9 @@ pub struct BenchResult {
     pub tg_tokens: usize,
     pub tg_tokens_per_s: f64,
     pub tg_stddev: f64,
+    /// Seconds in attention during one prefill (mean).
+    #[serde(default)]
+    pub pp_attention_s: f64,
 }
 
 /// One target of a build.
