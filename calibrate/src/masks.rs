@@ -19,6 +19,39 @@ use kernels::{
 };
 use serde::Serialize;
 
+/// Derivation settings (the `attention_masks` option of a build target, `kiln masks`'s flags).
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaskSettings {
+    /// Share of each head's attention mass to keep.
+    #[serde(default = "coverage_default")]
+    pub coverage: f64,
+    /// Tokens per block.
+    #[serde(default = "block_default")]
+    pub block: usize,
+    /// Calibration context.
+    #[serde(default = "ctx_default")]
+    pub ctx: usize,
+    /// Calibration chunks.
+    #[serde(default = "chunks_default")]
+    pub chunks: usize,
+}
+
+fn coverage_default() -> f64 {
+    0.99
+}
+fn block_default() -> usize {
+    64
+}
+fn ctx_default() -> usize {
+    2048
+}
+fn chunks_default() -> usize {
+    2
+}
+
+/// Derives a mask for `model` (the FP32 reference) from `texts`.
+
 /// Version of the `kiln.attention.*` key set.
 pub const MASK_FORMAT_VERSION: u32 = 1;
 

@@ -189,6 +189,27 @@ pub struct MixError {
     pub msg: String,
 }
 
+/// Parses `REGEX=TYPE` overrides (`--tensor-type`, a build target's `tensor_types`).
+pub fn parse_overrides(specs: &[String]) -> Result<Vec<(regex::Regex, GgmlType)>, MixError> {
+    let err = |s: &str, msg: String| MixError {
+        tensor: format!("--tensor-type {s}"),
+        msg,
+    };
+    let mut overrides = Vec::new();
+    for s in specs {
+        let (re, ty) = s
+            .split_once('=')
+            .ok_or_else(|| err(s, "expected REGEX=TYPE".into()))?;
+        let ty: GgmlType = ty.parse().map_err(|e| err(s, format!("{e}")))?;
+        if matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K) {
+            return Err(err(s, format!("{ty} is not a storage type")));
+        }
+        let re = regex::Regex::new(re).map_err(|e| err(s, format!("bad regex: {e}")))?;
+        overrides.push((re, ty));
+    }
+    Ok(overrides)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Category {
     TokenEmbd,

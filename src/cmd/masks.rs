@@ -1,6 +1,7 @@
 //! `kiln masks`: derive block-sparse attention masks from calibration text and store them in a
 //! copy of an artifact.
 
+pub use calibrate::masks::MaskSettings;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -12,38 +13,6 @@ use kernels::BlockMask;
 use super::infer::{tokenize_file, tokenizer_of};
 use super::progress::Progress;
 
-/// Derivation settings.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MaskSettings {
-    /// Share of each head's attention mass to keep.
-    #[serde(default = "coverage_default")]
-    pub coverage: f64,
-    /// Tokens per block.
-    #[serde(default = "block_default")]
-    pub block: usize,
-    /// Calibration context.
-    #[serde(default = "ctx_default")]
-    pub ctx: usize,
-    /// Calibration chunks.
-    #[serde(default = "chunks_default")]
-    pub chunks: usize,
-}
-
-fn coverage_default() -> f64 {
-    0.99
-}
-fn block_default() -> usize {
-    64
-}
-fn ctx_default() -> usize {
-    2048
-}
-fn chunks_default() -> usize {
-    2
-}
-
-/// Derives a mask for `model` (the FP32 reference) from `texts`.
 pub fn derive_mask(
     model: &Path,
     texts: &[PathBuf],

@@ -2,6 +2,7 @@
 //! the library, print the result. Returns the process exit code.
 
 mod build;
+pub mod buildfile;
 mod convert;
 mod infer;
 mod inspect;

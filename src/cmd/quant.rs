@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use calibrate::{CalibOptions, Imatrix};
 use convert::convert::{write_model, PlannedTensor, WriteOptions};
 use convert::gguf::Value;
@@ -124,21 +124,7 @@ pub struct Quantized {
 
 /// Parses `--tensor-type REGEX=TYPE` options.
 pub fn parse_overrides(specs: &[String]) -> Result<Vec<(regex::Regex, GgmlType)>> {
-    let mut overrides = Vec::new();
-    for s in specs {
-        let (re, ty) = s
-            .split_once('=')
-            .with_context(|| format!("--tensor-type {s}: expected REGEX=TYPE"))?;
-        let ty: GgmlType = ty.parse()?;
-        if matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K) {
-            bail!("--tensor-type {s}: {ty} is not a storage type");
-        }
-        overrides.push((
-            regex::Regex::new(re).with_context(|| format!("--tensor-type {s}: bad regex"))?,
-            ty,
-        ));
-    }
-    Ok(overrides)
+    Ok(quantize::mix::parse_overrides(specs)?)
 }
 
 pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {

@@ -1,0 +1,215 @@
+//! The build file (`kiln.toml`): its sections, defaults and validation. Self-contained (it
+//! depends only on the library crates, serde and toml), so the fuzz target for build files
+//! includes this very file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use quantize::mix::Ftype;
+use quantize::GgmlType;
+use serde::{Deserialize, Serialize};
+use verify::parity::Thresholds;
+
+/// The `[model]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The FP32 checkpoint directory (or GGUF).
+    pub path: PathBuf,
+    /// Prefix of the artifact names (default: the directory name).
+    pub name: Option<String>,
+    /// llama.cpp pre-tokenizer name, when kiln cannot tell it.
+    pub tokenizer_pre: Option<String>,
+}
+
+/// The `[calibration]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibSection {
+    pub texts: Vec<PathBuf>,
+    #[serde(default = "ctx_default")]
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+}
+
+/// The `[evaluation]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    pub texts: Vec<PathBuf>,
+    #[serde(default = "ctx_default")]
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+    /// `llama` (default) or `full`.
+    #[serde(default = "protocol_default")]
+    pub protocol: String,
+}
+
+/// The `[bench]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchSection {
+    #[serde(default = "pp_default")]
+    pub pp: usize,
+    #[serde(default = "tg_default")]
+    pub tg: usize,
+    #[serde(default = "reps_default")]
+    pub reps: usize,
+}
+
+impl Default for BenchSection {
+    fn default() -> Self {
+        BenchSection {
+            pp: pp_default(),
+            tg: tg_default(),
+            reps: reps_default(),
+        }
+    }
+}
+
+fn ctx_default() -> usize {
+    512
+}
+fn protocol_default() -> String {
+    "llama".into()
+}
+fn pp_default() -> usize {
+    128
+}
+fn tg_default() -> usize {
+    32
+}
+fn reps_default() -> usize {
+    2
+}
+
+/// One `[[target]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    pub name: String,
+    /// File type: Q8_0, Q6_K, Q5_K_M, Q4_K_M, …
+    #[serde(rename = "type")]
+    pub ftype: String,
+    /// Use the build's importance matrix.
+    #[serde(default)]
+    pub imatrix: bool,
+    /// `REGEX=TYPE` overrides.
+    #[serde(default)]
+    pub tensor_types: Vec<String>,
+    pub output_tensor_type: Option<String>,
+    pub token_embedding_type: Option<String>,
+    #[serde(default)]
+    pub pure: bool,
+    /// Thresholds overriding the build's defaults.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// Block-sparse attention masks derived on the calibration texts, e.g.
+    /// `attention_masks = { coverage = 0.99, block = 64 }`.
+    pub attention_masks: Option<calibrate::masks::MaskSettings>,
+}
+
+/// A whole kiln.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildFile {
+    pub model: ModelSection,
+    pub calibration: Option<CalibSection>,
+    pub evaluation: EvalSection,
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    #[serde(default)]
+    pub bench: BenchSection,
+    #[serde(rename = "target")]
+    pub targets: Vec<TargetSection>,
+}
+
+impl BuildFile {
+    /// Reads and validates `path`; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates the text of the build file at `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let mut f: BuildFile = toml::from_str(text)
+            .with_context(|| format!("{}: not a valid build file", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut f.model.path);
+        if let Some(c) = &mut f.calibration {
+            c.texts.iter_mut().for_each(abs);
+        }
+        f.evaluation.texts.iter_mut().for_each(abs);
+        f.validate(path)?;
+        Ok(f)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let p = path.display();
+        if self.targets.is_empty() {
+            bail!("{p}: no [[target]]");
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.targets {
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!(
+                    "{p}: target name {:?} must be letters, digits, '-', '_' or '.'",
+                    t.name
+                );
+            }
+            if !names.insert(&t.name) {
+                bail!("{p}: two targets are called {:?}", t.name);
+            }
+            t.ftype
+                .parse::<Ftype>()
+                .map_err(|e| anyhow::anyhow!("{p}: target {}: {e}", t.name))?;
+            quantize::mix::parse_overrides(&t.tensor_types)
+                .with_context(|| format!("{p}: target {}", t.name))?;
+            for ty in [&t.output_tensor_type, &t.token_embedding_type]
+                .into_iter()
+                .flatten()
+            {
+                ty.parse::<GgmlType>()
+                    .with_context(|| format!("{p}: target {}", t.name))?;
+            }
+            if t.imatrix && self.calibration.is_none() {
+                bail!(
+                    "{p}: target {} uses an imatrix but there is no [calibration] section",
+                    t.name
+                );
+            }
+        }
+        if !matches!(self.evaluation.protocol.as_str(), "llama" | "full") {
+            bail!(
+                "{p}: evaluation protocol {:?} (llama or full)",
+                self.evaluation.protocol
+            );
+        }
+        if self.evaluation.texts.is_empty() {
+            bail!("{p}: [evaluation] names no texts");
+        }
+        for t in self
+            .calibration
+            .iter()
+            .flat_map(|c| &c.texts)
+            .chain(&self.evaluation.texts)
+        {
+            if !t.is_file() {
+                bail!("{p}: text {} does not exist", t.display());
+            }
+        }
+        Ok(())
+    }
+}
