@@ -50,8 +50,6 @@ fn chunks_default() -> usize {
     2
 }
 
-/// Derives a mask for `model` (the FP32 reference) from `texts`.
-
 /// Version of the `kiln.attention.*` key set.
 pub const MASK_FORMAT_VERSION: u32 = 1;
 

@@ -13,6 +13,7 @@ use kernels::BlockMask;
 use super::infer::{tokenize_file, tokenizer_of};
 use super::progress::Progress;
 
+/// Derives a mask for `model` (the FP32 reference) from `texts`.
 pub fn derive_mask(
     model: &Path,
     texts: &[PathBuf],
