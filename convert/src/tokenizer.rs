@@ -188,7 +188,17 @@ pub fn hf_tokenizer_metadata(
         );
         by_id.insert(id as u32, content.to_string());
     }
-    let vocab_size = vocab_size.max(by_id.keys().map(|&i| i as usize + 1).max().unwrap_or(0));
+    // Every id must index a row of the embedding: an id past the model's vocabulary would
+    // pad the token list up to it (a lying file could ask for 2³² tokens).
+    if let Some(&bad) = by_id.keys().filter(|&&i| i as usize >= vocab_size).max() {
+        return Err(Error::format(
+            &tj_path,
+            format!(
+                "token id {bad} ({:?}) is outside the model's vocabulary of {vocab_size}",
+                by_id[&bad]
+            ),
+        ));
+    }
     let mut tokens = Vec::with_capacity(vocab_size);
     let mut types = Vec::with_capacity(vocab_size);
     for i in 0..vocab_size as u32 {

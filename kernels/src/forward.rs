@@ -35,6 +35,9 @@ pub trait Observer: Sync {
     /// The attention probabilities of `head` in `layer` for the query at position `q_pos`:
     /// `probs[k]` for key positions `0..=q_pos` (zero where a mask excluded the key).
     fn attention(&self, _layer: usize, _head: usize, _q_pos: usize, _probs: &[f32]) {}
+    /// The residual stream `x` (`[n_tok, dim]`) entering `layer` (`n_layers`: leaving the
+    /// last layer), for [`ForwardOptions::start`].
+    fn layer_input(&self, _layer: usize, _x: &[f32], _n_tok: usize) {}
 }
 
 /// The observer that observes nothing.
@@ -61,6 +64,10 @@ pub struct ForwardOptions<'a> {
     pub mode: MatmulMode,
     /// Block-sparse attention; `None` is dense causal attention.
     pub mask: Option<&'a BlockMask>,
+    /// Start inside the model: `(layer, x)` runs only the layers from `layer` on, with `x`
+    /// (`[n_tok, dim]`, as [`Observer::layer_input`] saw it) as their input; the caches of
+    /// earlier layers are left untouched. Used to measure one tensor's effect cheaply.
+    pub start: Option<(usize, &'a [f32])>,
 }
 
 /// The working memory of a forward pass: KV cache and activations, sized once.
@@ -155,6 +162,12 @@ pub enum ForwardError {
     Context { end: usize, max: usize },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     Token { id: u32, vocab: usize },
+    #[error("start at layer {layer} with {len} residual values (the batch needs {want})")]
+    Start {
+        layer: usize,
+        len: usize,
+        want: usize,
+    },
 }
 
 /// Σx² in f64, then `x / sqrt(mean + eps) · w`, as ggml's `rms_norm` (f64 sum).
@@ -238,13 +251,30 @@ pub fn forward<O: Observer>(
     let pos0 = state.pos;
     let mode = opts.mode;
 
-    for (t, &tok) in tokens.iter().enumerate() {
-        model
-            .token_embd
-            .row_f32(tok as usize, &mut state.x[t * dim..(t + 1) * dim]);
-    }
+    let first = match opts.start {
+        Some((l, x)) => {
+            if l > model.layers.len() || x.len() != n * dim {
+                return Err(ForwardError::Start {
+                    layer: l,
+                    len: x.len(),
+                    want: n * dim,
+                });
+            }
+            state.x[..n * dim].copy_from_slice(x);
+            l
+        }
+        None => {
+            for (t, &tok) in tokens.iter().enumerate() {
+                model
+                    .token_embd
+                    .row_f32(tok as usize, &mut state.x[t * dim..(t + 1) * dim]);
+            }
+            0
+        }
+    };
 
-    for (l, layer) in model.layers.iter().enumerate() {
+    for (l, layer) in model.layers.iter().enumerate().skip(first) {
+        obs.layer_input(l, &state.x[..n * dim], n);
         // Attention block.
         for t in 0..n {
             rmsnorm(
@@ -374,6 +404,7 @@ pub fn forward<O: Observer>(
             *x += d;
         }
     }
+    obs.layer_input(model.layers.len(), &state.x[..n * dim], n);
     state.pos += n;
 
     let (first, count) = match logits {

@@ -100,7 +100,11 @@ fn run(
             &mut st,
             chunk,
             Logits::All,
-            ForwardOptions { mode, mask },
+            ForwardOptions {
+                mode,
+                mask,
+                ..Default::default()
+            },
             &NoObserver,
         )
         .unwrap();

@@ -21,6 +21,7 @@
 //! SIMD lives in the `kernels` crate and is for inference only: artifacts are written through
 //! this crate's scalar code.
 
+pub mod alloc;
 pub mod blocks;
 pub mod float;
 mod kquants;

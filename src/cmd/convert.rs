@@ -39,10 +39,10 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<i32
     Ok(0)
 }
 
-pub fn export(input: &Path, output: &Path) -> Result<i32> {
+pub fn export(input: &Path, output: &Path, continuous_seed: Option<u64>) -> Result<i32> {
     let t0 = Instant::now();
     let src = ModelSource::open(input)?;
-    let r = ::convert::convert::export(&src, output)?;
+    let r = ::convert::convert::export_with(&src, output, continuous_seed)?;
     println!(
         "exported {} tensors to {} in {:.2}s",
         r.tensors,

@@ -7,6 +7,7 @@ mod convert;
 mod infer;
 mod inspect;
 mod masks;
+mod method;
 mod progress;
 mod quant;
 mod render;
@@ -39,7 +40,11 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             };
             convert::convert(&input, &output, &opts)
         }
-        Command::Export { input, output } => convert::export(&input, &output),
+        Command::Export {
+            input,
+            output,
+            continuous_seed,
+        } => convert::export(&input, &output, continuous_seed),
         Command::Calibrate {
             model,
             text,
@@ -137,7 +142,18 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             pure,
             dry_run,
             tokenizer_pre,
+            method,
+            calib_text,
+            target_size,
+            target_bpw,
+            sensitivity_chunks,
         } => {
+            let mut method = method::MethodSpec::parse(&method)?;
+            method.calib_texts = calib_text;
+            method.target_size = target_size;
+            method.target_bpw = target_bpw;
+            method.chunks = sensitivity_chunks;
+            method.validate()?;
             let parse_ty = |s: Option<String>| -> Result<Option<quantize::GgmlType>> {
                 s.map(|s| s.parse::<quantize::GgmlType>().map_err(anyhow::Error::from))
                     .transpose()
@@ -153,6 +169,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
                 pure,
                 dry_run,
                 tokenizer_pre,
+                method,
                 quiet,
             })
         }

@@ -110,6 +110,7 @@ pub struct QuantizeArgs<'a> {
     pub pure: bool,
     pub dry_run: bool,
     pub tokenizer_pre: Option<String>,
+    pub method: super::method::MethodSpec,
     pub quiet: bool,
 }
 
@@ -141,6 +142,27 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         token_embedding_type: a.token_embedding_type,
         overrides: parse_overrides(a.tensor_types)?,
     };
+    let applied = super::method::apply(
+        &a.method,
+        a.input,
+        a.ftype,
+        &opts,
+        imatrix.as_ref().map(|(m, _)| m),
+        a.tokenizer_pre.as_deref(),
+        a.quiet,
+    )?;
+    let mut opts = opts;
+    opts.overrides.extend(applied.overrides);
+    if let Some(al) = &applied.allocation {
+        let mut counts = std::collections::BTreeMap::new();
+        for t in &al.tensors {
+            *counts.entry(t.ty.name()).or_insert(0usize) += 1;
+        }
+        eprintln!(
+            "alloc: {} of {} matrix bytes, predicted KLD {:.5}; types {:?}",
+            al.used, al.budget, al.predicted_kld, counts
+        );
+    }
     if a.dry_run {
         let (choices, descs, n_params, total) = plan(&src, a.ftype, &opts)?;
         println!(
@@ -179,9 +201,19 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         opts,
         a.tensor_types,
         a.tokenizer_pre.clone(),
-        Vec::new(),
+        applied.metadata,
         a.quiet,
     )?;
+    if let Some(t) = a.method.target_size {
+        if q.report.file_bytes > t {
+            let _ = std::fs::remove_file(&q.report.output);
+            anyhow::bail!(
+                "{}: {} bytes exceed --target-size {t}; removed",
+                q.report.output.display(),
+                q.report.file_bytes
+            );
+        }
+    }
     for w in &q.report.warnings {
         eprintln!("kiln: warning: {w}");
     }

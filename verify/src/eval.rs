@@ -112,6 +112,7 @@ pub fn run_chunk<O: Observer>(
     let fo = ForwardOptions {
         mode: opts.mode,
         mask,
+        ..Default::default()
     };
     state.reset();
     let mut start = 0;

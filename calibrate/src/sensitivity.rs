@@ -1,0 +1,476 @@
+//! Sensitivity-driven type allocation: which tensor gets which llama.cpp type under a byte
+//! budget, chosen from what each tensor does to the model's output on calibration text.
+//!
+//! 1. For every weight matrix, quantize it (with the quantizer the artifact will use) to each
+//!    candidate type and record the importance-weighted squared error
+//!    `E(t) = Σ_rows Σ_j imp_j · (w_ij − q_ij)²` (`imp` the imatrix's mean x² per column).
+//! 2. Measure, on the calibration tokens, the KL divergence from the FP32 model when *only* that
+//!    matrix is replaced by its cheapest candidate ([`measure`]). The forward pass restarts at
+//!    the matrix's layer from the residual stream the FP32 pass left there, so a matrix of layer
+//!    `l` costs `n_layers − l` layers, not the whole model.
+//! 3. Predict the divergence of every other type by the error ratio: `KLD(t) = KLD(ref) · E(t) /
+//!    E(ref)` (a second-order model: for small perturbations the KL divergence is a quadratic
+//!    form of the weight error, which the imatrix-weighted error approximates).
+//! 4. Choose one type per matrix minimising the summed predicted divergence within the budget
+//!    ([`quantize::alloc::allocate`]).
+//!
+//! Everything is deterministic: fixed tokens, fixed order, sums reduced in a fixed order.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use kernels::{forward, ForwardOptions, Logits, Model, Observer, State, Weight};
+use quantize::alloc::{allocate, AllocError, Candidate};
+use quantize::GgmlType;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SensitivityError {
+    #[error("sensitivity: {0}")]
+    Forward(#[from] kernels::ForwardError),
+    #[error("sensitivity: the text has {have} tokens, fewer than one chunk of {need}")]
+    TooShort { have: usize, need: usize },
+    #[error("{tensor}: {msg}")]
+    Tensor { tensor: String, msg: String },
+    #[error("type allocation: {0}")]
+    Budget(#[from] AllocError),
+}
+
+/// Where and how much to measure.
+#[derive(Debug, Clone)]
+pub struct SensitivityOptions {
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// Chunks of calibration text (each scored at every position).
+    pub chunks: usize,
+    /// BOS id put first in each chunk when the model adds BOS.
+    pub bos: Option<u32>,
+}
+
+impl Default for SensitivityOptions {
+    fn default() -> Self {
+        SensitivityOptions {
+            ctx: 512,
+            chunks: 1,
+            bos: None,
+        }
+    }
+}
+
+/// GGUF names of the model's weight matrices, in llama.cpp's loader order.
+pub fn matrix_names(model: &Model) -> Vec<String> {
+    let mut v = vec!["token_embd.weight".to_string()];
+    for l in 0..model.layers.len() {
+        for k in [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
+            v.push(format!("blk.{l}.{k}.weight"));
+        }
+    }
+    if model.output.is_some() {
+        v.push("output.weight".into());
+    }
+    v
+}
+
+/// The matrix called `name` (GGUF name) and the layer a forward pass must start at to feel a
+/// change of it (`None`: from the embeddings).
+fn locate<'m>(model: &'m mut Model, name: &str) -> Option<(&'m mut Weight, Option<usize>)> {
+    let n_layers = model.layers.len();
+    if name == "token_embd.weight" {
+        return Some((&mut model.token_embd, None));
+    }
+    if name == "output.weight" {
+        return model.output.as_mut().map(|w| (w, Some(n_layers)));
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (l, kind) = rest.split_once('.')?;
+    let l: usize = l.parse().ok()?;
+    let layer = model.layers.get_mut(l)?;
+    let w = match kind {
+        "attn_q.weight" => &mut layer.wq,
+        "attn_k.weight" => &mut layer.wk,
+        "attn_v.weight" => &mut layer.wv,
+        "attn_output.weight" => &mut layer.wo,
+        "ffn_gate.weight" => &mut layer.w_gate,
+        "ffn_up.weight" => &mut layer.w_up,
+        "ffn_down.weight" => &mut layer.w_down,
+        _ => return None,
+    };
+    Some((w, Some(l)))
+}
+
+/// The matrix called `name`, if the model has it.
+pub fn weight<'m>(model: &'m Model, name: &str) -> Option<&'m Weight> {
+    let n_layers = model.layers.len();
+    if name == "token_embd.weight" {
+        return Some(&model.token_embd);
+    }
+    if name == "output.weight" {
+        return model.output.as_ref();
+    }
+    let (l, kind) = name.strip_prefix("blk.")?.split_once('.')?;
+    let layer = model
+        .layers
+        .get(l.parse::<usize>().ok().filter(|&l| l < n_layers)?)?;
+    Some(match kind {
+        "attn_q.weight" => &layer.wq,
+        "attn_k.weight" => &layer.wk,
+        "attn_v.weight" => &layer.wv,
+        "attn_output.weight" => &layer.wo,
+        "ffn_gate.weight" => &layer.w_gate,
+        "ffn_up.weight" => &layer.w_up,
+        "ffn_down.weight" => &layer.w_down,
+        _ => return None,
+    })
+}
+
+/// Keeps the residual stream entering every layer (and leaving the last).
+struct Residuals(Vec<Mutex<Vec<f32>>>);
+
+impl Observer for Residuals {
+    fn layer_input(&self, layer: usize, x: &[f32], _n_tok: usize) {
+        let mut s = self.0[layer].lock().expect("residual slot");
+        s.clear();
+        s.extend_from_slice(x);
+    }
+}
+
+/// One calibration chunk's FP32 pass: its tokens, the residual stream entering each layer and
+/// the log-probabilities at every position.
+struct Reference {
+    tokens: Vec<u32>,
+    residuals: Vec<Vec<f32>>,
+    logp: Vec<f32>,
+}
+
+fn log_softmax_into(logits: &[f32], out: &mut [f32]) {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let s: f64 = logits.iter().map(|&v| ((v - m) as f64).exp()).sum();
+    let lse = m as f64 + s.ln();
+    for (o, &v) in out.iter_mut().zip(logits) {
+        *o = (v as f64 - lse) as f32;
+    }
+}
+
+/// Mean over positions of KL(reference ‖ candidate); `logits` are the candidate's.
+fn mean_kld(ref_logp: &[f32], logits: &[f32], vocab: usize) -> f64 {
+    let per: Vec<f64> = ref_logp
+        .par_chunks(vocab)
+        .zip(logits.par_chunks(vocab))
+        .map(|(p, z)| {
+            let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let s: f64 = z.iter().map(|&v| ((v - m) as f64).exp()).sum();
+            let lse = m as f64 + s.ln();
+            let mut kl = 0f64;
+            for (&lp, &v) in p.iter().zip(z) {
+                let lp = lp as f64;
+                kl += lp.exp() * (lp - (v as f64 - lse));
+            }
+            kl.max(0.0)
+        })
+        .collect();
+    per.iter().sum::<f64>() / per.len().max(1) as f64
+}
+
+/// The KL divergence from `model` (FP32) on `tokens` when only the matrix `names[i]` is
+/// replaced by `replace(names[i], current)`, for every `i`. `progress(done, total)` after each.
+pub fn measure(
+    model: &Model,
+    tokens: &[u32],
+    names: &[String],
+    opts: &SensitivityOptions,
+    replace: &(dyn Fn(&str, &Weight) -> Result<Weight, SensitivityError> + Sync),
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<f64>, SensitivityError> {
+    let ctx = opts.ctx.max(1);
+    let avail = tokens.len() / ctx;
+    if avail == 0 {
+        return Err(SensitivityError::TooShort {
+            have: tokens.len(),
+            need: ctx,
+        });
+    }
+    let n_chunks = opts.chunks.clamp(1, avail);
+    let c = &model.config;
+    let vocab = c.vocab;
+    let mut state = State::new(c, ctx, ctx);
+    let mut refs = Vec::with_capacity(n_chunks);
+    for k in 0..n_chunks {
+        let mut chunk = tokens[k * ctx..(k + 1) * ctx].to_vec();
+        if let Some(b) = opts.bos {
+            chunk[0] = b;
+        }
+        let obs = Residuals((0..=model.layers.len()).map(|_| Mutex::default()).collect());
+        state.reset();
+        forward(
+            model,
+            &mut state,
+            &chunk,
+            Logits::All,
+            ForwardOptions::default(),
+            &obs,
+        )?;
+        let mut logp = vec![0f32; state.logits.len()];
+        logp.par_chunks_mut(vocab)
+            .zip(state.logits.par_chunks(vocab))
+            .for_each(|(o, z)| log_softmax_into(z, o));
+        refs.push(Reference {
+            tokens: chunk,
+            residuals: obs
+                .0
+                .into_iter()
+                .map(|m| m.into_inner().expect("residual slot"))
+                .collect(),
+            logp,
+        });
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let mut m = model.clone();
+        let (w, start) = locate(&mut m, name).ok_or_else(|| SensitivityError::Tensor {
+            tensor: name.clone(),
+            msg: "not a weight matrix of this model".into(),
+        })?;
+        *w = replace(name, w)?;
+        let mut sum = 0.0;
+        for r in &refs {
+            state.reset();
+            let fo = ForwardOptions {
+                start: start.map(|l| (l, r.residuals[l].as_slice())),
+                ..Default::default()
+            };
+            forward(
+                &m,
+                &mut state,
+                &r.tokens,
+                Logits::All,
+                fo,
+                &kernels::NoObserver,
+            )?;
+            sum += mean_kld(&r.logp, &state.logits, vocab);
+        }
+        out.push(sum / refs.len() as f64);
+        progress(i + 1, names.len());
+    }
+    Ok(out)
+}
+
+/// Bytes a tensor of `rows × cols` values of `ty` takes in a GGUF (aligned to 32 bytes).
+pub fn padded_bytes(ty: GgmlType, rows: usize, cols: usize) -> Option<u64> {
+    let b = ty.row_size(cols)? as u64 * rows as u64;
+    Some(b.div_ceil(32) * 32)
+}
+
+/// The types kiln considers for a matrix of `cols` columns: llama.cpp's K-quants when the rows
+/// fit their 256-value super-blocks, its legacy 32-value types otherwise, and Q8_0.
+pub fn default_candidates(cols: usize) -> Vec<GgmlType> {
+    use GgmlType::*;
+    if cols.is_multiple_of(256) {
+        vec![Q4K, Q5K, Q6K, Q8_0]
+    } else if cols.is_multiple_of(32) {
+        vec![Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
+    } else {
+        vec![]
+    }
+}
+
+/// A quantizer: `(tensor name, type, values, row length, importance)` → the tensor's bytes.
+pub type QuantizerFn<'a> =
+    &'a (dyn Fn(&str, GgmlType, &[f32], usize, Option<&[f32]>) -> Result<Vec<u8>, String> + Sync);
+
+/// One matrix's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorAllocation {
+    pub name: String,
+    /// The chosen type.
+    #[serde(serialize_with = "ser_type")]
+    pub ty: GgmlType,
+    /// Its bytes in the file.
+    pub bytes: u64,
+    /// The type the divergence was measured at, and the divergence.
+    #[serde(serialize_with = "ser_type")]
+    pub measured_type: GgmlType,
+    pub measured_kld: f64,
+    /// Predicted divergence of the chosen type.
+    pub predicted_kld: f64,
+    /// Every candidate: (type, bytes, importance-weighted error, predicted divergence).
+    pub candidates: Vec<(String, u64, f64, f64)>,
+}
+
+fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.name())
+}
+
+/// The allocation of a whole model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Allocation {
+    /// Matrix bytes allowed and used.
+    pub budget: u64,
+    pub used: u64,
+    /// Σ predicted divergence.
+    pub predicted_kld: f64,
+    pub tensors: Vec<TensorAllocation>,
+}
+
+impl Allocation {
+    /// `(name, type)` of every matrix.
+    pub fn types(&self) -> BTreeMap<String, GgmlType> {
+        self.tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.ty))
+            .collect()
+    }
+}
+
+/// Inputs of [`allocate_types`].
+pub struct AllocationInputs<'a> {
+    /// The FP32 model.
+    pub model: &'a Model,
+    /// Calibration tokens.
+    pub tokens: &'a [u32],
+    pub opts: SensitivityOptions,
+    /// Importance (mean x² per column) of a matrix, by GGUF name.
+    pub importance: &'a (dyn Fn(&str) -> Option<Vec<f32>> + Sync),
+    /// Candidate types of a matrix (by name and columns).
+    pub candidates: &'a (dyn Fn(&str, usize) -> Vec<GgmlType> + Sync),
+    /// The quantizer the artifact will be written with.
+    pub quantizer: QuantizerFn<'a>,
+    /// Bytes the matrices may take together.
+    pub budget: u64,
+}
+
+/// Steps 1–4 of the module overview. `progress(stage, done, total)`.
+pub fn allocate_types(
+    inp: &AllocationInputs,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<Allocation, SensitivityError> {
+    let names = matrix_names(inp.model);
+    // Step 1: candidate sizes and errors; the cheapest candidate's values are kept for step 2.
+    let mut table: Vec<Vec<(GgmlType, u64, f64)>> = Vec::with_capacity(names.len());
+    let refs: Mutex<BTreeMap<String, Vec<f32>>> = Mutex::default();
+    for (i, name) in names.iter().enumerate() {
+        let w = weight(inp.model, name).expect("listed by matrix_names");
+        let values = w.to_f32();
+        let imp = (inp.importance)(name).filter(|v| v.len() == w.cols);
+        let mut cands = (inp.candidates)(name, w.cols);
+        cands.sort_by_key(|t| padded_bytes(*t, w.rows, w.cols).unwrap_or(u64::MAX));
+        if cands.is_empty() {
+            return Err(SensitivityError::Tensor {
+                tensor: name.clone(),
+                msg: format!("no candidate type fits rows of {} values", w.cols),
+            });
+        }
+        let mut row = Vec::with_capacity(cands.len());
+        for (k, &ty) in cands.iter().enumerate() {
+            let terr = |msg: String| SensitivityError::Tensor {
+                tensor: name.clone(),
+                msg,
+            };
+            let bytes = (inp.quantizer)(name, ty, &values, w.cols, imp.as_deref()).map_err(terr)?;
+            let deq =
+                quantize::dequantize(ty, &bytes, values.len()).map_err(|e| terr(e.to_string()))?;
+            let err = weighted_error(&values, &deq, w.cols, imp.as_deref());
+            let size = padded_bytes(ty, w.rows, w.cols).expect("candidate fits");
+            row.push((ty, size, err));
+            if k == 0 {
+                refs.lock().expect("refs").insert(name.clone(), deq);
+            }
+        }
+        table.push(row);
+        progress("quantize candidates", i + 1, names.len());
+    }
+    // Step 2: measured divergence at the cheapest candidate.
+    let replace = |name: &str, w: &Weight| -> Result<Weight, SensitivityError> {
+        let v = refs
+            .lock()
+            .expect("refs")
+            .remove(name)
+            .expect("computed in step 1");
+        Weight::from_f32(name, w.rows, w.cols, v).map_err(|e| SensitivityError::Tensor {
+            tensor: name.into(),
+            msg: e.to_string(),
+        })
+    };
+    let kld = measure(
+        inp.model,
+        inp.tokens,
+        &names,
+        &inp.opts,
+        &replace,
+        |d, t| progress("measure sensitivity", d, t),
+    )?;
+    // Steps 3 and 4.
+    let items: Vec<Vec<Candidate>> = table
+        .iter()
+        .zip(&kld)
+        .map(|(row, &k)| {
+            let e0 = row[0].2;
+            row.iter()
+                .map(|&(ty, bytes, e)| Candidate {
+                    ty,
+                    bytes,
+                    cost: if e0 > 0.0 { k * e / e0 } else { 0.0 },
+                })
+                .collect()
+        })
+        .collect();
+    let pick = allocate(&items, inp.budget)?;
+    let mut tensors = Vec::with_capacity(names.len());
+    let (mut used, mut total) = (0u64, 0f64);
+    for (((name, row), items), (&p, &k)) in names
+        .iter()
+        .zip(&table)
+        .zip(&items)
+        .zip(pick.iter().zip(&kld))
+    {
+        used += items[p].bytes;
+        total += items[p].cost;
+        tensors.push(TensorAllocation {
+            name: name.clone(),
+            ty: items[p].ty,
+            bytes: items[p].bytes,
+            measured_type: row[0].0,
+            measured_kld: k,
+            predicted_kld: items[p].cost,
+            candidates: row
+                .iter()
+                .zip(items)
+                .map(|(&(ty, b, e), c)| (ty.name().to_string(), b, e, c.cost))
+                .collect(),
+        });
+    }
+    Ok(Allocation {
+        budget: inp.budget,
+        used,
+        predicted_kld: total,
+        tensors,
+    })
+}
+
+/// `Σ_rows Σ_j imp_j (a − b)²` in f64 (imp = 1 without importance).
+pub fn weighted_error(a: &[f32], b: &[f32], cols: usize, imp: Option<&[f32]>) -> f64 {
+    a.par_chunks(cols)
+        .zip(b.par_chunks(cols))
+        .map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .map(|(j, (&p, &q))| {
+                    let d = (p - q) as f64;
+                    imp.map_or(1.0, |w| w[j] as f64) * d * d
+                })
+                .sum::<f64>()
+        })
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum()
+}
