@@ -201,6 +201,9 @@ pub enum Command {
         /// Chunks of calibration text `alloc` measures each tensor on.
         #[arg(long, default_value_t = 1)]
         sensitivity_chunks: usize,
+        /// Tokens per chunk of that measurement.
+        #[arg(long, default_value_t = 512)]
+        sensitivity_ctx: usize,
     },
     /// Parity of a candidate GGUF with its FP32 reference; exit 0 pass, 1 a threshold failed, 2 error.
     Verify {

@@ -458,3 +458,98 @@ fn attention_masks_are_stored_and_applied() {
     // Coverage 0.5 really masks something.
     assert_ne!(ppl(&d.join("half.gguf"), &text, &[]), dense_ppl);
 }
+
+/// `--method search,alloc`: the artifact is no larger than the llama.cpp mix it is budgeted
+/// against (or than `--target-size`), holds only types llama.cpp runs (K-quants only on rows of
+/// whole 256-value super-blocks), records its method, and is the same bytes with 1 or 2 threads.
+#[test]
+fn methods_stay_in_budget_in_llama_cpp_types_and_are_deterministic() {
+    let s = setup();
+    let d = &s.dir;
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    ok(&[
+        "calibrate",
+        &p("ref.gguf"),
+        "--text",
+        &p("calib.txt"),
+        "--ctx",
+        "64",
+        "-o",
+        &p("imat.gguf"),
+    ]);
+    let quant = |threads: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--threads".to_string(),
+            threads.into(),
+            "quantize".into(),
+            p("ckpt"),
+            "-o".into(),
+            p(out),
+            "--type".into(),
+            "Q4_K_M".into(),
+            "--imatrix".into(),
+            p("imat.gguf"),
+            "--tokenizer-pre".into(),
+            "gpt-2".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&args);
+        std::fs::read(d.join(out)).unwrap()
+    };
+    let base = quant("2", "base.gguf", &[]);
+    let methods = [
+        "--method",
+        "search,alloc",
+        "--calib-text",
+        p("calib.txt").leak(),
+        "--sensitivity-ctx",
+        "64",
+        "--sensitivity-chunks",
+        "2",
+    ];
+    let a = quant("1", "a.gguf", &methods);
+    let b = quant("2", "b.gguf", &methods);
+    assert!(a == b, "1 and 2 threads wrote different bytes");
+    assert!(a.len() <= base.len(), "{} > {}", a.len(), base.len());
+    assert_ne!(a, base, "the methods changed nothing");
+
+    let g = convert::gguf::GgufFile::open(d.join("a.gguf")).unwrap();
+    use quantize::GgmlType::*;
+    for t in &g.tensors {
+        let cols = t.dims[0] as usize;
+        match t.ty {
+            F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => {}
+            Q4K | Q5K | Q6K => assert_eq!(cols % 256, 0, "{}: K-quant on {cols} columns", t.name),
+            other => panic!("{}: {other} is not a storage type llama.cpp runs", t.name),
+        }
+    }
+    let rec = g
+        .metadata
+        .str("kiln.quantize.method")
+        .expect("method recorded");
+    let rec: serde_json::Value = serde_json::from_str(rec).unwrap();
+    assert_eq!(rec["methods"], serde_json::json!(["search", "alloc"]));
+    assert!(rec["alloc"]["budget_bytes"].as_u64().unwrap() > 0);
+
+    // An explicit budget well below the mix is met.
+    let target = base.len() as u64 * 9 / 10;
+    let t = quant(
+        "2",
+        "t.gguf",
+        &[&methods[..], &["--target-size", target.to_string().leak()]].concat(),
+    );
+    assert!(t.len() as u64 <= target, "{} > {target}", t.len());
+
+    // Search alone keeps llama.cpp's types and sizes exactly
+    // (the file differs only by the method key in its header).
+    let sonly = quant("2", "s.gguf", &["--method", "search"]);
+    assert!(sonly.len() <= base.len() + 512 && sonly != base);
+    let (gb, gs) = (
+        convert::gguf::GgufFile::open(d.join("base.gguf")).unwrap(),
+        convert::gguf::GgufFile::open(d.join("s.gguf")).unwrap(),
+    );
+    for (x, y) in gb.tensors.iter().zip(&gs.tensors) {
+        assert_eq!((&x.name, x.ty), (&y.name, y.ty));
+    }
+}

@@ -331,8 +331,8 @@ impl Allocation {
     }
 }
 
-/// Inputs of [`allocate_types`].
-pub struct AllocationInputs<'a> {
+/// Inputs of [`profile`].
+pub struct ProfileInputs<'a> {
     /// The FP32 model.
     pub model: &'a Model,
     /// Calibration tokens.
@@ -344,18 +344,28 @@ pub struct AllocationInputs<'a> {
     pub candidates: &'a (dyn Fn(&str, usize) -> Vec<GgmlType> + Sync),
     /// The quantizer the artifact will be written with.
     pub quantizer: QuantizerFn<'a>,
-    /// Bytes the matrices may take together.
-    pub budget: u64,
 }
 
-/// Steps 1–4 of the module overview. `progress(stage, done, total)`.
-pub fn allocate_types(
-    inp: &AllocationInputs,
+/// Steps 1–3 of the module overview, for every matrix: its candidates (type, bytes, weighted
+/// error) cheapest first, and the divergence measured at the cheapest. Independent of the
+/// budget, so one profile serves every target of a build.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Profile {
+    pub names: Vec<String>,
+    /// Per matrix: (type name, bytes, weighted error), cheapest first.
+    pub table: Vec<Vec<(String, u64, f64)>>,
+    /// Per matrix: KL divergence with it alone at its cheapest candidate.
+    pub kld: Vec<f64>,
+}
+
+/// Measures a [`Profile`]. `progress(stage, done, total)`.
+pub fn profile(
+    inp: &ProfileInputs,
     mut progress: impl FnMut(&str, usize, usize),
-) -> Result<Allocation, SensitivityError> {
+) -> Result<Profile, SensitivityError> {
     let names = matrix_names(inp.model);
     // Step 1: candidate sizes and errors; the cheapest candidate's values are kept for step 2.
-    let mut table: Vec<Vec<(GgmlType, u64, f64)>> = Vec::with_capacity(names.len());
+    let mut table: Vec<Vec<(String, u64, f64)>> = Vec::with_capacity(names.len());
     let refs: Mutex<BTreeMap<String, Vec<f32>>> = Mutex::default();
     for (i, name) in names.iter().enumerate() {
         let w = weight(inp.model, name).expect("listed by matrix_names");
@@ -380,7 +390,7 @@ pub fn allocate_types(
                 quantize::dequantize(ty, &bytes, values.len()).map_err(|e| terr(e.to_string()))?;
             let err = weighted_error(&values, &deq, w.cols, imp.as_deref());
             let size = padded_bytes(ty, w.rows, w.cols).expect("candidate fits");
-            row.push((ty, size, err));
+            row.push((ty.name().to_string(), size, err));
             if k == 0 {
                 refs.lock().expect("refs").insert(name.clone(), deq);
             }
@@ -408,52 +418,63 @@ pub fn allocate_types(
         &replace,
         |d, t| progress("measure sensitivity", d, t),
     )?;
-    // Steps 3 and 4.
-    let items: Vec<Vec<Candidate>> = table
-        .iter()
-        .zip(&kld)
-        .map(|(row, &k)| {
-            let e0 = row[0].2;
-            row.iter()
-                .map(|&(ty, bytes, e)| Candidate {
-                    ty,
-                    bytes,
+    Ok(Profile { names, table, kld })
+}
+
+impl Profile {
+    /// Steps 3 and 4: predicted divergence per candidate, then the choice within `budget`
+    /// bytes for the matrices.
+    pub fn allocate(&self, budget: u64) -> Result<Allocation, SensitivityError> {
+        let bad = |name: &str, t: &str| SensitivityError::Tensor {
+            tensor: name.into(),
+            msg: format!("unknown type {t} in the sensitivity profile"),
+        };
+        let mut items: Vec<Vec<Candidate>> = Vec::with_capacity(self.names.len());
+        for ((name, row), &k) in self.names.iter().zip(&self.table).zip(&self.kld) {
+            let e0 = row.first().map_or(0.0, |r| r.2);
+            let mut v = Vec::with_capacity(row.len());
+            for (t, bytes, e) in row {
+                v.push(Candidate {
+                    ty: t.parse().map_err(|_| bad(name, t))?,
+                    bytes: *bytes,
                     cost: if e0 > 0.0 { k * e / e0 } else { 0.0 },
-                })
-                .collect()
+                });
+            }
+            items.push(v);
+        }
+        let pick = allocate(&items, budget)?;
+        let mut tensors = Vec::with_capacity(self.names.len());
+        let (mut used, mut total) = (0u64, 0f64);
+        for (((name, row), cands), (&p, &k)) in self
+            .names
+            .iter()
+            .zip(&self.table)
+            .zip(&items)
+            .zip(pick.iter().zip(&self.kld))
+        {
+            used += cands[p].bytes;
+            total += cands[p].cost;
+            tensors.push(TensorAllocation {
+                name: name.clone(),
+                ty: cands[p].ty,
+                bytes: cands[p].bytes,
+                measured_type: cands[0].ty,
+                measured_kld: k,
+                predicted_kld: cands[p].cost,
+                candidates: row
+                    .iter()
+                    .zip(cands)
+                    .map(|((t, b, e), c)| (t.clone(), *b, *e, c.cost))
+                    .collect(),
+            });
+        }
+        Ok(Allocation {
+            budget,
+            used,
+            predicted_kld: total,
+            tensors,
         })
-        .collect();
-    let pick = allocate(&items, inp.budget)?;
-    let mut tensors = Vec::with_capacity(names.len());
-    let (mut used, mut total) = (0u64, 0f64);
-    for (((name, row), items), (&p, &k)) in names
-        .iter()
-        .zip(&table)
-        .zip(&items)
-        .zip(pick.iter().zip(&kld))
-    {
-        used += items[p].bytes;
-        total += items[p].cost;
-        tensors.push(TensorAllocation {
-            name: name.clone(),
-            ty: items[p].ty,
-            bytes: items[p].bytes,
-            measured_type: row[0].0,
-            measured_kld: k,
-            predicted_kld: items[p].cost,
-            candidates: row
-                .iter()
-                .zip(items)
-                .map(|(&(ty, b, e), c)| (ty.name().to_string(), b, e, c.cost))
-                .collect(),
-        });
     }
-    Ok(Allocation {
-        budget: inp.budget,
-        used,
-        predicted_kld: total,
-        tensors,
-    })
 }
 
 /// `Σ_rows Σ_j imp_j (a − b)²` in f64 (imp = 1 without importance).

@@ -163,6 +163,15 @@ pub type ImportanceFn<'a> = &'a (dyn Fn(&str) -> Option<Vec<f32>> + Sync);
 /// A progress callback: (done, total, tensor name).
 pub type ProgressFn<'a> = &'a (dyn Fn(usize, usize, &str) + Sync);
 /// Metadata computed after the tensors are written.
+/// A quantizer replacing the reference one (`quantize::quantize`): `(type, values, row length,
+/// importance)` → bytes and stats. Must keep the type's block layout.
+pub type QuantizerFn<'a> = &'a (dyn Fn(
+    GgmlType,
+    &[f32],
+    usize,
+    Option<&[f32]>,
+) -> std::result::Result<(Vec<u8>, quantize::QuantizeStats), quantize::QuantError>
+         + Sync);
 pub type LateMetadataFn<'a> = &'a (dyn Fn() -> Result<Vec<(String, Value)>> + Sync);
 
 /// Options of [`write_model`].
@@ -186,6 +195,8 @@ pub struct WriteOptions<'a> {
     /// key must already be in `extra_metadata` with a value of the same encoded size; the
     /// header of the temporary file is rewritten with these values before it is renamed.
     pub late_metadata: Option<LateMetadataFn<'a>>,
+    /// The quantizer of block types (default: the reference `quantize::quantize`).
+    pub quantizer: Option<QuantizerFn<'a>>,
 }
 
 /// Writes `src` as a GGUF at `out` with each tensor in `plan` (in plan order) converted to its
@@ -255,7 +266,8 @@ pub fn write_model(
         }
         let qw = if spec.ty.is_quantized() { opts.importance.and_then(|f| f(&spec.name)) } else { None };
         let qw = qw.filter(|w| w.len() == spec.dims[0] as usize);
-        let (bytes, stats) = quantize::quantize(spec.ty, &v, spec.dims[0] as usize, qw.as_deref())
+        let quantizer = opts.quantizer.unwrap_or(&quantize::quantize);
+        let (bytes, stats) = quantizer(spec.ty, &v, spec.dims[0] as usize, qw.as_deref())
             .map_err(|e| Error::Quant { path: src.path().to_path_buf(), tensor: spec.name.clone(), source: e })?;
         if stats.degraded_blocks > 0 {
             warnings.push(format!(

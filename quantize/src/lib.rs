@@ -27,6 +27,7 @@ pub mod float;
 mod kquants;
 mod legacy;
 pub mod mix;
+pub mod refine;
 pub mod search;
 pub mod types;
 

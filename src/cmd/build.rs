@@ -17,9 +17,39 @@ use verify::report::{BuildReport, TargetReport, SCHEMA_VERSION};
 
 pub use super::buildfile::*;
 use super::infer::{tokenize_file, tokenizer_of};
+use super::method::MethodSpec;
 use super::progress::Progress;
 use super::quant::{file_sha256, parse_overrides, quantize_to};
 use super::render;
+
+/// Fills each method target's comparison with its baseline: the target named by `baseline`,
+/// else the target of the same type with the imatrix and no methods.
+fn compare_with_baselines(cfg: &BuildFile, mut targets: Vec<TargetReport>) -> Vec<TargetReport> {
+    let snapshot = targets.clone();
+    for (t, sec) in targets.iter_mut().zip(&cfg.targets) {
+        let Some(m) = t.method.as_mut() else { continue };
+        let base = match &sec.baseline {
+            Some(b) => snapshot.iter().find(|o| &o.name == b),
+            None => snapshot.iter().zip(&cfg.targets).find_map(|(o, os)| {
+                (o.ftype == t.ftype
+                    && o.imatrix
+                    && os.method.iter().all(|x| x == "imatrix")
+                    && o.name != t.name)
+                    .then_some(o)
+            }),
+        };
+        if let Some(b) = base {
+            m.baseline = Some(b.name.clone());
+            m.baseline_bytes = Some(b.bytes);
+            m.baseline_kld_mean = Some(b.parity.kld.mean);
+            m.baseline_kld_p99 = Some(b.parity.kld.p99);
+            m.baseline_top1 = Some(b.parity.top1);
+            m.baseline_ppl_ratio = Some(b.parity.ppl_ratio);
+            m.kld_ratio = (b.parity.kld.mean > 0.0).then(|| t.parity.kld.mean / b.parity.kld.mean);
+        }
+    }
+    targets
+}
 
 /// What a previous run left: keys of finished work and their results.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -157,6 +187,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
     ]);
     let mut todo = Vec::new();
     let mut keys = BTreeMap::new();
+    let mut profiles = super::method::ProfileCache::new();
     let mut masks_done: BTreeMap<String, (kernels::BlockMask, Vec<calibrate::masks::HeadChoice>)> =
         BTreeMap::new();
     for t in &cfg.targets {
@@ -220,6 +251,53 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         } else {
             None
         };
+        let mut spec = MethodSpec::parse(&t.method)?;
+        spec.calib_texts = cfg
+            .calibration
+            .as_ref()
+            .map(|c| c.texts.clone())
+            .unwrap_or_default();
+        spec.target_size = t.target_size;
+        spec.target_bpw = t.target_bpw;
+        spec.chunks = t.sensitivity_chunks.unwrap_or(spec.chunks);
+        spec.ctx = cfg.calibration.as_ref().map_or(spec.ctx, |c| c.ctx);
+        spec.validate()
+            .with_context(|| format!("target {}", t.name))?;
+        let mut opts = opts;
+        let mut method_report = None;
+        if spec.any() {
+            say(format!("{}: methods {}", t.name, t.method.join(", ")));
+            let applied = super::method::apply(
+                &spec,
+                &cfg.model.path,
+                ftype,
+                &opts,
+                im.map(|(m, _)| m),
+                cfg.model.tokenizer_pre.as_deref(),
+                &mut profiles,
+                a.quiet,
+            )?;
+            opts.overrides.extend(applied.overrides);
+            let params = applied
+                .metadata
+                .iter()
+                .find(|(k, _)| k == "kiln.quantize.method")
+                .and_then(|(_, v)| v.as_str())
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            method_report = Some(verify::report::MethodReport {
+                methods: t
+                    .method
+                    .iter()
+                    .filter(|m| *m != "imatrix")
+                    .cloned()
+                    .collect(),
+                parameters: params,
+                predicted_kld: applied.allocation.as_ref().map(|a| a.predicted_kld),
+                ..Default::default()
+            });
+            extra_meta.extend(applied.metadata);
+        }
         let q = quantize_to(
             &src,
             &path,
@@ -230,9 +308,10 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
             &t.tensor_types,
             cfg.model.tokenizer_pre.clone(),
             extra_meta,
+            spec.search,
             a.quiet,
         )?;
-        todo.push((t.clone(), file, path, q, mask));
+        todo.push((t.clone(), file, path, q, mask, method_report));
     }
 
     // 3. Verify the new artifacts against the FP32 model (reference run once per chunk) and
@@ -274,7 +353,8 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
             .iter()
             .map(|t| t.n_elements() as u64 * 4)
             .sum();
-        for (((t, file, path, q, mask), cand), parity) in todo.into_iter().zip(&cands).zip(parities)
+        for (((t, file, path, q, mask, method), cand), parity) in
+            todo.into_iter().zip(&cands).zip(parities)
         {
             say(format!("{}: benchmarking", t.name));
             let b = &cfg.bench;
@@ -344,6 +424,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
                 per_layer_error: verify::weights::per_layer(&errors),
                 tensor_types: types.into_iter().collect(),
                 masks,
+                method,
             };
             cache
                 .targets
@@ -358,6 +439,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         .iter()
         .map(|t| cache.targets[&t.name].1.clone())
         .collect();
+    let targets = compare_with_baselines(&cfg, targets);
     let pass = targets.iter().all(|t| t.pass);
     let report = BuildReport {
         schema_version: SCHEMA_VERSION,

@@ -107,7 +107,23 @@ pub struct TargetSection {
     /// Block-sparse attention masks derived on the calibration texts, e.g.
     /// `attention_masks = { coverage = 0.99, block = 64 }`.
     pub attention_masks: Option<calibrate::masks::MaskSettings>,
+    /// kiln's calibration methods beyond llama.cpp's (`search`, `alloc`), e.g.
+    /// `method = ["search", "alloc"]`; they measure on the calibration texts.
+    #[serde(default)]
+    pub method: Vec<String>,
+    /// Whole-file byte budget of `alloc` (default: the size of the type's llama.cpp mix).
+    pub target_size: Option<u64>,
+    /// Budget of `alloc` in bits per weight.
+    pub target_bpw: Option<f64>,
+    /// Chunks of calibration text `alloc` measures each tensor on (default 1).
+    pub sensitivity_chunks: Option<usize>,
+    /// The target this one is compared with in the report (default: the target of the same
+    /// type, with the imatrix and without methods, if the build has one).
+    pub baseline: Option<String>,
 }
+
+/// The calibration methods kiln knows (`method = [...]` of a target, `--method`).
+pub const METHODS: [&str; 3] = ["imatrix", "search", "alloc"];
 
 /// A whole kiln.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,11 +200,45 @@ impl BuildFile {
                 ty.parse::<GgmlType>()
                     .with_context(|| format!("{p}: target {}", t.name))?;
             }
+            for m in &t.method {
+                if !METHODS.contains(&m.as_str()) {
+                    bail!(
+                        "{p}: target {}: unknown method {m:?} (known: {})",
+                        t.name,
+                        METHODS.join(", ")
+                    );
+                }
+            }
+            let methods = t.method.iter().any(|m| m != "imatrix");
+            if methods && self.calibration.is_none() {
+                bail!(
+                    "{p}: target {} uses methods that measure on calibration text but there is no [calibration] section",
+                    t.name
+                );
+            }
+            if (t.target_size.is_some() || t.target_bpw.is_some())
+                && !t.method.iter().any(|m| m == "alloc")
+            {
+                bail!(
+                    "{p}: target {}: target_size / target_bpw need method \"alloc\"",
+                    t.name
+                );
+            }
             if t.imatrix && self.calibration.is_none() {
                 bail!(
                     "{p}: target {} uses an imatrix but there is no [calibration] section",
                     t.name
                 );
+            }
+        }
+        for t in &self.targets {
+            if let Some(b) = &t.baseline {
+                if b == &t.name || !self.targets.iter().any(|o| &o.name == b) {
+                    bail!(
+                        "{p}: target {}: baseline {b:?} is not another target",
+                        t.name
+                    );
+                }
             }
         }
         if !matches!(self.evaluation.protocol.as_str(), "llama" | "full") {

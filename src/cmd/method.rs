@@ -1,6 +1,9 @@
 //! `--method`: kiln's calibration methods on top of llama.cpp's importance-weighted quantizers
 //! (`kiln quantize` and a build target's `method`). Each is a switch:
 //!
+//! * `search` — a stronger per-block search of scales and mins under the importance-weighted
+//!   error, starting from llama.cpp's block and keeping it unless strictly improved
+//!   ([`quantize::refine`]).
 //! * `alloc` — sensitivity-driven type allocation within a byte budget
 //!   ([`calibrate::sensitivity`]): `--target-size`, `--target-bpw`, or by default the size of
 //!   the llama.cpp mix of the chosen file type.
@@ -10,7 +13,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use calibrate::sensitivity::{self, AllocationInputs, SensitivityOptions};
+use calibrate::sensitivity::{self, ProfileInputs, SensitivityOptions};
 use calibrate::Imatrix;
 use convert::gguf::{GgufWriter, TensorSpec, Value};
 use convert::ModelSource;
@@ -24,6 +27,8 @@ use super::quant::plan;
 /// The methods asked for and their parameters (validated).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MethodSpec {
+    /// Stronger per-block scale search.
+    pub search: bool,
     /// Sensitivity-driven type allocation.
     pub alloc: bool,
     /// Calibration texts the methods measure on.
@@ -48,8 +53,9 @@ impl MethodSpec {
         for name in list.iter().flat_map(|s| s.split(',')).map(str::trim) {
             match name {
                 "" | "imatrix" => {}
+                "search" => m.search = true,
                 "alloc" => m.alloc = true,
-                other => bail!("unknown --method {other:?} (known: imatrix, alloc)"),
+                other => bail!("unknown --method {other:?} (known: imatrix, search, alloc)"),
             }
         }
         Ok(m)
@@ -57,7 +63,7 @@ impl MethodSpec {
 
     /// True when any method beyond llama.cpp's is on.
     pub fn any(&self) -> bool {
-        self.alloc
+        self.alloc || self.search
     }
 
     /// Checks the parameters against each other.
@@ -91,6 +97,10 @@ pub struct Applied {
     pub allocation: Option<sensitivity::Allocation>,
 }
 
+/// Sensitivity profiles already measured in this process (a build's targets share them), by
+/// the options they depend on.
+pub type ProfileCache = std::collections::BTreeMap<String, sensitivity::Profile>;
+
 /// Bytes kept free in the budget for kiln's method keys in the header.
 const HEADER_RESERVE: u64 = 4096;
 
@@ -100,6 +110,7 @@ fn padded(ty: GgmlType, dims: &[u64]) -> u64 {
 }
 
 /// Runs the methods of `spec` that decide types before writing. `src` must be the FP32 source.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     spec: &MethodSpec,
     src_path: &std::path::Path,
@@ -107,6 +118,7 @@ pub fn apply(
     mix: &MixOptions,
     imatrix: Option<&Imatrix>,
     tokenizer_pre: Option<&str>,
+    cache: &mut ProfileCache,
     quiet: bool,
 ) -> Result<Applied> {
     let mut applied = Applied {
@@ -121,6 +133,16 @@ pub fn apply(
     let src: &ModelSource = &loaded.source;
     let (base, descs, n_params, _) = plan(src, ftype, mix)?;
     let mut record = serde_json::json!({ "methods": [] });
+    if spec.search {
+        record["methods"]
+            .as_array_mut()
+            .expect("array")
+            .push("search".into());
+        record["search"] = serde_json::json!({
+            "objective": "importance-weighted squared error of the decoded block",
+            "legacy_scales": 48, "affine_trims": 36, "k_rounds": 3, "k_radius": 2,
+        });
+    }
     if spec.alloc {
         let tok = tokenizer_of(src, tokenizer_pre)?;
         let mut tokens = Vec::new();
@@ -165,7 +187,12 @@ pub fn apply(
         };
         let importance = |name: &str| imatrix.and_then(|m| m.importance(name));
         let quantizer = |_: &str, ty: GgmlType, v: &[f32], cols: usize, imp: Option<&[f32]>| {
-            quantize::quantize(ty, v, cols, imp)
+            let q = if spec.search {
+                quantize::refine::quantize_searched
+            } else {
+                quantize::quantize
+            };
+            q(ty, v, cols, imp)
                 .map(|(b, _)| b)
                 .map_err(|e| e.to_string())
         };
@@ -175,19 +202,31 @@ pub fn apply(
             chunks: spec.chunks,
             bos: if tok.add_bos { tok.bos } else { None },
         };
-        let p = Progress::new("sensitivity", names.len(), quiet);
-        let alloc = sensitivity::allocate_types(
-            &AllocationInputs {
-                model: &loaded.model,
-                tokens: &tokens,
-                opts,
-                importance: &importance,
-                candidates: &candidates,
-                quantizer: &quantizer,
-                budget,
-            },
-            |stage, d, t| p.step(d, t, stage),
-        )?;
+        let key = format!(
+            "search={} ctx={} chunks={}",
+            spec.search, spec.ctx, spec.chunks
+        );
+        let p = Progress::new(
+            "sensitivity",
+            names.len(),
+            quiet || cache.contains_key(&key),
+        );
+        let prof = match cache.get(&key) {
+            Some(p) => p.clone(),
+            None => sensitivity::profile(
+                &ProfileInputs {
+                    model: &loaded.model,
+                    tokens: &tokens,
+                    opts,
+                    importance: &importance,
+                    candidates: &candidates,
+                    quantizer: &quantizer,
+                },
+                |stage, d, t| p.step(d, t, stage),
+            )?,
+        };
+        cache.insert(key, prof.clone());
+        let alloc = prof.allocate(budget)?;
         p.finish();
         for t in &alloc.tensors {
             let re = regex::Regex::new(&format!("^{}$", regex::escape(&t.name)))?;

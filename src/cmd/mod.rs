@@ -147,12 +147,14 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             target_size,
             target_bpw,
             sensitivity_chunks,
+            sensitivity_ctx,
         } => {
             let mut method = method::MethodSpec::parse(&method)?;
             method.calib_texts = calib_text;
             method.target_size = target_size;
             method.target_bpw = target_bpw;
             method.chunks = sensitivity_chunks;
+            method.ctx = sensitivity_ctx;
             method.validate()?;
             let parse_ty = |s: Option<String>| -> Result<Option<quantize::GgmlType>> {
                 s.map(|s| s.parse::<quantize::GgmlType>().map_err(anyhow::Error::from))

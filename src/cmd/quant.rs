@@ -149,6 +149,7 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         &opts,
         imatrix.as_ref().map(|(m, _)| m),
         a.tokenizer_pre.as_deref(),
+        &mut Default::default(),
         a.quiet,
     )?;
     let mut opts = opts;
@@ -202,6 +203,7 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         a.tensor_types,
         a.tokenizer_pre.clone(),
         applied.metadata,
+        a.method.search,
         a.quiet,
     )?;
     if let Some(t) = a.method.target_size {
@@ -277,6 +279,7 @@ pub fn quantize_to(
     tensor_types: &[String],
     tokenizer_pre: Option<String>,
     extra_meta: Vec<(String, Value)>,
+    search: bool,
     quiet: bool,
 ) -> Result<Quantized> {
     let (choices, descs, n_params, total) = plan(src, ftype, &opts)?;
@@ -338,6 +341,7 @@ pub fn quantize_to(
             tokenizer_pre,
             progress: Some(&progress),
             late_metadata: Some(&late),
+            quantizer: search.then_some(&quantize::refine::quantize_searched),
             ..Default::default()
         };
         let report = write_model(src, out, &plan, &w)?;

@@ -166,6 +166,49 @@ pub fn build_md(r: &BuildReport) -> String {
         s += &format!("\n{} failed: {}\n", t.name, f.join("; "));
     }
     s += &masks_md(r);
+    s += &methods_md(r);
+    s
+}
+
+/// kiln's methods against their llama.cpp-style baselines: bytes, KLD mean/p99, top-1 and
+/// perplexity ratio of both, and the KLD ratio.
+pub fn methods_md(r: &BuildReport) -> String {
+    let rows: Vec<_> = r
+        .targets
+        .iter()
+        .filter_map(|t| t.method.as_ref().map(|m| (t, m)))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Calibration methods vs the llama.cpp imatrix baseline\n\n| target | methods | baseline | bytes (baseline → kiln) | KLD mean | KLD p99 | top-1 | PPL ratio | KLD ratio |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (t, m) in rows {
+        let base = m.baseline.clone().unwrap_or_else(|| "(none)".into());
+        let pair = |b: Option<f64>, k: f64, prec: usize| match b {
+            Some(b) => format!("{b:.prec$} → {k:.prec$}"),
+            None => format!("{k:.prec$}"),
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            t.name,
+            m.methods.join(", "),
+            base,
+            match m.baseline_bytes {
+                Some(b) => format!("{b} → {}", t.bytes),
+                None => t.bytes.to_string(),
+            },
+            pair(m.baseline_kld_mean, t.parity.kld.mean, 5),
+            pair(m.baseline_kld_p99, t.parity.kld.p99, 4),
+            match m.baseline_top1 {
+                Some(b) => format!("{:.2} % → {:.2} %", 100.0 * b, 100.0 * t.parity.top1),
+                None => format!("{:.2} %", 100.0 * t.parity.top1),
+            },
+            pair(m.baseline_ppl_ratio, t.parity.ppl_ratio, 4),
+            m.kld_ratio.map_or("-".into(), |x| format!("{x:.3}×")),
+        );
+    }
     s
 }
 
@@ -378,7 +421,12 @@ th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background:
         n = r.targets.len(),
         masks = {
             let m = masks_md(r);
-            if m.is_empty() { String::new() } else { format!("<h2>Block-sparse attention</h2>\n<pre>{}</pre>", esc(m.trim())) }
+            let mut h = if m.is_empty() { String::new() } else { format!("<h2>Block-sparse attention</h2>\n<pre>{}</pre>", esc(m.trim())) };
+            let k = methods_md(r);
+            if !k.is_empty() {
+                h += &format!("\n<h2>Calibration methods vs the llama.cpp imatrix baseline</h2>\n<pre id=\"methods\">{}</pre>", esc(k.trim()));
+            }
+            h
         },
     )
 }

@@ -69,6 +69,29 @@ pub struct TargetReport {
     /// Block-sparse attention, when the target has a mask.
     #[serde(default)]
     pub masks: Option<MaskReport>,
+    /// kiln's calibration methods, when the target uses any.
+    #[serde(default)]
+    pub method: Option<MethodReport>,
+}
+
+/// What a target's calibration methods bought, against its llama.cpp-style baseline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MethodReport {
+    /// Methods applied (`search`, `alloc`).
+    pub methods: Vec<String>,
+    /// Parameters as recorded in the artifact (`kiln.quantize.method`).
+    pub parameters: serde_json::Value,
+    /// The predicted KL divergence of the type allocation, when `alloc` ran.
+    pub predicted_kld: Option<f64>,
+    /// The baseline target and its numbers, when the build has one.
+    pub baseline: Option<String>,
+    pub baseline_bytes: Option<u64>,
+    pub baseline_kld_mean: Option<f64>,
+    pub baseline_kld_p99: Option<f64>,
+    pub baseline_top1: Option<f64>,
+    pub baseline_ppl_ratio: Option<f64>,
+    /// This target's mean KLD / the baseline's.
+    pub kld_ratio: Option<f64>,
 }
 
 /// What a target's attention mask costs and saves.

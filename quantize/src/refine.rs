@@ -1,0 +1,726 @@
+//! kiln's stronger block search (`--method search`): starting from ggml's importance-weighted
+//! block (the `_impl` quantizers, byte-identical to llama.cpp), search further for numbers that
+//! lower the importance-weighted squared error `Σ_j imp_j (x_j − y_j)²` of the block, where
+//! `y` is exactly what ggml's dequantizer reads back (f16 scales included). The formats are
+//! unchanged: every candidate is encoded into the ggml block layout and decoded by the
+//! ordinary dequantizer to score it, and a block is replaced only when its decoded error is
+//! strictly lower — so the result is never worse than llama.cpp's on this objective.
+//!
+//! * Legacy symmetric types (Q4_0, Q5_0, Q8_0): a grid of 48 scales around `max / −nmax`
+//!   (ggml tries 19), each followed by a weighted least-squares refit of the scale to its
+//!   integers and a re-rounding with the f16-rounded scale. (ggml's Q8_0 has no weighted
+//!   search at all.)
+//! * Legacy affine types (Q4_1, Q5_1): 36 (min, max) trims of the block's range, each refit by
+//!   weighted least squares of (scale, min) to its integers, rounded to f16, re-rounded.
+//! * Q4_K / Q5_K: alternate (a) a weighted least-squares refit of the super-block scales
+//!   `d` and `dmin` given the 6-bit sub-block scales, mins and integers, and (b) a local search
+//!   of each sub-block's 6-bit scale and min (±2) with its integers re-chosen — the refinement
+//!   of the super-block scales ggml does not do after quantizing the sub-block scales.
+//! * Q6_K: the same with `d` and the 16 signed 8-bit sub-block scales.
+//!
+//! Deterministic: per-block work in a fixed order; rows in parallel write disjoint blocks.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::blocks::*;
+use crate::{GgmlType, Quantize};
+
+/// Exact error of a block of `B` as the dequantizer reads it.
+fn block_err<B: Quantize>(b: &B, x: &[f32], w: &[f32]) -> f64 {
+    let mut y = [0f32; QK_K];
+    let y = &mut y[..B::BLOCK_SIZE];
+    B::dequantize_row(std::slice::from_ref(b), y);
+    x.iter()
+        .zip(y.iter())
+        .zip(w)
+        .map(|((&a, &b), &w)| {
+            let d = (a - b) as f64;
+            w as f64 * d * d
+        })
+        .sum()
+}
+
+fn f16r(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+/// Rounds `v / d` to the nearest integer in `[lo, hi]` (0 when `d` is 0).
+#[inline]
+fn q(v: f32, d: f32, lo: i32, hi: i32) -> i32 {
+    if d == 0.0 {
+        return 0i32.clamp(lo, hi);
+    }
+    ((v / d).round() as i32).clamp(lo, hi)
+}
+
+// ---- legacy symmetric -------------------------------------------------------------------
+
+trait Symmetric: Quantize + Copy {
+    const LO: i32;
+    const HI: i32;
+    fn encode(d: f32, l: &[i32; QK]) -> Self;
+}
+
+impl Symmetric for BlockQ4_0 {
+    const LO: i32 = -8;
+    const HI: i32 = 7;
+    fn encode(d: f32, l: &[i32; QK]) -> Self {
+        let mut b = BlockQ4_0 {
+            d: f16::from_f32(d),
+            qs: [0; QK / 2],
+        };
+        for j in 0..QK / 2 {
+            b.qs[j] = ((l[j] + 8) as u8) | (((l[j + QK / 2] + 8) as u8) << 4);
+        }
+        b
+    }
+}
+
+impl Symmetric for BlockQ5_0 {
+    const LO: i32 = -16;
+    const HI: i32 = 15;
+    fn encode(d: f32, l: &[i32; QK]) -> Self {
+        let mut b = BlockQ5_0 {
+            d: f16::from_f32(d),
+            qh: [0; 4],
+            qs: [0; QK / 2],
+        };
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let (a, c) = ((l[j] + 16) as u32, (l[j + QK / 2] + 16) as u32);
+            b.qs[j] = ((a & 0xF) | ((c & 0xF) << 4)) as u8;
+            qh |= ((a >> 4) & 1) << j;
+            qh |= ((c >> 4) & 1) << (j + QK / 2);
+        }
+        b.qh = qh.to_le_bytes();
+        b
+    }
+}
+
+impl Symmetric for BlockQ8_0 {
+    const LO: i32 = -127;
+    const HI: i32 = 127;
+    fn encode(d: f32, l: &[i32; QK]) -> Self {
+        let mut b = BlockQ8_0 {
+            d: f16::from_f32(d),
+            qs: [0; QK],
+        };
+        for j in 0..QK {
+            b.qs[j] = l[j] as i8;
+        }
+        b
+    }
+}
+
+fn refine_symmetric<B: Symmetric>(b: &mut B, x: &[f32], w: &[f32]) {
+    let mut best = block_err(b, x, w);
+    // The value of largest magnitude, with its sign (ggml maps it to the negative end).
+    let mut max = 0f32;
+    for &v in x {
+        if v.abs() > max.abs() {
+            max = v;
+        }
+    }
+    if max == 0.0 {
+        return;
+    }
+    let mut l = [0i32; QK];
+    let mut try_d = |d: f32, b: &mut B, best: &mut f64| {
+        let d = f16r(d);
+        for j in 0..QK {
+            l[j] = q(x[j], d, B::LO, B::HI);
+        }
+        // Weighted least-squares scale for these integers, then re-round with it.
+        let (mut sxl, mut sll) = (0f64, 0f64);
+        for j in 0..QK {
+            sxl += (w[j] * x[j]) as f64 * l[j] as f64;
+            sll += w[j] as f64 * (l[j] * l[j]) as f64;
+        }
+        for dd in [
+            d,
+            if sll > 0.0 {
+                f16r((sxl / sll) as f32)
+            } else {
+                d
+            },
+        ] {
+            for j in 0..QK {
+                l[j] = q(x[j], dd, B::LO, B::HI);
+            }
+            let c = B::encode(dd, &l);
+            let e = block_err(&c, x, w);
+            if e < *best {
+                *best = e;
+                *b = c;
+            }
+        }
+    };
+    for base in [max / B::LO as f32, -max / B::HI as f32] {
+        for k in 0..24 {
+            try_d(base * (0.80 + 0.0125 * k as f32), b, &mut best);
+        }
+    }
+}
+
+// ---- legacy affine ----------------------------------------------------------------------
+
+trait Affine: Quantize + Copy {
+    const HI: i32;
+    fn encode(d: f32, m: f32, l: &[i32; QK]) -> Self;
+}
+
+impl Affine for BlockQ4_1 {
+    const HI: i32 = 15;
+    fn encode(d: f32, m: f32, l: &[i32; QK]) -> Self {
+        let mut b = BlockQ4_1 {
+            d: f16::from_f32(d),
+            m: f16::from_f32(m),
+            qs: [0; QK / 2],
+        };
+        for j in 0..QK / 2 {
+            b.qs[j] = (l[j] as u8) | ((l[j + QK / 2] as u8) << 4);
+        }
+        b
+    }
+}
+
+impl Affine for BlockQ5_1 {
+    const HI: i32 = 31;
+    fn encode(d: f32, m: f32, l: &[i32; QK]) -> Self {
+        let mut b = BlockQ5_1 {
+            d: f16::from_f32(d),
+            m: f16::from_f32(m),
+            qh: [0; 4],
+            qs: [0; QK / 2],
+        };
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let (a, c) = (l[j] as u32, l[j + QK / 2] as u32);
+            b.qs[j] = ((a & 0xF) | ((c & 0xF) << 4)) as u8;
+            qh |= ((a >> 4) & 1) << j;
+            qh |= ((c >> 4) & 1) << (j + QK / 2);
+        }
+        b.qh = qh.to_le_bytes();
+        b
+    }
+}
+
+/// Weighted least squares of `x ≈ a·u + b·v` over the values: `(a, b)`, or `None` when singular.
+fn ls2(x: &[f32], u: &[f32], v: &[f32], w: &[f32]) -> Option<(f32, f32)> {
+    let (mut suu, mut suv, mut svv, mut sxu, mut sxv) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for j in 0..x.len() {
+        let (wj, uj, vj, xj) = (w[j] as f64, u[j] as f64, v[j] as f64, x[j] as f64);
+        suu += wj * uj * uj;
+        suv += wj * uj * vj;
+        svv += wj * vj * vj;
+        sxu += wj * xj * uj;
+        sxv += wj * xj * vj;
+    }
+    let det = suu * svv - suv * suv;
+    if det.abs() <= 1e-30 * (suu * svv).max(1e-300) || det == 0.0 {
+        return None;
+    }
+    Some((
+        ((sxu * svv - sxv * suv) / det) as f32,
+        ((suu * sxv - suv * sxu) / det) as f32,
+    ))
+}
+
+fn refine_affine<B: Affine>(b: &mut B, x: &[f32], w: &[f32]) {
+    let mut best = block_err(b, x, w);
+    let (mn, mx) = x
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| {
+            (a.min(v), c.max(v))
+        });
+    let range = mx - mn;
+    if range <= 0.0 {
+        return;
+    }
+    let hi = B::HI;
+    let mut l = [0i32; QK];
+    let ones = [1f32; QK];
+    let mut lf = [0f32; QK];
+    let fr = [0.0f32, 0.02, 0.04, 0.06, 0.09, 0.12];
+    for &a in &fr {
+        for &c in &fr {
+            let (lo_v, hi_v) = (mn + a * range, mx - c * range);
+            if hi_v <= lo_v {
+                continue;
+            }
+            let mut d = f16r((hi_v - lo_v) / hi as f32);
+            let mut m = f16r(lo_v);
+            for pass in 0..2 {
+                for j in 0..QK {
+                    l[j] = q(x[j] - m, d, 0, hi);
+                }
+                let c = B::encode(d, m, &l);
+                let e = block_err(&c, x, w);
+                if e < best {
+                    best = e;
+                    *b = c;
+                }
+                if pass == 1 {
+                    break;
+                }
+                for j in 0..QK {
+                    lf[j] = l[j] as f32;
+                }
+                match ls2(x, &lf, &ones, w) {
+                    Some((nd, nm)) if nd > 0.0 => {
+                        d = f16r(nd);
+                        m = f16r(nm);
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+// ---- K-quants with 6-bit scales and mins ------------------------------------------------
+
+/// Integers, scales and mins of a Q4_K / Q5_K super-block in plain arrays.
+struct KBlock {
+    d: f32,
+    dmin: f32,
+    sc: [i32; 8],
+    mn: [i32; 8],
+}
+
+trait KQuant: Quantize + Copy {
+    const HI: i32;
+    fn parts(&self) -> KBlock;
+    fn encode(k: &KBlock, l: &[i32; QK_K]) -> Self;
+}
+
+fn pack_scales(k: &KBlock) -> [u8; K_SCALE_SIZE] {
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..8 {
+        ls[j] = k.sc[j] as u8;
+        lm[j] = k.mn[j] as u8;
+    }
+    pack_scale_min_k4(&ls, &lm)
+}
+
+fn unpack_scales(scales: &[u8; K_SCALE_SIZE], d: f16, dmin: f16) -> KBlock {
+    let mut k = KBlock {
+        d: d.to_f32(),
+        dmin: dmin.to_f32(),
+        sc: [0; 8],
+        mn: [0; 8],
+    };
+    for j in 0..8 {
+        let (s, m) = get_scale_min_k4(j, scales);
+        k.sc[j] = s as i32;
+        k.mn[j] = m as i32;
+    }
+    k
+}
+
+impl KQuant for BlockQ4K {
+    const HI: i32 = 15;
+    fn parts(&self) -> KBlock {
+        unpack_scales(&self.scales, self.d, self.dmin)
+    }
+    fn encode(k: &KBlock, l: &[i32; QK_K]) -> Self {
+        let mut b = BlockQ4K {
+            d: f16::from_f32(k.d),
+            dmin: f16::from_f32(k.dmin),
+            scales: pack_scales(k),
+            qs: [0; QK_K / 2],
+        };
+        for c in 0..QK_K / 64 {
+            for i in 0..32 {
+                b.qs[32 * c + i] = (l[64 * c + i] as u8) | ((l[64 * c + 32 + i] as u8) << 4);
+            }
+        }
+        b
+    }
+}
+
+impl KQuant for BlockQ5K {
+    const HI: i32 = 31;
+    fn parts(&self) -> KBlock {
+        unpack_scales(&self.scales, self.d, self.dmin)
+    }
+    fn encode(k: &KBlock, l: &[i32; QK_K]) -> Self {
+        let mut b = BlockQ5K {
+            d: f16::from_f32(k.d),
+            dmin: f16::from_f32(k.dmin),
+            scales: pack_scales(k),
+            qh: [0; QK_K / 8],
+            qs: [0; QK_K / 2],
+        };
+        for c in 0..QK_K / 64 {
+            for i in 0..32 {
+                let (a, e) = (l[64 * c + i] as u8, l[64 * c + 32 + i] as u8);
+                b.qs[32 * c + i] = (a & 0xF) | ((e & 0xF) << 4);
+                b.qh[i] |= ((a >> 4) & 1) << (2 * c);
+                b.qh[i] |= ((e >> 4) & 1) << (2 * c + 1);
+            }
+        }
+        b
+    }
+}
+
+/// Integers of sub-block `j` for the current scales; returns its weighted error.
+fn k_sub(k: &KBlock, j: usize, x: &[f32], w: &[f32], hi: i32, l: &mut [i32]) -> f64 {
+    // As ggml's dequantize_row_q4_K: d1 = d·sc, m1 = dmin·m, y = d1·q − m1.
+    let s = k.d * k.sc[j] as f32;
+    let o = k.dmin * k.mn[j] as f32;
+    let mut e = 0f64;
+    for i in 0..32 {
+        let v = x[32 * j + i];
+        l[i] = q(v + o, s, 0, hi);
+        let y = s * l[i] as f32 - o;
+        let dd = (v - y) as f64;
+        e += w[32 * j + i] as f64 * dd * dd;
+    }
+    e
+}
+
+fn refine_k<B: KQuant>(b: &mut B, x: &[f32], w: &[f32]) {
+    let mut best = block_err(b, x, w);
+    let mut k = b.parts();
+    let mut l = [0i32; QK_K];
+    let (mut u, mut v) = ([0f32; QK_K], [0f32; QK_K]);
+    for _ in 0..3 {
+        // (b) each sub-block's scale and min, ±2, with its integers re-chosen.
+        for j in 0..8 {
+            let (s0, m0) = (k.sc[j], k.mn[j]);
+            let mut be = f64::INFINITY;
+            let mut bl = [0i32; 32];
+            let mut bsm = (s0, m0);
+            for s in (s0 - 2).max(0)..=(s0 + 2).min(63) {
+                for m in (m0 - 2).max(0)..=(m0 + 2).min(63) {
+                    k.sc[j] = s;
+                    k.mn[j] = m;
+                    let mut lt = [0i32; 32];
+                    let e = k_sub(&k, j, x, w, B::HI, &mut lt);
+                    if e < be {
+                        be = e;
+                        bl = lt;
+                        bsm = (s, m);
+                    }
+                }
+            }
+            k.sc[j] = bsm.0;
+            k.mn[j] = bsm.1;
+            l[32 * j..32 * j + 32].copy_from_slice(&bl);
+        }
+        let c = B::encode(&k, &l);
+        let e = block_err(&c, x, w);
+        if e < best {
+            best = e;
+            *b = c;
+        }
+        // (a) d and dmin by weighted least squares given scales, mins and integers.
+        for j in 0..8 {
+            for i in 0..32 {
+                u[32 * j + i] = (k.sc[j] * l[32 * j + i]) as f32;
+                v[32 * j + i] = -(k.mn[j] as f32);
+            }
+        }
+        match ls2(x, &u, &v, w) {
+            Some((d, dmin)) if d > 0.0 => {
+                k.d = f16r(d);
+                k.dmin = f16r(dmin);
+            }
+            _ => break,
+        }
+    }
+}
+
+// ---- Q6_K ---------------------------------------------------------------------------------
+
+fn q6k_encode(d: f32, sc: &[i32; 16], l: &[i32; QK_K]) -> BlockQ6K {
+    let mut b = BlockQ6K {
+        ql: [0; QK_K / 2],
+        qh: [0; QK_K / 4],
+        scales: [0; QK_K / 16],
+        d: f16::from_f32(d),
+    };
+    for j in 0..16 {
+        b.scales[j] = sc[j] as i8;
+    }
+    // ggml's quantize_row_q6_K_ref packing: stored q = l + 32 in 0..63.
+    for n in 0..2 {
+        let (lb, qlb, qhb) = (128 * n, 64 * n, 32 * n);
+        for i in 0..32 {
+            let q1 = (l[lb + i] + 32) as u8;
+            let q2 = (l[lb + i + 32] + 32) as u8;
+            let q3 = (l[lb + i + 64] + 32) as u8;
+            let q4 = (l[lb + i + 96] + 32) as u8;
+            b.ql[qlb + i] = (q1 & 0xF) | ((q3 & 0xF) << 4);
+            b.ql[qlb + i + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
+            b.qh[qhb + i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+        }
+    }
+    b
+}
+
+fn refine_q6k(b: &mut BlockQ6K, x: &[f32], w: &[f32]) {
+    let mut best = block_err(b, x, w);
+    let mut d = b.d.to_f32();
+    let mut sc = [0i32; 16];
+    for j in 0..16 {
+        sc[j] = b.scales[j] as i32;
+    }
+    let mut l = [0i32; QK_K];
+    let mut u = [0f32; QK_K];
+    for _ in 0..3 {
+        for j in 0..16 {
+            let s0 = sc[j];
+            let mut be = f64::INFINITY;
+            let mut bs = s0;
+            for s in (s0 - 2).max(-128)..=(s0 + 2).min(127) {
+                let step = d * s as f32;
+                let mut e = 0f64;
+                for i in 0..16 {
+                    let v = x[16 * j + i];
+                    let li = q(v, step, -32, 31);
+                    let dd = (v - step * li as f32) as f64;
+                    e += w[16 * j + i] as f64 * dd * dd;
+                }
+                if e < be {
+                    be = e;
+                    bs = s;
+                }
+            }
+            sc[j] = bs;
+            let step = d * bs as f32;
+            for i in 0..16 {
+                l[16 * j + i] = q(x[16 * j + i], step, -32, 31);
+            }
+        }
+        let c = q6k_encode(d, &sc, &l);
+        let e = block_err(&c, x, w);
+        if e < best {
+            best = e;
+            *b = c;
+        }
+        for j in 0..16 {
+            for i in 0..16 {
+                u[16 * j + i] = (sc[j] * l[16 * j + i]) as f32;
+            }
+        }
+        // Weighted least squares of the one scale `d`.
+        let (mut sxu, mut suu) = (0f64, 0f64);
+        for i in 0..QK_K {
+            sxu += (w[i] * x[i]) as f64 * u[i] as f64;
+            suu += w[i] as f64 * (u[i] as f64) * (u[i] as f64);
+        }
+        if suu <= 0.0 {
+            break;
+        }
+        let nd = (sxu / suu) as f32;
+        if nd <= 0.0 {
+            break;
+        }
+        d = f16r(nd);
+    }
+}
+
+// ---- driver -------------------------------------------------------------------------------
+
+fn rows<B: Quantize + Copy>(
+    bytes: &mut [u8],
+    x: &[f32],
+    n_per_row: usize,
+    imp: &[f32],
+    f: fn(&mut B, &[f32], &[f32]),
+) {
+    let bs = B::BLOCK_SIZE;
+    let row_bytes = n_per_row / bs * std::mem::size_of::<B>();
+    bytes
+        .par_chunks_mut(row_bytes)
+        .zip(x.par_chunks(n_per_row))
+        .for_each(|(rb, xr)| {
+            let blocks: &mut [B] = bytemuck::cast_slice_mut(rb);
+            for (i, b) in blocks.iter_mut().enumerate() {
+                f(b, &xr[i * bs..(i + 1) * bs], &imp[i * bs..(i + 1) * bs]);
+            }
+        });
+}
+
+/// Improves ggml's quantization `bytes` of `x` (rows of `n_per_row`, type `ty`) in place
+/// under the importance `imp` (one weight per column; `None` weighs every column 1). Types
+/// without a refinement (float types) are left unchanged.
+pub fn refine(ty: GgmlType, bytes: &mut [u8], x: &[f32], n_per_row: usize, imp: Option<&[f32]>) {
+    let ones;
+    let imp = match imp {
+        Some(w) => w,
+        None => {
+            ones = vec![1f32; n_per_row];
+            &ones
+        }
+    };
+    match ty {
+        GgmlType::Q4_0 => rows::<BlockQ4_0>(bytes, x, n_per_row, imp, refine_symmetric),
+        GgmlType::Q5_0 => rows::<BlockQ5_0>(bytes, x, n_per_row, imp, refine_symmetric),
+        GgmlType::Q8_0 => rows::<BlockQ8_0>(bytes, x, n_per_row, imp, refine_symmetric),
+        GgmlType::Q4_1 => rows::<BlockQ4_1>(bytes, x, n_per_row, imp, refine_affine),
+        GgmlType::Q5_1 => rows::<BlockQ5_1>(bytes, x, n_per_row, imp, refine_affine),
+        GgmlType::Q4K => rows::<BlockQ4K>(bytes, x, n_per_row, imp, refine_k),
+        GgmlType::Q5K => rows::<BlockQ5K>(bytes, x, n_per_row, imp, refine_k),
+        GgmlType::Q6K => rows::<BlockQ6K>(bytes, x, n_per_row, imp, refine_q6k),
+        _ => {}
+    }
+}
+
+/// [`crate::quantize`] followed by [`refine`]: the bytes `--method search` writes.
+pub fn quantize_searched(
+    ty: GgmlType,
+    x: &[f32],
+    n_per_row: usize,
+    imp: Option<&[f32]>,
+) -> Result<(Vec<u8>, crate::QuantizeStats), crate::QuantError> {
+    let (mut bytes, stats) = crate::quantize(ty, x, n_per_row, imp)?;
+    refine(ty, &mut bytes, x, n_per_row, imp);
+    Ok((bytes, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+                (u - 0.5) * (1.0 + 3.0 * ((s >> 8) & 7) as f32 / 7.0)
+            })
+            .collect()
+    }
+
+    fn err(ty: GgmlType, bytes: &[u8], x: &[f32], n: usize, w: &[f32]) -> f64 {
+        let y = crate::dequantize(ty, bytes, x.len()).unwrap();
+        x.iter()
+            .zip(&y)
+            .enumerate()
+            .map(|(i, (&a, &b))| w[i % n] as f64 * ((a - b) as f64).powi(2))
+            .sum()
+    }
+
+    #[test]
+    fn never_worse_than_ggml_and_usually_better() {
+        let n = 512;
+        let x = data(n * 16, 7);
+        let w: Vec<f32> = data(n, 9).iter().map(|v| v * v + 0.01).collect();
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_1,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ] {
+            let (base, _) = crate::quantize(ty, &x, n, Some(&w)).unwrap();
+            let (ours, _) = quantize_searched(ty, &x, n, Some(&w)).unwrap();
+            let (e0, e1) = (err(ty, &base, &x, n, &w), err(ty, &ours, &x, n, &w));
+            // Block by block never worse, so the total is not either.
+            assert!(e1 <= e0, "{ty}: {e1} > {e0}");
+            assert!(
+                e1 < 0.995 * e0,
+                "{ty}: search gained nothing ({e1} vs {e0})"
+            );
+            eprintln!("{ty}: weighted error {:.4} of ggml's", e1 / e0);
+        }
+    }
+
+    #[test]
+    fn encoders_match_the_ggml_layouts() {
+        // Encoding ggml's own integers and scales must reproduce ggml's bytes exactly.
+        let n = 256;
+        let x = data(n * 4, 3);
+        let (b, _) = crate::quantize(GgmlType::Q6K, &x, n, None).unwrap();
+        let blocks: &[BlockQ6K] = bytemuck::cast_slice(&b);
+        for blk in blocks {
+            let mut l = [0i32; QK_K];
+            let mut y = [0f32; QK_K];
+            BlockQ6K::dequantize_row(std::slice::from_ref(blk), &mut y);
+            let d = blk.d.to_f32();
+            let mut sc = [0i32; 16];
+            for j in 0..16 {
+                sc[j] = blk.scales[j] as i32;
+                for i in 0..16 {
+                    let s = d * sc[j] as f32;
+                    l[16 * j + i] = if s == 0.0 {
+                        0
+                    } else {
+                        (y[16 * j + i] / s).round() as i32
+                    };
+                }
+            }
+            assert_eq!(&q6k_encode(d, &sc, &l), blk);
+        }
+        for ty in [GgmlType::Q4K, GgmlType::Q5K] {
+            let (b, _) = crate::quantize(ty, &x, n, None).unwrap();
+            let check = |enc: &dyn Fn(&KBlock, &[f32]) -> Vec<u8>,
+                         parts: KBlock,
+                         y: &[f32],
+                         orig: &[u8]| {
+                assert_eq!(enc(&parts, y), orig, "{ty}");
+            };
+            let size = ty.type_size();
+            for (i, orig) in b.chunks_exact(size).enumerate() {
+                let mut y = vec![0f32; QK_K];
+                y.copy_from_slice(&crate::dequantize(ty, orig, QK_K).unwrap());
+                let _ = i;
+                let ints = |k: &KBlock, y: &[f32]| -> [i32; QK_K] {
+                    let mut l = [0i32; QK_K];
+                    for j in 0..8 {
+                        let s = k.d * k.sc[j] as f32;
+                        let o = k.dmin * k.mn[j] as f32;
+                        for t in 0..32 {
+                            l[32 * j + t] = if s == 0.0 {
+                                0
+                            } else {
+                                ((y[32 * j + t] + o) / s).round() as i32
+                            };
+                        }
+                    }
+                    l
+                };
+                if ty == GgmlType::Q4K {
+                    let blk: BlockQ4K = *bytemuck::from_bytes(orig);
+                    let enc = |k: &KBlock, y: &[f32]| {
+                        bytemuck::bytes_of(&BlockQ4K::encode(k, &ints(k, y))).to_vec()
+                    };
+                    check(&enc, blk.parts(), &y, orig);
+                } else {
+                    let blk: BlockQ5K = *bytemuck::from_bytes(orig);
+                    let enc = |k: &KBlock, y: &[f32]| {
+                        bytemuck::bytes_of(&BlockQ5K::encode(k, &ints(k, y))).to_vec()
+                    };
+                    check(&enc, blk.parts(), &y, orig);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deterministic_across_thread_counts() {
+        let n = 576;
+        let x = data(n * 24, 11);
+        let w: Vec<f32> = data(n, 5).iter().map(|v| v * v).collect();
+        for ty in [GgmlType::Q5_0, GgmlType::Q4_1] {
+            let one = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let a = one.install(|| quantize_searched(ty, &x, n, Some(&w)).unwrap().0);
+            let b = quantize_searched(ty, &x, n, Some(&w)).unwrap().0;
+            assert_eq!(a, b);
+        }
+    }
+}
