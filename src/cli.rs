@@ -204,6 +204,9 @@ pub enum Command {
         /// Tokens per chunk of that measurement.
         #[arg(long, default_value_t = 512)]
         sensitivity_ctx: usize,
+        /// Write `alloc`'s per-tensor choice (candidates, measured and predicted KLD) as JSON.
+        #[arg(long)]
+        alloc_report: Option<PathBuf>,
     },
     /// Parity of a candidate GGUF with its FP32 reference; exit 0 pass, 1 a threshold failed, 2 error.
     Verify {

@@ -182,13 +182,14 @@ fn mean_kld(ref_logp: &[f32], logits: &[f32], vocab: usize) -> f64 {
 }
 
 /// The KL divergence from `model` (FP32) on `tokens` when only the matrix `names[i]` is
-/// replaced by `replace(names[i], current)`, for every `i`. `progress(done, total)` after each.
+/// replaced by `replace(i, names[i], current)`, for every `i` (a name may come more than once,
+/// with different replacements). `progress(done, total)` after each.
 pub fn measure(
     model: &Model,
     tokens: &[u32],
     names: &[String],
     opts: &SensitivityOptions,
-    replace: &(dyn Fn(&str, &Weight) -> Result<Weight, SensitivityError> + Sync),
+    replace: &(dyn Fn(usize, &str, &Weight) -> Result<Weight, SensitivityError> + Sync),
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<f64>, SensitivityError> {
     let ctx = opts.ctx.max(1);
@@ -240,7 +241,7 @@ pub fn measure(
             tensor: name.clone(),
             msg: "not a weight matrix of this model".into(),
         })?;
-        *w = replace(name, w)?;
+        *w = replace(i, name, w)?;
         let mut sum = 0.0;
         for r in &refs {
             state.reset();
@@ -331,6 +332,9 @@ impl Allocation {
     }
 }
 
+/// A candidate's type and bytes.
+type Quantized = (GgmlType, Vec<u8>);
+
 /// Inputs of [`profile`].
 pub struct ProfileInputs<'a> {
     /// The FP32 model.
@@ -354,8 +358,52 @@ pub struct Profile {
     pub names: Vec<String>,
     /// Per matrix: (type name, bytes, weighted error), cheapest first.
     pub table: Vec<Vec<(String, u64, f64)>>,
-    /// Per matrix: KL divergence with it alone at its cheapest candidate.
-    pub kld: Vec<f64>,
+    /// Per matrix: KL divergence with it alone at the measured candidates (index, KLD).
+    pub kld: Vec<Vec<(usize, f64)>>,
+}
+
+/// Which candidates (indices, cheapest first) are measured: the cheapest and the
+/// second-largest, so that the prediction interpolates between two measurements for most
+/// types instead of extrapolating from the coarsest one.
+fn measured_candidates(n: usize) -> Vec<usize> {
+    match n {
+        0 => vec![],
+        1 | 2 => vec![0],
+        _ => vec![0, n - 2],
+    }
+}
+
+/// Predicted divergence at weighted error `e` from measurements `(error, KLD)`: a power law
+/// `KLD = a·E^b` through two points, anchored at the nearer one (`b` kept within [0.5, 2];
+/// `b = 1` is the small-perturbation regime, where the divergence is a quadratic form of the
+/// weight error), or proportional to the error from one point.
+fn predict(points: &[(f64, f64)], e: f64) -> f64 {
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|&(pe, pk)| pe > 0.0 && pk > 0.0)
+        .collect();
+    match pts.as_slice() {
+        [] => 0.0,
+        [(e0, k0)] => k0 * e / e0,
+        [(e0, k0), (e1, k1), ..] => {
+            if (e0 - e1).abs() <= f64::EPSILON * e0.max(*e1) {
+                return k0 * e / e0;
+            }
+            let b = ((k0 / k1).ln() / (e0 / e1).ln()).clamp(0.5, 2.0);
+            // Anchor at the measurement nearer in error.
+            let (ea, ka) = if (e.ln() - e0.ln()).abs() < (e.ln() - e1.ln()).abs() {
+                (*e0, *k0)
+            } else {
+                (*e1, *k1)
+            };
+            if e <= 0.0 {
+                0.0
+            } else {
+                ka * (e / ea).powf(b)
+            }
+        }
+    }
 }
 
 /// Measures a [`Profile`]. `progress(stage, done, total)`.
@@ -364,9 +412,11 @@ pub fn profile(
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Profile, SensitivityError> {
     let names = matrix_names(inp.model);
-    // Step 1: candidate sizes and errors; the cheapest candidate's values are kept for step 2.
+    // Step 1: candidate sizes and errors; the bytes of the two measured candidates are kept
+    // for step 2.
     let mut table: Vec<Vec<(String, u64, f64)>> = Vec::with_capacity(names.len());
-    let refs: Mutex<BTreeMap<String, Vec<f32>>> = Mutex::default();
+    let mut jobs: Vec<(String, usize)> = Vec::new();
+    let kept: Mutex<BTreeMap<(String, usize), Quantized>> = Mutex::default();
     for (i, name) in names.iter().enumerate() {
         let w = weight(inp.model, name).expect("listed by matrix_names");
         let values = w.to_f32();
@@ -379,6 +429,7 @@ pub fn profile(
                 msg: format!("no candidate type fits rows of {} values", w.cols),
             });
         }
+        let probes = measured_candidates(cands.len());
         let mut row = Vec::with_capacity(cands.len());
         for (k, &ty) in cands.iter().enumerate() {
             let terr = |msg: String| SensitivityError::Tensor {
@@ -391,33 +442,49 @@ pub fn profile(
             let err = weighted_error(&values, &deq, w.cols, imp.as_deref());
             let size = padded_bytes(ty, w.rows, w.cols).expect("candidate fits");
             row.push((ty.name().to_string(), size, err));
-            if k == 0 {
-                refs.lock().expect("refs").insert(name.clone(), deq);
+            if probes.contains(&k) {
+                kept.lock()
+                    .expect("kept")
+                    .insert((name.clone(), k), (ty, bytes));
+                jobs.push((name.clone(), k));
             }
         }
         table.push(row);
         progress("quantize candidates", i + 1, names.len());
     }
-    // Step 2: measured divergence at the cheapest candidate.
-    let replace = |name: &str, w: &Weight| -> Result<Weight, SensitivityError> {
-        let v = refs
+    // Step 2: measured divergence at the probe candidates.
+    let job_names: Vec<String> = jobs.iter().map(|(n, _)| n.clone()).collect();
+    let replace = |j: usize, name: &str, w: &Weight| -> Result<Weight, SensitivityError> {
+        let (ty, bytes) = kept
             .lock()
-            .expect("refs")
-            .remove(name)
+            .expect("kept")
+            .remove(&jobs[j])
             .expect("computed in step 1");
-        Weight::from_f32(name, w.rows, w.cols, v).map_err(|e| SensitivityError::Tensor {
+        let terr = |msg: String| SensitivityError::Tensor {
             tensor: name.into(),
-            msg: e.to_string(),
-        })
+            msg,
+        };
+        let v =
+            quantize::dequantize(ty, &bytes, w.rows * w.cols).map_err(|e| terr(e.to_string()))?;
+        Weight::from_f32(name, w.rows, w.cols, v).map_err(|e| terr(e.to_string()))
     };
-    let kld = measure(
+    let measured = measure(
         inp.model,
         inp.tokens,
-        &names,
+        &job_names,
         &inp.opts,
         &replace,
         |d, t| progress("measure sensitivity", d, t),
     )?;
+    let mut kld: Vec<Vec<(usize, f64)>> = vec![Vec::new(); names.len()];
+    let index: BTreeMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    for ((name, k), v) in jobs.iter().zip(measured) {
+        kld[index[name.as_str()]].push((*k, v));
+    }
     Ok(Profile { names, table, kld })
 }
 
@@ -430,14 +497,17 @@ impl Profile {
             msg: format!("unknown type {t} in the sensitivity profile"),
         };
         let mut items: Vec<Vec<Candidate>> = Vec::with_capacity(self.names.len());
-        for ((name, row), &k) in self.names.iter().zip(&self.table).zip(&self.kld) {
-            let e0 = row.first().map_or(0.0, |r| r.2);
+        for ((name, row), meas) in self.names.iter().zip(&self.table).zip(&self.kld) {
+            let points: Vec<(f64, f64)> = meas
+                .iter()
+                .filter_map(|&(k, v)| row.get(k).map(|r| (r.2, v)))
+                .collect();
             let mut v = Vec::with_capacity(row.len());
             for (t, bytes, e) in row {
                 v.push(Candidate {
                     ty: t.parse().map_err(|_| bad(name, t))?,
                     bytes: *bytes,
-                    cost: if e0 > 0.0 { k * e / e0 } else { 0.0 },
+                    cost: predict(&points, *e),
                 });
             }
             items.push(v);
@@ -445,13 +515,14 @@ impl Profile {
         let pick = allocate(&items, budget)?;
         let mut tensors = Vec::with_capacity(self.names.len());
         let (mut used, mut total) = (0u64, 0f64);
-        for (((name, row), cands), (&p, &k)) in self
+        for (((name, row), cands), (&p, k)) in self
             .names
             .iter()
             .zip(&self.table)
             .zip(&items)
             .zip(pick.iter().zip(&self.kld))
         {
+            let k = k.first().map_or(0.0, |m| m.1);
             used += cands[p].bytes;
             total += cands[p].cost;
             tensors.push(TensorAllocation {

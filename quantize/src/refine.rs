@@ -6,12 +6,12 @@
 //! ordinary dequantizer to score it, and a block is replaced only when its decoded error is
 //! strictly lower — so the result is never worse than llama.cpp's on this objective.
 //!
-//! * Legacy symmetric types (Q4_0, Q5_0, Q8_0): a grid of 48 scales around `max / −nmax`
-//!   (ggml tries 19), each followed by a weighted least-squares refit of the scale to its
-//!   integers and a re-rounding with the f16-rounded scale. (ggml's Q8_0 has no weighted
-//!   search at all.)
-//! * Legacy affine types (Q4_1, Q5_1): 36 (min, max) trims of the block's range, each refit by
-//!   weighted least squares of (scale, min) to its integers, rounded to f16, re-rounded.
+//! * Legacy symmetric types (Q4_0, Q5_0, Q8_0): 32 f16 scales around `max / −nmax` and
+//!   `−max / (nmax − 1)`, each also refit by weighted least squares to its integers and
+//!   re-rounded; every candidate is scored with the f16-rounded scale. (ggml's Q8_0 has no
+//!   weighted search at all.)
+//! * Legacy affine types (Q4_1, Q5_1): 16 (min, max) trims of the block's range, each also
+//!   refit by weighted least squares of (scale, min) to its integers, rounded to f16.
 //! * Q4_K / Q5_K: alternate (a) a weighted least-squares refit of the super-block scales
 //!   `d` and `dmin` given the 6-bit sub-block scales, mins and integers, and (b) a local search
 //!   of each sub-block's 6-bit scale and min (±2) with its integers re-chosen — the refinement
@@ -113,8 +113,21 @@ impl Symmetric for BlockQ8_0 {
     }
 }
 
+/// Integers of `x` for scale `d` and their weighted error, computed exactly as the
+/// dequantizer reads them back (`L as f32 · d`).
+fn sym_eval(x: &[f32], w: &[f32], d: f32, lo: i32, hi: i32, l: &mut [i32; QK]) -> f64 {
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut e = 0f64;
+    for j in 0..QK {
+        let li = ((x[j] * id).round() as i32).clamp(lo, hi);
+        l[j] = li;
+        let r = (x[j] - li as f32 * d) as f64;
+        e += w[j] as f64 * r * r;
+    }
+    e
+}
+
 fn refine_symmetric<B: Symmetric>(b: &mut B, x: &[f32], w: &[f32]) {
-    let mut best = block_err(b, x, w);
     // The value of largest magnitude, with its sign (ggml maps it to the negative end).
     let mut max = 0f32;
     for &v in x {
@@ -126,40 +139,33 @@ fn refine_symmetric<B: Symmetric>(b: &mut B, x: &[f32], w: &[f32]) {
         return;
     }
     let mut l = [0i32; QK];
-    let mut try_d = |d: f32, b: &mut B, best: &mut f64| {
-        let d = f16r(d);
-        for j in 0..QK {
-            l[j] = q(x[j], d, B::LO, B::HI);
-        }
-        // Weighted least-squares scale for these integers, then re-round with it.
-        let (mut sxl, mut sll) = (0f64, 0f64);
-        for j in 0..QK {
-            sxl += (w[j] * x[j]) as f64 * l[j] as f64;
-            sll += w[j] as f64 * (l[j] * l[j]) as f64;
-        }
-        for dd in [
-            d,
-            if sll > 0.0 {
-                f16r((sxl / sll) as f32)
-            } else {
-                d
-            },
-        ] {
-            for j in 0..QK {
-                l[j] = q(x[j], dd, B::LO, B::HI);
-            }
-            let c = B::encode(dd, &l);
-            let e = block_err(&c, x, w);
-            if e < *best {
-                *best = e;
-                *b = c;
-            }
-        }
-    };
+    let (mut be, mut bd) = (f64::INFINITY, 0f32);
     for base in [max / B::LO as f32, -max / B::HI as f32] {
-        for k in 0..24 {
-            try_d(base * (0.80 + 0.0125 * k as f32), b, &mut best);
+        for k in 0..16 {
+            let d = f16r(base * (0.82 + 0.0225 * k as f32));
+            let e = sym_eval(x, w, d, B::LO, B::HI, &mut l);
+            if e < be {
+                (be, bd) = (e, d);
+            }
+            // Weighted least-squares scale for these integers.
+            let (mut sxl, mut sll) = (0f64, 0f64);
+            for j in 0..QK {
+                sxl += (w[j] * x[j]) as f64 * l[j] as f64;
+                sll += w[j] as f64 * (l[j] * l[j]) as f64;
+            }
+            if sll > 0.0 {
+                let d2 = f16r((sxl / sll) as f32);
+                let e = sym_eval(x, w, d2, B::LO, B::HI, &mut l);
+                if e < be {
+                    (be, bd) = (e, d2);
+                }
+            }
         }
+    }
+    sym_eval(x, w, bd, B::LO, B::HI, &mut l);
+    let c = B::encode(bd, &l);
+    if block_err(&c, x, w) < block_err(b, x, w) {
+        *b = c;
     }
 }
 
@@ -227,8 +233,21 @@ fn ls2(x: &[f32], u: &[f32], v: &[f32], w: &[f32]) -> Option<(f32, f32)> {
     ))
 }
 
+/// Integers of `x` for scale `d` and offset `m` and their weighted error, exactly as the
+/// dequantizer reads them back (`L as f32 · d + m`).
+fn aff_eval(x: &[f32], w: &[f32], d: f32, m: f32, hi: i32, l: &mut [i32; QK]) -> f64 {
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut e = 0f64;
+    for j in 0..QK {
+        let li = (((x[j] - m) * id).round() as i32).clamp(0, hi);
+        l[j] = li;
+        let r = (x[j] - (li as f32 * d + m)) as f64;
+        e += w[j] as f64 * r * r;
+    }
+    e
+}
+
 fn refine_affine<B: Affine>(b: &mut B, x: &[f32], w: &[f32]) {
-    let mut best = block_err(b, x, w);
     let (mn, mx) = x
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, c), &v| {
@@ -242,40 +261,37 @@ fn refine_affine<B: Affine>(b: &mut B, x: &[f32], w: &[f32]) {
     let mut l = [0i32; QK];
     let ones = [1f32; QK];
     let mut lf = [0f32; QK];
-    let fr = [0.0f32, 0.02, 0.04, 0.06, 0.09, 0.12];
+    let (mut be, mut bdm) = (f64::INFINITY, (0f32, 0f32));
+    let fr = [0.0f32, 0.03, 0.06, 0.1];
     for &a in &fr {
         for &c in &fr {
             let (lo_v, hi_v) = (mn + a * range, mx - c * range);
             if hi_v <= lo_v {
                 continue;
             }
-            let mut d = f16r((hi_v - lo_v) / hi as f32);
-            let mut m = f16r(lo_v);
-            for pass in 0..2 {
-                for j in 0..QK {
-                    l[j] = q(x[j] - m, d, 0, hi);
-                }
-                let c = B::encode(d, m, &l);
-                let e = block_err(&c, x, w);
-                if e < best {
-                    best = e;
-                    *b = c;
-                }
-                if pass == 1 {
-                    break;
-                }
-                for j in 0..QK {
-                    lf[j] = l[j] as f32;
-                }
-                match ls2(x, &lf, &ones, w) {
-                    Some((nd, nm)) if nd > 0.0 => {
-                        d = f16r(nd);
-                        m = f16r(nm);
+            let (d, m) = (f16r((hi_v - lo_v) / hi as f32), f16r(lo_v));
+            let e = aff_eval(x, w, d, m, hi, &mut l);
+            if e < be {
+                (be, bdm) = (e, (d, m));
+            }
+            for j in 0..QK {
+                lf[j] = l[j] as f32;
+            }
+            if let Some((nd, nm)) = ls2(x, &lf, &ones, w) {
+                if nd > 0.0 {
+                    let (d2, m2) = (f16r(nd), f16r(nm));
+                    let e = aff_eval(x, w, d2, m2, hi, &mut l);
+                    if e < be {
+                        (be, bdm) = (e, (d2, m2));
                     }
-                    _ => break,
                 }
             }
         }
+    }
+    aff_eval(x, w, bdm.0, bdm.1, hi, &mut l);
+    let c = B::encode(bdm.0, bdm.1, &l);
+    if block_err(&c, x, w) < block_err(b, x, w) {
+        *b = c;
     }
 }
 

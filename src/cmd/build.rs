@@ -261,6 +261,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         spec.target_bpw = t.target_bpw;
         spec.chunks = t.sensitivity_chunks.unwrap_or(spec.chunks);
         spec.ctx = cfg.calibration.as_ref().map_or(spec.ctx, |c| c.ctx);
+        spec.alloc_report = Some(out.join(format!("{model_name}-{}.alloc.json", t.name)));
         spec.validate()
             .with_context(|| format!("target {}", t.name))?;
         let mut opts = opts;

@@ -40,6 +40,8 @@ pub struct MethodSpec {
     /// Sensitivity measurement: tokens per chunk and chunks.
     pub ctx: usize,
     pub chunks: usize,
+    /// Where to write the allocation's per-tensor report (JSON).
+    pub alloc_report: Option<PathBuf>,
 }
 
 impl MethodSpec {
@@ -140,7 +142,7 @@ pub fn apply(
             .push("search".into());
         record["search"] = serde_json::json!({
             "objective": "importance-weighted squared error of the decoded block",
-            "legacy_scales": 48, "affine_trims": 36, "k_rounds": 3, "k_radius": 2,
+            "legacy_scales": 32, "affine_trims": 16, "k_rounds": 3, "k_radius": 2,
         });
     }
     if spec.alloc {
@@ -227,6 +229,9 @@ pub fn apply(
         };
         cache.insert(key, prof.clone());
         let alloc = prof.allocate(budget)?;
+        if let Some(p) = &spec.alloc_report {
+            convert::atomic::write_file(p, serde_json::to_string_pretty(&alloc)?.as_bytes())?;
+        }
         p.finish();
         for t in &alloc.tensors {
             let re = regex::Regex::new(&format!("^{}$", regex::escape(&t.name)))?;

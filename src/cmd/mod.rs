@@ -148,6 +148,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             target_bpw,
             sensitivity_chunks,
             sensitivity_ctx,
+            alloc_report,
         } => {
             let mut method = method::MethodSpec::parse(&method)?;
             method.calib_texts = calib_text;
@@ -155,6 +156,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             method.target_bpw = target_bpw;
             method.chunks = sensitivity_chunks;
             method.ctx = sensitivity_ctx;
+            method.alloc_report = alloc_report;
             method.validate()?;
             let parse_ty = |s: Option<String>| -> Result<Option<quantize::GgmlType>> {
                 s.map(|s| s.parse::<quantize::GgmlType>().map_err(anyhow::Error::from))
