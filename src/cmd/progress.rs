@@ -56,6 +56,10 @@ impl Progress {
         } else if self.plain {
             // About twenty lines per stage, and the last one.
             let mut last = self.last.lock().unwrap();
+            if done < *last {
+                // A new stage under the same label.
+                *last = 0;
+            }
             if done == total || done * 20 / total.max(1) > *last * 20 / total.max(1) {
                 eprintln!("{}: {done}/{total} {what}", self.label);
                 *last = done;
