@@ -5,14 +5,15 @@
 //!    candidate type and record the importance-weighted squared error
 //!    `E(t) = Σ_rows Σ_j imp_j · (w_ij − q_ij)²` (`imp` the imatrix's mean x² per column).
 //! 2. Measure, on the calibration tokens, the KL divergence from the FP32 model when *only* that
-//!    matrix is replaced by its cheapest candidate ([`measure`]). The forward pass restarts at
+//!    matrix is replaced by its cheapest candidate and by its second-largest ([`measure`]). The forward pass restarts at
 //!    the matrix's layer from the residual stream the FP32 pass left there, so a matrix of layer
 //!    `l` costs `n_layers − l` layers, not the whole model.
-//! 3. Predict the divergence of every other type by the error ratio: `KLD(t) = KLD(ref) · E(t) /
-//!    E(ref)` (a second-order model: for small perturbations the KL divergence is a quadratic
-//!    form of the weight error, which the imatrix-weighted error approximates).
-//! 4. Choose one type per matrix minimising the summed predicted divergence within the budget
-//!    ([`quantize::alloc::allocate`]).
+//! 3. Predict the divergence of every other type from its error by the power law through the
+//!    two measurements, `KLD = a·E^b` (for small perturbations the KL divergence is a
+//!    quadratic form of the weight error, `b = 1`, which the imatrix-weighted error
+//!    approximates; the fit corrects for larger ones).
+//! 4. Choose one type per matrix minimising the summed predicted divergence within the budget,
+//!    never predicted worse than the llama.cpp mix ([`quantize::alloc::allocate`]).
 //!
 //! Everything is deterministic: fixed tokens, fixed order, sums reduced in a fixed order.
 
@@ -205,8 +206,13 @@ pub fn measure(
     let vocab = c.vocab;
     let mut state = State::new(c, ctx, ctx);
     let mut refs = Vec::with_capacity(n_chunks);
+    // Chunks spread evenly over the text (not its first: a text's opening — a title page, a
+    // licence header — is rarely typical of it), each scored on its second half as
+    // llama-perplexity's KLD protocol scores, so every scored token has context.
+    let first_scored = ctx / 2;
     for k in 0..n_chunks {
-        let mut chunk = tokens[k * ctx..(k + 1) * ctx].to_vec();
+        let c0 = (k + 1) * avail / (n_chunks + 1);
+        let mut chunk = tokens[c0 * ctx..(c0 + 1) * ctx].to_vec();
         if let Some(b) = opts.bos {
             chunk[0] = b;
         }
@@ -216,7 +222,7 @@ pub fn measure(
             model,
             &mut state,
             &chunk,
-            Logits::All,
+            Logits::From(first_scored),
             ForwardOptions::default(),
             &obs,
         )?;
@@ -253,7 +259,7 @@ pub fn measure(
                 &m,
                 &mut state,
                 &r.tokens,
-                Logits::All,
+                Logits::From(first_scored),
                 fo,
                 &kernels::NoObserver,
             )?;
@@ -490,8 +496,13 @@ pub fn profile(
 
 impl Profile {
     /// Steps 3 and 4: predicted divergence per candidate, then the choice within `budget`
-    /// bytes for the matrices.
-    pub fn allocate(&self, budget: u64) -> Result<Allocation, SensitivityError> {
+    /// bytes for the matrices, never predicted worse than `start` (the mix's types) when that
+    /// fits.
+    pub fn allocate(
+        &self,
+        budget: u64,
+        start: Option<&BTreeMap<String, GgmlType>>,
+    ) -> Result<Allocation, SensitivityError> {
         let bad = |name: &str, t: &str| SensitivityError::Tensor {
             tensor: name.into(),
             msg: format!("unknown type {t} in the sensitivity profile"),
@@ -512,7 +523,14 @@ impl Profile {
             }
             items.push(v);
         }
-        let pick = allocate(&items, budget)?;
+        let start: Option<Vec<usize>> = start.and_then(|m| {
+            self.names
+                .iter()
+                .zip(&items)
+                .map(|(n, c)| m.get(n).and_then(|t| c.iter().position(|x| x.ty == *t)))
+                .collect()
+        });
+        let pick = allocate(&items, budget, start.as_deref())?;
         let mut tensors = Vec::with_capacity(self.names.len());
         let (mut used, mut total) = (0u64, 0f64);
         for (((name, row), cands), (&p, k)) in self

@@ -108,7 +108,16 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         out.display()
     ));
     let model_sha = src.sha256()?;
-    let version = env!("CARGO_PKG_VERSION");
+    // The tool is an input of its own results: a different kiln binary redoes the work.
+    let version_key = format!(
+        "{} {}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| file_sha256(&p).ok())
+            .unwrap_or_default()
+    );
+    let version = version_key.as_str();
     let text_hashes = |ts: &[PathBuf]| -> Result<String> {
         Ok(ts
             .iter()
@@ -444,7 +453,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
     let pass = targets.iter().all(|t| t.pass);
     let report = BuildReport {
         schema_version: SCHEMA_VERSION,
-        kiln_version: version.into(),
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
         model: model_name.clone(),
         model_sha256: model_sha.clone(),
         parameters: src.tensors().iter().map(|t| t.n_elements() as u64).sum(),
@@ -492,7 +501,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
     }
     let manifest = serde_json::json!({
         "schema_version": SCHEMA_VERSION,
-        "kiln_version": version,
+        "kiln_version": env!("CARGO_PKG_VERSION"),
         "config": relative_config(&cfg, a.file),
         "inputs": inputs,
         "artifacts": artifacts,

@@ -228,7 +228,9 @@ pub fn apply(
             )?,
         };
         cache.insert(key, prof.clone());
-        let alloc = prof.allocate(budget)?;
+        let start: std::collections::BTreeMap<String, GgmlType> =
+            base.iter().map(|c| (c.name.clone(), c.ty)).collect();
+        let alloc = prof.allocate(budget, Some(&start))?;
         if let Some(p) = &spec.alloc_report {
             convert::atomic::write_file(p, serde_json::to_string_pretty(&alloc)?.as_bytes())?;
         }
