@@ -199,3 +199,59 @@ fn a_failing_write_is_an_error_with_nothing_left_behind() {
         );
     }
 }
+
+/// A read-only output directory: exit 2 naming the output, nothing written. Root ignores
+/// permission bits, so as root the directory is a read-only tmpfs mounted in a private mount
+/// namespace (`unshare -m`, as CI runs); otherwise a directory with mode 0555.
+#[test]
+fn a_read_only_output_directory_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _ = setup(tmp.path());
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let out = ro.join("model.gguf");
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let kiln_cmd = format!(
+        "{} -q convert {} -o {} --type f16 --tokenizer-pre gpt-2",
+        env!("CARGO_BIN_EXE_kiln"),
+        tmp.path().join("ckpt").display(),
+        out.display()
+    );
+    let o = if is_root {
+        let script = format!(
+            "mount -t tmpfs -o ro,size=1m tmpfs {} && exec {kiln_cmd}",
+            ro.display()
+        );
+        let o = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "bash", "-c", &script])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stderr).contains("mount:") {
+            eprintln!(
+                "skipped: cannot mount here: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return;
+        }
+        o
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        Command::new("bash")
+            .args(["-c", &kiln_cmd])
+            .output()
+            .unwrap()
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("model.gguf") || err.contains("/ro"), "{err}");
+    assert!(
+        err.to_lowercase().contains("read-only") || err.to_lowercase().contains("permission"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&ro).unwrap().count(),
+        0,
+        "something was written"
+    );
+}
