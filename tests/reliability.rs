@@ -255,3 +255,41 @@ fn a_read_only_output_directory_is_an_error() {
         "something was written"
     );
 }
+
+/// A full filesystem (ENOSPC): a 256 KiB tmpfs in a private mount namespace (root only; the
+/// EFBIG test above covers the same path without privileges): exit 2, nothing left.
+#[test]
+fn a_full_filesystem_is_an_error_with_nothing_left_behind() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tiny filesystem needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let _ = setup(tmp.path());
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let out = small.join("model.gguf");
+    let script = format!(
+        "mount -t tmpfs -o size=256k tmpfs {d} && {k} -q convert {c} -o {o} --type f32 --tokenizer-pre gpt-2; rc=$?; ls -A {d}; exit $rc",
+        d = small.display(),
+        k = env!("CARGO_BIN_EXE_kiln"),
+        c = tmp.path().join("ckpt").display(),
+        o = out.display()
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("mount:") {
+        eprintln!("skipped: cannot mount here: {err}");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("model.gguf") && err.contains("No space left"),
+        "{err}"
+    );
+    // `ls -A` inside the namespace printed what the full filesystem still holds: nothing.
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "", "left behind");
+}
