@@ -23,11 +23,25 @@ fn main() {
     let code = match cmd::run(cli.command, cli.quiet) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln: error: {e:#}");
+            eprintln!("kiln: error: {}", error_chain(&e));
             2
         }
     };
     std::process::exit(code);
+}
+
+/// The error and its causes, `: `-joined, leaving out a cause whose text the message before it
+/// already ends with (the libraries' errors name their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.ends_with(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }
 
 /// Restores the default SIGPIPE action so that `kiln inspect … | head` ends quietly, as other
