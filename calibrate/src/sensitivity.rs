@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use kernels::{forward, ForwardOptions, Logits, Model, Observer, State, Weight};
+use kernels::{forward, ForwardOptions, Layer, Logits, Model, Observer, State, Weight};
 use quantize::alloc::{allocate, AllocError, Candidate};
 use quantize::GgmlType;
 use rayon::prelude::*;
@@ -60,21 +60,50 @@ impl Default for SensitivityOptions {
     }
 }
 
+/// The matrices of a block, in llama.cpp's loader order (GGUF names `blk.N.<kind>.weight`).
+const KINDS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// A block's matrices in [`KINDS`] order.
+fn block(l: &Layer) -> [&Weight; 7] {
+    [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+}
+
+/// Where a GGUF matrix name points.
+enum Slot {
+    Embedding,
+    Output,
+    /// Layer and index into [`KINDS`].
+    Block(usize, usize),
+}
+
+fn slot(name: &str) -> Option<Slot> {
+    match name {
+        "token_embd.weight" => Some(Slot::Embedding),
+        "output.weight" => Some(Slot::Output),
+        _ => {
+            let (l, rest) = name.strip_prefix("blk.")?.split_once('.')?;
+            let kind = rest.strip_suffix(".weight")?;
+            Some(Slot::Block(
+                l.parse().ok()?,
+                KINDS.iter().position(|k| *k == kind)?,
+            ))
+        }
+    }
+}
+
 /// GGUF names of the model's weight matrices, in llama.cpp's loader order.
 pub fn matrix_names(model: &Model) -> Vec<String> {
     let mut v = vec!["token_embd.weight".to_string()];
     for l in 0..model.layers.len() {
-        for k in [
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ] {
-            v.push(format!("blk.{l}.{k}.weight"));
-        }
+        v.extend(KINDS.iter().map(|k| format!("blk.{l}.{k}.weight")));
     }
     if model.output.is_some() {
         v.push("output.weight".into());
@@ -86,52 +115,33 @@ pub fn matrix_names(model: &Model) -> Vec<String> {
 /// change of it (`None`: from the embeddings).
 fn locate<'m>(model: &'m mut Model, name: &str) -> Option<(&'m mut Weight, Option<usize>)> {
     let n_layers = model.layers.len();
-    if name == "token_embd.weight" {
-        return Some((&mut model.token_embd, None));
+    match slot(name)? {
+        Slot::Embedding => Some((&mut model.token_embd, None)),
+        Slot::Output => model.output.as_mut().map(|w| (w, Some(n_layers))),
+        Slot::Block(l, k) => {
+            let b = model.layers.get_mut(l)?;
+            // The same order as `block`, mutably.
+            let ws = [
+                &mut b.wq,
+                &mut b.wk,
+                &mut b.wv,
+                &mut b.wo,
+                &mut b.w_gate,
+                &mut b.w_up,
+                &mut b.w_down,
+            ];
+            Some((ws.into_iter().nth(k)?, Some(l)))
+        }
     }
-    if name == "output.weight" {
-        return model.output.as_mut().map(|w| (w, Some(n_layers)));
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (l, kind) = rest.split_once('.')?;
-    let l: usize = l.parse().ok()?;
-    let layer = model.layers.get_mut(l)?;
-    let w = match kind {
-        "attn_q.weight" => &mut layer.wq,
-        "attn_k.weight" => &mut layer.wk,
-        "attn_v.weight" => &mut layer.wv,
-        "attn_output.weight" => &mut layer.wo,
-        "ffn_gate.weight" => &mut layer.w_gate,
-        "ffn_up.weight" => &mut layer.w_up,
-        "ffn_down.weight" => &mut layer.w_down,
-        _ => return None,
-    };
-    Some((w, Some(l)))
 }
 
 /// The matrix called `name`, if the model has it.
 pub fn weight<'m>(model: &'m Model, name: &str) -> Option<&'m Weight> {
-    let n_layers = model.layers.len();
-    if name == "token_embd.weight" {
-        return Some(&model.token_embd);
+    match slot(name)? {
+        Slot::Embedding => Some(&model.token_embd),
+        Slot::Output => model.output.as_ref(),
+        Slot::Block(l, k) => model.layers.get(l).map(|b| block(b)[k]),
     }
-    if name == "output.weight" {
-        return model.output.as_ref();
-    }
-    let (l, kind) = name.strip_prefix("blk.")?.split_once('.')?;
-    let layer = model
-        .layers
-        .get(l.parse::<usize>().ok().filter(|&l| l < n_layers)?)?;
-    Some(match kind {
-        "attn_q.weight" => &layer.wq,
-        "attn_k.weight" => &layer.wk,
-        "attn_v.weight" => &layer.wv,
-        "attn_output.weight" => &layer.wo,
-        "ffn_gate.weight" => &layer.w_gate,
-        "ffn_up.weight" => &layer.w_up,
-        "ffn_down.weight" => &layer.w_down,
-        _ => return None,
-    })
 }
 
 /// Keeps the residual stream entering every layer (and leaving the last).

@@ -224,7 +224,8 @@ fn ls2(x: &[f32], u: &[f32], v: &[f32], w: &[f32]) -> Option<(f32, f32)> {
         sxv += wj * xj * vj;
     }
     let det = suu * svv - suv * suv;
-    if det.abs() <= 1e-30 * (suu * svv).max(1e-300) || det == 0.0 {
+    // Singular (all integers equal, or no weight): no unique fit.
+    if det.abs() <= 1e-12 * suu * svv {
         return None;
     }
     Some((

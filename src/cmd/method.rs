@@ -131,9 +131,6 @@ pub fn apply(
     if !spec.any() {
         return Ok(applied);
     }
-    let loaded = verify::load::load(src_path)?;
-    let src: &ModelSource = &loaded.source;
-    let (base, descs, n_params, _) = plan(src, ftype, mix)?;
     let mut record = serde_json::json!({ "methods": [] });
     if spec.search {
         record["methods"]
@@ -146,6 +143,10 @@ pub fn apply(
         });
     }
     if spec.alloc {
+        // Only the allocation runs the model (search works tensor by tensor while writing).
+        let loaded = verify::load::load(src_path)?;
+        let src: &ModelSource = &loaded.source;
+        let (base, descs, n_params, _) = plan(src, ftype, mix)?;
         let tok = tokenizer_of(src, tokenizer_pre)?;
         let mut tokens = Vec::new();
         for t in &spec.calib_texts {
@@ -204,18 +205,23 @@ pub fn apply(
             chunks: spec.chunks,
             bos: if tok.add_bos { tok.bos } else { None },
         };
+        // Everything the profile depends on besides the model and texts, which a build shares
+        // (and so does its one imatrix, where a target uses it).
         let key = format!(
-            "search={} ctx={} chunks={}",
-            spec.search, spec.ctx, spec.chunks
+            "search={} imatrix={} ctx={} chunks={}",
+            spec.search,
+            imatrix.is_some(),
+            spec.ctx,
+            spec.chunks
         );
         let p = Progress::new(
             "sensitivity",
             names.len(),
             quiet || cache.contains_key(&key),
         );
-        let prof = match cache.get(&key) {
-            Some(p) => p.clone(),
-            None => sensitivity::profile(
+        let prof = match cache.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(sensitivity::profile(
                 &ProfileInputs {
                     model: &loaded.model,
                     tokens: &tokens,
@@ -225,9 +231,8 @@ pub fn apply(
                     quantizer: &quantizer,
                 },
                 |stage, d, t| p.step(d, t, stage),
-            )?,
+            )?),
         };
-        cache.insert(key, prof.clone());
         let start: std::collections::BTreeMap<String, GgmlType> =
             base.iter().map(|c| (c.name.clone(), c.ty)).collect();
         let alloc = prof.allocate(budget, Some(&start))?;
