@@ -184,8 +184,9 @@ pub enum Command {
         /// llama.cpp pre-tokenizer name, when kiln cannot tell it.
         #[arg(long)]
         tokenizer_pre: Option<String>,
-        /// Calibration methods beyond llama.cpp's, comma-separated: `alloc` (sensitivity-driven
-        /// type allocation within a byte budget).
+        /// Calibration methods beyond llama.cpp's, comma-separated: `search` (stronger block
+        /// scale search), `gptq` (error feedback under the calibration Hessian), `alloc`
+        /// (sensitivity-driven type allocation within a byte budget).
         #[arg(long, value_delimiter = ',')]
         method: Vec<String>,
         /// Calibration text the methods measure on.
@@ -201,9 +202,12 @@ pub enum Command {
         /// Chunks of calibration text `alloc` measures each tensor on.
         #[arg(long, default_value_t = 1)]
         sensitivity_chunks: usize,
-        /// Tokens per chunk of that measurement.
+        /// Tokens per chunk of that measurement (and of the GPTQ Hessians').
         #[arg(long, default_value_t = 512)]
         sensitivity_ctx: usize,
+        /// Chunks of calibration text the GPTQ Hessians are accumulated over.
+        #[arg(long, default_value_t = 32)]
+        hessian_chunks: usize,
         /// Write `alloc`'s per-tensor choice (candidates, measured and predicted KLD) as JSON.
         #[arg(long)]
         alloc_report: Option<PathBuf>,

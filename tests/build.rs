@@ -459,7 +459,7 @@ fn attention_masks_are_stored_and_applied() {
     assert_ne!(ppl(&d.join("half.gguf"), &text, &[]), dense_ppl);
 }
 
-/// `--method search,alloc`: the artifact is no larger than the llama.cpp mix it is budgeted
+/// `--method search,gptq,alloc`: the artifact is no larger than the llama.cpp mix it is budgeted
 /// against (or than `--target-size`), holds only types llama.cpp runs (K-quants only on rows of
 /// whole 256-value super-blocks), records its method, and is the same bytes with 1 or 2 threads.
 #[test]
@@ -500,13 +500,15 @@ fn methods_stay_in_budget_in_llama_cpp_types_and_are_deterministic() {
     let base = quant("2", "base.gguf", &[]);
     let methods = [
         "--method",
-        "search,alloc",
+        "search,gptq,alloc",
         "--calib-text",
         p("calib.txt").leak(),
         "--sensitivity-ctx",
         "64",
         "--sensitivity-chunks",
         "2",
+        "--hessian-chunks",
+        "3",
     ];
     let a = quant("1", "a.gguf", &methods);
     let b = quant("2", "b.gguf", &methods);
@@ -529,8 +531,12 @@ fn methods_stay_in_budget_in_llama_cpp_types_and_are_deterministic() {
         .str("kiln.quantize.method")
         .expect("method recorded");
     let rec: serde_json::Value = serde_json::from_str(rec).unwrap();
-    assert_eq!(rec["methods"], serde_json::json!(["search", "alloc"]));
+    assert_eq!(
+        rec["methods"],
+        serde_json::json!(["search", "gptq", "alloc"])
+    );
     assert!(rec["alloc"]["budget_bytes"].as_u64().unwrap() > 0);
+    assert!(rec["gptq"]["chunks"].as_u64().unwrap() > 0);
 
     // An explicit budget well below the mix is met.
     let target = base.len() as u64 * 9 / 10;
@@ -552,4 +558,36 @@ fn methods_stay_in_budget_in_llama_cpp_types_and_are_deterministic() {
     for (x, y) in gb.tensors.iter().zip(&gs.tensors) {
         assert_eq!((&x.name, x.ty), (&y.name, y.ty));
     }
+
+    // So does GPTQ alone, and it needs calibration text for its Hessians.
+    let gonly = quant(
+        "2",
+        "g.gguf",
+        &[
+            "--method",
+            "gptq",
+            "--calib-text",
+            p("calib.txt").leak(),
+            "--sensitivity-ctx",
+            "64",
+        ],
+    );
+    assert!(gonly.len() <= base.len() + 512 && gonly != base);
+    let gg = convert::gguf::GgufFile::open(d.join("g.gguf")).unwrap();
+    for (x, y) in gb.tensors.iter().zip(&gg.tensors) {
+        assert_eq!((&x.name, x.ty), (&y.name, y.ty));
+    }
+    let out = kiln(&[
+        "quantize",
+        &p("ckpt"),
+        "-o",
+        &p("nog.gguf"),
+        "--type",
+        "Q4_K_M",
+        "--method",
+        "gptq",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--calib-text"));
+    assert!(!d.join("nog.gguf").exists());
 }

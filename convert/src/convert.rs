@@ -163,15 +163,25 @@ pub type ImportanceFn<'a> = &'a (dyn Fn(&str) -> Option<Vec<f32>> + Sync);
 /// A progress callback: (done, total, tensor name).
 pub type ProgressFn<'a> = &'a (dyn Fn(usize, usize, &str) + Sync);
 /// Metadata computed after the tensors are written.
-/// A quantizer replacing the reference one (`quantize::quantize`): `(type, values, row length,
-/// importance)` → bytes and stats. Must keep the type's block layout.
+/// A quantizer replacing the reference one (`quantize::quantize`): `(tensor name, type, values,
+/// row length, importance)` → bytes and stats. Must keep the type's block layout.
 pub type QuantizerFn<'a> = &'a (dyn Fn(
+    &str,
     GgmlType,
     &[f32],
     usize,
     Option<&[f32]>,
 ) -> std::result::Result<(Vec<u8>, quantize::QuantizeStats), quantize::QuantError>
          + Sync);
+/// A change of some tensors' values before they are converted (an equivalent transformation
+/// folded into the model).
+pub trait ValueTransform: Sync {
+    /// True when tensor `name`'s values change.
+    fn touches(&self, name: &str) -> bool;
+    /// The new values of tensor `name` (`cols` values per row).
+    fn apply(&self, name: &str, values: Vec<f32>, cols: usize) -> Vec<f32>;
+}
+
 pub type LateMetadataFn<'a> = &'a (dyn Fn() -> Result<Vec<(String, Value)>> + Sync);
 
 /// Options of [`write_model`].
@@ -197,6 +207,8 @@ pub struct WriteOptions<'a> {
     pub late_metadata: Option<LateMetadataFn<'a>>,
     /// The quantizer of block types (default: the reference `quantize::quantize`).
     pub quantizer: Option<QuantizerFn<'a>>,
+    /// New values for some tensors, applied before conversion.
+    pub transform: Option<&'a dyn ValueTransform>,
 }
 
 /// Writes `src` as a GGUF at `out` with each tensor in `plan` (in plan order) converted to its
@@ -252,13 +264,17 @@ pub fn write_model(
     let out_path = out.to_path_buf();
     writer.write(&out_path, file.writer(), |i| {
         let spec = &writer.tensors()[i];
-        if let Some(raw) = src.raw_if_type(&spec.name, spec.ty) {
+        let touched = opts.transform.is_some_and(|t| t.touches(&spec.name));
+        if let Some(raw) = src.raw_if_type(&spec.name, spec.ty).filter(|_| !touched) {
             if let Some(p) = opts.progress {
                 p(i + 1, plan.len(), &spec.name);
             }
             return Ok(raw.to_vec());
         }
-        let v = src.tensor_f32(&spec.name)?;
+        let mut v = src.tensor_f32(&spec.name)?;
+        if let Some(t) = opts.transform.filter(|_| touched) {
+            v = t.apply(&spec.name, v, spec.dims[0] as usize);
+        }
         if !opts.allow_nonfinite {
             check_finite(src.path(), &spec.name, &v)?;
         } else if let Some(bytes) = quantize::convert_float(spec.ty, &v) {
@@ -266,8 +282,10 @@ pub fn write_model(
         }
         let qw = if spec.ty.is_quantized() { opts.importance.and_then(|f| f(&spec.name)) } else { None };
         let qw = qw.filter(|w| w.len() == spec.dims[0] as usize);
-        let quantizer = opts.quantizer.unwrap_or(&quantize::quantize);
-        let (bytes, stats) = quantizer(spec.ty, &v, spec.dims[0] as usize, qw.as_deref())
+        let (bytes, stats) = match opts.quantizer {
+            Some(q) => q(&spec.name, spec.ty, &v, spec.dims[0] as usize, qw.as_deref()),
+            None => quantize::quantize(spec.ty, &v, spec.dims[0] as usize, qw.as_deref()),
+        }
             .map_err(|e| Error::Quant { path: src.path().to_path_buf(), tensor: spec.name.clone(), source: e })?;
         if stats.degraded_blocks > 0 {
             warnings.push(format!(

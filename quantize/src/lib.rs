@@ -24,6 +24,7 @@
 pub mod alloc;
 pub mod blocks;
 pub mod float;
+pub mod gptq;
 mod kquants;
 mod legacy;
 pub mod mix;
@@ -74,6 +75,9 @@ pub enum QuantError {
     /// An importance weight is negative or not finite.
     #[error("importance weight {column} is {value}: weights must be finite and non-negative")]
     BadImatrix { column: usize, value: f32 },
+    /// GPTQ could not use the calibration Hessian.
+    #[error("GPTQ: {0}")]
+    Gptq(#[from] gptq::GptqError),
     /// A byte buffer of the wrong size.
     #[error("{got} bytes given where {count} values of {ty} take {expected}")]
     ByteLength {

@@ -541,6 +541,120 @@ fn refine_q6k(b: &mut BlockQ6K, x: &[f32], w: &[f32]) {
     }
 }
 
+// ---- the fixed grid of a chosen block (for GPTQ) -------------------------------------------
+
+/// A block whose scales are fixed and whose integers can be chosen one value at a time: what
+/// [`crate::gptq`] needs. `grid` gives, per position, `(a, c)` with the decoded value
+/// `a·l + c` computed exactly as the dequantizer does (same operations, same order) for the
+/// integer `l` in `LO..=HI` (the convention of the block's encoder).
+pub(crate) trait Grid: Quantize + Copy {
+    const LO: i32;
+    const HI: i32;
+    /// Scale and offset of every position.
+    fn grid(&self, a: &mut [f32], c: &mut [f32]);
+    /// This block's scales with the integers `l`.
+    fn with_ints(&self, l: &[i32]) -> Self;
+    /// `--method search`'s refinement of this block for values `x`, importance `w`.
+    fn search(&mut self, x: &[f32], w: &[f32]);
+}
+
+macro_rules! grid_symmetric {
+    ($b:ty) => {
+        impl Grid for $b {
+            const LO: i32 = <$b as Symmetric>::LO;
+            const HI: i32 = <$b as Symmetric>::HI;
+            fn grid(&self, a: &mut [f32], c: &mut [f32]) {
+                // dequantize_row_q*_0: y = l·d.
+                a.fill(self.d.to_f32());
+                c.fill(0.0);
+            }
+            fn with_ints(&self, l: &[i32]) -> Self {
+                <$b as Symmetric>::encode(self.d.to_f32(), l.try_into().expect("one block"))
+            }
+            fn search(&mut self, x: &[f32], w: &[f32]) {
+                refine_symmetric(self, x, w)
+            }
+        }
+    };
+}
+grid_symmetric!(BlockQ4_0);
+grid_symmetric!(BlockQ5_0);
+grid_symmetric!(BlockQ8_0);
+
+macro_rules! grid_affine {
+    ($b:ty) => {
+        impl Grid for $b {
+            const LO: i32 = 0;
+            const HI: i32 = <$b as Affine>::HI;
+            fn grid(&self, a: &mut [f32], c: &mut [f32]) {
+                // dequantize_row_q*_1: y = l·d + m.
+                a.fill(self.d.to_f32());
+                c.fill(self.m.to_f32());
+            }
+            fn with_ints(&self, l: &[i32]) -> Self {
+                <$b as Affine>::encode(
+                    self.d.to_f32(),
+                    self.m.to_f32(),
+                    l.try_into().expect("one block"),
+                )
+            }
+            fn search(&mut self, x: &[f32], w: &[f32]) {
+                refine_affine(self, x, w)
+            }
+        }
+    };
+}
+grid_affine!(BlockQ4_1);
+grid_affine!(BlockQ5_1);
+
+macro_rules! grid_k {
+    ($b:ty) => {
+        impl Grid for $b {
+            const LO: i32 = 0;
+            const HI: i32 = <$b as KQuant>::HI;
+            fn grid(&self, a: &mut [f32], c: &mut [f32]) {
+                // dequantize_row_q4_K / q5_K: d1 = d·sc, m1 = dmin·m, y = d1·l − m1.
+                let k = self.parts();
+                for j in 0..QK_K / 32 {
+                    a[32 * j..32 * j + 32].fill(k.d * k.sc[j] as f32);
+                    c[32 * j..32 * j + 32].fill(-(k.dmin * k.mn[j] as f32));
+                }
+            }
+            fn with_ints(&self, l: &[i32]) -> Self {
+                <$b as KQuant>::encode(&self.parts(), l.try_into().expect("one block"))
+            }
+            fn search(&mut self, x: &[f32], w: &[f32]) {
+                refine_k(self, x, w)
+            }
+        }
+    };
+}
+grid_k!(BlockQ4K);
+grid_k!(BlockQ5K);
+
+impl Grid for BlockQ6K {
+    const LO: i32 = -32;
+    const HI: i32 = 31;
+    fn grid(&self, a: &mut [f32], c: &mut [f32]) {
+        // dequantize_row_q6_K: y = d·sc·l.
+        let d = self.d.to_f32();
+        for j in 0..QK_K / 16 {
+            a[16 * j..16 * j + 16].fill(d * self.scales[j] as f32);
+        }
+        c.fill(0.0);
+    }
+    fn with_ints(&self, l: &[i32]) -> Self {
+        let mut sc = [0i32; 16];
+        for (s, &v) in sc.iter_mut().zip(&self.scales) {
+            *s = v as i32;
+        }
+        q6k_encode(self.d.to_f32(), &sc, l.try_into().expect("one block"))
+    }
+    fn search(&mut self, x: &[f32], w: &[f32]) {
+        refine_q6k(self, x, w)
+    }
+}
+
 // ---- driver -------------------------------------------------------------------------------
 
 fn rows<B: Quantize + Copy>(

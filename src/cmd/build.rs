@@ -196,7 +196,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
     ]);
     let mut todo = Vec::new();
     let mut keys = BTreeMap::new();
-    let mut profiles = super::method::ProfileCache::new();
+    let mut profiles = super::method::ProfileCache::default();
     let mut masks_done: BTreeMap<String, (kernels::BlockMask, Vec<calibrate::masks::HeadChoice>)> =
         BTreeMap::new();
     for t in &cfg.targets {
@@ -269,12 +269,14 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         spec.target_size = t.target_size;
         spec.target_bpw = t.target_bpw;
         spec.chunks = t.sensitivity_chunks.unwrap_or(spec.chunks);
+        spec.hessian_chunks = t.hessian_chunks.unwrap_or(spec.hessian_chunks);
         spec.ctx = cfg.calibration.as_ref().map_or(spec.ctx, |c| c.ctx);
         spec.alloc_report = Some(out.join(format!("{model_name}-{}.alloc.json", t.name)));
         spec.validate()
             .with_context(|| format!("target {}", t.name))?;
         let mut opts = opts;
         let mut method_report = None;
+        let mut tq = super::method::TensorQuantizer::default();
         if spec.any() {
             say(format!("{}: methods {}", t.name, t.method.join(", ")));
             let applied = super::method::apply(
@@ -307,6 +309,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
                 ..Default::default()
             });
             extra_meta.extend(applied.metadata);
+            tq = applied.quantizer;
         }
         let q = quantize_to(
             &src,
@@ -318,7 +321,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
             &t.tensor_types,
             cfg.model.tokenizer_pre.clone(),
             extra_meta,
-            spec.search,
+            &tq,
             a.quiet,
         )?;
         todo.push((t.clone(), file, path, q, mask, method_report));

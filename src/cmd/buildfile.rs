@@ -107,7 +107,7 @@ pub struct TargetSection {
     /// Block-sparse attention masks derived on the calibration texts, e.g.
     /// `attention_masks = { coverage = 0.99, block = 64 }`.
     pub attention_masks: Option<calibrate::masks::MaskSettings>,
-    /// kiln's calibration methods beyond llama.cpp's (`search`, `alloc`), e.g.
+    /// kiln's calibration methods beyond llama.cpp's (`search`, `gptq`, `alloc`), e.g.
     /// `method = ["search", "alloc"]`; they measure on the calibration texts.
     #[serde(default)]
     pub method: Vec<String>,
@@ -117,13 +117,15 @@ pub struct TargetSection {
     pub target_bpw: Option<f64>,
     /// Chunks of calibration text `alloc` measures each tensor on (default 1).
     pub sensitivity_chunks: Option<usize>,
+    /// Chunks of calibration text `gptq`'s Hessians are accumulated over (default 32).
+    pub hessian_chunks: Option<usize>,
     /// The target this one is compared with in the report (default: the target of the same
     /// type, with the imatrix and without methods, if the build has one).
     pub baseline: Option<String>,
 }
 
 /// The calibration methods kiln knows (`method = [...]` of a target, `--method`).
-pub const METHODS: [&str; 3] = ["imatrix", "search", "alloc"];
+pub const METHODS: [&str; 4] = ["imatrix", "search", "gptq", "alloc"];
 
 /// A whole kiln.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,6 +4,13 @@
 //! * `search` — a stronger per-block search of scales and mins under the importance-weighted
 //!   error, starting from llama.cpp's block and keeping it unless strictly improved
 //!   ([`quantize::refine`]).
+//! * `awq` — activation-aware channel scalings folded into the FP32 model before quantizing
+//!   (RMSNorm → q/k/v and gate/up, up → down; [`calibrate::awq`]), searched on the imatrix;
+//!   the model's function is unchanged, the norms stay F32.
+//! * `gptq` — GPTQ error feedback across columns under the calibration Hessian `XᵀX` of each
+//!   matrix's input, constrained to the target block format ([`quantize::gptq`],
+//!   [`calibrate::hessian`]); block scales come from ggml's quantizer (or `search`'s) on the
+//!   error-corrected weights.
 //! * `alloc` — sensitivity-driven type allocation within a byte budget
 //!   ([`calibrate::sensitivity`]): `--target-size`, `--target-bpw`, or by default the size of
 //!   the llama.cpp mix of the chosen file type.
@@ -31,6 +38,12 @@ pub struct MethodSpec {
     pub search: bool,
     /// Sensitivity-driven type allocation.
     pub alloc: bool,
+    /// GPTQ error feedback.
+    pub gptq: bool,
+    /// AWQ-style equivalent scalings.
+    pub awq: bool,
+    /// Calibration chunks (of `ctx` tokens) the GPTQ Hessians are accumulated over.
+    pub hessian_chunks: usize,
     /// Calibration texts the methods measure on.
     pub calib_texts: Vec<PathBuf>,
     /// Whole-file size budget in bytes.
@@ -50,6 +63,7 @@ impl MethodSpec {
         let mut m = MethodSpec {
             ctx: 512,
             chunks: 1,
+            hessian_chunks: 32,
             ..Default::default()
         };
         for name in list.iter().flat_map(|s| s.split(',')).map(str::trim) {
@@ -57,7 +71,11 @@ impl MethodSpec {
                 "" | "imatrix" => {}
                 "search" => m.search = true,
                 "alloc" => m.alloc = true,
-                other => bail!("unknown --method {other:?} (known: imatrix, search, alloc)"),
+                "gptq" => m.gptq = true,
+                "awq" => m.awq = true,
+                other => {
+                    bail!("unknown --method {other:?} (known: imatrix, search, awq, gptq, alloc)")
+                }
             }
         }
         Ok(m)
@@ -65,7 +83,7 @@ impl MethodSpec {
 
     /// True when any method beyond llama.cpp's is on.
     pub fn any(&self) -> bool {
-        self.alloc || self.search
+        self.alloc || self.search || self.gptq || self.awq
     }
 
     /// Checks the parameters against each other.
@@ -84,10 +102,76 @@ impl MethodSpec {
         if self.alloc && self.calib_texts.is_empty() {
             bail!("--method alloc measures on calibration text: give --calib-text FILE");
         }
-        if self.ctx == 0 || self.chunks == 0 {
+        if self.gptq && self.calib_texts.is_empty() {
+            bail!("--method gptq accumulates Hessians on calibration text: give --calib-text FILE");
+        }
+        if self.ctx == 0 || self.chunks == 0 || self.hessian_chunks == 0 {
             bail!("sensitivity context and chunks must be positive");
         }
         Ok(())
+    }
+}
+
+/// How the methods make each tensor's bytes: GPTQ where a Hessian exists for the tensor, else
+/// the searched or the reference quantizer.
+#[derive(Default)]
+pub struct TensorQuantizer {
+    search: bool,
+    /// `U = chol(H⁻¹)` per shared matrix input.
+    gptq: Option<std::sync::Arc<HessianFactors>>,
+    /// AWQ's folds: the values written and the importance the quantizer weighs by.
+    folds: Option<std::sync::Arc<calibrate::awq::Folds>>,
+}
+
+impl convert::convert::ValueTransform for TensorQuantizer {
+    fn touches(&self, name: &str) -> bool {
+        self.folds.as_ref().is_some_and(|f| f.touches(name))
+    }
+    fn apply(&self, name: &str, values: Vec<f32>, cols: usize) -> Vec<f32> {
+        match &self.folds {
+            Some(f) => f.apply(name, values, cols),
+            None => values,
+        }
+    }
+}
+
+impl TensorQuantizer {
+    /// Quantizes tensor `name` (the signature of `convert`'s quantizer hook).
+    pub fn quantize(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        v: &[f32],
+        cols: usize,
+        imp: Option<&[f32]>,
+    ) -> Result<(Vec<u8>, quantize::QuantizeStats), quantize::QuantError> {
+        let folded = self
+            .folds
+            .as_ref()
+            .and_then(|f| imp.and_then(|i| f.importance(name, i)));
+        let imp = folded.as_deref().or(imp);
+        let hinv = self.gptq.as_ref().and_then(|g| {
+            calibrate::hessian::slot_of(name)
+                .and_then(|s| g.get(&s))
+                .filter(|h| h.n() == cols)
+        });
+        match hinv {
+            Some(h) if ty.is_quantized() => {
+                quantize::gptq::quantize_gptq(ty, v, cols, imp, h, self.search)
+            }
+            _ if self.search => quantize::refine::quantize_searched(ty, v, cols, imp),
+            _ => quantize::quantize(ty, v, cols, imp),
+        }
+    }
+
+    /// True when it differs from the reference quantizer.
+    pub fn is_custom(&self) -> bool {
+        self.search || self.gptq.is_some() || self.folds.is_some()
+    }
+
+    /// The value transformation to write with, if any.
+    pub fn transform(&self) -> Option<&dyn convert::convert::ValueTransform> {
+        self.folds.is_some().then_some(self as _)
     }
 }
 
@@ -97,11 +181,24 @@ pub struct Applied {
     pub metadata: Vec<(String, Value)>,
     /// The allocation's per-tensor outcome, for reports.
     pub allocation: Option<sensitivity::Allocation>,
+    /// The quantizer the artifact is written with.
+    pub quantizer: TensorQuantizer,
 }
 
-/// Sensitivity profiles already measured in this process (a build's targets share them), by
-/// the options they depend on.
-pub type ProfileCache = std::collections::BTreeMap<String, sensitivity::Profile>;
+/// GPTQ's Hessian factors per shared matrix input (`calibrate::hessian::slot_of`).
+pub type HessianFactors =
+    std::collections::BTreeMap<(usize, usize), quantize::gptq::HessianInverse>;
+
+/// What the methods measured already in this process (a build's targets share it), by the
+/// options it depends on: sensitivity profiles and GPTQ's Hessian factors.
+#[derive(Default)]
+pub struct ProfileCache {
+    profiles: std::collections::BTreeMap<String, sensitivity::Profile>,
+    factors: std::collections::BTreeMap<String, (std::sync::Arc<HessianFactors>, usize)>,
+}
+
+/// Points of AWQ's α grid in [0, 1] (AWQ's reference searches 20).
+const AWQ_GRID: usize = 11;
 
 /// Bytes kept free in the budget for kiln's method keys in the header.
 const HEADER_RESERVE: u64 = 4096;
@@ -127,6 +224,11 @@ pub fn apply(
         overrides: Vec::new(),
         metadata: Vec::new(),
         allocation: None,
+        quantizer: TensorQuantizer {
+            search: spec.search,
+            gptq: None,
+            folds: None,
+        },
     };
     if !spec.any() {
         return Ok(applied);
@@ -142,16 +244,105 @@ pub fn apply(
             "legacy_scales": 32, "affine_trims": 16, "k_rounds": 3, "k_radius": 2,
         });
     }
-    if spec.alloc {
-        // Only the allocation runs the model (search works tensor by tensor while writing).
+    // Only AWQ, GPTQ and the allocation run the model (search works tensor by tensor while
+    // writing).
+    let mut calib = if spec.alloc || spec.gptq || spec.awq {
         let loaded = verify::load::load(src_path)?;
-        let src: &ModelSource = &loaded.source;
-        let (base, descs, n_params, _) = plan(src, ftype, mix)?;
-        let tok = tokenizer_of(src, tokenizer_pre)?;
+        let tok = tokenizer_of(&loaded.source, tokenizer_pre)?;
         let mut tokens = Vec::new();
         for t in &spec.calib_texts {
             tokens.extend(tokenize_file(&tok, t)?);
         }
+        Some((loaded, tok, tokens))
+    } else {
+        None
+    };
+    let calib_names = || -> Vec<String> {
+        spec.calib_texts
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    if let (true, Some((loaded, _, _))) = (spec.awq, &mut calib) {
+        let imatrix = imatrix.context(
+            "--method awq scales channels by their activations: give it an imatrix (--imatrix)",
+        )?;
+        let (base, _, _, _) = plan(&loaded.source, ftype, mix)?;
+        let types: std::collections::BTreeMap<String, GgmlType> =
+            base.iter().map(|c| (c.name.clone(), c.ty)).collect();
+        let p = Progress::new("awq", loaded.model.layers.len() * 3, quiet);
+        let folds = calibrate::awq::search(
+            &loaded.model,
+            &calibrate::awq::AwqInputs {
+                importance: &|n: &str| imatrix.importance(n),
+                ty: &|n: &str| types.get(n).copied(),
+                grid: AWQ_GRID,
+            },
+            |d, t| p.step(d, t, "folds"),
+        );
+        p.finish();
+        folds.fold_model(&mut loaded.model)?;
+        let (plain, folded): (f64, f64) = folds.iter().fold((0.0, 0.0), |(a, b), f| {
+            (a + f.error_plain, b + f.error_folded)
+        });
+        let kinds: Vec<serde_json::Value> = folds
+            .iter()
+            .map(|f| serde_json::json!([f.layer, format!("{:?}", f.kind), f.alpha]))
+            .collect();
+        record["methods"]
+            .as_array_mut()
+            .expect("array")
+            .push("awq".into());
+        record["awq"] = serde_json::json!({
+            "folds": "attn_norm->attn_q/k/v, ffn_norm->ffn_gate/up, ffn_up->ffn_down",
+            "scales": "rms(x)^alpha normalised to sqrt(max*min) = 1",
+            "alpha_grid": AWQ_GRID,
+            "objective": "importance-weighted error of the consumers, in the original space",
+            "error_ratio": if plain > 0.0 { folded / plain } else { 1.0 },
+            "alpha": kinds,
+        });
+        applied.quantizer.folds = Some(std::sync::Arc::new(folds));
+    }
+    if let (true, Some((loaded, tok, tokens))) = (spec.gptq, &calib) {
+        // The folded model's Hessians differ per mix (AWQ's types do).
+        let key = format!(
+            "ctx={} chunks={} awq={}",
+            spec.ctx,
+            spec.hessian_chunks,
+            if spec.awq { ftype.name() } else { "-" }
+        );
+        let (factors, n) = match cache.factors.get(&key) {
+            Some(f) => f.clone(),
+            None => {
+                let f = hessian_factors(spec, loaded, tok, tokens, quiet)?;
+                cache.factors.insert(key, f.clone());
+                f
+            }
+        };
+        let max_damp = factors.values().map(|u| u.damp).fold(0.0, f64::max);
+        applied.quantizer.gptq = Some(factors);
+        record["methods"]
+            .as_array_mut()
+            .expect("array")
+            .push("gptq".into());
+        record["gptq"] = serde_json::json!({
+            "hessian": "X^T X of each matrix input, FP32 forward",
+            "ctx": spec.ctx,
+            "chunks": n,
+            "damp": quantize::gptq::DEFAULT_DAMP,
+            "max_damp_used": max_damp,
+            "order": "columns in order; block scales chosen on the corrected weights",
+            "calib_texts": calib_names(),
+        });
+    }
+    if let (true, Some((loaded, tok, tokens))) = (spec.alloc, &calib) {
+        let src: &ModelSource = &loaded.source;
+        let (base, descs, n_params, _) = plan(src, ftype, mix)?;
+
         let names = sensitivity::matrix_names(&loaded.model);
         let is_matrix = |n: &str| names.iter().any(|m| m == n);
         let fixed: u64 = base
@@ -189,13 +380,10 @@ pub fn apply(
             (None, None) => base_matrices.saturating_sub(HEADER_RESERVE),
         };
         let importance = |name: &str| imatrix.and_then(|m| m.importance(name));
-        let quantizer = |_: &str, ty: GgmlType, v: &[f32], cols: usize, imp: Option<&[f32]>| {
-            let q = if spec.search {
-                quantize::refine::quantize_searched
-            } else {
-                quantize::quantize
-            };
-            q(ty, v, cols, imp)
+        let quantizer = |name: &str, ty: GgmlType, v: &[f32], cols: usize, imp: Option<&[f32]>| {
+            applied
+                .quantizer
+                .quantize(name, ty, v, cols, imp)
                 .map(|(b, _)| b)
                 .map_err(|e| e.to_string())
         };
@@ -208,8 +396,11 @@ pub fn apply(
         // Everything the profile depends on besides the model and texts, which a build shares
         // (and so does its one imatrix, where a target uses it).
         let key = format!(
-            "search={} imatrix={} ctx={} chunks={}",
+            "search={} awq={} gptq={} hessian_chunks={} imatrix={} ctx={} chunks={}",
             spec.search,
+            if spec.awq { ftype.name() } else { "-" },
+            spec.gptq,
+            spec.hessian_chunks,
             imatrix.is_some(),
             spec.ctx,
             spec.chunks
@@ -217,14 +408,14 @@ pub fn apply(
         let p = Progress::new(
             "sensitivity",
             names.len(),
-            quiet || cache.contains_key(&key),
+            quiet || cache.profiles.contains_key(&key),
         );
-        let prof = match cache.entry(key) {
+        let prof = match cache.profiles.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => e.insert(sensitivity::profile(
                 &ProfileInputs {
                     model: &loaded.model,
-                    tokens: &tokens,
+                    tokens,
                     opts,
                     importance: &importance,
                     candidates: &candidates,
@@ -256,9 +447,7 @@ pub fn apply(
             "target_bpw": spec.target_bpw,
             "sensitivity_ctx": spec.ctx,
             "sensitivity_chunks": spec.chunks,
-            "calib_texts": spec.calib_texts.iter()
-                .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
-                .collect::<Vec<_>>(),
+            "calib_texts": calib_names(),
         });
         applied.allocation = Some(alloc);
     }
@@ -267,4 +456,50 @@ pub fn apply(
         Value::String(record.to_string()),
     ));
     Ok(applied)
+}
+
+/// Accumulates the calibration Hessians and factors them for GPTQ; returns the factors and the
+/// chunks used.
+fn hessian_factors(
+    spec: &MethodSpec,
+    loaded: &verify::load::Loaded,
+    tok: &convert::tokenizer::Tokenizer,
+    tokens: &[u32],
+    quiet: bool,
+) -> Result<(std::sync::Arc<HessianFactors>, usize)> {
+    let n = spec.hessian_chunks.min(tokens.len() / spec.ctx);
+    let p = Progress::new("hessians", n, quiet);
+    let hs = calibrate::hessian::collect(
+        &loaded.model,
+        tokens,
+        spec.ctx,
+        spec.hessian_chunks,
+        if tok.add_bos { tok.bos } else { None },
+        |d, t| p.step(d, t, "chunks"),
+    )?;
+    p.finish();
+    let slots: Vec<(usize, usize)> = (0..hs.n_layers())
+        .flat_map(|l| (0..4).map(move |k| (l, k)))
+        .collect();
+    let name = |(l, k): (usize, usize)| {
+        let m = ["attn_q", "attn_output", "ffn_gate", "ffn_down"][k];
+        format!("blk.{l}.{m}.weight")
+    };
+    let p = Progress::new("gptq", slots.len(), quiet);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    use rayon::prelude::*;
+    let inverses = slots
+        .par_iter()
+        .filter_map(|&s| {
+            let (h, n) = hs.matrix(&name(s))?;
+            let r = quantize::gptq::HessianInverse::new(&h, n, quantize::gptq::DEFAULT_DAMP)
+                .map(|u| (s, u))
+                .with_context(|| format!("the calibration Hessian of {}", name(s)));
+            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            p.step(d, slots.len(), "inputs");
+            Some(r)
+        })
+        .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+    p.finish();
+    Ok((std::sync::Arc::new(inverses), n))
 }

@@ -148,6 +148,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             target_bpw,
             sensitivity_chunks,
             sensitivity_ctx,
+            hessian_chunks,
             alloc_report,
         } => {
             let mut method = method::MethodSpec::parse(&method)?;
@@ -156,6 +157,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             method.target_bpw = target_bpw;
             method.chunks = sensitivity_chunks;
             method.ctx = sensitivity_ctx;
+            method.hessian_chunks = hessian_chunks;
             method.alloc_report = alloc_report;
             method.validate()?;
             let parse_ty = |s: Option<String>| -> Result<Option<quantize::GgmlType>> {

@@ -203,7 +203,7 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         a.tensor_types,
         a.tokenizer_pre.clone(),
         applied.metadata,
-        a.method.search,
+        &applied.quantizer,
         a.quiet,
     )?;
     if let Some(t) = a.method.target_size {
@@ -279,7 +279,7 @@ pub fn quantize_to(
     tensor_types: &[String],
     tokenizer_pre: Option<String>,
     extra_meta: Vec<(String, Value)>,
-    search: bool,
+    quantizer: &super::method::TensorQuantizer,
     quiet: bool,
 ) -> Result<Quantized> {
     let (choices, descs, n_params, total) = plan(src, ftype, &opts)?;
@@ -329,6 +329,9 @@ pub fn quantize_to(
         let progress = |d: usize, t: usize, w: &str| p.step(d, t, w);
         let importance = |name: &str| imatrix.and_then(|(m, _)| m.importance(name));
         let handle = std::sync::Mutex::new(Some(h));
+        let q = |name: &str, ty: GgmlType, v: &[f32], cols: usize, imp: Option<&[f32]>| {
+            quantizer.quantize(name, ty, v, cols, imp)
+        };
         let late = || -> convert::Result<Vec<(String, Value)>> {
             let h = handle.lock().unwrap().take().expect("digest joined once");
             let d = h.join().expect("hashing the source panicked")?;
@@ -341,7 +344,8 @@ pub fn quantize_to(
             tokenizer_pre,
             progress: Some(&progress),
             late_metadata: Some(&late),
-            quantizer: search.then_some(&quantize::refine::quantize_searched),
+            quantizer: quantizer.is_custom().then_some(&q as _),
+            transform: quantizer.transform(),
             ..Default::default()
         };
         let report = write_model(src, out, &plan, &w)?;
