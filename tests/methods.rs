@@ -1,11 +1,13 @@
 //! Issue #9 on the real model: on the continuous-weight copy of the fixture
 //! (`scripts/fetch-fixture.sh` makes `.fixtures/smollm2-cont-hf`), calibrated on
 //! macbeth_gut.txt and evaluated on hamlet_gut.txt (llama.cpp protocol, ctx 512, 8 chunks),
-//! `kiln build` with `method = ["search", "alloc"]` gives a Q4_K_M-budget artifact no larger
-//! than the llama.cpp-style Q4_K_M + imatrix artifact with a mean KLD at most 0.8× its KLD,
-//! in llama.cpp's types only.
+//! `kiln build` with `method = ["search", "alloc"]` gives a Q4_K_M-budget artifact, and with
+//! `method = ["search", "awq", "gptq"]` a Q5_K_M artifact, each no larger than the
+//! llama.cpp-style artifact of its mix + imatrix with a mean KLD at most 0.8× its KLD, in
+//! llama.cpp's types only.
 //!
-//! Slow (a sensitivity profile of 211 matrices): `#[ignore]`d, run by `.ci/run`.
+//! Slow (a sensitivity profile of 211 matrices, GPTQ over every matrix): `#[ignore]`d, run by
+//! `.ci/run`.
 
 mod common;
 
@@ -55,6 +57,17 @@ name = "kiln"
 type = "Q4_K_M"
 imatrix = true
 method = ["search", "alloc"]
+
+[[target]]
+name = "base5"
+type = "Q5_K_M"
+imatrix = true
+
+[[target]]
+name = "kiln5"
+type = "Q5_K_M"
+imatrix = true
+method = ["search", "awq", "gptq"]
 "#,
             model = model.display(),
             texts = fx.join("texts").display()
@@ -75,28 +88,34 @@ method = ["search", "alloc"]
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    let t = &r["targets"][1];
-    let m = &t["method"];
-    eprintln!(
-        "Q4_K_M: baseline {} bytes KLD {:.5} → kiln {} bytes KLD {:.5} ({:.3}×)",
-        m["baseline_bytes"],
-        m["baseline_kld_mean"].as_f64().unwrap(),
-        t["bytes"],
-        t["parity"]["kld"]["mean"].as_f64().unwrap(),
-        m["kld_ratio"].as_f64().unwrap()
-    );
-    assert_eq!(m["baseline"], "base");
-    assert!(t["bytes"].as_u64().unwrap() <= m["baseline_bytes"].as_u64().unwrap());
-    assert!(m["kld_ratio"].as_f64().unwrap() <= 0.8, "{m}");
-    // Every tensor in a type llama.cpp runs, read back by kiln's strict reader.
-    let g = convert::gguf::GgufFile::open(out.join("cont-kiln.gguf")).unwrap();
-    use quantize::GgmlType::*;
-    for x in &g.tensors {
-        let ok = match x.ty {
-            F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => true,
-            Q4K | Q5K | Q6K => x.dims[0] % 256 == 0,
-            _ => false,
-        };
-        assert!(ok, "{}: {} on rows of {}", x.name, x.ty, x.dims[0]);
+    for (i, name, base, mix) in [
+        (1, "kiln", "base", "Q4_K_M"),
+        (3, "kiln5", "base5", "Q5_K_M"),
+    ] {
+        let t = &r["targets"][i];
+        let m = &t["method"];
+        eprintln!(
+            "{mix} {:?}: baseline {} bytes KLD {:.5} → kiln {} bytes KLD {:.5} ({:.3}×)",
+            m["methods"],
+            m["baseline_bytes"],
+            m["baseline_kld_mean"].as_f64().unwrap(),
+            t["bytes"],
+            t["parity"]["kld"]["mean"].as_f64().unwrap(),
+            m["kld_ratio"].as_f64().unwrap()
+        );
+        assert_eq!(m["baseline"], base);
+        assert!(t["bytes"].as_u64().unwrap() <= m["baseline_bytes"].as_u64().unwrap());
+        assert!(m["kld_ratio"].as_f64().unwrap() <= 0.8, "{mix}: {m}");
+        // Every tensor in a type llama.cpp runs, read back by kiln's strict reader.
+        let g = convert::gguf::GgufFile::open(out.join(format!("cont-{name}.gguf"))).unwrap();
+        use quantize::GgmlType::*;
+        for x in &g.tensors {
+            let ok = match x.ty {
+                F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => true,
+                Q4K | Q5K | Q6K => x.dims[0] % 256 == 0,
+                _ => false,
+            };
+            assert!(ok, "{}: {} on rows of {}", x.name, x.ty, x.dims[0]);
+        }
     }
 }

@@ -107,7 +107,7 @@ pub struct TargetSection {
     /// Block-sparse attention masks derived on the calibration texts, e.g.
     /// `attention_masks = { coverage = 0.99, block = 64 }`.
     pub attention_masks: Option<calibrate::masks::MaskSettings>,
-    /// kiln's calibration methods beyond llama.cpp's (`search`, `gptq`, `alloc`), e.g.
+    /// kiln's calibration methods beyond llama.cpp's (`search`, `awq`, `gptq`, `alloc`), e.g.
     /// `method = ["search", "alloc"]`; they measure on the calibration texts.
     #[serde(default)]
     pub method: Vec<String>,
@@ -125,7 +125,7 @@ pub struct TargetSection {
 }
 
 /// The calibration methods kiln knows (`method = [...]` of a target, `--method`).
-pub const METHODS: [&str; 4] = ["imatrix", "search", "gptq", "alloc"];
+pub const METHODS: [&str; 5] = ["imatrix", "search", "awq", "gptq", "alloc"];
 
 /// A whole kiln.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
