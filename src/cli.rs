@@ -185,7 +185,8 @@ pub enum Command {
         #[arg(long)]
         tokenizer_pre: Option<String>,
         /// Calibration methods beyond llama.cpp's, comma-separated: `search` (stronger block
-        /// scale search), `gptq` (error feedback under the calibration Hessian), `alloc`
+        /// scale search), `awq` (activation-aware channel scalings folded into the norms; needs
+        /// --imatrix), `gptq` (error feedback under the calibration Hessian), `alloc`
         /// (sensitivity-driven type allocation within a byte budget).
         #[arg(long, value_delimiter = ',')]
         method: Vec<String>,

@@ -533,7 +533,7 @@ fn methods_stay_in_budget_in_llama_cpp_types_and_are_deterministic() {
     let rec: serde_json::Value = serde_json::from_str(rec).unwrap();
     assert_eq!(
         rec["methods"],
-        serde_json::json!(["search", "awq", "gptq", "alloc"])
+        serde_json::json!(["search", "alloc", "awq", "gptq"])
     );
     assert!(rec["awq"]["error_ratio"].as_f64().unwrap() <= 1.0);
     assert!(rec["alloc"]["budget_bytes"].as_u64().unwrap() > 0);

@@ -2,7 +2,7 @@
 //! (`scripts/fetch-fixture.sh` makes `.fixtures/smollm2-cont-hf`), calibrated on
 //! macbeth_gut.txt and evaluated on hamlet_gut.txt (llama.cpp protocol, ctx 512, 8 chunks),
 //! `kiln build` with `method = ["search", "alloc"]` gives a Q4_K_M-budget artifact, and with
-//! `method = ["search", "awq", "gptq"]` a Q5_K_M artifact, each no larger than the
+//! `method = ["search", "awq", "gptq", "alloc"]` a Q5_K_M one, each no larger than the
 //! llama.cpp-style artifact of its mix + imatrix with a mean KLD at most 0.8× its KLD, in
 //! llama.cpp's types only.
 //!
@@ -67,7 +67,7 @@ imatrix = true
 name = "kiln5"
 type = "Q5_K_M"
 imatrix = true
-method = ["search", "awq", "gptq"]
+method = ["search", "awq", "gptq", "alloc"]
 "#,
             model = model.display(),
             texts = fx.join("texts").display()

@@ -269,7 +269,11 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         spec.target_size = t.target_size;
         spec.target_bpw = t.target_bpw;
         spec.chunks = t.sensitivity_chunks.unwrap_or(spec.chunks);
-        spec.hessian_chunks = t.hessian_chunks.unwrap_or(spec.hessian_chunks);
+        // GPTQ's Hessians come from the imatrix's chunks unless the target says otherwise.
+        spec.hessian_chunks = t
+            .hessian_chunks
+            .or(cfg.calibration.as_ref().and_then(|c| c.chunks))
+            .unwrap_or(spec.hessian_chunks);
         spec.ctx = cfg.calibration.as_ref().map_or(spec.ctx, |c| c.ctx);
         spec.alloc_report = Some(out.join(format!("{model_name}-{}.alloc.json", t.name)));
         spec.validate()

@@ -117,7 +117,8 @@ pub struct TargetSection {
     pub target_bpw: Option<f64>,
     /// Chunks of calibration text `alloc` measures each tensor on (default 1).
     pub sensitivity_chunks: Option<usize>,
-    /// Chunks of calibration text `gptq`'s Hessians are accumulated over (default 32).
+    /// Chunks of calibration text `gptq`'s Hessians are accumulated over (default: the
+    /// `[calibration]` chunks, as the imatrix; else 32).
     pub hessian_chunks: Option<usize>,
     /// The target this one is compared with in the report (default: the target of the same
     /// type, with the imatrix and without methods, if the build has one).

@@ -200,7 +200,8 @@ pub struct ProfileCache {
 /// Points of AWQ's α grid in [0, 1] (AWQ's reference searches 20).
 const AWQ_GRID: usize = 11;
 
-/// Bytes kept free in the budget for kiln's method keys in the header.
+/// Bytes kept free in the budget for kiln's method keys in the header, beyond what the methods
+/// before `alloc` have recorded already (AWQ's per-fold α grows with the layer count).
 const HEADER_RESERVE: u64 = 4096;
 
 fn padded(ty: GgmlType, dims: &[u64]) -> u64 {
@@ -267,78 +268,6 @@ pub fn apply(
             })
             .collect()
     };
-    if let (true, Some((loaded, _, _))) = (spec.awq, &mut calib) {
-        let imatrix = imatrix.context(
-            "--method awq scales channels by their activations: give it an imatrix (--imatrix)",
-        )?;
-        let (base, _, _, _) = plan(&loaded.source, ftype, mix)?;
-        let types: std::collections::BTreeMap<String, GgmlType> =
-            base.iter().map(|c| (c.name.clone(), c.ty)).collect();
-        let p = Progress::new("awq", loaded.model.layers.len() * 3, quiet);
-        let folds = calibrate::awq::search(
-            &loaded.model,
-            &calibrate::awq::AwqInputs {
-                importance: &|n: &str| imatrix.importance(n),
-                ty: &|n: &str| types.get(n).copied(),
-                grid: AWQ_GRID,
-            },
-            |d, t| p.step(d, t, "folds"),
-        );
-        p.finish();
-        folds.fold_model(&mut loaded.model)?;
-        let (plain, folded): (f64, f64) = folds.iter().fold((0.0, 0.0), |(a, b), f| {
-            (a + f.error_plain, b + f.error_folded)
-        });
-        let kinds: Vec<serde_json::Value> = folds
-            .iter()
-            .map(|f| serde_json::json!([f.layer, format!("{:?}", f.kind), f.alpha]))
-            .collect();
-        record["methods"]
-            .as_array_mut()
-            .expect("array")
-            .push("awq".into());
-        record["awq"] = serde_json::json!({
-            "folds": "attn_norm->attn_q/k/v, ffn_norm->ffn_gate/up, ffn_up->ffn_down",
-            "scales": "rms(x)^alpha normalised to sqrt(max*min) = 1",
-            "alpha_grid": AWQ_GRID,
-            "objective": "importance-weighted error of the consumers, in the original space",
-            "error_ratio": if plain > 0.0 { folded / plain } else { 1.0 },
-            "alpha": kinds,
-        });
-        applied.quantizer.folds = Some(std::sync::Arc::new(folds));
-    }
-    if let (true, Some((loaded, tok, tokens))) = (spec.gptq, &calib) {
-        // The folded model's Hessians differ per mix (AWQ's types do).
-        let key = format!(
-            "ctx={} chunks={} awq={}",
-            spec.ctx,
-            spec.hessian_chunks,
-            if spec.awq { ftype.name() } else { "-" }
-        );
-        let (factors, n) = match cache.factors.get(&key) {
-            Some(f) => f.clone(),
-            None => {
-                let f = hessian_factors(spec, loaded, tok, tokens, quiet)?;
-                cache.factors.insert(key, f.clone());
-                f
-            }
-        };
-        let max_damp = factors.values().map(|u| u.damp).fold(0.0, f64::max);
-        applied.quantizer.gptq = Some(factors);
-        record["methods"]
-            .as_array_mut()
-            .expect("array")
-            .push("gptq".into());
-        record["gptq"] = serde_json::json!({
-            "hessian": "X^T X of each matrix input, FP32 forward",
-            "ctx": spec.ctx,
-            "chunks": n,
-            "damp": quantize::gptq::DEFAULT_DAMP,
-            "max_damp_used": max_damp,
-            "order": "columns in order; block scales chosen on the corrected weights",
-            "calib_texts": calib_names(),
-        });
-    }
     if let (true, Some((loaded, tok, tokens))) = (spec.alloc, &calib) {
         let src: &ModelSource = &loaded.source;
         let (base, descs, n_params, _) = plan(src, ftype, mix)?;
@@ -370,14 +299,15 @@ pub fn apply(
                 .collect();
             GgufWriter::new(src_path, md, specs)?.header_bytes().len() as u64
         };
+        let reserve = HEADER_RESERVE + record.to_string().len() as u64;
         let budget = match (spec.target_size, spec.target_bpw) {
             (Some(size), _) => size
-                .checked_sub(fixed + header + HEADER_RESERVE)
+                .checked_sub(fixed + header + reserve)
                 .context("--target-size is smaller than the model's header and norms")?,
             (None, Some(bpw)) => ((bpw * n_params as f64 / 8.0) as u64)
                 .checked_sub(fixed)
                 .context("--target-bpw leaves nothing for the weight matrices")?,
-            (None, None) => base_matrices.saturating_sub(HEADER_RESERVE),
+            (None, None) => base_matrices.saturating_sub(reserve),
         };
         let importance = |name: &str| imatrix.and_then(|m| m.importance(name));
         let quantizer = |name: &str, ty: GgmlType, v: &[f32], cols: usize, imp: Option<&[f32]>| {
@@ -394,13 +324,13 @@ pub fn apply(
             bos: if tok.add_bos { tok.bos } else { None },
         };
         // Everything the profile depends on besides the model and texts, which a build shares
-        // (and so does its one imatrix, where a target uses it).
+        // (and so does its one imatrix, where a target uses it). It is measured before AWQ and
+        // GPTQ, with the search's (or the reference) quantizer: the allocation ranks types by
+        // their cost, which those methods lower for every type alike, and then AWQ searches
+        // its scalings for the types chosen.
         let key = format!(
-            "search={} awq={} gptq={} hessian_chunks={} imatrix={} ctx={} chunks={}",
+            "search={} imatrix={} ctx={} chunks={}",
             spec.search,
-            if spec.awq { ftype.name() } else { "-" },
-            spec.gptq,
-            spec.hessian_chunks,
             imatrix.is_some(),
             spec.ctx,
             spec.chunks
@@ -450,6 +380,100 @@ pub fn apply(
             "calib_texts": calib_names(),
         });
         applied.allocation = Some(alloc);
+    }
+    if let (true, Some((loaded, _, _))) = (spec.awq, &mut calib) {
+        let imatrix = imatrix.context(
+            "--method awq scales channels by their activations: give it an imatrix (--imatrix)",
+        )?;
+        // The types the artifact will have: the mix's, or the allocation's.
+        let (base, _, _, _) = plan(&loaded.source, ftype, mix)?;
+        let mut types: std::collections::BTreeMap<String, GgmlType> =
+            base.iter().map(|c| (c.name.clone(), c.ty)).collect();
+        for t in applied.allocation.iter().flat_map(|a| &a.tensors) {
+            types.insert(t.name.clone(), t.ty);
+        }
+        let p = Progress::new("awq", loaded.model.layers.len() * 3, quiet);
+        let folds = calibrate::awq::search(
+            &loaded.model,
+            &calibrate::awq::AwqInputs {
+                importance: &|n: &str| imatrix.importance(n),
+                ty: &|n: &str| types.get(n).copied(),
+                grid: AWQ_GRID,
+            },
+            |d, t| p.step(d, t, "folds"),
+        );
+        p.finish();
+        folds.fold_model(&mut loaded.model)?;
+        let (plain, folded): (f64, f64) = folds.iter().fold((0.0, 0.0), |(a, b), f| {
+            (a + f.error_plain, b + f.error_folded)
+        });
+        // Per kind of fold: how many scale anything, and their mean α.
+        let mut kinds = serde_json::Map::new();
+        for kind in ["AttnNorm", "FfnNorm", "UpDown"] {
+            let a: Vec<f32> = folds
+                .iter()
+                .filter(|f| format!("{:?}", f.kind) == kind)
+                .map(|f| f.alpha)
+                .collect();
+            let used = a.iter().filter(|&&x| x > 0.0).count();
+            let mean = a.iter().sum::<f32>() / a.len().max(1) as f32;
+            kinds.insert(
+                kind.into(),
+                serde_json::json!({ "folds": a.len(), "scaled": used, "mean_alpha": mean }),
+            );
+        }
+        record["methods"]
+            .as_array_mut()
+            .expect("array")
+            .push("awq".into());
+        record["awq"] = serde_json::json!({
+            "folds": "attn_norm->attn_q/k/v, ffn_norm->ffn_gate/up, ffn_up->ffn_down",
+            "scales": "rms(x)^alpha normalised to sqrt(max*min) = 1",
+            "alpha_grid": AWQ_GRID,
+            "objective": "importance-weighted error of the consumers, in the original space",
+            "error_ratio": if plain > 0.0 { folded / plain } else { 1.0 },
+            "alpha": kinds,
+        });
+        applied.quantizer.folds = Some(std::sync::Arc::new(folds));
+    }
+    if let (true, Some((loaded, tok, tokens))) = (spec.gptq, &calib) {
+        // The folded model's Hessians differ with the folds (AWQ's types differ per target).
+        let folds: Vec<String> = applied
+            .quantizer
+            .folds
+            .iter()
+            .flat_map(|f| f.iter())
+            .map(|f| f.alpha.to_string())
+            .collect();
+        let key = format!(
+            "ctx={} chunks={} awq={}",
+            spec.ctx,
+            spec.hessian_chunks,
+            folds.join(",")
+        );
+        let (factors, n) = match cache.factors.get(&key) {
+            Some(f) => f.clone(),
+            None => {
+                let f = hessian_factors(spec, loaded, tok, tokens, quiet)?;
+                cache.factors.insert(key, f.clone());
+                f
+            }
+        };
+        let max_damp = factors.values().map(|u| u.damp).fold(0.0, f64::max);
+        applied.quantizer.gptq = Some(factors);
+        record["methods"]
+            .as_array_mut()
+            .expect("array")
+            .push("gptq".into());
+        record["gptq"] = serde_json::json!({
+            "hessian": "X^T X of each matrix input, FP32 forward",
+            "ctx": spec.ctx,
+            "chunks": n,
+            "damp": quantize::gptq::DEFAULT_DAMP,
+            "max_damp_used": max_damp,
+            "order": "columns in order; block scales chosen on the corrected weights",
+            "calib_texts": calib_names(),
+        });
     }
     applied.metadata.push((
         "kiln.quantize.method".into(),
