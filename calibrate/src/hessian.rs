@@ -10,7 +10,7 @@
 
 use std::sync::Mutex;
 
-use kernels::{forward, ForwardOptions, Logits, MatKind, Model, Observer, State};
+use kernels::{Logits, MatKind, Model, Observer};
 use rayon::prelude::*;
 
 use crate::imatrix::ImatrixError;
@@ -96,7 +96,12 @@ impl Hessians {
     /// The full symmetric `XᵀX` (n × n) read by tensor `name` and its width, if observed.
     pub fn matrix(&self, name: &str) -> Option<(Vec<f64>, usize)> {
         let (l, k) = slot_of(name)?;
-        let s = self.sums.get(l * 4 + k)?.lock().unwrap();
+        self.matrix_at(l, k)
+    }
+
+    /// The same for input `k` (as [`slot_of`] numbers them) of `layer`.
+    pub fn matrix_at(&self, layer: usize, k: usize) -> Option<(Vec<f64>, usize)> {
+        let s = self.sums.get(layer * 4 + k)?.lock().unwrap();
         if s.tokens == 0 {
             return None;
         }
@@ -160,35 +165,20 @@ pub fn collect(
     ctx: usize,
     chunks: usize,
     bos: Option<u32>,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Hessians, ImatrixError> {
-    let avail = tokens.len() / ctx.max(1);
-    if avail == 0 {
-        return Err(ImatrixError::TooShort {
-            have: tokens.len(),
-            need: ctx,
-        });
-    }
-    let n = chunks.min(avail);
     let hs = Hessians::new(model.config.n_layers);
-    let mut state = State::new(&model.config, ctx, ctx);
-    state.kv_f16 = true;
-    for c in 0..n {
-        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
-        state.reset();
-        forward(
-            model,
-            &mut state,
-            &chunk,
-            Logits::None,
-            ForwardOptions::default(),
-            &hs,
-        )?;
-        progress(c + 1, n);
-    }
+    crate::imatrix::run_chunks(
+        model,
+        tokens,
+        ctx,
+        Some(chunks),
+        bos,
+        true,
+        Logits::None,
+        &hs,
+        progress,
+    )?;
     Ok(hs)
 }
 

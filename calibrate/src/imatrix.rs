@@ -534,33 +534,35 @@ pub struct CalibOptions {
     pub kv_f16: bool,
 }
 
-/// Runs `model` over `tokens` in independent chunks of `ctx` (as llama-imatrix does) and
-/// returns the importance matrix; `progress(done, total)` is called after each chunk.
-pub fn calibrate(
+/// Runs `model` over the first `chunks` (all, if `None`) independent chunks of `ctx` tokens of
+/// `tokens` (as llama-imatrix chooses them; `bos` first in each when given), showing every pass
+/// to `obs`; returns the chunks run. The one calibration loop behind the imatrix and GPTQ's
+/// Hessians.
+#[allow(clippy::too_many_arguments)]
+pub fn run_chunks<O: Observer>(
     model: &Model,
     tokens: &[u32],
-    opts: &CalibOptions,
+    ctx: usize,
+    chunks: Option<usize>,
+    bos: Option<u32>,
+    kv_f16: bool,
+    want: Logits,
+    obs: &O,
     mut progress: impl FnMut(usize, usize),
-) -> Result<Imatrix, ImatrixError> {
-    let avail = tokens.len() / opts.ctx.max(1);
+) -> Result<usize, ImatrixError> {
+    let avail = tokens.len() / ctx.max(1);
     if avail == 0 {
         return Err(ImatrixError::TooShort {
             have: tokens.len(),
-            need: opts.ctx,
+            need: ctx,
         });
     }
-    let n = opts.chunks.map_or(avail, |c| c.min(avail));
-    let collector = Collector::new(model.config.n_layers, opts.process_output);
-    let mut state = State::new(&model.config, opts.ctx, opts.ctx);
-    state.kv_f16 = opts.kv_f16;
-    let want = if opts.process_output {
-        Logits::All
-    } else {
-        Logits::None
-    };
+    let n = chunks.map_or(avail, |c| c.min(avail));
+    let mut state = State::new(&model.config, ctx, ctx);
+    state.kv_f16 = kv_f16;
     for c in 0..n {
-        let mut chunk = tokens[c * opts.ctx..(c + 1) * opts.ctx].to_vec();
-        if let Some(b) = opts.bos {
+        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if let Some(b) = bos {
             chunk[0] = b;
         }
         state.reset();
@@ -570,9 +572,37 @@ pub fn calibrate(
             &chunk,
             want,
             ForwardOptions::default(),
-            &collector,
+            obs,
         )?;
         progress(c + 1, n);
     }
+    Ok(n)
+}
+
+/// Runs `model` over `tokens` in independent chunks of `ctx` (as llama-imatrix does) and
+/// returns the importance matrix; `progress(done, total)` is called after each chunk.
+pub fn calibrate(
+    model: &Model,
+    tokens: &[u32],
+    opts: &CalibOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<Imatrix, ImatrixError> {
+    let collector = Collector::new(model.config.n_layers, opts.process_output);
+    let want = if opts.process_output {
+        Logits::All
+    } else {
+        Logits::None
+    };
+    let n = run_chunks(
+        model,
+        tokens,
+        opts.ctx,
+        opts.chunks,
+        opts.bos,
+        opts.kv_f16,
+        want,
+        &collector,
+        progress,
+    )?;
     Ok(collector.finish(model, n as u32, opts.ctx as u32, opts.datasets.clone()))
 }

@@ -234,12 +234,11 @@ pub fn apply(
     if !spec.any() {
         return Ok(applied);
     }
-    let mut record = serde_json::json!({ "methods": [] });
+    // Each method run, in order, and its parameters.
+    let mut methods: Vec<&str> = Vec::new();
+    let mut record = serde_json::json!({});
     if spec.search {
-        record["methods"]
-            .as_array_mut()
-            .expect("array")
-            .push("search".into());
+        methods.push("search");
         record["search"] = serde_json::json!({
             "objective": "importance-weighted squared error of the decoded block",
             "legacy_scales": 32, "affine_trims": 16, "k_rounds": 3, "k_radius": 2,
@@ -365,10 +364,7 @@ pub fn apply(
             let re = regex::Regex::new(&format!("^{}$", regex::escape(&t.name)))?;
             applied.overrides.push((re, t.ty));
         }
-        record["methods"]
-            .as_array_mut()
-            .expect("array")
-            .push("alloc".into());
+        methods.push("alloc");
         record["alloc"] = serde_json::json!({
             "budget_bytes": budget,
             "matrix_bytes": alloc.used,
@@ -422,10 +418,7 @@ pub fn apply(
                 serde_json::json!({ "folds": a.len(), "scaled": used, "mean_alpha": mean }),
             );
         }
-        record["methods"]
-            .as_array_mut()
-            .expect("array")
-            .push("awq".into());
+        methods.push("awq");
         record["awq"] = serde_json::json!({
             "folds": "attn_norm->attn_q/k/v, ffn_norm->ffn_gate/up, ffn_up->ffn_down",
             "scales": "rms(x)^alpha normalised to sqrt(max*min) = 1",
@@ -461,10 +454,7 @@ pub fn apply(
         };
         let max_damp = factors.values().map(|u| u.damp).fold(0.0, f64::max);
         applied.quantizer.gptq = Some(factors);
-        record["methods"]
-            .as_array_mut()
-            .expect("array")
-            .push("gptq".into());
+        methods.push("gptq");
         record["gptq"] = serde_json::json!({
             "hessian": "X^T X of each matrix input, FP32 forward",
             "ctx": spec.ctx,
@@ -475,6 +465,7 @@ pub fn apply(
             "calib_texts": calib_names(),
         });
     }
+    record["methods"] = methods.into();
     applied.metadata.push((
         "kiln.quantize.method".into(),
         Value::String(record.to_string()),
@@ -515,7 +506,7 @@ fn hessian_factors(
     let inverses = slots
         .par_iter()
         .filter_map(|&s| {
-            let (h, n) = hs.matrix(&name(s))?;
+            let (h, n) = hs.matrix_at(s.0, s.1)?;
             let r = quantize::gptq::HessianInverse::new(&h, n, quantize::gptq::DEFAULT_DAMP)
                 .map(|u| (s, u))
                 .with_context(|| format!("the calibration Hessian of {}", name(s)));
