@@ -45,8 +45,8 @@ fn bench(c: &mut Criterion) {
         let rb = ty.row_size(n).unwrap();
         g.throughput(Throughput::Bytes(wq.len() as u64));
         let mut levels = vec![("scalar", true)];
-        if simd::available() == simd::SimdLevel::Avx2 {
-            levels.push(("avx2", false));
+        if simd::available() >= simd::SimdLevel::Avx2 {
+            levels.push((simd::available().name(), false));
         }
         for (label, force) in levels {
             g.bench_function(BenchmarkId::new(label, ty.name()), |b| {

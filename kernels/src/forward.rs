@@ -16,8 +16,6 @@
 //! code with T = 1. Observers see every matmul input (for the importance matrix) and, when they
 //! ask, every attention row (for mask statistics); the default observer compiles to nothing.
 
-use rayon::prelude::*;
-
 use crate::dot;
 use crate::mask::BlockMask;
 use crate::matmul::{matmul, MatmulMode, MatmulScratch};
@@ -462,74 +460,63 @@ fn attention<O: Observer>(
     let watch = obs.wants_attention();
     // Each head owns one scores row and writes only its own columns of `att`.
     let att_ptr = AttOut(state.att.as_mut_ptr());
-    state
-        .scores
-        .par_chunks_mut(max_ctx)
-        .take(c.n_heads)
-        .enumerate()
-        .for_each(|(h, scores)| {
-            let att = att_ptr;
-            let g = h / group;
-            let pattern = mask.map(|m| m.pattern(l, h));
-            let block = mask.map_or(usize::MAX, |m| m.block);
-            for t in 0..n {
-                let p = pos0 + t;
-                let qv = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                let row = &mut scores[..=p];
-                // The key ranges this query may see: all of 0..=p, or the mask's blocks.
-                let for_each_range = |f: &mut dyn FnMut(usize, usize)| match pattern {
-                    None => f(0, p + 1),
-                    Some(pat) => {
-                        let qb = p / block;
-                        for kb in 0..=qb {
-                            if pat.allows(qb, kb) {
-                                f(kb * block, ((kb + 1) * block).min(p + 1));
-                            }
+    let scores_ptr = AttOut(state.scores.as_mut_ptr());
+    crate::team::for_each(c.n_heads, &|h| {
+        let (att, sp) = (att_ptr, scores_ptr);
+        // SAFETY: head h owns scores[h·max_ctx ..][..max_ctx], disjoint across heads.
+        let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(h * max_ctx), max_ctx) };
+        let g = h / group;
+        let pattern = mask.map(|m| m.pattern(l, h));
+        let block = mask.map_or(usize::MAX, |m| m.block);
+        for t in 0..n {
+            let p = pos0 + t;
+            let qv = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+            let row = &mut scores[..=p];
+            // The key ranges this query may see: all of 0..=p, or the mask's blocks.
+            let for_each_range = |f: &mut dyn FnMut(usize, usize)| match pattern {
+                None => f(0, p + 1),
+                Some(pat) => {
+                    let qb = p / block;
+                    for kb in 0..=qb {
+                        if pat.allows(qb, kb) {
+                            f(kb * block, ((kb + 1) * block).min(p + 1));
                         }
                     }
-                };
-                if watch && pattern.is_some() {
-                    row.fill(0.0);
                 }
-                let mut max = f32::NEG_INFINITY;
-                for_each_range(&mut |a, b| {
-                    for k in a..b {
-                        let s = dot::vec_dot_f32(
-                            qv,
-                            &kc[k * kv_dim + g * hd..k * kv_dim + (g + 1) * hd],
-                        ) * scale;
-                        row[k] = s;
-                        max = max.max(s);
-                    }
-                });
-                let mut sum = 0f64;
-                for_each_range(&mut |a, b| {
-                    for s in &mut row[a..b] {
-                        let e = (*s - max).exp();
-                        *s = e;
-                        sum += e as f64;
-                    }
-                });
-                let inv = (1.0 / sum) as f32;
-                // SAFETY: head h writes only att[t, h·hd .. (h+1)·hd], disjoint across heads.
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), hd) };
-                out.fill(0.0);
-                for_each_range(&mut |a, b| {
-                    for k in a..b {
-                        row[k] *= inv;
-                        let w = row[k];
-                        let vv = &vc[k * kv_dim + g * hd..k * kv_dim + (g + 1) * hd];
-                        for (o, &x) in out.iter_mut().zip(vv) {
-                            *o += w * x;
-                        }
-                    }
-                });
-                if watch {
-                    obs.attention(l, h, p, row);
-                }
+            };
+            if watch && pattern.is_some() {
+                row.fill(0.0);
             }
-        });
+            let mut max = f32::NEG_INFINITY;
+            // Keys a..b of kv head g: rows kv_dim apart in the cache.
+            let heads = |a: usize, b: usize| a * kv_dim + g * hd..(b - 1) * kv_dim + (g + 1) * hd;
+            for_each_range(&mut |a, b| {
+                let m = dot::attn_scores(qv, &kc[heads(a, b)], kv_dim, scale, &mut row[a..b]);
+                max = max.max(m);
+            });
+            let mut sum = 0f64;
+            for_each_range(&mut |a, b| {
+                for s in &mut row[a..b] {
+                    let e = (*s - max).exp();
+                    *s = e;
+                    sum += e as f64;
+                }
+            });
+            let inv = (1.0 / sum) as f32;
+            // SAFETY: head h writes only att[t, h·hd .. (h+1)·hd], disjoint across heads.
+            let out = unsafe { std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), hd) };
+            out.fill(0.0);
+            for_each_range(&mut |a, b| {
+                for w in &mut row[a..b] {
+                    *w *= inv;
+                }
+                dot::attn_values(&row[a..b], &vc[heads(a, b)], kv_dim, out);
+            });
+            if watch {
+                obs.attention(l, h, p, row);
+            }
+        }
+    });
 }
 
 #[derive(Clone, Copy)]

@@ -15,6 +15,7 @@ pub mod matmul;
 pub mod model;
 pub mod ops;
 pub mod simd;
+pub mod team;
 
 pub use forward::{forward, ForwardError, ForwardOptions, Logits, NoObserver, Observer, State};
 pub use mask::{BlockMask, HeadPattern};

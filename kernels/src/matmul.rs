@@ -50,18 +50,36 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// The same for activation blocks: each token's row is written by one task.
+struct SharedBlocks<A>(*mut A);
+impl<A> Clone for SharedBlocks<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A> Copy for SharedBlocks<A> {}
+unsafe impl<A> Send for SharedBlocks<A> {}
+unsafe impl<A> Sync for SharedBlocks<A> {}
+
 /// Weight rows per tile.
 const TILE: usize = 16;
 
-/// A four-token dot product (see `dot::avx2::vec_dot4_*`); unsafe because it needs AVX2.
+/// How many rows ahead of the one being read the matmul prefetches.
+const PREFETCH_ROWS: usize = 8;
+
+/// A four-token dot product (see `dot::avx2::vec_dot4_*`); unsafe because it needs the
+/// SIMD level's CPU features.
 type Dot4<W, A> = unsafe fn(&[W], [&[A]; 4]) -> [f32; 4];
 
-/// The AVX2 four-token kernel `$name` when the CPU runs AVX2 (and prefill has ≥ 4 tokens).
+/// The four-token kernel `$name` of the SIMD level in use (none for scalar).
 macro_rules! dot4 {
     ($name:ident) => {{
         #[cfg(target_arch = "x86_64")]
-        let k: Option<Dot4<_, _>> = (crate::simd::level() == crate::simd::SimdLevel::Avx2)
-            .then_some(crate::dot::avx2::$name as Dot4<_, _>);
+        let k: Option<Dot4<_, _>> = match crate::simd::level() {
+            crate::simd::SimdLevel::Avx512 => Some(crate::dot::avx512::$name as Dot4<_, _>),
+            crate::simd::SimdLevel::Avx2 => Some(crate::dot::avx2::$name as Dot4<_, _>),
+            crate::simd::SimdLevel::Scalar => None,
+        };
         #[cfg(not(target_arch = "x86_64"))]
         let k: Option<Dot4<_, _>> = None;
         k
@@ -207,9 +225,13 @@ fn quantized<W: Pod + Sync, A: Quantize>(
         let blocks: &mut [A] = bytemuck::cast_slice_mut(acts);
         let quant = |(xs, ab): (&[f32], &mut [A])| A::quantize_row_ref(xs, ab);
         if n_tok >= 4 {
-            x.par_chunks(w.cols)
-                .zip(blocks.par_chunks_mut(nb))
-                .for_each(quant);
+            let dst = SharedBlocks(blocks.as_mut_ptr());
+            crate::team::for_each(n_tok, &|t| {
+                let d = dst; // the whole wrapper, not its raw field
+                             // SAFETY: token t writes only its own row of blocks, inside `blocks`.
+                let ab = unsafe { std::slice::from_raw_parts_mut(d.0.add(t * nb), nb) };
+                quant((&x[t * w.cols..(t + 1) * w.cols], ab));
+            });
         } else {
             x.chunks(w.cols).zip(blocks.chunks_mut(nb)).for_each(quant);
         }
@@ -231,7 +253,7 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
     let out_ptr = SharedOut(out.as_mut_ptr());
     let acts: &[A] = bytemuck::cast_slice(acts);
     let per_tok = arow / std::mem::size_of::<A>();
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::team::threads();
     // Enough chunks to balance, few enough that scheduling costs nothing next to the dots.
     let work = rows * n_tok * w.cols;
     let n_chunks = if work < 1 << 16 {
@@ -243,6 +265,10 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
         .div_ceil(n_chunks)
         .next_multiple_of(TILE.min(rows))
         .max(1);
+    // The weight's blocks, cast once (a copy only if the bytes were not aligned).
+    let wall = quantize::blocks_from_bytes::<W>(w.bytes());
+    let per_row = w.row_bytes() / std::mem::size_of::<W>();
+    let wrow = |r: usize| &wall[r * per_row..(r + 1) * per_row];
     let body = |c: usize| {
         let out = out_ptr;
         let r0 = c * chunk_rows;
@@ -251,14 +277,22 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
         while t0 < r1 {
             let t1 = (t0 + TILE).min(r1);
             let mut first = 0;
+            // The last pass over this tile reads each row for the last time: prefetch the
+            // rows PREFETCH_ROWS ahead (into the next tile) while it does.
+            let fetch = |r: usize, last_pass: bool| {
+                if last_pass && r + PREFETCH_ROWS < r1 {
+                    crate::simd::prefetch(bytemuck::cast_slice(wrow(r + PREFETCH_ROWS)));
+                }
+            };
             if let Some(f4) = f4 {
                 let act = |t: usize| &acts[t * per_tok..(t + 1) * per_tok];
                 while first + 4 <= n_tok {
                     let a = [act(first), act(first + 1), act(first + 2), act(first + 3)];
+                    let last_pass = first + 8 > n_tok;
                     for r in t0..t1 {
-                        let wr = quantize::blocks_from_bytes::<W>(w.row(r));
-                        // SAFETY: `f4` is only given when the CPU has AVX2, FMA and F16C.
-                        let v = unsafe { f4(&wr, a) };
+                        fetch(r, last_pass);
+                        // SAFETY: `f4` is only given for a level the CPU has.
+                        let v = unsafe { f4(wrow(r), a) };
                         for (k, &vk) in v.iter().enumerate() {
                             // SAFETY: as below — (t, r) belongs to this thread's rows.
                             unsafe { *out.0.add((first + k) * rows + r) = vk };
@@ -270,8 +304,8 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
             for t in first..n_tok {
                 let a = &acts[t * per_tok..(t + 1) * per_tok];
                 for r in t0..t1 {
-                    let wr = quantize::blocks_from_bytes::<W>(w.row(r));
-                    let v = f(&wr, a);
+                    fetch(r, t + 1 == n_tok);
+                    let v = f(wrow(r), a);
                     // SAFETY: each (t, r) is written by exactly one thread (rows are split
                     // into disjoint chunks) and lies inside `out` (asserted by the caller).
                     unsafe { *out.0.add(t * rows + r) = v };
@@ -280,17 +314,12 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
             t0 = t1;
         }
     };
-    let n = rows.div_ceil(chunk_rows);
-    if n <= 1 {
-        (0..n).for_each(body);
-    } else {
-        (0..n).into_par_iter().for_each(body);
-    }
+    crate::team::for_each(rows.div_ceil(chunk_rows), &body);
 }
 
 /// True when the register-tiled float kernels apply: a batch of tokens and AVX2.
 fn tiled(n_tok: usize) -> bool {
-    n_tok >= 3 && crate::simd::level() == crate::simd::SimdLevel::Avx2
+    n_tok >= 3 && crate::simd::level() >= crate::simd::SimdLevel::Avx2
 }
 
 #[derive(Clone, Copy)]
@@ -312,12 +341,12 @@ fn run_tiled<W: Pod + Sync>(
     let rows = w.rows;
     let cols = w.cols;
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::team::threads();
     let n_chunks = (threads * 4).min(rows.div_ceil(TILE)).max(1);
     let chunk_rows = rows.div_ceil(n_chunks).next_multiple_of(4).max(4);
     let n = rows.div_ceil(chunk_rows);
     let xr = |t: usize| &x[t * cols..(t + 1) * cols];
-    (0..n).into_par_iter().for_each(|c| {
+    crate::team::for_each(n, &|c| {
         let out = out_ptr;
         let put = |t: usize, r: usize, v: f32| {
             // SAFETY: each (t, r) is written once, by the task owning row r; inside `out`.

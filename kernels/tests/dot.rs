@@ -82,24 +82,35 @@ fn scalar_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
     }
 }
 
+/// The AVX2 dot product, or with `avx512` the AVX-512 VNNI one (same functions, same results).
 #[cfg(target_arch = "x86_64")]
-fn avx2_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
-    use kernels::dot::avx2;
+fn simd_dot(avx512: bool, ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
     use quantize::blocks_from_bytes as v;
-    assert_eq!(simd::available(), simd::SimdLevel::Avx2);
-    // SAFETY: checked above that the CPU has AVX2, FMA and F16C.
-    unsafe {
-        match ty {
-            GgmlType::Q4_0 => avx2::vec_dot_q4_0_q8_0(&v(w), &v(a)),
-            GgmlType::Q4_1 => avx2::vec_dot_q4_1_q8_1(&v(w), &v(a)),
-            GgmlType::Q5_0 => avx2::vec_dot_q5_0_q8_0(&v(w), &v(a)),
-            GgmlType::Q5_1 => avx2::vec_dot_q5_1_q8_1(&v(w), &v(a)),
-            GgmlType::Q8_0 => avx2::vec_dot_q8_0_q8_0(&v(w), &v(a)),
-            GgmlType::Q4K => avx2::vec_dot_q4_k_q8_k(&v(w), &v(a)),
-            GgmlType::Q5K => avx2::vec_dot_q5_k_q8_k(&v(w), &v(a)),
-            GgmlType::Q6K => avx2::vec_dot_q6_k_q8_k(&v(w), &v(a)),
-            _ => unreachable!("{ty}"),
-        }
+    macro_rules! call {
+        ($m:ident) => {{
+            use kernels::dot::$m as k;
+            // SAFETY: the callers checked that the CPU has the level's features.
+            unsafe {
+                match ty {
+                    GgmlType::Q4_0 => k::vec_dot_q4_0_q8_0(&v(w), &v(a)),
+                    GgmlType::Q4_1 => k::vec_dot_q4_1_q8_1(&v(w), &v(a)),
+                    GgmlType::Q5_0 => k::vec_dot_q5_0_q8_0(&v(w), &v(a)),
+                    GgmlType::Q5_1 => k::vec_dot_q5_1_q8_1(&v(w), &v(a)),
+                    GgmlType::Q8_0 => k::vec_dot_q8_0_q8_0(&v(w), &v(a)),
+                    GgmlType::Q4K => k::vec_dot_q4_k_q8_k(&v(w), &v(a)),
+                    GgmlType::Q5K => k::vec_dot_q5_k_q8_k(&v(w), &v(a)),
+                    GgmlType::Q6K => k::vec_dot_q6_k_q8_k(&v(w), &v(a)),
+                    _ => unreachable!("{ty}"),
+                }
+            }
+        }};
+    }
+    if avx512 {
+        assert_eq!(simd::available(), simd::SimdLevel::Avx512);
+        call!(avx512)
+    } else {
+        assert!(simd::available() >= simd::SimdLevel::Avx2);
+        call!(avx2)
     }
 }
 
@@ -129,10 +140,11 @@ impl Rng {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn simd_matches_scalar_on_random_rows() {
-    if simd::available() != simd::SimdLevel::Avx2 {
+    if simd::available() < simd::SimdLevel::Avx2 {
         eprintln!("no AVX2 on this CPU: nothing to compare");
         return;
     }
+    let avx512 = simd::available() == simd::SimdLevel::Avx512;
     let mut rng = Rng(0x9E3779B97F4A7C15);
     let types = [
         GgmlType::Q4_0,
@@ -154,12 +166,20 @@ fn simd_matches_scalar_on_random_rows() {
             let (wq, _) = quantize(ty, &w, n, qw.as_deref()).unwrap();
             let (aq, _) = quantize(ty.vec_dot_type(), &x, n, None).unwrap();
             let s = scalar_dot(ty, &wq, &aq);
-            let v = avx2_dot(ty, &wq, &aq);
+            let v = simd_dot(false, ty, &wq, &aq);
             let bound = 1e-5 * abs_dot(ty, &wq, &aq, n);
             assert!(
                 ((s - v) as f64).abs() <= bound,
                 "{ty} trial {trial}: scalar {s} vs avx2 {v} (bound {bound:e})"
             );
+            if avx512 {
+                let v512 = simd_dot(true, ty, &wq, &aq);
+                assert_eq!(
+                    v.to_bits(),
+                    v512.to_bits(),
+                    "{ty} trial {trial}: avx2 {v} vs avx512 {v512}"
+                );
+            }
         }
         // Float types.
         let wf16: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
@@ -214,4 +234,37 @@ fn type_erased_dot_checks_lengths() {
     assert!(dot::vec_dot(GgmlType::Q4_0, 256, &w, &a).is_ok());
     assert!(dot::vec_dot(GgmlType::Q4_0, 288, &w, &a).is_err());
     assert!(dot::vec_dot(GgmlType::Q8K, 256, &w, &a).is_err());
+}
+
+#[test]
+fn attention_kernels_give_the_scalar_bits() {
+    let mut rng = Rng(0x51ED_2701);
+    for (hd, stride, n) in [(64, 192, 37), (128, 128, 9), (8, 24, 4), (64, 64, 0)] {
+        let q: Vec<f32> = (0..hd).map(|_| rng.value(1.0)).collect();
+        let k: Vec<f32> = (0..n * stride + hd).map(|_| rng.value(1.0)).collect();
+        let p: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+        let scale = 0.125;
+        let mut simd_s = vec![0f32; n];
+        let m = dot::attn_scores(&q, &k, stride, scale, &mut simd_s);
+        let mut ref_s = vec![0f32; n];
+        let rm = scalar::attn_scores(&q, &k, stride, scale, &mut ref_s);
+        for (i, s) in simd_s.iter().enumerate() {
+            // Each score is exactly the dispatched f32 dot product, scaled.
+            let want = dot::vec_dot_f32(&q, &k[i * stride..i * stride + hd]) * scale;
+            assert_eq!(s.to_bits(), want.to_bits(), "hd {hd} key {i}");
+            assert!(
+                (s - ref_s[i]).abs() <= 1e-5 * (1.0 + ref_s[i].abs()),
+                "hd {hd} key {i}"
+            );
+        }
+        assert!(n == 0 || (m - rm).abs() <= 1e-5 * (1.0 + rm.abs()));
+        let start: Vec<f32> = (0..hd).map(|_| rng.value(0.1)).collect();
+        let (mut a, mut b) = (start.clone(), start);
+        dot::attn_values(&p, &k, stride, &mut a);
+        scalar::attn_values(&p, &k, stride, &mut b);
+        assert_eq!(
+            a, b,
+            "hd {hd}: values must be bit-identical (same fused order)"
+        );
+    }
 }

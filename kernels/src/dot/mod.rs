@@ -2,14 +2,18 @@
 //! `vec_dot_type`): Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for Q4_K/Q5_K/Q6_K, plus
 //! f32·f32, f16·f32 and bf16·f32.
 //!
-//! [`scalar`] and [`avx2`] hold the same function names; the functions here pick one at run
+//! [`scalar`], [`avx2`] and [`avx512`] hold the same function names; the functions here pick one at run
 //! time through [`crate::simd::level`]. Agreement: SIMD and scalar sum the same exact integer
 //! block products and differ only in the order of per-block float additions, so they agree to
 //! within 1e-5 × Σ|w·a| (tested on random rows of every type).
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use half::f16;
 use quantize::blocks::*;
@@ -24,13 +28,47 @@ macro_rules! dispatch {
         pub fn $name(x: &[$X], y: &[$Y]) -> f32 {
             assert_eq!(x.len(), y.len(), "dot product of {} and {} elements", x.len(), y.len());
             #[cfg(target_arch = "x86_64")]
-            if level() == SimdLevel::Avx2 {
-                // SAFETY: level() reports Avx2 only when the CPU has AVX2, FMA and F16C.
-                return unsafe { avx2::$name(x, y) };
+            match level() {
+                // SAFETY: level() reports a level only when the CPU has its features.
+                SimdLevel::Avx512 => return unsafe { avx512::$name(x, y) },
+                SimdLevel::Avx2 => return unsafe { avx2::$name(x, y) },
+                SimdLevel::Scalar => {}
             }
             scalar::$name(x, y)
         }
     };
+}
+
+/// Attention scores `out[i] = scale · q·K[i]` (key `i` at `k[i·stride ..]`), each with the
+/// bits of [`vec_dot_f32`] × scale; returns their maximum.
+#[inline]
+pub fn attn_scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if q.len().is_multiple_of(8) {
+        match level() {
+            // SAFETY: level() reports a level only when the CPU has its features.
+            SimdLevel::Avx512 => return unsafe { avx512::attn_scores(q, k, stride, scale, out) },
+            SimdLevel::Avx2 => return unsafe { avx2::attn_scores(q, k, stride, scale, out) },
+            SimdLevel::Scalar => {}
+        }
+    }
+    scalar::attn_scores(q, k, stride, scale, out)
+}
+
+/// `out += Σ_i p[i] · V[i]` (row `i` at `v[i·stride ..]`), one fused multiply-add per element
+/// and row, rows in order: SIMD and scalar give the same bits.
+#[inline]
+pub fn attn_values(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if out.len().is_multiple_of(8) && out.len() <= 128 {
+        match level() {
+            // SAFETY: as above.
+            SimdLevel::Avx512 => return unsafe { avx512::attn_values(p, v, stride, out) },
+            SimdLevel::Avx2 => return unsafe { avx2::attn_values(p, v, stride, out) },
+            SimdLevel::Scalar => {}
+        }
+    }
+    scalar::attn_values(p, v, stride, out)
 }
 
 dispatch!(/// Σ x·y over f32.

@@ -7,6 +7,29 @@
 use half::f16;
 use quantize::blocks::*;
 
+/// Attention scores `out[i] = scale · q·K[i]`, key `i` at `k[i·stride ..][..q.len()]`;
+/// returns their maximum.
+pub fn attn_scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) -> f32 {
+    let hd = q.len();
+    let mut max = f32::NEG_INFINITY;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = vec_dot_f32(q, &k[i * stride..i * stride + hd]) * scale;
+        max = max.max(*o);
+    }
+    max
+}
+
+/// `out += Σ_i p[i] · V[i]`, row `i` at `v[i·stride ..][..out.len()]`, rows in order, one
+/// fused multiply-add per element and row (as the SIMD kernels).
+pub fn attn_values(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    let hd = out.len();
+    for (i, &w) in p.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[i * stride..i * stride + hd]) {
+            *o = w.mul_add(x, *o);
+        }
+    }
+}
+
 /// Σ x·y over f32.
 pub fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
     // Eight running sums: the same association as the AVX2 kernel's lanes, and faster.

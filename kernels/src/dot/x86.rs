@@ -1,0 +1,764 @@
+//! The x86 dot products, written once and compiled twice ([`super::avx2`], [`super::avx512`])
+//! with different target features: the same functions as [`super::scalar`].
+//!
+//! The integer work follows ggml's x86 kernels in `ggml/src/ggml-cpu/arch/x86/quants.c`
+//! (`bytes_from_nibbles_32`, `bytes_from_bits_32`, `mul_sum_i8_pairs_float`, the
+//! `maddubs`/`madd` chains of `ggml_vec_dot_q4_K_q8_K` …): exact integer sums per block, then
+//! one fused multiply-add per block into eight float lanes. Results differ from the scalar
+//! kernels only in the order of the per-block float additions.
+//!
+//! With `vnni` (ggml's `__AVX512VNNI__ && __AVX512VL__` branch of `mul_sum_us8_pairs_float`)
+//! an unsigned×signed byte dot is one `vpdpbusd` instead of `vpmaddubsw` + `vpmaddwd`, and
+//! Q5_0's fifth bit is applied through a mask register. Every product of these kernels fits
+//! `vpmaddubsw`'s 16-bit pair sums without saturating (|a| ≤ 127 after the sign trick, weight
+//! bytes ≤ 127), so both instantiations compute the same integers and the same floats in the
+//! same order: their results are bit-identical (tested).
+
+/// The kernels, for the target features `$feat`; `$vnni` selects the AVX-512 VNNI forms.
+macro_rules! x86_kernels {
+    ($feat:literal, $vnni:literal) => {
+        use std::arch::x86_64::*;
+
+        use half::f16;
+        use quantize::blocks::*;
+
+        use super::scalar::{k4_min_term, k4_scales_mins};
+
+        /// f16 → f32 with F16C, inlined (the `half` crate's conversion is an out-of-line call that
+        /// re-checks CPU features, a measurable cost once per block).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn h2f(h: f16) -> f32 {
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn hsum_f32_8(x: __m256) -> f32 {
+            let hi = _mm256_extractf128_ps(x, 1);
+            let lo = _mm256_castps256_ps128(x);
+            let s = _mm_add_ps(hi, lo);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+
+        /// 32 nibbles → 32 bytes: low nibbles in bytes 0..16, high nibbles in bytes 16..32.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn bytes_from_nibbles_32(p: *const u8) -> __m256i {
+            let tmp = _mm_loadu_si128(p as *const __m128i);
+            let bytes =
+                _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1);
+            _mm256_and_si256(_mm256_set1_epi8(0x0F), bytes)
+        }
+
+        /// 32 bits → 32 bytes, 0xFF where the bit is set.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn bytes_from_bits_32(qh: &[u8; 4]) -> __m256i {
+            let x32 = u32::from_le_bytes(*qh) as i32;
+            let shuf = _mm256_set_epi64x(
+                0x0303030303030303,
+                0x0202020202020202,
+                0x0101010101010101,
+                0x0000000000000000,
+            );
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+            let bit_mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+            let bytes = _mm256_or_si256(bytes, bit_mask);
+            _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+        }
+
+        /// Unsigned × signed byte pairs, summed to 8 f32 lanes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+            if $vnni {
+                _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy))
+            } else {
+                let dot = _mm256_maddubs_epi16(ax, sy);
+                _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+            }
+        }
+
+        /// Q5_0's 32 values as signed bytes: the nibbles, minus 16 where the fifth bit is clear.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q5_0_bytes(xb: &BlockQ5_0) -> __m256i {
+            let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+            if $vnni {
+                let clear = !u32::from_le_bytes(xb.qh);
+                _mm256_mask_sub_epi8(qx, clear, qx, _mm256_set1_epi8(16))
+            } else {
+                // Where the fifth bit is clear the value is nibble − 16: set the top nibble (0xF0).
+                let bxhi =
+                    _mm256_andnot_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0xF0u8 as i8));
+                _mm256_or_si256(qx, bxhi)
+            }
+        }
+
+        /// Signed × signed byte pairs, summed to 8 f32 lanes (sign moved onto y).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+            let ax = _mm256_sign_epi8(x, x);
+            let sy = _mm256_sign_epi8(y, x);
+            mul_sum_us8_pairs_float(ax, sy)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn load32(p: &[i8]) -> __m256i {
+            debug_assert!(p.len() >= 32);
+            _mm256_loadu_si256(p.as_ptr() as *const __m256i)
+        }
+
+        /// One eight-lane accumulator, the same association as the register-tiled kernels
+        /// ([`dot_tile_f32_4x3`]), so a token gives the same bits in a batch as alone.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+            let n = x.len().min(y.len());
+            let mut acc = _mm256_setzero_ps();
+            let (xp, yp) = (x.as_ptr(), y.as_ptr());
+            let mut i = 0;
+            while i + 8 <= n {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)), acc);
+                i += 8;
+            }
+            let mut s = hsum_f32_8(acc);
+            for j in i..n {
+                s += x[j] * y[j];
+            }
+            s
+        }
+
+        /// Attention scores `out[i] = scale · q·K[i]` for `out.len()` keys, key `i` at
+        /// `k[i·stride ..][..q.len()]`; returns their maximum. Four keys per pass, each with
+        /// [`vec_dot_f32`]'s association, so every score has the bits `vec_dot_f32` gives it.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn attn_scores(
+            q: &[f32],
+            k: &[f32],
+            stride: usize,
+            scale: f32,
+            out: &mut [f32],
+        ) -> f32 {
+            let hd = q.len();
+            let n = out.len();
+            assert!(
+                hd % 8 == 0 && (n == 0 || (n - 1) * stride + hd <= k.len()),
+                "attention keys"
+            );
+            let (qp, kp) = (q.as_ptr(), k.as_ptr());
+            let mut max = f32::NEG_INFINITY;
+            let mut i = 0;
+            while i + 4 <= n {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut d = 0;
+                while d < hd {
+                    let qv = _mm256_loadu_ps(qp.add(d));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add((i + j) * stride + d)), *a);
+                    }
+                    d += 8;
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    let s = hsum_f32_8(*a) * scale;
+                    out[i + j] = s;
+                    max = max.max(s);
+                }
+                i += 4;
+            }
+            while i < n {
+                let s = vec_dot_f32(q, &k[i * stride..i * stride + hd]) * scale;
+                out[i] = s;
+                max = max.max(s);
+                i += 1;
+            }
+            max
+        }
+
+        /// `out += Σ_i p[i] · V[i]` for `p.len()` value rows, row `i` at `v[i·stride ..]`
+        /// (`out.len()` floats, a multiple of 8 and at most 128), accumulated in registers
+        /// with one fused multiply-add per element and row, rows in order.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn attn_values(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+            let hd = out.len();
+            let n = p.len();
+            assert!(
+                hd % 8 == 0 && hd <= 128 && (n == 0 || (n - 1) * stride + hd <= v.len()),
+                "attention values"
+            );
+            let lanes = hd / 8;
+            let mut acc = [_mm256_setzero_ps(); 16];
+            for (c, a) in acc.iter_mut().enumerate().take(lanes) {
+                *a = _mm256_loadu_ps(out.as_ptr().add(c * 8));
+            }
+            let vp = v.as_ptr();
+            for (i, &w) in p.iter().enumerate() {
+                let wv = _mm256_set1_ps(w);
+                let row = vp.add(i * stride);
+                for (c, a) in acc.iter_mut().enumerate().take(lanes) {
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(c * 8)), *a);
+                }
+            }
+            for (c, a) in acc.iter().enumerate().take(lanes) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), *a);
+            }
+        }
+
+        /// As [`vec_dot_f32`], with f16 weights (same association as [`dot_tile_f16_4x3`]).
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_f16_f32(x: &[f16], y: &[f32]) -> f32 {
+            let n = x.len().min(y.len());
+            let mut acc = _mm256_setzero_ps();
+            let (xp, yp) = (x.as_ptr() as *const u16, y.as_ptr());
+            let mut i = 0;
+            while i + 8 <= n {
+                let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
+                acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i)), acc);
+                i += 8;
+            }
+            let mut s = hsum_f32_8(acc);
+            for j in i..n {
+                s += x[j].to_f32() * y[j];
+            }
+            s
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_bf16_f32(x: &[u16], y: &[f32]) -> f32 {
+            let n = x.len().min(y.len());
+            let n8 = n / 8 * 8;
+            let mut acc = _mm256_setzero_ps();
+            let (xp, yp) = (x.as_ptr(), y.as_ptr());
+            let mut i = 0;
+            while i < n8 {
+                let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(xp.add(i) as *const __m128i));
+                let xv = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+                acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i)), acc);
+                i += 8;
+            }
+            let mut s = hsum_f32_8(acc);
+            for j in n8..n {
+                s += f32::from_bits((x[j] as u32) << 16) * y[j];
+            }
+            s
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            let off = _mm256_set1_epi8(8);
+            for (xb, yb) in x.iter().zip(y) {
+                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
+                let qx = _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), off);
+                let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+                acc = _mm256_fmadd_ps(d, q, acc);
+            }
+            hsum_f32_8(acc)
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0f32;
+            for (xb, yb) in x.iter().zip(y) {
+                summs += h2f(xb.m) * h2f(yb.s);
+                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
+                let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+                let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+                acc = _mm256_fmadd_ps(d, xy, acc);
+            }
+            hsum_f32_8(acc) + summs
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            for (xb, yb) in x.iter().zip(y) {
+                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
+                let qx = q5_0_bytes(xb);
+                let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+                acc = _mm256_fmadd_ps(d, q, acc);
+            }
+            hsum_f32_8(acc)
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0f32;
+            for (xb, yb) in x.iter().zip(y) {
+                summs += h2f(xb.m) * h2f(yb.s);
+                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
+                let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+                let bxhi = _mm256_and_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0x10));
+                let qx = _mm256_or_si256(qx, bxhi);
+                let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+                acc = _mm256_fmadd_ps(d, xy, acc);
+            }
+            hsum_f32_8(acc) + summs
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            for (xb, yb) in x.iter().zip(y) {
+                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
+                let q = mul_sum_i8_pairs_float(load32(&xb.qs), load32(&yb.qs));
+                acc = _mm256_fmadd_ps(d, q, acc);
+            }
+            hsum_f32_8(acc)
+        }
+
+        /// Σ over one 32-value sub-block pair of a Q4_K/Q5_K chunk: `scale · Σ q·a` in i32 lanes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn scaled_dot_u8(q: __m256i, a: __m256i, scale: i32) -> __m256i {
+            let p16 = _mm256_maddubs_epi16(q, a);
+            _mm256_madd_epi16(_mm256_set1_epi16(scale as i16), p16)
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let mut acc = _mm256_setzero_ps();
+            let mut acc_m = 0f32;
+            for (xb, yb) in x.iter().zip(y) {
+                let (sc, mn) = k4_scales_mins(&xb.scales);
+                let d = h2f(xb.d) * yb.d;
+                let dmin = h2f(xb.dmin) * yb.d;
+                acc_m += dmin * k4_min_term(&mn, &yb.bsums) as f32;
+                let mut sumi = _mm256_setzero_si256();
+                for k in 0..QK_K / 64 {
+                    let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+                    let lo = _mm256_and_si256(bits, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                    let a_lo = load32(&yb.qs[64 * k..]);
+                    let a_hi = load32(&yb.qs[64 * k + 32..]);
+                    sumi = _mm256_add_epi32(sumi, scaled_dot_u8(lo, a_lo, sc[2 * k]));
+                    sumi = _mm256_add_epi32(sumi, scaled_dot_u8(hi, a_hi, sc[2 * k + 1]));
+                }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            hsum_f32_8(acc) - acc_m
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            let mut acc = _mm256_setzero_ps();
+            let mut acc_m = 0f32;
+            for (xb, yb) in x.iter().zip(y) {
+                let (sc, mn) = k4_scales_mins(&xb.scales);
+                let d = h2f(xb.d) * yb.d;
+                let dmin = h2f(xb.dmin) * yb.d;
+                acc_m += dmin * k4_min_term(&mn, &yb.bsums) as f32;
+                let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
+                let mut sumi = _mm256_setzero_si256();
+                for k in 0..QK_K / 64 {
+                    let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+                    let sh0 = _mm_cvtsi32_si128(2 * k as i32);
+                    let sh1 = _mm_cvtsi32_si128(2 * k as i32 + 1);
+                    let h0 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh0), one), 4);
+                    let h1 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh1), one), 4);
+                    let lo = _mm256_add_epi8(_mm256_and_si256(bits, m4), h0);
+                    let hi = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
+                    let a_lo = load32(&yb.qs[64 * k..]);
+                    let a_hi = load32(&yb.qs[64 * k + 32..]);
+                    sumi = _mm256_add_epi32(sumi, scaled_dot_u8(lo, a_lo, sc[2 * k]));
+                    sumi = _mm256_add_epi32(sumi, scaled_dot_u8(hi, a_hi, sc[2 * k + 1]));
+                }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            hsum_f32_8(acc) - acc_m
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m2 = _mm256_set1_epi8(3);
+            let m32 = _mm256_set1_epi8(32);
+            let mut acc = _mm256_setzero_ps();
+            for (xb, yb) in x.iter().zip(y) {
+                let d = h2f(xb.d) * yb.d;
+                let mut sumi = _mm256_setzero_si256();
+                for k in 0..QK_K / 128 {
+                    let ql1 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k) as *const __m256i);
+                    let ql2 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k + 32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(xb.qh.as_ptr().add(32 * k) as *const __m256i);
+                    let q = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(ql1, m4),
+                            _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(ql2, m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                        ),
+                    ];
+                    for (p, qv) in q.iter().enumerate() {
+                        let a = load32(&yb.qs[128 * k + 32 * p..]);
+                        // (q − 32)·a = q·a − 32·a, both in i16 pairs.
+                        let p16 = _mm256_sub_epi16(
+                            _mm256_maddubs_epi16(*qv, a),
+                            _mm256_maddubs_epi16(m32, a),
+                        );
+                        let s0 = xb.scales[8 * k + 2 * p] as i16;
+                        let s1 = xb.scales[8 * k + 2 * p + 1] as i16;
+                        let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p16));
+                    }
+                }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            hsum_f32_8(acc)
+        }
+
+        /// A 4 × 3 tile of f32 dot products: `out[r][t] = Σ w[r]·x[t]` for four weight rows and three
+        /// activation rows of `n` values (`n` a multiple of 8), each pair of loads feeding several
+        /// FMAs instead of one. The per-pair sums are in eight lanes like [`vec_dot_f32`]'s, so a
+        /// tile and a single dot differ only in the order of the final lane additions.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_tile_f32_4x3(w: [&[f32]; 4], x: [&[f32]; 3], n: usize) -> [[f32; 3]; 4] {
+            let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+            let mut i = 0;
+            while i + 8 <= n {
+                let xv = [
+                    _mm256_loadu_ps(x[0].as_ptr().add(i)),
+                    _mm256_loadu_ps(x[1].as_ptr().add(i)),
+                    _mm256_loadu_ps(x[2].as_ptr().add(i)),
+                ];
+                for r in 0..4 {
+                    let wv = _mm256_loadu_ps(w[r].as_ptr().add(i));
+                    for t in 0..3 {
+                        acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+                    }
+                }
+                i += 8;
+            }
+            let mut out = [[0f32; 3]; 4];
+            for r in 0..4 {
+                for t in 0..3 {
+                    let mut s = hsum_f32_8(acc[r][t]);
+                    for j in i..n {
+                        s += w[r][j] * x[t][j];
+                    }
+                    out[r][t] = s;
+                }
+            }
+            out
+        }
+
+        /// [`dot_tile_f32_4x3`] with f16 weight rows.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_tile_f16_4x3(w: [&[f16]; 4], x: [&[f32]; 3], n: usize) -> [[f32; 3]; 4] {
+            let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+            let mut i = 0;
+            while i + 8 <= n {
+                let xv = [
+                    _mm256_loadu_ps(x[0].as_ptr().add(i)),
+                    _mm256_loadu_ps(x[1].as_ptr().add(i)),
+                    _mm256_loadu_ps(x[2].as_ptr().add(i)),
+                ];
+                for r in 0..4 {
+                    let wv =
+                        _mm256_cvtph_ps(_mm_loadu_si128(w[r].as_ptr().add(i) as *const __m128i));
+                    for t in 0..3 {
+                        acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+                    }
+                }
+                i += 8;
+            }
+            let mut out = [[0f32; 3]; 4];
+            for r in 0..4 {
+                for t in 0..3 {
+                    let mut s = hsum_f32_8(acc[r][t]);
+                    for j in i..n {
+                        s += w[r][j].to_f32() * x[t][j];
+                    }
+                    out[r][t] = s;
+                }
+            }
+            out
+        }
+
+        // Four activation rows at once: each weight block is unpacked once and applied to four tokens
+        // (the prefill path). Per token the operations and their order are exactly those of the
+        // single-row functions above, so a token gets the same bits in a group of four as alone.
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q4_0_q8_0(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let off = _mm256_set1_epi8(8);
+            for (i, xb) in x.iter().enumerate() {
+                let qx = _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), off);
+                let dx = h2f(xb.d);
+                for t in 0..4 {
+                    let yb = &y[t][i];
+                    let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
+                }
+            }
+            [
+                hsum_f32_8(acc[0]),
+                hsum_f32_8(acc[1]),
+                hsum_f32_8(acc[2]),
+                hsum_f32_8(acc[3]),
+            ]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q5_0_q8_0(x: &[BlockQ5_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, xb) in x.iter().enumerate() {
+                let qx = q5_0_bytes(xb);
+                let dx = h2f(xb.d);
+                for t in 0..4 {
+                    let yb = &y[t][i];
+                    let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
+                }
+            }
+            [
+                hsum_f32_8(acc[0]),
+                hsum_f32_8(acc[1]),
+                hsum_f32_8(acc[2]),
+                hsum_f32_8(acc[3]),
+            ]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q8_0_q8_0(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, xb) in x.iter().enumerate() {
+                let qx = load32(&xb.qs);
+                let dx = h2f(xb.d);
+                for t in 0..4 {
+                    let yb = &y[t][i];
+                    let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
+                }
+            }
+            [
+                hsum_f32_8(acc[0]),
+                hsum_f32_8(acc[1]),
+                hsum_f32_8(acc[2]),
+                hsum_f32_8(acc[3]),
+            ]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q4_1_q8_1(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut summs = [0f32; 4];
+            for (i, xb) in x.iter().enumerate() {
+                let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+                let (dx, mx) = (h2f(xb.d), h2f(xb.m));
+                for t in 0..4 {
+                    let yb = &y[t][i];
+                    summs[t] += mx * h2f(yb.s);
+                    let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), xy, acc[t]);
+                }
+            }
+            [
+                hsum_f32_8(acc[0]) + summs[0],
+                hsum_f32_8(acc[1]) + summs[1],
+                hsum_f32_8(acc[2]) + summs[2],
+                hsum_f32_8(acc[3]) + summs[3],
+            ]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q5_1_q8_1(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut summs = [0f32; 4];
+            for (i, xb) in x.iter().enumerate() {
+                let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
+                let bxhi = _mm256_and_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0x10));
+                let qx = _mm256_or_si256(qx, bxhi);
+                let (dx, mx) = (h2f(xb.d), h2f(xb.m));
+                for t in 0..4 {
+                    let yb = &y[t][i];
+                    summs[t] += mx * h2f(yb.s);
+                    let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), xy, acc[t]);
+                }
+            }
+            [
+                hsum_f32_8(acc[0]) + summs[0],
+                hsum_f32_8(acc[1]) + summs[1],
+                hsum_f32_8(acc[2]) + summs[2],
+                hsum_f32_8(acc[3]) + summs[3],
+            ]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut acc_m = [0f32; 4];
+            for (i, xb) in x.iter().enumerate() {
+                let (sc, mn) = k4_scales_mins(&xb.scales);
+                let (xd, xdmin) = (h2f(xb.d), h2f(xb.dmin));
+                let mut q = [_mm256_setzero_si256(); 8];
+                for k in 0..QK_K / 64 {
+                    let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+                    q[2 * k] = _mm256_and_si256(bits, m4);
+                    q[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                }
+                for t in 0..4 {
+                    let yb = &y[t][i];
+                    let d = xd * yb.d;
+                    let dmin = xdmin * yb.d;
+                    acc_m[t] += dmin * k4_min_term(&mn, &yb.bsums) as f32;
+                    let mut sumi = _mm256_setzero_si256();
+                    for k in 0..QK_K / 64 {
+                        let a_lo = load32(&yb.qs[64 * k..]);
+                        let a_hi = load32(&yb.qs[64 * k + 32..]);
+                        sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k], a_lo, sc[2 * k]));
+                        sumi = _mm256_add_epi32(
+                            sumi,
+                            scaled_dot_u8(q[2 * k + 1], a_hi, sc[2 * k + 1]),
+                        );
+                    }
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                }
+            }
+            [
+                hsum_f32_8(acc[0]) - acc_m[0],
+                hsum_f32_8(acc[1]) - acc_m[1],
+                hsum_f32_8(acc[2]) - acc_m[2],
+                hsum_f32_8(acc[3]) - acc_m[3],
+            ]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut acc_m = [0f32; 4];
+            for (i, xb) in x.iter().enumerate() {
+                let (sc, mn) = k4_scales_mins(&xb.scales);
+                let (xd, xdmin) = (h2f(xb.d), h2f(xb.dmin));
+                let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
+                let mut q = [_mm256_setzero_si256(); 8];
+                for k in 0..QK_K / 64 {
+                    let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+                    let sh0 = _mm_cvtsi32_si128(2 * k as i32);
+                    let sh1 = _mm_cvtsi32_si128(2 * k as i32 + 1);
+                    let h0 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh0), one), 4);
+                    let h1 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh1), one), 4);
+                    q[2 * k] = _mm256_add_epi8(_mm256_and_si256(bits, m4), h0);
+                    q[2 * k + 1] =
+                        _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
+                }
+                for t in 0..4 {
+                    let yb = &y[t][i];
+                    let d = xd * yb.d;
+                    let dmin = xdmin * yb.d;
+                    acc_m[t] += dmin * k4_min_term(&mn, &yb.bsums) as f32;
+                    let mut sumi = _mm256_setzero_si256();
+                    for k in 0..QK_K / 64 {
+                        let a_lo = load32(&yb.qs[64 * k..]);
+                        let a_hi = load32(&yb.qs[64 * k + 32..]);
+                        sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k], a_lo, sc[2 * k]));
+                        sumi = _mm256_add_epi32(
+                            sumi,
+                            scaled_dot_u8(q[2 * k + 1], a_hi, sc[2 * k + 1]),
+                        );
+                    }
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                }
+            }
+            [
+                hsum_f32_8(acc[0]) - acc_m[0],
+                hsum_f32_8(acc[1]) - acc_m[1],
+                hsum_f32_8(acc[2]) - acc_m[2],
+                hsum_f32_8(acc[3]) - acc_m[3],
+            ]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q6_k_q8_k(x: &[BlockQ6K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m2 = _mm256_set1_epi8(3);
+            let m32 = _mm256_set1_epi8(32);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, xb) in x.iter().enumerate() {
+                let xd = h2f(xb.d);
+                let mut qv = [_mm256_setzero_si256(); 8];
+                let mut scales = [_mm256_setzero_si256(); 8];
+                for k in 0..QK_K / 128 {
+                    let ql1 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k) as *const __m256i);
+                    let ql2 = _mm256_loadu_si256(xb.ql.as_ptr().add(64 * k + 32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(xb.qh.as_ptr().add(32 * k) as *const __m256i);
+                    qv[4 * k] = _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                    );
+                    qv[4 * k + 1] = _mm256_or_si256(
+                        _mm256_and_si256(ql2, m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                    );
+                    qv[4 * k + 2] = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                    );
+                    qv[4 * k + 3] = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                    );
+                    for p in 0..4 {
+                        let s0 = xb.scales[8 * k + 2 * p] as i16;
+                        let s1 = xb.scales[8 * k + 2 * p + 1] as i16;
+                        scales[4 * k + p] =
+                            _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                    }
+                }
+                for t in 0..4 {
+                    let yb = &y[t][i];
+                    let d = xd * yb.d;
+                    let mut sumi = _mm256_setzero_si256();
+                    for k in 0..QK_K / 128 {
+                        for p in 0..4 {
+                            let a = load32(&yb.qs[128 * k + 32 * p..]);
+                            let p16 = _mm256_sub_epi16(
+                                _mm256_maddubs_epi16(qv[4 * k + p], a),
+                                _mm256_maddubs_epi16(m32, a),
+                            );
+                            sumi =
+                                _mm256_add_epi32(sumi, _mm256_madd_epi16(scales[4 * k + p], p16));
+                        }
+                    }
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                }
+            }
+            [
+                hsum_f32_8(acc[0]),
+                hsum_f32_8(acc[1]),
+                hsum_f32_8(acc[2]),
+                hsum_f32_8(acc[3]),
+            ]
+        }
+    };
+}
+
+pub(crate) use x86_kernels;
