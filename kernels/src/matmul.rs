@@ -71,19 +71,55 @@ const PREFETCH_ROWS: usize = 8;
 /// SIMD level's CPU features.
 type Dot4<W, A> = unsafe fn(&[W], [&[A]; 4]) -> [f32; 4];
 
-/// The four-token kernel `$name` of the SIMD level in use (none for scalar).
-macro_rules! dot4 {
-    ($name:ident) => {{
+/// Two weight rows × four tokens (see `dot::avx2::vec_dot4x2_*`); unsafe as [`Dot4`].
+type Dot4x2<W, A> = unsafe fn([&[W]; 2], [&[A]; 4]) -> [[f32; 4]; 2];
+
+/// The batch kernels of a weight type at the SIMD level in use.
+struct Batch<W, A> {
+    /// One row × four tokens.
+    one: Option<Dot4<W, A>>,
+    /// Two rows × four tokens.
+    two: Option<Dot4x2<W, A>>,
+}
+
+impl<W, A> Batch<W, A> {
+    fn none() -> Self {
+        Batch {
+            one: None,
+            two: None,
+        }
+    }
+}
+
+/// The kernel `$name` of the SIMD level in use (none for scalar), as type `$ty`.
+macro_rules! simd_kernel {
+    ($name:ident, $ty:ident) => {{
         #[cfg(target_arch = "x86_64")]
-        let k: Option<Dot4<_, _>> = match crate::simd::level() {
-            crate::simd::SimdLevel::Avx512 => Some(crate::dot::avx512::$name as Dot4<_, _>),
-            crate::simd::SimdLevel::Avx2 => Some(crate::dot::avx2::$name as Dot4<_, _>),
+        let k: Option<$ty<_, _>> = match crate::simd::level() {
+            crate::simd::SimdLevel::Avx512 => Some(crate::dot::avx512::$name as $ty<_, _>),
+            crate::simd::SimdLevel::Avx2 => Some(crate::dot::avx2::$name as $ty<_, _>),
             crate::simd::SimdLevel::Scalar => None,
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let k: Option<Dot4<_, _>> = None;
+        let k: Option<$ty<_, _>> = None;
         k
     }};
+}
+
+/// The four-token kernel `$one` and, when given, the two-row kernel `$two`.
+macro_rules! dot4 {
+    ($one:ident) => {
+        Batch {
+            one: simd_kernel!($one, Dot4),
+            two: None,
+        }
+    };
+    ($one:ident, $two:ident) => {
+        Batch {
+            one: simd_kernel!($one, Dot4),
+            two: simd_kernel!($two, Dot4x2),
+        }
+    };
 }
 
 /// `out[t·rows + r] = W[r] · x[t]` for `n_tok` tokens; `x` is `[n_tok, cols]`, `out` is
@@ -111,7 +147,7 @@ pub fn matmul(
             n_tok,
             out,
             dot::vec_dot_f32,
-            None,
+            Batch::none(),
         ),
         GgmlType::F16 => run::<half::f16, f32>(
             w,
@@ -120,7 +156,7 @@ pub fn matmul(
             n_tok,
             out,
             dot::vec_dot_f16_f32,
-            None,
+            Batch::none(),
         ),
         GgmlType::BF16 => run::<u16, f32>(
             w,
@@ -129,7 +165,7 @@ pub fn matmul(
             n_tok,
             out,
             dot::vec_dot_bf16_f32,
-            None,
+            Batch::none(),
         ),
         GgmlType::Q4_0 => quantized::<BlockQ4_0, BlockQ8_0>(
             w,
@@ -138,7 +174,7 @@ pub fn matmul(
             out,
             scratch,
             dot::vec_dot_q4_0_q8_0,
-            dot4!(vec_dot4_q4_0_q8_0),
+            dot4!(vec_dot4_q4_0_q8_0, vec_dot4x2_q4_0_q8_0),
         ),
         GgmlType::Q4_1 => quantized::<BlockQ4_1, BlockQ8_1>(
             w,
@@ -156,7 +192,7 @@ pub fn matmul(
             out,
             scratch,
             dot::vec_dot_q5_0_q8_0,
-            dot4!(vec_dot4_q5_0_q8_0),
+            dot4!(vec_dot4_q5_0_q8_0, vec_dot4x2_q5_0_q8_0),
         ),
         GgmlType::Q5_1 => quantized::<BlockQ5_1, BlockQ8_1>(
             w,
@@ -174,7 +210,7 @@ pub fn matmul(
             out,
             scratch,
             dot::vec_dot_q8_0_q8_0,
-            dot4!(vec_dot4_q8_0_q8_0),
+            dot4!(vec_dot4_q8_0_q8_0, vec_dot4x2_q8_0_q8_0),
         ),
         GgmlType::Q4K => quantized::<BlockQ4K, BlockQ8K>(
             w,
@@ -216,7 +252,7 @@ fn quantized<W: Pod + Sync, A: Quantize>(
     out: &mut [f32],
     scratch: &mut MatmulScratch,
     f: fn(&[W], &[A]) -> f32,
-    f4: Option<Dot4<W, A>>,
+    f4: Batch<W, A>,
 ) {
     let nb = w.cols / A::BLOCK_SIZE;
     let arow = nb * std::mem::size_of::<A>();
@@ -247,7 +283,7 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
     n_tok: usize,
     out: &mut [f32],
     f: fn(&[W], &[A]) -> f32,
-    f4: Option<Dot4<W, A>>,
+    f4: Batch<W, A>,
 ) {
     let rows = w.rows;
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -284,19 +320,33 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
                     crate::simd::prefetch(bytemuck::cast_slice(wrow(r + PREFETCH_ROWS)));
                 }
             };
-            if let Some(f4) = f4 {
+            if let Some(one) = f4.one {
                 let act = |t: usize| &acts[t * per_tok..(t + 1) * per_tok];
+                // SAFETY (all writes below): (t, r) belongs to this thread's rows, as below.
+                let put = |t: usize, r: usize, v: [f32; 4]| {
+                    for (k, &vk) in v.iter().enumerate() {
+                        unsafe { *out.0.add((t + k) * rows + r) = vk };
+                    }
+                };
                 while first + 4 <= n_tok {
                     let a = [act(first), act(first + 1), act(first + 2), act(first + 3)];
                     let last_pass = first + 8 > n_tok;
-                    for r in t0..t1 {
-                        fetch(r, last_pass);
-                        // SAFETY: `f4` is only given for a level the CPU has.
-                        let v = unsafe { f4(wrow(r), a) };
-                        for (k, &vk) in v.iter().enumerate() {
-                            // SAFETY: as below — (t, r) belongs to this thread's rows.
-                            unsafe { *out.0.add((first + k) * rows + r) = vk };
+                    let mut r = t0;
+                    if let Some(f42) = f4.two {
+                        while r + 2 <= t1 {
+                            fetch(r, last_pass);
+                            fetch(r + 1, last_pass);
+                            // SAFETY: the kernels are only given for a level the CPU has.
+                            let v = unsafe { f42([wrow(r), wrow(r + 1)], a) };
+                            put(first, r, v[0]);
+                            put(first, r + 1, v[1]);
+                            r += 2;
                         }
+                    }
+                    for r in r..t1 {
+                        fetch(r, last_pass);
+                        // SAFETY: as above.
+                        put(first, r, unsafe { one(wrow(r), a) });
                     }
                     first += 4;
                 }

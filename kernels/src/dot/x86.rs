@@ -500,6 +500,60 @@ macro_rules! x86_kernels {
         // (the prefill path). Per token the operations and their order are exactly those of the
         // single-row functions above, so a token gets the same bits in a group of four as alone.
 
+        // Two weight rows × four activation rows (the prefill path of the Q8_0-activation
+        // formats): each activation block and its scale are loaded once for both rows. Per
+        // (row, token) the operations and their order are those of the single-row functions.
+
+        /// Q4_0's 32 values as signed bytes (nibble − 8).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_0_bytes(xb: &BlockQ4_0) -> __m256i {
+            _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8))
+        }
+
+        /// Q8_0's 32 values.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q8_0_bytes(xb: &BlockQ8_0) -> __m256i {
+            load32(&xb.qs)
+        }
+
+        /// The 2 × 4 kernel `$name` over weight blocks `$B` unpacked by `$bytes`.
+        macro_rules! dot4x2_q8_0 {
+            ($name:ident, $B:ty, $bytes:ident) => {
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $name(x: [&[$B]; 2], y: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 2] {
+                    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+                    for i in 0..x[0].len().min(x[1].len()) {
+                        let (b0, b1) = (&x[0][i], &x[1][i]);
+                        let (q0, q1) = ($bytes(b0), $bytes(b1));
+                        let (d0, d1) = (h2f(b0.d), h2f(b1.d));
+                        for t in 0..4 {
+                            let yb = &y[t][i];
+                            let yv = load32(&yb.qs);
+                            let dy = h2f(yb.d);
+                            let p0 = mul_sum_i8_pairs_float(q0, yv);
+                            let p1 = mul_sum_i8_pairs_float(q1, yv);
+                            acc[0][t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dy), p0, acc[0][t]);
+                            acc[1][t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dy), p1, acc[1][t]);
+                        }
+                    }
+                    let h = |a: &[__m256; 4]| {
+                        [
+                            hsum_f32_8(a[0]),
+                            hsum_f32_8(a[1]),
+                            hsum_f32_8(a[2]),
+                            hsum_f32_8(a[3]),
+                        ]
+                    };
+                    [h(&acc[0]), h(&acc[1])]
+                }
+            };
+        }
+        dot4x2_q8_0!(vec_dot4x2_q4_0_q8_0, BlockQ4_0, q4_0_bytes);
+        dot4x2_q8_0!(vec_dot4x2_q5_0_q8_0, BlockQ5_0, q5_0_bytes);
+        dot4x2_q8_0!(vec_dot4x2_q8_0_q8_0, BlockQ8_0, q8_0_bytes);
+
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q4_0_q8_0(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
             let mut acc = [_mm256_setzero_ps(); 4];
