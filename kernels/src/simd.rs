@@ -106,10 +106,11 @@ pub fn set_level(l: SimdLevel) {
 
 /// Forces the scalar kernels (`true`) or returns to the best level the CPU has (`false`).
 pub fn force_scalar(on: bool) {
-    LEVEL.store(
-        if on { SCALAR } else { best_available() },
-        Ordering::Relaxed,
-    );
+    set_level(if on {
+        SimdLevel::Scalar
+    } else {
+        SimdLevel::Avx512
+    });
 }
 
 /// The best level this CPU supports, whatever is forced.

@@ -82,6 +82,20 @@ macro_rules! x86_kernels {
             }
         }
 
+        /// Q4_0's 32 values as signed bytes (nibble − 8).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_0_bytes(xb: &BlockQ4_0) -> __m256i {
+            _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8))
+        }
+
+        /// Q8_0's 32 values.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q8_0_bytes(xb: &BlockQ8_0) -> __m256i {
+            load32(&xb.qs)
+        }
+
         /// Q5_0's 32 values as signed bytes: the nibbles, minus 16 where the fifth bit is clear.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -250,10 +264,9 @@ macro_rules! x86_kernels {
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
             let mut acc = _mm256_setzero_ps();
-            let off = _mm256_set1_epi8(8);
             for (xb, yb) in x.iter().zip(y) {
                 let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
-                let qx = _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), off);
+                let qx = q4_0_bytes(xb);
                 let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
                 acc = _mm256_fmadd_ps(d, q, acc);
             }
@@ -504,20 +517,6 @@ macro_rules! x86_kernels {
         // formats): each activation block and its scale are loaded once for both rows. Per
         // (row, token) the operations and their order are those of the single-row functions.
 
-        /// Q4_0's 32 values as signed bytes (nibble − 8).
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn q4_0_bytes(xb: &BlockQ4_0) -> __m256i {
-            _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8))
-        }
-
-        /// Q8_0's 32 values.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn q8_0_bytes(xb: &BlockQ8_0) -> __m256i {
-            load32(&xb.qs)
-        }
-
         /// The 2 × 4 kernel `$name` over weight blocks `$B` unpacked by `$bytes`.
         macro_rules! dot4x2_q8_0 {
             ($name:ident, $B:ty, $bytes:ident) => {
@@ -557,9 +556,8 @@ macro_rules! x86_kernels {
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q4_0_q8_0(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
             let mut acc = [_mm256_setzero_ps(); 4];
-            let off = _mm256_set1_epi8(8);
             for (i, xb) in x.iter().enumerate() {
-                let qx = _mm256_sub_epi8(bytes_from_nibbles_32(xb.qs.as_ptr()), off);
+                let qx = q4_0_bytes(xb);
                 let dx = h2f(xb.d);
                 for t in 0..4 {
                     let yb = &y[t][i];
@@ -661,6 +659,31 @@ macro_rules! x86_kernels {
             ]
         }
 
+        /// One token's share of a Q4_K/Q5_K block in the four-token kernels: the eight unpacked
+        /// 32-value groups `q` with their scales and mins against the token's Q8_K block `yb`,
+        /// added to its lanes `acc` and min term `acc_m`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_accumulate(
+            q: &[__m256i; 8],
+            sc: &[i32; 8],
+            mn: &[i32; 8],
+            (xd, xdmin): (f32, f32),
+            yb: &BlockQ8K,
+            acc: &mut __m256,
+            acc_m: &mut f32,
+        ) {
+            *acc_m += xdmin * yb.d * k4_min_term(mn, &yb.bsums) as f32;
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..QK_K / 64 {
+                let a_lo = load32(&yb.qs[64 * k..]);
+                let a_hi = load32(&yb.qs[64 * k + 32..]);
+                sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k], a_lo, sc[2 * k]));
+                sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k + 1], a_hi, sc[2 * k + 1]));
+            }
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(xd * yb.d), _mm256_cvtepi32_ps(sumi), *acc);
+        }
+
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
             let m4 = _mm256_set1_epi8(0x0F);
@@ -676,21 +699,15 @@ macro_rules! x86_kernels {
                     q[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
                 }
                 for t in 0..4 {
-                    let yb = &y[t][i];
-                    let d = xd * yb.d;
-                    let dmin = xdmin * yb.d;
-                    acc_m[t] += dmin * k4_min_term(&mn, &yb.bsums) as f32;
-                    let mut sumi = _mm256_setzero_si256();
-                    for k in 0..QK_K / 64 {
-                        let a_lo = load32(&yb.qs[64 * k..]);
-                        let a_hi = load32(&yb.qs[64 * k + 32..]);
-                        sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k], a_lo, sc[2 * k]));
-                        sumi = _mm256_add_epi32(
-                            sumi,
-                            scaled_dot_u8(q[2 * k + 1], a_hi, sc[2 * k + 1]),
-                        );
-                    }
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                    k4_accumulate(
+                        &q,
+                        &sc,
+                        &mn,
+                        (xd, xdmin),
+                        &y[t][i],
+                        &mut acc[t],
+                        &mut acc_m[t],
+                    );
                 }
             }
             [
@@ -725,21 +742,15 @@ macro_rules! x86_kernels {
                         _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
                 }
                 for t in 0..4 {
-                    let yb = &y[t][i];
-                    let d = xd * yb.d;
-                    let dmin = xdmin * yb.d;
-                    acc_m[t] += dmin * k4_min_term(&mn, &yb.bsums) as f32;
-                    let mut sumi = _mm256_setzero_si256();
-                    for k in 0..QK_K / 64 {
-                        let a_lo = load32(&yb.qs[64 * k..]);
-                        let a_hi = load32(&yb.qs[64 * k + 32..]);
-                        sumi = _mm256_add_epi32(sumi, scaled_dot_u8(q[2 * k], a_lo, sc[2 * k]));
-                        sumi = _mm256_add_epi32(
-                            sumi,
-                            scaled_dot_u8(q[2 * k + 1], a_hi, sc[2 * k + 1]),
-                        );
-                    }
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                    k4_accumulate(
+                        &q,
+                        &sc,
+                        &mn,
+                        (xd, xdmin),
+                        &y[t][i],
+                        &mut acc[t],
+                        &mut acc_m[t],
+                    );
                 }
             }
             [
