@@ -31,6 +31,8 @@ pub enum MatmulMode {
 #[derive(Debug, Default)]
 pub struct MatmulScratch {
     act: Vec<u64>,
+    /// The same activations as block pairs, for the AVX-512 kernels of Q4_0/Q5_0/Q8_0.
+    pairs: Vec<dot::packed::ActPair>,
 }
 
 impl MatmulScratch {
@@ -167,6 +169,8 @@ pub fn matmul(
             dot::vec_dot_bf16_f32,
             Batch::none(),
         ),
+        #[cfg(target_arch = "x86_64")]
+        GgmlType::Q4_0 if zmm() => quantized_zmm::<BlockQ4_0>(w, x, n_tok, out, scratch),
         GgmlType::Q4_0 => quantized::<BlockQ4_0, BlockQ8_0>(
             w,
             x,
@@ -185,6 +189,8 @@ pub fn matmul(
             dot::vec_dot_q4_1_q8_1,
             dot4!(vec_dot4_q4_1_q8_1),
         ),
+        #[cfg(target_arch = "x86_64")]
+        GgmlType::Q5_0 if zmm() => quantized_zmm::<BlockQ5_0>(w, x, n_tok, out, scratch),
         GgmlType::Q5_0 => quantized::<BlockQ5_0, BlockQ8_0>(
             w,
             x,
@@ -203,6 +209,8 @@ pub fn matmul(
             dot::vec_dot_q5_1_q8_1,
             dot4!(vec_dot4_q5_1_q8_1),
         ),
+        #[cfg(target_arch = "x86_64")]
+        GgmlType::Q8_0 if zmm() => quantized_zmm::<BlockQ8_0>(w, x, n_tok, out, scratch),
         GgmlType::Q8_0 => quantized::<BlockQ8_0, BlockQ8_0>(
             w,
             x,
@@ -273,6 +281,173 @@ fn quantized<W: Pod + Sync, A: Quantize>(
         }
     }
     run::<W, A>(w, acts, arow, n_tok, out, f, f4);
+}
+
+/// True when the sixteen-lane kernels of [`dot::zmm`] apply.
+#[cfg(target_arch = "x86_64")]
+fn zmm() -> bool {
+    crate::simd::level() == crate::simd::SimdLevel::Avx512
+}
+
+/// [`quantized`] for the AVX-512 level's Q4_0/Q5_0/Q8_0 kernels: the activations are
+/// quantized by the same reference quantizer, then rearranged into block pairs.
+#[cfg(target_arch = "x86_64")]
+fn quantized_zmm<W: dot::zmm::ZmmWeight>(
+    w: &Weight,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
+    use dot::packed::{pack_activations, pairs, ActPair};
+    let nb = w.cols / BlockQ8_0::BLOCK_SIZE;
+    let np = pairs(nb);
+    let arow = nb * std::mem::size_of::<BlockQ8_0>();
+    if scratch.pairs.len() < n_tok * np {
+        scratch
+            .pairs
+            .resize(n_tok * np, bytemuck::Zeroable::zeroed());
+    }
+    let MatmulScratch { act, pairs: all } = scratch;
+    let words = (arow * n_tok).div_ceil(8);
+    if act.len() < words {
+        act.resize(words, 0);
+    }
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut act[..words]);
+    let blocks: &mut [BlockQ8_0] = bytemuck::cast_slice_mut(&mut bytes[..arow * n_tok]);
+    let packed = &mut all[..n_tok * np];
+    let one = |t: usize, ab: &mut [BlockQ8_0], ap: &mut [ActPair]| {
+        BlockQ8_0::quantize_row_ref(&x[t * w.cols..(t + 1) * w.cols], ab);
+        pack_activations(ab, ap);
+    };
+    if n_tok >= 4 {
+        let (db, dp) = (
+            SharedBlocks(blocks.as_mut_ptr()),
+            SharedBlocks(packed.as_mut_ptr()),
+        );
+        crate::team::for_each(n_tok, &|t| {
+            let (b, p) = (db, dp); // the whole wrappers, not their raw fields
+                                   // SAFETY: token t writes only its own rows of blocks and pairs, inside the buffers.
+            let (ab, ap) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(b.0.add(t * nb), nb),
+                    std::slice::from_raw_parts_mut(p.0.add(t * np), np),
+                )
+            };
+            one(t, ab, ap);
+        });
+    } else {
+        for (t, (ab, ap)) in blocks.chunks_mut(nb).zip(packed.chunks_mut(np)).enumerate() {
+            one(t, ab, ap);
+        }
+    }
+    run_zmm::<W>(w, packed, np, n_tok, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Unpacked weight rows of the prefill GEMM (one tile of four rows per thread).
+    static WEIGHT_TILE: std::cell::RefCell<Vec<dot::packed::WeightPair>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The threaded loop of the AVX-512 Q4_0/Q5_0/Q8_0 kernels. A single token (decode) reads
+/// each weight row straight from the file's blocks; a batch unpacks four rows at a time and
+/// runs them against every token in 4 × 4 register tiles. Both give the same bits.
+#[cfg(target_arch = "x86_64")]
+fn run_zmm<W: dot::zmm::ZmmWeight>(
+    w: &Weight,
+    acts: &[dot::packed::ActPair],
+    np: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    use dot::packed::{unpack_weights, WeightPair};
+    use dot::zmm::gemm;
+    let rows = w.rows;
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let threads = crate::team::threads();
+    let work = rows * n_tok * w.cols;
+    let n_chunks = if work < 1 << 16 {
+        1
+    } else {
+        (threads * 4).min(rows.div_ceil(TILE))
+    };
+    let chunk_rows = rows
+        .div_ceil(n_chunks)
+        .next_multiple_of(TILE.min(rows))
+        .max(1);
+    let wall = quantize::blocks_from_bytes::<W>(w.bytes());
+    let per_row = w.row_bytes() / std::mem::size_of::<W>();
+    let wrow = |r: usize| &wall[r * per_row..(r + 1) * per_row];
+    let act = |t: usize| &acts[t * np..(t + 1) * np];
+    let shift = W::SHIFT;
+    let body = |c: usize| {
+        let out = out_ptr;
+        // SAFETY (every write): (t, r) belongs to this task's rows, which no other task
+        // writes, and lies inside `out` (asserted by the caller).
+        let put = |t: usize, r: usize, v: f32| unsafe { *out.0.add(t * rows + r) = v };
+        let r0 = c * chunk_rows;
+        let r1 = (r0 + chunk_rows).min(rows);
+        if n_tok < 4 {
+            for r in r0..r1 {
+                if r + PREFETCH_ROWS < r1 {
+                    crate::simd::prefetch(bytemuck::cast_slice(wrow(r + PREFETCH_ROWS)));
+                }
+                for t in 0..n_tok {
+                    // SAFETY: run_zmm is only called at the AVX-512 level.
+                    put(t, r, unsafe { W::dot(wrow(r), act(t)) });
+                }
+            }
+            return;
+        }
+        WEIGHT_TILE.with(|tile| {
+            let mut tile = tile.borrow_mut();
+            if tile.len() < 4 * np {
+                tile.resize(4 * np, bytemuck::Zeroable::zeroed());
+            }
+            let mut r = r0;
+            while r < r1 {
+                let nr = (r1 - r).min(4);
+                for k in 0..nr {
+                    unpack_weights(wrow(r + k), &mut tile[k * np..(k + 1) * np]);
+                }
+                let wt = |k: usize| &tile[k * np..(k + 1) * np];
+                let mut t = 0;
+                // SAFETY (the gemm calls): run_zmm is only called at the AVX-512 level.
+                if nr == 4 {
+                    let ws: [&[WeightPair]; 4] = [wt(0), wt(1), wt(2), wt(3)];
+                    while t + 4 <= n_tok {
+                        let v = unsafe {
+                            gemm::<4, 4>(ws, [act(t), act(t + 1), act(t + 2), act(t + 3)], shift)
+                        };
+                        for (k, row) in v.iter().enumerate() {
+                            for (j, &x) in row.iter().enumerate() {
+                                put(t + j, r + k, x);
+                            }
+                        }
+                        t += 4;
+                    }
+                    for t in t..n_tok {
+                        let v = unsafe { gemm::<4, 1>(ws, [act(t)], shift) };
+                        for (k, x) in v.iter().enumerate() {
+                            put(t, r + k, x[0]);
+                        }
+                    }
+                } else {
+                    for k in 0..nr {
+                        for t in 0..n_tok {
+                            put(t, r + k, unsafe {
+                                gemm::<1, 1>([wt(k)], [act(t)], shift)[0][0]
+                            });
+                        }
+                    }
+                }
+                r += nr;
+            }
+        });
+    };
+    crate::team::for_each(rows.div_ceil(chunk_rows), &body);
 }
 
 /// The tiled, threaded loop over weight rows × tokens.

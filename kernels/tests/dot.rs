@@ -268,3 +268,82 @@ fn attention_kernels_give_the_scalar_bits() {
         );
     }
 }
+
+/// The sixteen-lane AVX-512 kernels (decode on the file's blocks, the GEMM on unpacked rows)
+/// give the AVX2 kernels' bits, for even and odd block counts and every tile shape.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn zmm_kernels_give_the_avx2_bits() {
+    use dot::packed::{pack_activations, pairs, unpack_weights, ActPair, WeightPair};
+    use dot::zmm::{gemm, ZmmWeight};
+    use quantize::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
+    use quantize::blocks_from_bytes as v;
+    if simd::available() != simd::SimdLevel::Avx512 {
+        eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+        return;
+    }
+    fn check<W: ZmmWeight>(ty: GgmlType, rng: &mut Rng, nb: usize) {
+        let n = 32 * nb;
+        let rows: Vec<Vec<W>> = (0..4)
+            .map(|_| {
+                let w: Vec<f32> = (0..n).map(|_| rng.value(0.05)).collect();
+                v::<W>(&quantize(ty, &w, n, None).unwrap().0).into_owned()
+            })
+            .collect();
+        let acts: Vec<Vec<BlockQ8_0>> = (0..4)
+            .map(|_| {
+                let x: Vec<f32> = (0..n).map(|_| rng.value(1.0)).collect();
+                v::<BlockQ8_0>(&quantize(GgmlType::Q8_0, &x, n, None).unwrap().0).into_owned()
+            })
+            .collect();
+        let np = pairs(nb);
+        let packed: Vec<Vec<ActPair>> = acts
+            .iter()
+            .map(|a| {
+                let mut p = vec![bytemuck::Zeroable::zeroed(); np];
+                pack_activations(a, &mut p);
+                p
+            })
+            .collect();
+        let unpacked: Vec<Vec<WeightPair>> = rows
+            .iter()
+            .map(|r| {
+                let mut p = vec![bytemuck::Zeroable::zeroed(); np];
+                unpack_weights(r, &mut p);
+                p
+            })
+            .collect();
+        let avx2 = |r: usize, t: usize| {
+            simd_dot(
+                false,
+                ty,
+                bytemuck::cast_slice(&rows[r]),
+                bytemuck::cast_slice(&acts[t]),
+            )
+        };
+        let ws: [&[WeightPair]; 4] = std::array::from_fn(|r| &unpacked[r][..]);
+        let ys: [&[ActPair]; 4] = std::array::from_fn(|t| &packed[t][..]);
+        // SAFETY: the level was checked above.
+        let (tile, one) = unsafe {
+            (
+                gemm::<4, 4>(ws, ys, W::SHIFT),
+                gemm::<1, 1>([ws[2]], [ys[1]], W::SHIFT)[0][0],
+            )
+        };
+        for r in 0..4 {
+            for t in 0..4 {
+                let want = avx2(r, t).to_bits();
+                let dec = unsafe { W::dot(&rows[r], &packed[t]) };
+                assert_eq!(dec.to_bits(), want, "{ty} nb {nb}: decode ({r}, {t})");
+                assert_eq!(tile[r][t].to_bits(), want, "{ty} nb {nb}: gemm ({r}, {t})");
+            }
+        }
+        assert_eq!(one.to_bits(), avx2(2, 1).to_bits(), "{ty} nb {nb}: 1 x 1");
+    }
+    let mut rng = Rng(0xD1B54A32D192ED03);
+    for nb in [1, 2, 7, 18, 48] {
+        check::<BlockQ4_0>(GgmlType::Q4_0, &mut rng, nb);
+        check::<BlockQ5_0>(GgmlType::Q5_0, &mut rng, nb);
+        check::<BlockQ8_0>(GgmlType::Q8_0, &mut rng, nb);
+    }
+}

@@ -34,7 +34,7 @@ macro_rules! x86_kernels {
 
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn hsum_f32_8(x: __m256) -> f32 {
+        pub(crate) unsafe fn hsum_f32_8(x: __m256) -> f32 {
             let hi = _mm256_extractf128_ps(x, 1);
             let lo = _mm256_castps256_ps128(x);
             let s = _mm_add_ps(hi, lo);
@@ -262,18 +262,6 @@ macro_rules! x86_kernels {
         }
 
         #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            for (xb, yb) in x.iter().zip(y) {
-                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
-                let qx = q4_0_bytes(xb);
-                let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
-                acc = _mm256_fmadd_ps(d, q, acc);
-            }
-            hsum_f32_8(acc)
-        }
-
-        #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
             let mut acc = _mm256_setzero_ps();
             let mut summs = 0f32;
@@ -285,18 +273,6 @@ macro_rules! x86_kernels {
                 acc = _mm256_fmadd_ps(d, xy, acc);
             }
             hsum_f32_8(acc) + summs
-        }
-
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            for (xb, yb) in x.iter().zip(y) {
-                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
-                let qx = q5_0_bytes(xb);
-                let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
-                acc = _mm256_fmadd_ps(d, q, acc);
-            }
-            hsum_f32_8(acc)
         }
 
         #[target_feature(enable = $feat)]
@@ -313,17 +289,6 @@ macro_rules! x86_kernels {
                 acc = _mm256_fmadd_ps(d, xy, acc);
             }
             hsum_f32_8(acc) + summs
-        }
-
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            for (xb, yb) in x.iter().zip(y) {
-                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
-                let q = mul_sum_i8_pairs_float(load32(&xb.qs), load32(&yb.qs));
-                acc = _mm256_fmadd_ps(d, q, acc);
-            }
-            hsum_f32_8(acc)
         }
 
         /// Σ over one 32-value sub-block pair of a Q4_K/Q5_K chunk: `scale · Σ q·a` in i32 lanes.
@@ -509,109 +474,89 @@ macro_rules! x86_kernels {
             out
         }
 
-        // Four activation rows at once: each weight block is unpacked once and applied to four tokens
-        // (the prefill path). Per token the operations and their order are exactly those of the
-        // single-row functions above, so a token gets the same bits in a group of four as alone.
+        // Q4_0, Q5_0 and Q8_0 against Q8_0 activations: one row, four tokens (each weight block
+        // unpacked once for four activation rows) and two rows × four tokens (each activation
+        // block and scale also loaded once for both rows). Every (row, token) pair accumulates
+        // its blocks alternately into two eight-lane sums (even blocks, odd blocks) and returns
+        // hsum(even + odd): the order of the sixteen-lane AVX-512 kernels of [`super::zmm`],
+        // which take two blocks per register. So a token gets the same bits alone, in a batch,
+        // and at either SIMD level.
 
-        // Two weight rows × four activation rows (the prefill path of the Q8_0-activation
-        // formats): each activation block and its scale are loaded once for both rows. Per
-        // (row, token) the operations and their order are those of the single-row functions.
-
-        /// The 2 × 4 kernel `$name` over weight blocks `$B` unpacked by `$bytes`.
-        macro_rules! dot4x2_q8_0 {
-            ($name:ident, $B:ty, $bytes:ident) => {
+        /// The single, four-token and 2 × 4 kernels of weight blocks `$B`, unpacked by `$bytes`.
+        macro_rules! legacy_q8_0 {
+            ($one:ident, $four:ident, $two:ident, $B:ty, $bytes:ident) => {
                 #[target_feature(enable = $feat)]
-                pub unsafe fn $name(x: [&[$B]; 2], y: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 2] {
-                    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+                pub unsafe fn $one(x: &[$B], y: &[BlockQ8_0]) -> f32 {
+                    let mut acc = [_mm256_setzero_ps(); 2];
+                    for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
+                        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
+                        let q = mul_sum_i8_pairs_float($bytes(xb), load32(&yb.qs));
+                        acc[i & 1] = _mm256_fmadd_ps(d, q, acc[i & 1]);
+                    }
+                    hsum_f32_8(_mm256_add_ps(acc[0], acc[1]))
+                }
+
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    for (i, xb) in x.iter().enumerate() {
+                        let qx = $bytes(xb);
+                        let dx = h2f(xb.d);
+                        for t in 0..4 {
+                            let yb = &y[t][i];
+                            let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
+                            let d = _mm256_set1_ps(dx * h2f(yb.d));
+                            acc[t][i & 1] = _mm256_fmadd_ps(d, q, acc[t][i & 1]);
+                        }
+                    }
+                    acc.map(|a| hsum_f32_8(_mm256_add_ps(a[0], a[1])))
+                }
+
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $two(x: [&[$B]; 2], y: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 2] {
+                    let mut acc = [[[_mm256_setzero_ps(); 2]; 4]; 2];
                     for i in 0..x[0].len().min(x[1].len()) {
                         let (b0, b1) = (&x[0][i], &x[1][i]);
                         let (q0, q1) = ($bytes(b0), $bytes(b1));
                         let (d0, d1) = (h2f(b0.d), h2f(b1.d));
+                        let k = i & 1;
                         for t in 0..4 {
                             let yb = &y[t][i];
                             let yv = load32(&yb.qs);
                             let dy = h2f(yb.d);
                             let p0 = mul_sum_i8_pairs_float(q0, yv);
                             let p1 = mul_sum_i8_pairs_float(q1, yv);
-                            acc[0][t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dy), p0, acc[0][t]);
-                            acc[1][t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dy), p1, acc[1][t]);
+                            acc[0][t][k] =
+                                _mm256_fmadd_ps(_mm256_set1_ps(d0 * dy), p0, acc[0][t][k]);
+                            acc[1][t][k] =
+                                _mm256_fmadd_ps(_mm256_set1_ps(d1 * dy), p1, acc[1][t][k]);
                         }
                     }
-                    let h = |a: &[__m256; 4]| {
-                        [
-                            hsum_f32_8(a[0]),
-                            hsum_f32_8(a[1]),
-                            hsum_f32_8(a[2]),
-                            hsum_f32_8(a[3]),
-                        ]
-                    };
-                    [h(&acc[0]), h(&acc[1])]
+                    acc.map(|r| r.map(|a| hsum_f32_8(_mm256_add_ps(a[0], a[1]))))
                 }
             };
         }
-        dot4x2_q8_0!(vec_dot4x2_q4_0_q8_0, BlockQ4_0, q4_0_bytes);
-        dot4x2_q8_0!(vec_dot4x2_q5_0_q8_0, BlockQ5_0, q5_0_bytes);
-        dot4x2_q8_0!(vec_dot4x2_q8_0_q8_0, BlockQ8_0, q8_0_bytes);
-
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot4_q4_0_q8_0(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (i, xb) in x.iter().enumerate() {
-                let qx = q4_0_bytes(xb);
-                let dx = h2f(xb.d);
-                for t in 0..4 {
-                    let yb = &y[t][i];
-                    let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
-                }
-            }
-            [
-                hsum_f32_8(acc[0]),
-                hsum_f32_8(acc[1]),
-                hsum_f32_8(acc[2]),
-                hsum_f32_8(acc[3]),
-            ]
-        }
-
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot4_q5_0_q8_0(x: &[BlockQ5_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (i, xb) in x.iter().enumerate() {
-                let qx = q5_0_bytes(xb);
-                let dx = h2f(xb.d);
-                for t in 0..4 {
-                    let yb = &y[t][i];
-                    let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
-                }
-            }
-            [
-                hsum_f32_8(acc[0]),
-                hsum_f32_8(acc[1]),
-                hsum_f32_8(acc[2]),
-                hsum_f32_8(acc[3]),
-            ]
-        }
-
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot4_q8_0_q8_0(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (i, xb) in x.iter().enumerate() {
-                let qx = load32(&xb.qs);
-                let dx = h2f(xb.d);
-                for t in 0..4 {
-                    let yb = &y[t][i];
-                    let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), q, acc[t]);
-                }
-            }
-            [
-                hsum_f32_8(acc[0]),
-                hsum_f32_8(acc[1]),
-                hsum_f32_8(acc[2]),
-                hsum_f32_8(acc[3]),
-            ]
-        }
+        legacy_q8_0!(
+            vec_dot_q4_0_q8_0,
+            vec_dot4_q4_0_q8_0,
+            vec_dot4x2_q4_0_q8_0,
+            BlockQ4_0,
+            q4_0_bytes
+        );
+        legacy_q8_0!(
+            vec_dot_q5_0_q8_0,
+            vec_dot4_q5_0_q8_0,
+            vec_dot4x2_q5_0_q8_0,
+            BlockQ5_0,
+            q5_0_bytes
+        );
+        legacy_q8_0!(
+            vec_dot_q8_0_q8_0,
+            vec_dot4_q8_0_q8_0,
+            vec_dot4x2_q8_0_q8_0,
+            BlockQ8_0,
+            q8_0_bytes
+        );
 
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q4_1_q8_1(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {

@@ -1,0 +1,175 @@
+//! Two-block layouts for the AVX-512 kernels of Q4_0, Q5_0 and Q8_0 weights ([`super::zmm`]).
+//!
+//! ggml's blocks are 18–34 bytes, so two of them never fill one 64-byte register with a single
+//! load, and every block's scale is an f16 to convert. These layouts hold block pairs:
+//!
+//! - [`ActPair`]: a pair of Q8_0 *activation* blocks (quantized by the reference quantizer as
+//!   before, only rearranged): their 64 values, their scales as f32, and minus the sum of each
+//!   group of four values.
+//! - [`WeightPair`]: a pair of *weight* blocks unpacked to unsigned bytes `u = q + c` (c = 8
+//!   for Q4_0, 16 for Q5_0, 128 for Q8_0) with both scales spread over their eight lanes: the
+//!   prefill GEMM unpacks a tile of rows once and reuses it for every token.
+//!
+//! With unsigned weights a four-byte group's dot is one `vpdpbusd`, started from `−c·Σy` of
+//! the group: `Σ (u − c)·y = Σ q·y`, the same integer per group as the sign trick of the
+//! [`super::avx2`] kernels. Nothing here changes a result; it only saves instructions.
+
+use quantize::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
+
+/// Two Q8_0 activation blocks (blocks `2p` and `2p + 1` of a row); an odd row's last pair has
+/// zeros in its second half.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+pub struct ActPair {
+    /// The 64 quantized values.
+    pub qs: [i8; 64],
+    /// `−Σ` of each group of four values (`qs[4j..4j + 4]`), lanes in register order.
+    pub neg_sums: [i16; 16],
+    /// The two scales (Q8_0's f16, widened).
+    pub d: [f32; 2],
+    _pad: [u8; 24],
+}
+const _: () = assert!(std::mem::size_of::<ActPair>() == 128);
+
+/// Two weight blocks of one row, unpacked.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+pub struct WeightPair {
+    /// The values as unsigned bytes `q + c`.
+    pub u: [u8; 64],
+    /// The first block's scale in lanes 0..8, the second's in lanes 8..16.
+    pub d: [f32; 16],
+}
+const _: () = assert!(std::mem::size_of::<WeightPair>() == 128);
+
+/// Block pairs of a row of `nb` blocks.
+pub fn pairs(nb: usize) -> usize {
+    nb.div_ceil(2)
+}
+
+/// Rearranges one token's Q8_0 activation row into `pairs(y.len())` [`ActPair`]s.
+pub fn pack_activations(y: &[BlockQ8_0], out: &mut [ActPair]) {
+    assert_eq!(out.len(), pairs(y.len()), "activation pairs");
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = bytemuck::Zeroable::zeroed();
+        for h in 0..2 {
+            let Some(b) = y.get(2 * p + h) else { break };
+            o.qs[32 * h..32 * h + 32].copy_from_slice(&b.qs);
+            o.d[h] = b.d.to_f32();
+            for j in 0..8 {
+                let s: i32 = b.qs[4 * j..4 * j + 4].iter().map(|&v| v as i32).sum();
+                o.neg_sums[8 * h + j] = -s as i16;
+            }
+        }
+    }
+}
+
+/// A legacy weight block the AVX-512 kernels take: its values as `q + OFFSET` in
+/// `0..=255`, in the order of the Q8_0 activation block's values.
+pub trait PackedWeight: bytemuck::Pod + Sync {
+    /// `log2(c)`: the activation group sums are scaled by `c = 1 << SHIFT`.
+    const SHIFT: u32;
+    /// The block's scale.
+    fn scale(&self) -> f32;
+    /// The 32 values `q + c`.
+    fn unsigned(&self) -> [u8; 32];
+}
+
+impl PackedWeight for BlockQ4_0 {
+    const SHIFT: u32 = 3;
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+    fn unsigned(&self) -> [u8; 32] {
+        std::array::from_fn(|j| {
+            let b = self.qs[j % 16];
+            if j < 16 {
+                b & 0x0F
+            } else {
+                b >> 4
+            }
+        })
+    }
+}
+
+impl PackedWeight for BlockQ5_0 {
+    const SHIFT: u32 = 4;
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+    fn unsigned(&self) -> [u8; 32] {
+        let qh = u32::from_le_bytes(self.qh);
+        std::array::from_fn(|j| {
+            let b = self.qs[j % 16];
+            let nib = if j < 16 { b & 0x0F } else { b >> 4 };
+            nib | ((((qh >> j) & 1) as u8) << 4)
+        })
+    }
+}
+
+impl PackedWeight for BlockQ8_0 {
+    const SHIFT: u32 = 7;
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+    fn unsigned(&self) -> [u8; 32] {
+        std::array::from_fn(|j| (self.qs[j] as u8) ^ 0x80)
+    }
+}
+
+/// Unpacks one weight row of blocks `x` into `pairs(x.len())` [`WeightPair`]s.
+pub fn unpack_weights<W: PackedWeight>(x: &[W], out: &mut [WeightPair]) {
+    assert_eq!(out.len(), pairs(x.len()), "weight pairs");
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = bytemuck::Zeroable::zeroed();
+        for h in 0..2 {
+            let Some(b) = x.get(2 * p + h) else { break };
+            o.u[32 * h..32 * h + 32].copy_from_slice(&b.unsigned());
+            o.d[8 * h..8 * h + 8].fill(b.scale());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quantize::Quantize;
+
+    fn row(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    /// `u − c` gives back each format's signed values (as its scalar dot product reads them).
+    #[test]
+    fn unsigned_values_are_offset_signed_values() {
+        let x = row(96, 7);
+        let mut q5 = vec![<BlockQ5_0 as bytemuck::Zeroable>::zeroed(); 3];
+        BlockQ5_0::quantize_row_ref(&x, &mut q5);
+        let mut deq = vec![0f32; 96];
+        BlockQ5_0::dequantize_row(&q5, &mut deq);
+        let mut w = vec![<WeightPair as bytemuck::Zeroable>::zeroed(); 2];
+        unpack_weights(&q5, &mut w);
+        for (i, &v) in deq.iter().enumerate() {
+            let (p, k) = (i / 64, i % 64);
+            let q = w[p].u[k] as i32 - 16;
+            assert_eq!(q as f32 * w[p].d[(k / 32) * 8], v, "value {i}");
+        }
+        // The odd last block leaves a zero half.
+        assert!(w[1].u[32..].iter().all(|&u| u == 0) && w[1].d[8..].iter().all(|&d| d == 0.0));
+    }
+
+    #[test]
+    fn activation_pairs_hold_values_scales_and_group_sums() {
+        let x = row(96, 3);
+        let mut y = vec![<BlockQ8_0 as bytemuck::Zeroable>::zeroed(); 3];
+        BlockQ8_0::quantize_row_ref(&x, &mut y);
+        let mut a = vec![<ActPair as bytemuck::Zeroable>::zeroed(); 2];
+        pack_activations(&y, &mut a);
+        assert_eq!(a[0].qs[32..], y[1].qs);
+        assert_eq!(a[1].d, [y[2].d.to_f32(), 0.0]);
+        let s: i32 = y[1].qs[8..12].iter().map(|&v| v as i32).sum();
+        assert_eq!(a[0].neg_sums[10] as i32, -s);
+    }
+}

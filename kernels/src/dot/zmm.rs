@@ -1,0 +1,206 @@
+//! Sixteen-lane AVX-512 VNNI kernels for Q4_0, Q5_0 and Q8_0 weights against Q8_0
+//! activations, two blocks per register, on the layouts of [`super::packed`].
+//!
+//! - [`dot_q4_0`], [`dot_q5_0`], [`dot_q8_0`]: one weight row (ggml's blocks, unpacked on the
+//!   fly) · one token's [`ActPair`]s — the decode path.
+//! - [`gemm`]: `R` pre-unpacked weight rows × `T` tokens in registers — the prefill path;
+//!   unpacking a row once for every token takes the nibble and fifth-bit work out of the loop,
+//!   and a block pair costs one `vpdpbusd`, one conversion, one multiply and one FMA.
+//!
+//! Per (row, token) both compute exactly what [`super::avx2`]'s kernels compute: the same
+//! integer per group of four values (see [`super::packed`]), the same scale products
+//! `dx · dy`, even blocks accumulated in lanes 0..8 and odd blocks in lanes 8..16 (the AVX2
+//! kernels' two accumulators), and the same final sum. Their results are bit-identical
+//! (tested), so decode, prefill and the AVX2 level agree to the bit.
+//!
+//! Every function is `unsafe`: the caller must have checked for [`crate::simd::SimdLevel::Avx512`].
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use half::f16;
+use quantize::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
+
+use super::avx512::hsum_f32_8;
+use super::packed::{ActPair, PackedWeight, WeightPair};
+
+/// `[v[0]; 8] ++ [v[1]; 8]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn spread2(v: __m128) -> __m512 {
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+/// Two f16 scales, widened and spread over their blocks' lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn scales2(d0: f16, d1: f16) -> __m512 {
+    let bits = d0.to_bits() as u32 | (d1.to_bits() as u32) << 16;
+    spread2(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// The sum of the sixteen lanes as the AVX2 kernels sum their two accumulators: lanes 0..8
+/// plus lanes 8..16, then [`hsum_f32_8`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn hsum_pairs(acc: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(acc);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+    hsum_f32_8(_mm256_add_ps(lo, hi))
+}
+
+/// The 64 nibbles of two blocks' 16 packed bytes each, in value order: block `a`'s low
+/// nibbles, its high nibbles, then block `b`'s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibbles2(a: &[u8; 16], b: &[u8; 16]) -> __m512i {
+    let q = _mm256_inserti128_si256::<1>(
+        _mm256_castsi128_si256(_mm_loadu_si128(a.as_ptr() as *const __m128i)),
+        _mm_loadu_si128(b.as_ptr() as *const __m128i),
+    );
+    let z = _mm512_castsi256_si512(q);
+    // 128-bit lanes [a, a, b, b], the second and fourth shifted down by a nibble.
+    let z = _mm512_shuffle_i64x2::<0x50>(z, z);
+    let z = _mm512_srlv_epi64(z, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
+    _mm512_and_si512(z, _mm512_set1_epi8(0x0F))
+}
+
+/// Q4_0: the nibbles are `q + 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unsigned_q4_0(a: &BlockQ4_0, b: &BlockQ4_0) -> __m512i {
+    nibbles2(&a.qs, &b.qs)
+}
+
+/// Q5_0: nibble plus 16 where the fifth bit is set is `q + 16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unsigned_q5_0(a: &BlockQ5_0, b: &BlockQ5_0) -> __m512i {
+    let z = nibbles2(&a.qs, &b.qs);
+    let bits = u32::from_le_bytes(a.qh) as u64 | (u32::from_le_bytes(b.qh) as u64) << 32;
+    _mm512_mask_add_epi8(z, bits, z, _mm512_set1_epi8(16))
+}
+
+/// Q8_0: `q + 128` is `q` with its top bit flipped.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unsigned_q8_0(a: &BlockQ8_0, b: &BlockQ8_0) -> __m512i {
+    let z = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_loadu_si256(a.qs.as_ptr() as *const __m256i)),
+        _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i),
+    );
+    _mm512_xor_si512(z, _mm512_set1_epi8(0x80u8 as i8))
+}
+
+/// An activation pair's group sums times `−c = −(1 << shift)`: the start of each group's dot.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn start(a: &ActPair, shift: u32) -> __m512i {
+    let s = _mm512_cvtepi16_epi32(_mm256_load_si256(a.neg_sums.as_ptr() as *const __m256i));
+    _mm512_sll_epi32(s, _mm_cvtsi32_si128(shift as i32))
+}
+
+/// An activation pair's scales, spread over their lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn act_scales(a: &ActPair) -> __m512 {
+    spread2(_mm_castpd_ps(_mm_load_sd(a.d.as_ptr() as *const f64)))
+}
+
+/// `acc + (dx · dy) · Σ (u − c)·y` per lane, for one block pair.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn step(
+    acc: __m512,
+    start: __m512i,
+    u: __m512i,
+    a: &ActPair,
+    dx: __m512,
+    dy: __m512,
+) -> __m512 {
+    let y = _mm512_load_si512(a.qs.as_ptr() as *const __m512i);
+    let l = _mm512_dpbusd_epi32(start, u, y);
+    _mm512_fmadd_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(l), acc)
+}
+
+macro_rules! decode {
+    ($(#[$doc:meta])* $name:ident, $B:ty, $unsigned:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $name(x: &[$B], y: &[ActPair]) -> f32 {
+            assert_eq!(y.len(), super::packed::pairs(x.len()), "activation pairs");
+            let pad: $B = bytemuck::Zeroable::zeroed();
+            let mut acc = _mm512_setzero_ps();
+            for (p, a) in y.iter().enumerate() {
+                let b0 = &x[2 * p];
+                let b1 = x.get(2 * p + 1).unwrap_or(&pad);
+                let u = $unsigned(b0, b1);
+                let s = start(a, <$B as PackedWeight>::SHIFT);
+                acc = step(acc, s, u, a, scales2(b0.d, b1.d), act_scales(a));
+            }
+            hsum_pairs(acc)
+        }
+    };
+}
+
+decode!(/// Q4_0 row · one token.
+    dot_q4_0, BlockQ4_0, unsigned_q4_0);
+decode!(/// Q5_0 row · one token.
+    dot_q5_0, BlockQ5_0, unsigned_q5_0);
+decode!(/// Q8_0 row · one token.
+    dot_q8_0, BlockQ8_0, unsigned_q8_0);
+
+/// `R` unpacked weight rows × `T` tokens: `out[r][t] = w[r] · y[t]`, for weights whose
+/// offset is `1 << shift` ([`PackedWeight::SHIFT`]).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn gemm<const R: usize, const T: usize>(
+    w: [&[WeightPair]; R],
+    y: [&[ActPair]; T],
+    shift: u32,
+) -> [[f32; T]; R] {
+    let np = w.first().map_or(0, |r| r.len());
+    assert!(w.iter().all(|r| r.len() == np) && y.iter().all(|a| a.len() == np));
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for p in 0..np {
+        let mut starts = [_mm512_setzero_si512(); T];
+        let mut dys = [_mm512_setzero_ps(); T];
+        for t in 0..T {
+            let a = y[t].get_unchecked(p);
+            starts[t] = start(a, shift);
+            dys[t] = act_scales(a);
+        }
+        for r in 0..R {
+            let wp = w[r].get_unchecked(p);
+            let u = _mm512_load_si512(wp.u.as_ptr() as *const __m512i);
+            let dx = _mm512_load_ps(wp.d.as_ptr());
+            for t in 0..T {
+                acc[r][t] = step(acc[r][t], starts[t], u, y[t].get_unchecked(p), dx, dys[t]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|a| hsum_pairs(a)))
+}
+
+/// The weight types with these kernels.
+pub trait ZmmWeight: PackedWeight {
+    /// This type's row · one token.
+    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32;
+}
+
+impl ZmmWeight for BlockQ4_0 {
+    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
+        dot_q4_0(x, y)
+    }
+}
+impl ZmmWeight for BlockQ5_0 {
+    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
+        dot_q5_0(x, y)
+    }
+}
+impl ZmmWeight for BlockQ8_0 {
+    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
+        dot_q8_0(x, y)
+    }
+}
