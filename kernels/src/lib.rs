@@ -14,6 +14,7 @@ pub mod mask;
 pub mod matmul;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod simd;
 pub mod team;
 

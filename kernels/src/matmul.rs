@@ -11,7 +11,7 @@ use bytemuck::Pod;
 use rayon::prelude::*;
 
 use quantize::blocks::*;
-use quantize::{GgmlType, Quantize};
+use quantize::GgmlType;
 
 use crate::dot;
 use crate::model::Weight;
@@ -253,7 +253,7 @@ pub fn matmul(
     }
 }
 
-fn quantized<W: Pod + Sync, A: Quantize>(
+fn quantized<W: Pod + Sync, A: crate::quant::Activation>(
     w: &Weight,
     x: &[f32],
     n_tok: usize,
@@ -267,7 +267,7 @@ fn quantized<W: Pod + Sync, A: Quantize>(
     let acts = scratch.bytes(arow * n_tok);
     {
         let blocks: &mut [A] = bytemuck::cast_slice_mut(acts);
-        let quant = |(xs, ab): (&[f32], &mut [A])| A::quantize_row_ref(xs, ab);
+        let quant = |(xs, ab): (&[f32], &mut [A])| A::quantize_activation(xs, ab);
         if n_tok >= 4 {
             let dst = SharedBlocks(blocks.as_mut_ptr());
             crate::team::for_each(n_tok, &|t| {
@@ -317,7 +317,7 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
     let blocks: &mut [BlockQ8_0] = bytemuck::cast_slice_mut(&mut bytes[..arow * n_tok]);
     let packed = &mut all[..n_tok * np];
     let one = |t: usize, ab: &mut [BlockQ8_0], ap: &mut [ActPair]| {
-        BlockQ8_0::quantize_row_ref(&x[t * w.cols..(t + 1) * w.cols], ab);
+        crate::quant::quantize_q8_0(&x[t * w.cols..(t + 1) * w.cols], ab);
         pack_activations(ab, ap);
     };
     if n_tok >= 4 {
@@ -362,7 +362,7 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
     n_tok: usize,
     out: &mut [f32],
 ) {
-    use dot::packed::{unpack_weights, WeightPair};
+    use dot::packed::WeightPair;
     use dot::zmm::gemm;
     let rows = w.rows;
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -410,7 +410,8 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
             while r < r1 {
                 let nr = (r1 - r).min(4);
                 for k in 0..nr {
-                    unpack_weights(wrow(r + k), &mut tile[k * np..(k + 1) * np]);
+                    // SAFETY: run_zmm is only called at the AVX-512 level.
+                    unsafe { W::unpack(wrow(r + k), &mut tile[k * np..(k + 1) * np]) };
                 }
                 let wt = |k: usize| &tile[k * np..(k + 1) * np];
                 let mut t = 0;

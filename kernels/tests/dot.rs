@@ -321,6 +321,16 @@ fn zmm_kernels_give_the_avx2_bits() {
                 bytemuck::cast_slice(&acts[t]),
             )
         };
+        for (r, u) in rows.iter().zip(&unpacked) {
+            let mut z = vec![bytemuck::Zeroable::zeroed(); np];
+            // SAFETY: the level was checked above.
+            unsafe { W::unpack(r, &mut z) };
+            let same = bytemuck::cast_slice::<_, u8>(&z) == bytemuck::cast_slice::<_, u8>(u);
+            assert!(
+                same,
+                "{ty} nb {nb}: SIMD unpack differs from the portable one"
+            );
+        }
         let ws: [&[WeightPair]; 4] = std::array::from_fn(|r| &unpacked[r][..]);
         let ys: [&[ActPair]; 4] = std::array::from_fn(|t| &packed[t][..]);
         // SAFETY: the level was checked above.

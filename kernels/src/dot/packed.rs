@@ -120,10 +120,12 @@ impl PackedWeight for BlockQ8_0 {
 /// Unpacks one weight row of blocks `x` into `pairs(x.len())` [`WeightPair`]s.
 pub fn unpack_weights<W: PackedWeight>(x: &[W], out: &mut [WeightPair]) {
     assert_eq!(out.len(), pairs(x.len()), "weight pairs");
+    // An odd row's last pair is completed with an all-zero block (scale 0), as the SIMD
+    // unpack does.
+    let pad = W::zeroed();
     for (p, o) in out.iter_mut().enumerate() {
-        *o = bytemuck::Zeroable::zeroed();
         for h in 0..2 {
-            let Some(b) = x.get(2 * p + h) else { break };
+            let b = x.get(2 * p + h).unwrap_or(&pad);
             o.u[32 * h..32 * h + 32].copy_from_slice(&b.unsigned());
             o.d[8 * h..8 * h + 8].fill(b.scale());
         }
@@ -156,7 +158,7 @@ mod tests {
             let q = w[p].u[k] as i32 - 16;
             assert_eq!(q as f32 * w[p].d[(k / 32) * 8], v, "value {i}");
         }
-        // The odd last block leaves a zero half.
+        // The odd last block is paired with a zero block.
         assert!(w[1].u[32..].iter().all(|&u| u == 0) && w[1].d[8..].iter().all(|&d| d == 0.0));
     }
 

@@ -145,6 +145,30 @@ macro_rules! decode {
     };
 }
 
+macro_rules! unpack {
+    ($(#[$doc:meta])* $name:ident, $B:ty, $unsigned:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $name(x: &[$B], out: &mut [WeightPair]) {
+            assert_eq!(out.len(), super::packed::pairs(x.len()), "weight pairs");
+            let pad: $B = bytemuck::Zeroable::zeroed();
+            for (p, o) in out.iter_mut().enumerate() {
+                let b0 = &x[2 * p];
+                let b1 = x.get(2 * p + 1).unwrap_or(&pad);
+                _mm512_store_si512(o.u.as_mut_ptr() as *mut __m512i, $unsigned(b0, b1));
+                _mm512_store_ps(o.d.as_mut_ptr(), scales2(b0.d, b1.d));
+            }
+        }
+    };
+}
+
+unpack!(/// [`super::packed::unpack_weights`] for Q4_0.
+    unpack_q4_0, BlockQ4_0, unsigned_q4_0);
+unpack!(/// [`super::packed::unpack_weights`] for Q5_0.
+    unpack_q5_0, BlockQ5_0, unsigned_q5_0);
+unpack!(/// [`super::packed::unpack_weights`] for Q8_0.
+    unpack_q8_0, BlockQ8_0, unsigned_q8_0);
+
 decode!(/// Q4_0 row · one token.
     dot_q4_0, BlockQ4_0, unsigned_q4_0);
 decode!(/// Q5_0 row · one token.
@@ -187,20 +211,31 @@ pub unsafe fn gemm<const R: usize, const T: usize>(
 pub trait ZmmWeight: PackedWeight {
     /// This type's row · one token.
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32;
+    /// [`super::packed::unpack_weights`], sixteen lanes at a time.
+    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]);
 }
 
 impl ZmmWeight for BlockQ4_0 {
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q4_0(x, y)
     }
+    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
+        unpack_q4_0(x, out)
+    }
 }
 impl ZmmWeight for BlockQ5_0 {
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q5_0(x, y)
     }
+    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
+        unpack_q5_0(x, out)
+    }
 }
 impl ZmmWeight for BlockQ8_0 {
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q8_0(x, y)
+    }
+    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
+        unpack_q8_0(x, out)
     }
 }
