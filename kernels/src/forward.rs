@@ -178,6 +178,64 @@ fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
+/// A state buffer shared by token-parallel tasks, each writing only its own rows.
+#[derive(Clone, Copy)]
+struct Rows(*mut f32);
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    /// `len` floats from `at`.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer and no other live slice overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row<'a>(&self, at: usize, len: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    }
+}
+
+/// Runs `f` over ranges of the batch's `n` tokens on the team, or over all of them on this
+/// thread when the batch is too small to pay for it. Per-token work, so the results do not
+/// depend on the split.
+fn par_tokens(n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    const MIN_PER_TASK: usize = 16;
+    let tasks = (crate::team::threads() * 2).min(n / MIN_PER_TASK);
+    if tasks <= 1 {
+        return f(0..n);
+    }
+    let per = n.div_ceil(tasks);
+    crate::team::for_each(n.div_ceil(per), &|i| f(i * per..((i + 1) * per).min(n)));
+}
+
+/// `out[t] = rmsnorm(x[t]) ⊙ w` for every token row of `dim` floats.
+fn norm_rows(x: &[f32], out: &mut [f32], dim: usize, w: &[f32], eps: f32) {
+    let o = Rows(out.as_mut_ptr());
+    par_tokens(x.len() / dim, &|range| {
+        for t in range {
+            // SAFETY: row t of `out` is this task's alone.
+            rmsnorm(
+                unsafe { o.row(t * dim, dim) },
+                &x[t * dim..(t + 1) * dim],
+                w,
+                eps,
+            );
+        }
+    });
+}
+
+/// The residual: `x += d`, token rows of `dim` floats.
+fn add_rows(x: &mut [f32], d: &[f32], dim: usize) {
+    let xp = Rows(x.as_mut_ptr());
+    par_tokens(x.len() / dim, &|range| {
+        // SAFETY: the rows of `range` are this task's alone.
+        let xs = unsafe { xp.row(range.start * dim, range.len() * dim) };
+        for (x, &d) in xs.iter_mut().zip(&d[range.start * dim..range.end * dim]) {
+            *x += d;
+        }
+    });
+}
+
 /// Rotates the heads of one token's q or k (`n_heads × head_dim`) to position `pos`.
 fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
     let half = head_dim / 2;
@@ -274,14 +332,13 @@ pub fn forward<O: Observer>(
     for (l, layer) in model.layers.iter().enumerate().skip(first) {
         obs.layer_input(l, &state.x[..n * dim], n);
         // Attention block.
-        for t in 0..n {
-            rmsnorm(
-                &mut state.xb[t * dim..(t + 1) * dim],
-                &state.x[t * dim..(t + 1) * dim],
-                &layer.attn_norm,
-                c.rms_eps,
-            );
-        }
+        norm_rows(
+            &state.x[..n * dim],
+            &mut state.xb[..n * dim],
+            dim,
+            &layer.attn_norm,
+            c.rms_eps,
+        );
         let xb = &state.xb[..n * dim];
         obs.matmul_input(l, MatKind::Qkv, xb, n);
         matmul(
@@ -311,37 +368,44 @@ pub fn forward<O: Observer>(
         add_bias(&mut state.q[..n * q_dim], &layer.bq);
         add_bias(&mut state.k[..n * kv_dim], &layer.bk);
         add_bias(&mut state.v[..n * kv_dim], &layer.bv);
-        for t in 0..n {
-            let p = pos0 + t;
-            let (cs, sn) = (
-                &state.rope_cos[p * half..(p + 1) * half],
-                &state.rope_sin[p * half..(p + 1) * half],
+        {
+            // Each token rotates its own q and k rows and writes its own cache rows.
+            let (qp, kp) = (Rows(state.q.as_mut_ptr()), Rows(state.k.as_mut_ptr()));
+            let (kc, vc) = (
+                Rows(state.k_cache.as_mut_ptr()),
+                Rows(state.v_cache.as_mut_ptr()),
             );
-            rope(
-                &mut state.q[t * q_dim..(t + 1) * q_dim],
-                hd,
-                cs,
-                sn,
-                c.rope_style,
-            );
-            rope(
-                &mut state.k[t * kv_dim..(t + 1) * kv_dim],
-                hd,
-                cs,
-                sn,
-                c.rope_style,
-            );
-            let at = (l * state.max_ctx + p) * kv_dim;
-            state.k_cache[at..at + kv_dim].copy_from_slice(&state.k[t * kv_dim..(t + 1) * kv_dim]);
-            state.v_cache[at..at + kv_dim].copy_from_slice(&state.v[t * kv_dim..(t + 1) * kv_dim]);
-            if state.kv_f16 {
-                for v in state.k_cache[at..at + kv_dim]
-                    .iter_mut()
-                    .chain(state.v_cache[at..at + kv_dim].iter_mut())
-                {
-                    *v = half::f16::from_f32(*v).to_f32();
+            let (v, cos, sin) = (&state.v[..n * kv_dim], &state.rope_cos, &state.rope_sin);
+            let (max_ctx, kv_f16, style) = (state.max_ctx, state.kv_f16, c.rope_style);
+            par_tokens(n, &|range| {
+                for t in range {
+                    let p = pos0 + t;
+                    let (cs, sn) = (
+                        &cos[p * half..(p + 1) * half],
+                        &sin[p * half..(p + 1) * half],
+                    );
+                    let at = (l * max_ctx + p) * kv_dim;
+                    // SAFETY: token t's rows of q and k, and cache rows at position p, are
+                    // written by this task alone and lie inside their buffers.
+                    let (q, k, kcr, vcr) = unsafe {
+                        (
+                            qp.row(t * q_dim, q_dim),
+                            kp.row(t * kv_dim, kv_dim),
+                            kc.row(at, kv_dim),
+                            vc.row(at, kv_dim),
+                        )
+                    };
+                    rope(q, hd, cs, sn, style);
+                    rope(k, hd, cs, sn, style);
+                    kcr.copy_from_slice(k);
+                    vcr.copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+                    if kv_f16 {
+                        for v in kcr.iter_mut().chain(vcr.iter_mut()) {
+                            *v = half::f16::from_f32(*v).to_f32();
+                        }
+                    }
                 }
-            }
+            });
         }
         let t_att = std::time::Instant::now();
         attention(model, state, l, n, opts.mask, obs);
@@ -355,19 +419,16 @@ pub fn forward<O: Observer>(
             &mut state.scratch,
             mode,
         );
-        for (x, &d) in state.x[..n * dim].iter_mut().zip(&state.xb[..n * dim]) {
-            *x += d;
-        }
+        add_rows(&mut state.x[..n * dim], &state.xb[..n * dim], dim);
 
         // Feed-forward block.
-        for t in 0..n {
-            rmsnorm(
-                &mut state.xb[t * dim..(t + 1) * dim],
-                &state.x[t * dim..(t + 1) * dim],
-                &layer.ffn_norm,
-                c.rms_eps,
-            );
-        }
+        norm_rows(
+            &state.x[..n * dim],
+            &mut state.xb[..n * dim],
+            dim,
+            &layer.ffn_norm,
+            c.rms_eps,
+        );
         let f = c.ffn_dim;
         obs.matmul_input(l, MatKind::GateUp, &state.xb[..n * dim], n);
         matmul(
@@ -386,8 +447,16 @@ pub fn forward<O: Observer>(
             &mut state.scratch,
             mode,
         );
-        for (g, &u) in state.hb[..n * f].iter_mut().zip(&state.hb2[..n * f]) {
-            *g = silu(*g) * u;
+        {
+            let hb = Rows(state.hb.as_mut_ptr());
+            let hb2 = &state.hb2[..n * f];
+            par_tokens(n, &|range| {
+                // SAFETY: the rows of `range` are this task's alone, inside `hb`.
+                let g = unsafe { hb.row(range.start * f, range.len() * f) };
+                for (g, &u) in g.iter_mut().zip(&hb2[range.start * f..range.end * f]) {
+                    *g = silu(*g) * u;
+                }
+            });
         }
         obs.matmul_input(l, MatKind::Down, &state.hb[..n * f], n);
         matmul(
@@ -398,9 +467,7 @@ pub fn forward<O: Observer>(
             &mut state.scratch,
             mode,
         );
-        for (x, &d) in state.x[..n * dim].iter_mut().zip(&state.xb[..n * dim]) {
-            *x += d;
-        }
+        add_rows(&mut state.x[..n * dim], &state.xb[..n * dim], dim);
     }
     obs.layer_input(model.layers.len(), &state.x[..n * dim], n);
     state.pos += n;
@@ -461,14 +528,13 @@ fn attention<O: Observer>(
     // Each head owns one scores row and writes only its own columns of `att`.
     let att_ptr = AttOut(state.att.as_mut_ptr());
     let scores_ptr = AttOut(state.scores.as_mut_ptr());
-    crate::team::for_each(c.n_heads, &|h| {
-        let (att, sp) = (att_ptr, scores_ptr);
-        // SAFETY: head h owns scores[h·max_ctx ..][..max_ctx], disjoint across heads.
-        let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(h * max_ctx), max_ctx) };
+    // Queries `ts` of head `h`, with a scores row of `max_ctx` floats.
+    let rows = |h: usize, ts: std::ops::Range<usize>, scores: &mut [f32]| {
+        let att = att_ptr;
         let g = h / group;
         let pattern = mask.map(|m| m.pattern(l, h));
         let block = mask.map_or(usize::MAX, |m| m.block);
-        for t in 0..n {
+        for t in ts {
             let p = pos0 + t;
             let qv = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
             let row = &mut scores[..=p];
@@ -516,7 +582,37 @@ fn attention<O: Observer>(
                 obs.attention(l, h, p, row);
             }
         }
-    });
+    };
+    // Without an observer, each head's queries are split into chunks so that the two
+    // threads' shares even out (nine heads on two threads leave one idle a ninth of the
+    // time); the latest, costliest chunks go first. Every query row is computed the same way
+    // whichever task runs it. An observer sees each head's rows in order, from one task.
+    let chunks = if watch { 1 } else { (n / 32).clamp(1, 4) };
+    if chunks == 1 {
+        crate::team::for_each(c.n_heads, &|h| {
+            let sp = scores_ptr;
+            // SAFETY: head h owns scores[h·max_ctx ..][..max_ctx], disjoint across heads.
+            let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(h * max_ctx), max_ctx) };
+            rows(h, 0..n, scores);
+        });
+    } else {
+        let per = n.div_ceil(chunks);
+        crate::team::for_each(c.n_heads * chunks, &|i| {
+            let (k, h) = (chunks - 1 - i / c.n_heads, i % c.n_heads);
+            SCORES.with(|sc| {
+                let mut sc = sc.borrow_mut();
+                if sc.len() < max_ctx {
+                    sc.resize(max_ctx, 0.0);
+                }
+                rows(h, k * per..((k + 1) * per).min(n), &mut sc[..max_ctx]);
+            });
+        });
+    }
+}
+
+thread_local! {
+    /// A scores row per thread for attention tasks that share a head.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[derive(Clone, Copy)]
