@@ -366,17 +366,7 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
     use dot::zmm::gemm;
     let rows = w.rows;
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let threads = crate::team::threads();
-    let work = rows * n_tok * w.cols;
-    let n_chunks = if work < 1 << 16 {
-        1
-    } else {
-        (threads * 4).min(rows.div_ceil(TILE))
-    };
-    let chunk_rows = rows
-        .div_ceil(n_chunks)
-        .next_multiple_of(TILE.min(rows))
-        .max(1);
+    let chunk_rows = chunk_rows(w, n_tok);
     let wall = quantize::blocks_from_bytes::<W>(w.bytes());
     let per_row = w.row_bytes() / std::mem::size_of::<W>();
     let wrow = |r: usize| &wall[r * per_row..(r + 1) * per_row];
@@ -451,6 +441,20 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
     crate::team::for_each(rows.div_ceil(chunk_rows), &body);
 }
 
+/// Rows per team task: enough tasks to balance, few enough that scheduling costs nothing
+/// next to the dots; whole tiles.
+fn chunk_rows(w: &Weight, n_tok: usize) -> usize {
+    let rows = w.rows;
+    let n_chunks = if rows * n_tok * w.cols < 1 << 16 {
+        1
+    } else {
+        (crate::team::threads() * 4).min(rows.div_ceil(TILE))
+    };
+    rows.div_ceil(n_chunks)
+        .next_multiple_of(TILE.min(rows))
+        .max(1)
+}
+
 /// The tiled, threaded loop over weight rows × tokens.
 fn run<W: Pod + Sync, A: Pod + Sync>(
     w: &Weight,
@@ -465,18 +469,7 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
     let out_ptr = SharedOut(out.as_mut_ptr());
     let acts: &[A] = bytemuck::cast_slice(acts);
     let per_tok = arow / std::mem::size_of::<A>();
-    let threads = crate::team::threads();
-    // Enough chunks to balance, few enough that scheduling costs nothing next to the dots.
-    let work = rows * n_tok * w.cols;
-    let n_chunks = if work < 1 << 16 {
-        1
-    } else {
-        (threads * 4).min(rows.div_ceil(TILE))
-    };
-    let chunk_rows = rows
-        .div_ceil(n_chunks)
-        .next_multiple_of(TILE.min(rows))
-        .max(1);
+    let chunk_rows = chunk_rows(w, n_tok);
     // The weight's blocks, cast once (a copy only if the bytes were not aligned).
     let wall = quantize::blocks_from_bytes::<W>(w.bytes());
     let per_row = w.row_bytes() / std::mem::size_of::<W>();
