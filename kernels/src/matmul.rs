@@ -1,8 +1,9 @@
 //! Matrix products `Y[t, r] = Σ_c W[r, c] · X[t, c]` for a batch of tokens, as ggml computes
 //! them: the activations are quantized once to the weight's activation type (Q8_0, Q8_1 or
 //! Q8_K) and every output is one dot product of a weight row with an activation row. Rows are
-//! split across rayon threads; within a thread each tile of weight rows is applied to every
-//! token before moving on, so a tile stays in cache while the activations stream past.
+//! split across the worker team ([`crate::team`]); within a thread each tile of weight rows is
+//! applied to every token before moving on, so a tile stays in cache while the activations
+//! stream past.
 //!
 //! [`MatmulMode::Dequantized`] instead expands each weight row to f32 and uses f32 dots: the
 //! same weights without activation quantization, to measure what that quantization costs.

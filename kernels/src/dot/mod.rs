@@ -3,7 +3,9 @@
 //! f32·f32, f16·f32 and bf16·f32.
 //!
 //! [`scalar`], [`avx2`] and [`avx512`] hold the same function names; the functions here pick one at run
-//! time through [`crate::simd::level`]. Agreement: SIMD and scalar sum the same exact integer
+//! time through [`crate::simd::level`]. At the AVX-512 level the matmul runs Q4_0/Q5_0/Q8_0
+//! weights through [`zmm`]'s two-blocks-per-register kernels on [`packed`]'s layouts instead,
+//! bit-identical to [`avx2`]'s. Agreement: SIMD and scalar sum the same exact integer
 //! block products and differ only in the order of per-block float additions, so they agree to
 //! within 1e-5 × Σ|w·a| (tested on random rows of every type).
 
