@@ -89,7 +89,7 @@ pub struct State {
     k: Vec<f32>,        // [max_batch, kv_dim]
     v: Vec<f32>,        // [max_batch, kv_dim]
     att: Vec<f32>,      // [max_batch, n_heads·head_dim] attention output
-    scores: Vec<f32>,   // [n_heads, max_ctx] one attention row per head
+    scores: Vec<f32>,   // [n_heads · ATTENTION_CHUNKS, max_ctx] one row per attention task
     hb: Vec<f32>,       // [max_batch, ffn_dim]
     hb2: Vec<f32>,      // [max_batch, ffn_dim]
     rope_cos: Vec<f32>, // [max_ctx, head_dim/2]
@@ -134,7 +134,7 @@ impl State {
             k: vec![0.0; max_batch * kv_dim],
             v: vec![0.0; max_batch * kv_dim],
             att: vec![0.0; max_batch * q_dim],
-            scores: vec![0.0; c.n_heads * max_ctx],
+            scores: vec![0.0; c.n_heads * ATTENTION_CHUNKS * max_ctx],
             hb: vec![0.0; max_batch * c.ffn_dim],
             hb2: vec![0.0; max_batch * c.ffn_dim],
             rope_cos,
@@ -525,7 +525,7 @@ fn attention<O: Observer>(
     let vc = &state.v_cache[l * max_ctx * kv_dim..(l + 1) * max_ctx * kv_dim];
     let q = &state.q;
     let watch = obs.wants_attention();
-    // Each head owns one scores row and writes only its own columns of `att`.
+    // Each task owns one scores row; each head writes only its own columns of `att`.
     let att_ptr = AttOut(state.att.as_mut_ptr());
     let scores_ptr = AttOut(state.scores.as_mut_ptr());
     // Queries `ts` of head `h`, with a scores row of `max_ctx` floats.
@@ -587,33 +587,23 @@ fn attention<O: Observer>(
     // threads' shares even out (nine heads on two threads leave one idle a ninth of the
     // time); the latest, costliest chunks go first. Every query row is computed the same way
     // whichever task runs it. An observer sees each head's rows in order, from one task.
-    let chunks = if watch { 1 } else { (n / 32).clamp(1, 4) };
-    if chunks == 1 {
-        crate::team::for_each(c.n_heads, &|h| {
-            let sp = scores_ptr;
-            // SAFETY: head h owns scores[h·max_ctx ..][..max_ctx], disjoint across heads.
-            let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(h * max_ctx), max_ctx) };
-            rows(h, 0..n, scores);
-        });
+    let chunks = if watch {
+        1
     } else {
-        let per = n.div_ceil(chunks);
-        crate::team::for_each(c.n_heads * chunks, &|i| {
-            let (k, h) = (chunks - 1 - i / c.n_heads, i % c.n_heads);
-            SCORES.with(|sc| {
-                let mut sc = sc.borrow_mut();
-                if sc.len() < max_ctx {
-                    sc.resize(max_ctx, 0.0);
-                }
-                rows(h, k * per..((k + 1) * per).min(n), &mut sc[..max_ctx]);
-            });
-        });
-    }
+        (n / 32).clamp(1, ATTENTION_CHUNKS)
+    };
+    let per = n.div_ceil(chunks);
+    crate::team::for_each(c.n_heads * chunks, &|i| {
+        let sp = scores_ptr;
+        let (k, h) = (chunks - 1 - i / c.n_heads, i % c.n_heads);
+        // SAFETY: task i owns scores row i (of n_heads · ATTENTION_CHUNKS rows).
+        let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(i * max_ctx), max_ctx) };
+        rows(h, k * per..((k + 1) * per).min(n), scores);
+    });
 }
 
-thread_local! {
-    /// A scores row per thread for attention tasks that share a head.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// The most query chunks attention splits one head's batch into.
+const ATTENTION_CHUNKS: usize = 4;
 
 #[derive(Clone, Copy)]
 struct AttOut(*mut f32);

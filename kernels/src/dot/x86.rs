@@ -629,49 +629,48 @@ macro_rules! x86_kernels {
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(xd * yb.d), _mm256_cvtepi32_ps(sumi), *acc);
         }
 
+        /// The four-token loop of Q4_K and Q5_K: `unpack(i)` gives block `i`'s 256 values as
+        /// eight 32-byte vectors, its packed scales and mins, and `(d, dmin)`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_dot4<'a>(
+            n: usize,
+            y: [&[BlockQ8K]; 4],
+            unpack: impl Fn(usize) -> ([__m256i; 8], &'a [u8; K_SCALE_SIZE], (f32, f32)),
+        ) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut acc_m = [0f32; 4];
+            for i in 0..n {
+                let (q, scales, d) = unpack(i);
+                let (sc, mn) = k4_scales_mins(scales);
+                for t in 0..4 {
+                    k4_accumulate(&q, &sc, &mn, d, &y[t][i], &mut acc[t], &mut acc_m[t]);
+                }
+            }
+            std::array::from_fn(|t| hsum_f32_8(acc[t]) - acc_m[t])
+        }
+
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
             let m4 = _mm256_set1_epi8(0x0F);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut acc_m = [0f32; 4];
-            for (i, xb) in x.iter().enumerate() {
-                let (sc, mn) = k4_scales_mins(&xb.scales);
-                let (xd, xdmin) = (h2f(xb.d), h2f(xb.dmin));
+            k4_dot4(x.len(), y, |i| {
+                let xb = &x[i];
                 let mut q = [_mm256_setzero_si256(); 8];
                 for k in 0..QK_K / 64 {
                     let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
                     q[2 * k] = _mm256_and_si256(bits, m4);
                     q[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
                 }
-                for t in 0..4 {
-                    k4_accumulate(
-                        &q,
-                        &sc,
-                        &mn,
-                        (xd, xdmin),
-                        &y[t][i],
-                        &mut acc[t],
-                        &mut acc_m[t],
-                    );
-                }
-            }
-            [
-                hsum_f32_8(acc[0]) - acc_m[0],
-                hsum_f32_8(acc[1]) - acc_m[1],
-                hsum_f32_8(acc[2]) - acc_m[2],
-                hsum_f32_8(acc[3]) - acc_m[3],
-            ]
+                (q, &xb.scales, (h2f(xb.d), h2f(xb.dmin)))
+            })
         }
 
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
             let m4 = _mm256_set1_epi8(0x0F);
             let one = _mm256_set1_epi8(1);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut acc_m = [0f32; 4];
-            for (i, xb) in x.iter().enumerate() {
-                let (sc, mn) = k4_scales_mins(&xb.scales);
-                let (xd, xdmin) = (h2f(xb.d), h2f(xb.dmin));
+            k4_dot4(x.len(), y, |i| {
+                let xb = &x[i];
                 let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
                 let mut q = [_mm256_setzero_si256(); 8];
                 for k in 0..QK_K / 64 {
@@ -686,24 +685,8 @@ macro_rules! x86_kernels {
                     q[2 * k + 1] =
                         _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
                 }
-                for t in 0..4 {
-                    k4_accumulate(
-                        &q,
-                        &sc,
-                        &mn,
-                        (xd, xdmin),
-                        &y[t][i],
-                        &mut acc[t],
-                        &mut acc_m[t],
-                    );
-                }
-            }
-            [
-                hsum_f32_8(acc[0]) - acc_m[0],
-                hsum_f32_8(acc[1]) - acc_m[1],
-                hsum_f32_8(acc[2]) - acc_m[2],
-                hsum_f32_8(acc[3]) - acc_m[3],
-            ]
+                (q, &xb.scales, (h2f(xb.d), h2f(xb.dmin)))
+            })
         }
 
         #[target_feature(enable = $feat)]
