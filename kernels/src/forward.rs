@@ -81,7 +81,7 @@ pub struct State {
     /// perplexity and imatrix tools run that way); off, the cache keeps f32.
     pub kv_f16: bool,
     kv_dim: usize,
-    k_cache: Vec<f32>,  // [n_layers, max_ctx, kv_dim]
+    k_cache: Vec<f32>,  // [n_layers, n_kv_heads, head_dim, max_ctx] keys transposed
     v_cache: Vec<f32>,  // [n_layers, max_ctx, kv_dim]
     x: Vec<f32>,        // [max_batch, dim] residual stream
     xb: Vec<f32>,       // [max_batch, dim] normed input / projection output
@@ -89,7 +89,7 @@ pub struct State {
     k: Vec<f32>,        // [max_batch, kv_dim]
     v: Vec<f32>,        // [max_batch, kv_dim]
     att: Vec<f32>,      // [max_batch, n_heads·head_dim] attention output
-    scores: Vec<f32>,   // [n_heads · ATTENTION_CHUNKS, max_ctx] one row per attention task
+    scores: Vec<f32>,   // [n_heads · ATTENTION_CHUNKS · QUERY_TILE, max_ctx] rows per task
     hb: Vec<f32>,       // [max_batch, ffn_dim]
     hb2: Vec<f32>,      // [max_batch, ffn_dim]
     rope_cos: Vec<f32>, // [max_ctx, head_dim/2]
@@ -134,7 +134,7 @@ impl State {
             k: vec![0.0; max_batch * kv_dim],
             v: vec![0.0; max_batch * kv_dim],
             att: vec![0.0; max_batch * q_dim],
-            scores: vec![0.0; c.n_heads * ATTENTION_CHUNKS * max_ctx],
+            scores: vec![0.0; c.n_heads * ATTENTION_CHUNKS * QUERY_TILE * max_ctx],
             hb: vec![0.0; max_batch * c.ffn_dim],
             hb2: vec![0.0; max_batch * c.ffn_dim],
             rope_cos,
@@ -385,24 +385,33 @@ pub fn forward<O: Observer>(
                         &sin[p * half..(p + 1) * half],
                     );
                     let at = (l * max_ctx + p) * kv_dim;
-                    // SAFETY: token t's rows of q and k, and cache rows at position p, are
+                    // SAFETY: token t's rows of q and k, and cache entries at position p, are
                     // written by this task alone and lie inside their buffers.
-                    let (q, k, kcr, vcr) = unsafe {
+                    let (q, k, vcr) = unsafe {
                         (
                             qp.row(t * q_dim, q_dim),
                             kp.row(t * kv_dim, kv_dim),
-                            kc.row(at, kv_dim),
                             vc.row(at, kv_dim),
                         )
                     };
                     rope(q, hd, cs, sn, style);
                     rope(k, hd, cs, sn, style);
-                    kcr.copy_from_slice(k);
                     vcr.copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
-                    if kv_f16 {
-                        for v in kcr.iter_mut().chain(vcr.iter_mut()) {
-                            *v = half::f16::from_f32(*v).to_f32();
+                    let round = |x: f32| {
+                        if kv_f16 {
+                            half::f16::from_f32(x).to_f32()
+                        } else {
+                            x
                         }
+                    };
+                    vcr.iter_mut().for_each(|x| *x = round(*x));
+                    // Keys go in transposed: element e of kv head g is row (l·n_kv + g)·hd + e,
+                    // and kv_dim = n_kv·hd, so the row is l·kv_dim + i for i in 0..kv_dim.
+                    for (i, &x) in k.iter().enumerate() {
+                        // SAFETY: column p of the row, this token's alone.
+                        unsafe {
+                            *kc.row((l * kv_dim + i) * max_ctx + p, 1).as_mut_ptr() = round(x)
+                        };
                     }
                 }
             });
@@ -504,7 +513,15 @@ pub fn forward<O: Observer>(
 }
 
 /// Causal grouped-query attention for the `n` newest tokens of layer `l`, heads in parallel.
-/// Key blocks a mask excludes are skipped: no dot product, no value accumulation.
+///
+/// Queries go in tiles of up to [`QUERY_TILE`] consecutive tokens of one head: their scores
+/// against the transposed key cache come from one pass over the keys, then each query's
+/// softmax (max, exponentials summed in lanes tied to key positions, see [`dot::attn_exp`]),
+/// then the weighted values of the whole tile from one pass over the value rows, normalized
+/// at the end. A key the newest query may see but an older one may not gets weight 0 in the
+/// older query's row, which leaves its sums exactly as they were, and every step is the same
+/// per-query arithmetic whatever the tile: a query gives the same bits alone (decode) or in
+/// any batch. Key blocks a mask excludes are skipped: no scores, no exponentials, no values.
 fn attention<O: Observer>(
     model: &Model,
     state: &mut State,
@@ -521,66 +538,120 @@ fn attention<O: Observer>(
     let pos0 = state.pos;
     let max_ctx = state.max_ctx;
     let scale = 1.0 / (hd as f32).sqrt();
-    let kc = &state.k_cache[l * max_ctx * kv_dim..(l + 1) * max_ctx * kv_dim];
+    let kc = &state.k_cache[l * kv_dim * max_ctx..(l + 1) * kv_dim * max_ctx];
     let vc = &state.v_cache[l * max_ctx * kv_dim..(l + 1) * max_ctx * kv_dim];
     let q = &state.q;
     let watch = obs.wants_attention();
-    // Each task owns one scores row; each head writes only its own columns of `att`.
+    // Each task owns QUERY_TILE scores rows; each head writes only its own columns of `att`.
     let att_ptr = AttOut(state.att.as_mut_ptr());
     let scores_ptr = AttOut(state.scores.as_mut_ptr());
-    // Queries `ts` of head `h`, with a scores row of `max_ctx` floats.
+    // Queries `ts` of head `h`, with QUERY_TILE scores rows of `max_ctx` floats.
     let rows = |h: usize, ts: std::ops::Range<usize>, scores: &mut [f32]| {
         let att = att_ptr;
         let g = h / group;
-        let pattern = mask.map(|m| m.pattern(l, h));
-        let block = mask.map_or(usize::MAX, |m| m.block);
-        for t in ts {
-            let p = pos0 + t;
-            let qv = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-            let row = &mut scores[..=p];
-            // The key ranges this query may see: all of 0..=p, or the mask's blocks.
-            let for_each_range = |f: &mut dyn FnMut(usize, usize)| match pattern {
-                None => f(0, p + 1),
-                Some(pat) => {
-                    let qb = p / block;
-                    for kb in 0..=qb {
-                        if pat.allows(qb, kb) {
-                            f(kb * block, ((kb + 1) * block).min(p + 1));
+        // A dense pattern is no mask: the same single key range, the same bits.
+        let (pattern, block) = match mask {
+            Some(m) if *m.pattern(l, h) != crate::mask::HeadPattern::Dense => {
+                (Some(m.pattern(l, h)), m.block)
+            }
+            _ => (None, usize::MAX),
+        };
+        let kt = dot::Strided {
+            data: &kc[g * hd * max_ctx..(g + 1) * hd * max_ctx],
+            stride: max_ctx,
+        };
+        let vs = dot::Strided {
+            data: &vc[g * hd..],
+            stride: kv_dim,
+        };
+        let mut t = ts.start;
+        while t < ts.end {
+            // The tile: consecutive queries, all in one query block of the mask.
+            let p0 = pos0 + t;
+            let block_end = (p0 / block).saturating_add(1).saturating_mul(block) - pos0;
+            let nq = QUERY_TILE.min(ts.end - t).min(block_end - t);
+            let last = p0 + nq - 1;
+            // The key ranges the tile may see, up to its newest query: adjacent allowed
+            // blocks merged, so a dense pattern is the single range 0..=last.
+            let for_each_range =
+                |end: usize, f: &mut dyn FnMut(std::ops::Range<usize>)| match pattern {
+                    None => f(0..end),
+                    Some(pat) => {
+                        let qb = p0 / block;
+                        let mut open: Option<usize> = None;
+                        for kb in 0..=qb {
+                            if pat.allows(qb, kb) {
+                                open.get_or_insert(kb * block);
+                            } else if let Some(a) = open.take() {
+                                f(a..(kb * block).min(end));
+                            }
+                        }
+                        if let Some(a) = open {
+                            f(a..end);
                         }
                     }
-                }
+                };
+            let q_tile = dot::Strided {
+                data: &q[t * q_dim + h * hd..],
+                stride: q_dim,
             };
             if watch && pattern.is_some() {
-                row.fill(0.0);
-            }
-            let mut max = f32::NEG_INFINITY;
-            // Keys a..b of kv head g: rows kv_dim apart in the cache.
-            let heads = |a: usize, b: usize| a * kv_dim + g * hd..(b - 1) * kv_dim + (g + 1) * hd;
-            for_each_range(&mut |a, b| {
-                let m = dot::attn_scores(qv, &kc[heads(a, b)], kv_dim, scale, &mut row[a..b]);
-                max = max.max(m);
-            });
-            let mut sum = 0f64;
-            for_each_range(&mut |a, b| {
-                for s in &mut row[a..b] {
-                    let e = (*s - max).exp();
-                    *s = e;
-                    sum += e as f64;
+                for j in 0..nq {
+                    scores[j * max_ctx..j * max_ctx + p0 + j + 1].fill(0.0);
                 }
-            });
-            let inv = (1.0 / sum) as f32;
-            // SAFETY: head h writes only att[t, h·hd .. (h+1)·hd], disjoint across heads.
-            let out = unsafe { std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), hd) };
-            out.fill(0.0);
-            for_each_range(&mut |a, b| {
-                for w in &mut row[a..b] {
-                    *w *= inv;
-                }
-                dot::attn_values(&row[a..b], &vc[heads(a, b)], kv_dim, out);
-            });
-            if watch {
-                obs.attention(l, h, p, row);
             }
+            for_each_range(last + 1, &mut |keys| {
+                let out = dot::StridedMut {
+                    data: &mut *scores,
+                    stride: max_ctx,
+                };
+                dot::attn_scores(q_tile, nq, kt, hd, keys, scale, out);
+            });
+            let mut inv = [0f32; QUERY_TILE];
+            for (j, inv) in inv.iter_mut().enumerate().take(nq) {
+                let p = p0 + j;
+                let row = &mut scores[j * max_ctx..(j + 1) * max_ctx];
+                let mut max = f32::NEG_INFINITY;
+                for_each_range(p + 1, &mut |keys| max = max.max(dot::max_f32(&row[keys])));
+                let mut lanes = [0f32; dot::ATT_LANES];
+                for_each_range(p + 1, &mut |keys| dot::attn_exp(row, keys, max, &mut lanes));
+                *inv = 1.0 / dot::lanes_sum(&lanes);
+                // Keys only newer queries of the tile see weigh nothing here.
+                row[p + 1..=last].fill(0.0);
+            }
+            // SAFETY: head h writes only att[t.., h·hd .. (h+1)·hd], disjoint across heads
+            // and across the tasks of one head (different tokens).
+            let out_all = unsafe {
+                std::slice::from_raw_parts_mut(att.0.add(t * q_dim + h * hd), (nq - 1) * q_dim + hd)
+            };
+            for j in 0..nq {
+                out_all[j * q_dim..j * q_dim + hd].fill(0.0);
+            }
+            for_each_range(last + 1, &mut |keys| {
+                let p = dot::Strided {
+                    data: &*scores,
+                    stride: max_ctx,
+                };
+                let out = dot::StridedMut {
+                    data: &mut *out_all,
+                    stride: q_dim,
+                };
+                dot::attn_values(p, nq, vs, hd, keys, out);
+            });
+            for (j, &inv) in inv.iter().enumerate().take(nq) {
+                out_all[j * q_dim..j * q_dim + hd]
+                    .iter_mut()
+                    .for_each(|o| *o *= inv);
+                if watch {
+                    let p = p0 + j;
+                    let row = &mut scores[j * max_ctx..j * max_ctx + p + 1];
+                    for_each_range(p + 1, &mut |keys| {
+                        row[keys].iter_mut().for_each(|w| *w *= inv)
+                    });
+                    obs.attention(l, h, p, row);
+                }
+            }
+            t += nq;
         }
     };
     // Without an observer, each head's queries are split into chunks so that the two
@@ -596,14 +667,18 @@ fn attention<O: Observer>(
     crate::team::for_each(c.n_heads * chunks, &|i| {
         let sp = scores_ptr;
         let (k, h) = (chunks - 1 - i / c.n_heads, i % c.n_heads);
-        // SAFETY: task i owns scores row i (of n_heads · ATTENTION_CHUNKS rows).
-        let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(i * max_ctx), max_ctx) };
+        let len = QUERY_TILE * max_ctx;
+        // SAFETY: task i owns scores rows i·QUERY_TILE .. (i+1)·QUERY_TILE.
+        let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(i * len), len) };
         rows(h, k * per..((k + 1) * per).min(n), scores);
     });
 }
 
 /// The most query chunks attention splits one head's batch into.
 const ATTENTION_CHUNKS: usize = 4;
+
+/// Queries of one head that share a pass over the keys and values.
+const QUERY_TILE: usize = 4;
 
 #[derive(Clone, Copy)]
 struct AttOut(*mut f32);

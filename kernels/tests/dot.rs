@@ -238,34 +238,119 @@ fn type_erased_dot_checks_lengths() {
 
 #[test]
 fn attention_kernels_give_the_scalar_bits() {
+    use dot::{Strided, StridedMut, ATT_LANES};
     let mut rng = Rng(0x51ED_2701);
-    for (hd, stride, n) in [(64, 192, 37), (128, 128, 9), (8, 24, 4), (64, 64, 0)] {
-        let q: Vec<f32> = (0..hd).map(|_| rng.value(1.0)).collect();
-        let k: Vec<f32> = (0..n * stride + hd).map(|_| rng.value(1.0)).collect();
-        let p: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
-        let scale = 0.125;
-        let mut simd_s = vec![0f32; n];
-        let m = dot::attn_scores(&q, &k, stride, scale, &mut simd_s);
-        let mut ref_s = vec![0f32; n];
-        let rm = scalar::attn_scores(&q, &k, stride, scale, &mut ref_s);
-        for (i, s) in simd_s.iter().enumerate() {
-            // Each score is exactly the dispatched f32 dot product, scaled.
-            let want = dot::vec_dot_f32(&q, &k[i * stride..i * stride + hd]) * scale;
-            assert_eq!(s.to_bits(), want.to_bits(), "hd {hd} key {i}");
-            assert!(
-                (s - ref_s[i]).abs() <= 1e-5 * (1.0 + ref_s[i].abs()),
-                "hd {hd} key {i}"
-            );
-        }
-        assert!(n == 0 || (m - rm).abs() <= 1e-5 * (1.0 + rm.abs()));
-        let start: Vec<f32> = (0..hd).map(|_| rng.value(0.1)).collect();
-        let (mut a, mut b) = (start.clone(), start);
-        dot::attn_values(&p, &k, stride, &mut a);
-        scalar::attn_values(&p, &k, stride, &mut b);
-        assert_eq!(
-            a, b,
-            "hd {hd}: values must be bit-identical (same fused order)"
+    let ctx = 160;
+    for hd in [64, 128, 8, 24] {
+        // Queries (rows 3·hd apart), transposed keys (hd rows of ctx), values (rows of 2·hd).
+        let q: Vec<f32> = (0..4 * 3 * hd).map(|_| rng.value(1.0)).collect();
+        let kt: Vec<f32> = (0..hd * ctx).map(|_| rng.value(1.0)).collect();
+        let v: Vec<f32> = (0..ctx * 2 * hd).map(|_| rng.value(1.0)).collect();
+        let (qs, kts, vs) = (
+            Strided {
+                data: &q,
+                stride: 3 * hd,
+            },
+            Strided {
+                data: &kt,
+                stride: ctx,
+            },
+            Strided {
+                data: &v,
+                stride: 2 * hd,
+            },
         );
+        for nq in 1..=4 {
+            for keys in [0..ctx, 0..1, 5..21, 16..48, 33..34, 17..159, 7..7] {
+                let mut a = vec![0f32; 4 * ctx];
+                let mut b = vec![0f32; 4 * ctx];
+                fn s(data: &mut [f32]) -> StridedMut<'_> {
+                    StridedMut { data, stride: 160 }
+                }
+                dot::attn_scores(qs, nq, kts, hd, keys.clone(), 0.125, s(&mut a));
+                scalar::attn_scores(qs, nq, kts, hd, keys.clone(), 0.125, s(&mut b));
+                assert_eq!(a, b, "scores: hd {hd}, {nq} queries, keys {keys:?}");
+                // A score is the same computed alone: one query, one key.
+                for j in 0..nq {
+                    for i in keys.clone().step_by(7) {
+                        let mut one = vec![0f32; ctx];
+                        let qj = Strided {
+                            data: &q[j * 3 * hd..],
+                            stride: 3 * hd,
+                        };
+                        let o = StridedMut {
+                            data: &mut one,
+                            stride: ctx,
+                        };
+                        dot::attn_scores(qj, 1, kts, hd, i..i + 1, 0.125, o);
+                        assert_eq!(one[i].to_bits(), a[j * ctx + i].to_bits());
+                    }
+                }
+                // Softmax numerators and their lane sums.
+                for j in 0..nq {
+                    let row = &mut a[j * ctx..(j + 1) * ctx];
+                    let max = dot::max_f32(&row[keys.clone()]);
+                    assert_eq!(max.to_bits(), scalar::max_f32(&row[keys.clone()]).to_bits());
+                    let mut other = b[j * ctx..(j + 1) * ctx].to_vec();
+                    let (mut la, mut lb) = ([0f32; ATT_LANES], [0f32; ATT_LANES]);
+                    dot::attn_exp(row, keys.clone(), max, &mut la);
+                    scalar::attn_exp(&mut other, keys.clone(), max, &mut lb);
+                    assert_eq!(row, &other[..], "exp: hd {hd}, keys {keys:?}");
+                    assert_eq!(la, lb, "lanes: hd {hd}, keys {keys:?}");
+                    // Split in two ranges, the lanes are the same.
+                    let mid = (keys.start + keys.end) / 2;
+                    let mut split = b[j * ctx..(j + 1) * ctx].to_vec();
+                    let mut ls = [0f32; ATT_LANES];
+                    dot::attn_exp(&mut split, keys.start..mid, max, &mut ls);
+                    dot::attn_exp(&mut split, mid..keys.end, max, &mut ls);
+                    assert_eq!(ls, la);
+                    if !keys.is_empty() {
+                        let sum = dot::lanes_sum(&la) as f64;
+                        let want: f64 = other[keys.clone()].iter().map(|&e| e as f64).sum();
+                        assert!((sum - want).abs() <= 1e-5 * want, "{sum} vs {want}");
+                    }
+                }
+                // Weighted values, added to what the output holds.
+                let start: Vec<f32> = (0..4 * 3 * hd).map(|_| rng.value(0.1)).collect();
+                let (mut oa, mut ob) = (start.clone(), start);
+                let p = Strided {
+                    data: &a,
+                    stride: ctx,
+                };
+                let o = |data| StridedMut {
+                    data,
+                    stride: 3 * hd,
+                };
+                dot::attn_values(p, nq, vs, hd, keys.clone(), o(&mut oa[..]));
+                scalar::attn_values(p, nq, vs, hd, keys.clone(), o(&mut ob[..]));
+                assert_eq!(oa, ob, "values: hd {hd}, {nq} queries, keys {keys:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn exp_is_within_two_ulp_and_zero_below_the_range() {
+    let mut worst = 0i64;
+    for i in 0..=200_000 {
+        let x = -87.0 * i as f32 / 200_000.0;
+        let got = dot::exp_ref(x);
+        let want = (x as f64).exp() as f32;
+        let ulp = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+        worst = worst.max(ulp);
+    }
+    assert!(worst <= 2, "exp_ref is {worst} ulp off");
+    assert_eq!(dot::exp_ref(0.0), 1.0);
+    assert_eq!(dot::exp_ref(-87.5), 0.0);
+    assert_eq!(dot::exp_ref(f32::NEG_INFINITY), 0.0);
+    assert!(dot::exp_ref(f32::NAN).is_nan());
+    // The SIMD steps give the same bits on the same inputs, exact halves included.
+    let xs: Vec<f32> = (0..4096).map(|i| -87.0 + i as f32 * 0.021_2).collect();
+    let mut row = xs.clone();
+    let mut lanes = [0f32; dot::ATT_LANES];
+    dot::attn_exp(&mut row, 0..xs.len(), 0.0, &mut lanes);
+    for (x, e) in xs.iter().zip(&row) {
+        assert_eq!(e.to_bits(), dot::exp_ref(*x).to_bits(), "exp({x})");
     }
 }
 

@@ -20,6 +20,8 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 pub mod zmm;
 
+use std::ops::Range;
+
 use half::f16;
 use quantize::blocks::*;
 use quantize::{GgmlType, Quantize};
@@ -44,36 +46,145 @@ macro_rules! dispatch {
     };
 }
 
-/// Attention scores `out[i] = scale · q·K[i]` (key `i` at `k[i·stride ..]`), each with the
-/// bits of [`vec_dot_f32`] × scale; returns their maximum.
-#[inline]
-pub fn attn_scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if q.len().is_multiple_of(8) {
-        match level() {
-            // SAFETY: level() reports a level only when the CPU has its features.
-            SimdLevel::Avx512 => return unsafe { avx512::attn_scores(q, k, stride, scale, out) },
-            SimdLevel::Avx2 => return unsafe { avx2::attn_scores(q, k, stride, scale, out) },
-            SimdLevel::Scalar => {}
-        }
-    }
-    scalar::attn_scores(q, k, stride, scale, out)
+/// Rows of floats `stride` apart: row `j` starts at `data[j·stride]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
 }
 
-/// `out += Σ_i p[i] · V[i]` (row `i` at `v[i·stride ..]`), one fused multiply-add per element
-/// and row, rows in order: SIMD and scalar give the same bits.
+/// Rows of floats `stride` apart, to write.
+pub struct StridedMut<'a> {
+    pub data: &'a mut [f32],
+    pub stride: usize,
+}
+
+impl StridedMut<'_> {
+    fn reborrow(&mut self) -> StridedMut<'_> {
+        StridedMut {
+            data: self.data,
+            stride: self.stride,
+        }
+    }
+}
+
+pub use scalar::{exp_ref, lanes_sum, ATT_LANES};
+
+/// The attention kernels below check their slices against these extents, so the SIMD ones
+/// can index without further checks.
+fn attn_extent(rows: usize, stride: usize, len: usize) -> usize {
+    if rows == 0 {
+        0
+    } else {
+        (rows - 1) * stride + len
+    }
+}
+
+/// Attention scores of `nq` queries against `keys` of a transposed key cache:
+/// `out[j][i] = scale · Σ_d q[j][d]·kt[d][i]`, one fused multiply-add per `d` in order from
+/// zero. SIMD and scalar give the same bits, and a score does not depend on the other queries
+/// or keys of the call. See [`scalar::attn_scores`].
 #[inline]
-pub fn attn_values(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+pub fn attn_scores(
+    q: Strided,
+    nq: usize,
+    kt: Strided,
+    hd: usize,
+    keys: Range<usize>,
+    scale: f32,
+    mut out: StridedMut,
+) {
+    if keys.is_empty() || nq == 0 {
+        return;
+    }
+    assert!(
+        q.data.len() >= attn_extent(nq, q.stride, hd)
+            && kt.data.len() >= attn_extent(hd, kt.stride, keys.end)
+            && out.data.len() >= attn_extent(nq, out.stride, keys.end)
+            && nq <= 4,
+        "attention scores: {nq} queries, {hd} dims, keys {keys:?}"
+    );
     #[cfg(target_arch = "x86_64")]
-    if out.len().is_multiple_of(8) && out.len() <= 128 {
+    match level() {
+        // SAFETY: level() reports a level only when the CPU has its features; extents checked.
+        SimdLevel::Avx512 => {
+            return unsafe { avx512::attn_scores(q, nq, kt, hd, keys, scale, out.reborrow()) }
+        }
+        SimdLevel::Avx2 => {
+            return unsafe { avx2::attn_scores(q, nq, kt, hd, keys, scale, out.reborrow()) }
+        }
+        SimdLevel::Scalar => {}
+    }
+    scalar::attn_scores(q, nq, kt, hd, keys, scale, out)
+}
+
+/// `out[j][..hd] += Σ_{i ∈ keys} p[j][i] · V[i]`, one fused multiply-add per element and key,
+/// keys in order: SIMD and scalar give the same bits. See [`scalar::attn_values`].
+#[inline]
+pub fn attn_values(
+    p: Strided,
+    nq: usize,
+    v: Strided,
+    hd: usize,
+    keys: Range<usize>,
+    mut out: StridedMut,
+) {
+    if keys.is_empty() || nq == 0 {
+        return;
+    }
+    assert!(
+        p.data.len() >= attn_extent(nq, p.stride, keys.end)
+            && v.data.len() >= attn_extent(keys.end, v.stride, hd)
+            && out.data.len() >= attn_extent(nq, out.stride, hd)
+            && nq <= 4,
+        "attention values: {nq} queries, {hd} dims, keys {keys:?}"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(8) {
         match level() {
             // SAFETY: as above.
-            SimdLevel::Avx512 => return unsafe { avx512::attn_values(p, v, stride, out) },
-            SimdLevel::Avx2 => return unsafe { avx2::attn_values(p, v, stride, out) },
+            SimdLevel::Avx512 => {
+                return unsafe { avx512::attn_values(p, nq, v, hd, keys, out.reborrow()) }
+            }
+            SimdLevel::Avx2 => {
+                return unsafe { avx2::attn_values(p, nq, v, hd, keys, out.reborrow()) }
+            }
             SimdLevel::Scalar => {}
         }
     }
-    scalar::attn_values(p, v, stride, out)
+    scalar::attn_values(p, nq, v, hd, keys, out)
+}
+
+/// Softmax numerators of `row[keys]` in place, summed into lanes tied to key positions; the
+/// same bits at every SIMD level. See [`scalar::attn_exp`].
+#[inline]
+pub fn attn_exp(row: &mut [f32], keys: Range<usize>, max: f32, lanes: &mut [f32; ATT_LANES]) {
+    assert!(
+        keys.end <= row.len(),
+        "softmax keys {keys:?} of {}",
+        row.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: as above.
+        SimdLevel::Avx512 => return unsafe { avx512::attn_exp(row, keys, max, lanes) },
+        SimdLevel::Avx2 => return unsafe { avx2::attn_exp(row, keys, max, lanes) },
+        SimdLevel::Scalar => {}
+    }
+    scalar::attn_exp(row, keys, max, lanes)
+}
+
+/// The largest of `x` (−∞ when empty).
+#[inline]
+pub fn max_f32(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: as above.
+        SimdLevel::Avx512 => return unsafe { avx512::max_f32(x) },
+        SimdLevel::Avx2 => return unsafe { avx2::max_f32(x) },
+        SimdLevel::Scalar => {}
+    }
+    scalar::max_f32(x)
 }
 
 dispatch!(/// Σ x·y over f32.

@@ -4,30 +4,130 @@
 //! (`ggml_vec_dot_*_generic` in `ggml/src/ggml-cpu/quants.c`) do; the K-quant ones apply the
 //! sub-block scales in integers and the mins through Q8_K's block sums.
 
+use std::ops::Range;
+
 use half::f16;
 use quantize::blocks::*;
 
-/// Attention scores `out[i] = scale · q·K[i]`, key `i` at `k[i·stride ..][..q.len()]`;
-/// returns their maximum.
-pub fn attn_scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) -> f32 {
-    let hd = q.len();
-    let mut max = f32::NEG_INFINITY;
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = vec_dot_f32(q, &k[i * stride..i * stride + hd]) * scale;
-        max = max.max(*o);
-    }
-    max
-}
+use super::{Strided, StridedMut};
 
-/// `out += Σ_i p[i] · V[i]`, row `i` at `v[i·stride ..][..out.len()]`, rows in order, one
-/// fused multiply-add per element and row (as the SIMD kernels).
-pub fn attn_values(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-    let hd = out.len();
-    for (i, &w) in p.iter().enumerate() {
-        for (o, &x) in out.iter_mut().zip(&v[i * stride..i * stride + hd]) {
-            *o = w.mul_add(x, *o);
+/// Attention scores of `nq` queries (row `j` at `q.data[j·q.stride ..][..hd]`) against keys
+/// `keys` of the transposed key cache (`kt.data[d·kt.stride + i]` is element `d` of key `i`):
+/// `out[j][i] = scale · Σ_d q[j][d]·K[i][d]`, the sum one fused multiply-add per `d` in order
+/// from zero, so a score does not depend on which other queries or keys share its call.
+pub fn attn_scores(
+    q: Strided,
+    nq: usize,
+    kt: Strided,
+    hd: usize,
+    keys: Range<usize>,
+    scale: f32,
+    out: StridedMut,
+) {
+    for j in 0..nq {
+        let qj = &q.data[j * q.stride..][..hd];
+        let oj = &mut out.data[j * out.stride..];
+        for i in keys.clone() {
+            let mut s = 0f32;
+            for (d, &x) in qj.iter().enumerate() {
+                s = x.mul_add(kt.data[d * kt.stride + i], s);
+            }
+            oj[i] = s * scale;
         }
     }
+}
+
+/// `out[j][..hd] += Σ_{i ∈ keys} p[j][i] · V[i]` for `nq` rows of weights (row `j` at
+/// `p.data[j·p.stride ..]`, indexed by key), value row `i` at `v.data[i·v.stride ..][..hd]`:
+/// one fused multiply-add per element and key, keys in order.
+pub fn attn_values(
+    p: Strided,
+    nq: usize,
+    v: Strided,
+    hd: usize,
+    keys: Range<usize>,
+    out: StridedMut,
+) {
+    for j in 0..nq {
+        let pj = &p.data[j * p.stride..];
+        let oj = &mut out.data[j * out.stride..][..hd];
+        for i in keys.clone() {
+            let w = pj[i];
+            for (o, &x) in oj.iter_mut().zip(&v.data[i * v.stride..][..hd]) {
+                *o = w.mul_add(x, *o);
+            }
+        }
+    }
+}
+
+/// The largest of `x` (−∞ when empty).
+pub fn max_f32(x: &[f32]) -> f32 {
+    x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// Softmax numerators of `row[keys]`: each becomes `exp_ref(row[i] − max)` and is added to
+/// `lanes[i % ATT_LANES]`, keys in order; the lanes are tied to absolute key positions, so the
+/// sums do not depend on how a row is split into ranges.
+pub fn attn_exp(row: &mut [f32], keys: Range<usize>, max: f32, lanes: &mut [f32; ATT_LANES]) {
+    for i in keys {
+        let e = exp_ref(row[i] - max);
+        row[i] = e;
+        lanes[i % ATT_LANES] += e;
+    }
+}
+
+/// `e^x` for `x ≤ 88`, from Cephes' `expf`: `x = n·ln 2 + r` with `n` the nearest integer
+/// (ties to even) and `r` from a two-part ln 2, `e^r` from a degree-7 polynomial, `2^n` put
+/// in the exponent bits; 0 below −87. Every step is one IEEE operation (fused where written
+/// `mul_add`), and the SIMD versions perform the same steps, so they give the same bits.
+/// Within 2 ulp of the exact value on −87 ≤ x ≤ 0 (tested).
+#[inline]
+pub fn exp_ref(x: f32) -> f32 {
+    if x < EXP_MIN {
+        return 0.0;
+    }
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = n.mul_add(-EXP_LN2_HI, x);
+    let r = n.mul_add(-EXP_LN2_LO, r);
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = p.mul_add(r, c);
+    }
+    let y = p.mul_add(r * r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Below this, [`exp_ref`] is 0 (e^−87 ≈ 1.6e-38, the smallest normal scale `2^n` reaches).
+pub const EXP_MIN: f32 = -87.0;
+/// ln 2 in two parts (Cephes' C1, C2): `n·EXP_LN2_HI` is exact for |n| < 2^9.
+#[allow(clippy::excessive_precision)] // Cephes' digits, as published
+pub const EXP_LN2_HI: f32 = 0.693_359_375;
+pub const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' `expf` polynomial, highest power first.
+#[allow(clippy::excessive_precision)] // Cephes' digits, as published
+pub const EXP_POLY: [f32; 6] = [
+    1.987_569_15e-4,
+    1.398_199_95e-3,
+    8.333_451_9e-3,
+    4.166_579_6e-2,
+    1.666_666_55e-1,
+    5.000_000_1e-1,
+];
+
+/// Keys per lane group of [`attn_exp`]'s sums.
+pub const ATT_LANES: usize = 16;
+
+/// The sum of [`attn_exp`]'s lanes, folded in halves (lane i + lane i+8, then +4, +2, +1).
+pub fn lanes_sum(lanes: &[f32; ATT_LANES]) -> f32 {
+    let mut l = *lanes;
+    let mut w = ATT_LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            l[i] += l[i + w];
+        }
+        w /= 2;
+    }
+    l[0]
 }
 
 /// Σ x·y over f32.

@@ -147,79 +147,273 @@ macro_rules! x86_kernels {
             s
         }
 
-        /// Attention scores `out[i] = scale · q·K[i]` for `out.len()` keys, key `i` at
-        /// `k[i·stride ..][..q.len()]`; returns their maximum. Four keys per pass, each with
-        /// [`vec_dot_f32`]'s association, so every score has the bits `vec_dot_f32` gives it.
+        /// Lanes `lo..hi` of eight (as an all-ones mask per lane).
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn attn_scores(
-            q: &[f32],
-            k: &[f32],
-            stride: usize,
-            scale: f32,
-            out: &mut [f32],
-        ) -> f32 {
-            let hd = q.len();
-            let n = out.len();
-            assert!(
-                hd % 8 == 0 && (n == 0 || (n - 1) * stride + hd <= k.len()),
-                "attention keys"
-            );
-            let (qp, kp) = (q.as_ptr(), k.as_ptr());
-            let mut max = f32::NEG_INFINITY;
-            let mut i = 0;
-            while i + 4 <= n {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut d = 0;
-                while d < hd {
-                    let qv = _mm256_loadu_ps(qp.add(d));
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add((i + j) * stride + d)), *a);
-                    }
-                    d += 8;
-                }
-                for (j, a) in acc.iter().enumerate() {
-                    let s = hsum_f32_8(*a) * scale;
-                    out[i + j] = s;
-                    max = max.max(s);
-                }
-                i += 4;
-            }
-            while i < n {
-                let s = vec_dot_f32(q, &k[i * stride..i * stride + hd]) * scale;
-                out[i] = s;
-                max = max.max(s);
-                i += 1;
-            }
-            max
+        unsafe fn lanes_between(lo: usize, hi: usize) -> __m256i {
+            let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let below_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), idx);
+            let from_lo = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo as i32 - 1));
+            _mm256_and_si256(below_hi, from_lo)
         }
 
-        /// `out += Σ_i p[i] · V[i]` for `p.len()` value rows, row `i` at `v[i·stride ..]`
-        /// (`out.len()` floats, a multiple of 8 and at most 128), accumulated in registers
-        /// with one fused multiply-add per element and row, rows in order.
+        /// Scores of `N` queries for the sixteen keys from `i` (the first `r` of them when not
+        /// `FULL`), as [`super::scalar::attn_scores`]: per key, one fused multiply-add per
+        /// dimension from zero, then the scale.
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = $feat)]
-        pub unsafe fn attn_values(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-            let hd = out.len();
-            let n = p.len();
-            assert!(
-                hd % 8 == 0 && hd <= 128 && (n == 0 || (n - 1) * stride + hd <= v.len()),
-                "attention values"
+        unsafe fn scores_tile<const N: usize, const FULL: bool>(
+            q: &super::Strided,
+            kt: &super::Strided,
+            hd: usize,
+            i: usize,
+            r: usize,
+            scale: f32,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            let (m0, m1) = (
+                lanes_between(0, r.min(8)),
+                lanes_between(0, r.saturating_sub(8)),
             );
-            let lanes = hd / 8;
-            let mut acc = [_mm256_setzero_ps(); 16];
-            for (c, a) in acc.iter_mut().enumerate().take(lanes) {
-                *a = _mm256_loadu_ps(out.as_ptr().add(c * 8));
-            }
-            let vp = v.as_ptr();
-            for (i, &w) in p.iter().enumerate() {
-                let wv = _mm256_set1_ps(w);
-                let row = vp.add(i * stride);
-                for (c, a) in acc.iter_mut().enumerate().take(lanes) {
-                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(c * 8)), *a);
+            let mut acc = [[_mm256_setzero_ps(); 2]; N];
+            let (qp, kp) = (q.data.as_ptr(), kt.data.as_ptr());
+            for d in 0..hd {
+                let k = kp.add(d * kt.stride + i);
+                let (k0, k1) = if FULL {
+                    (_mm256_loadu_ps(k), _mm256_loadu_ps(k.add(8)))
+                } else {
+                    (_mm256_maskload_ps(k, m0), _mm256_maskload_ps(k.add(8), m1))
+                };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let qv = _mm256_broadcast_ss(&*qp.add(j * q.stride + d));
+                    a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+                    a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
                 }
             }
-            for (c, a) in acc.iter().enumerate().take(lanes) {
-                _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), *a);
+            let sv = _mm256_set1_ps(scale);
+            for (j, a) in acc.iter().enumerate() {
+                let o = out.add(j * out_stride + i);
+                let (s0, s1) = (_mm256_mul_ps(a[0], sv), _mm256_mul_ps(a[1], sv));
+                if FULL {
+                    _mm256_storeu_ps(o, s0);
+                    _mm256_storeu_ps(o.add(8), s1);
+                } else {
+                    _mm256_maskstore_ps(o, m0, s0);
+                    _mm256_maskstore_ps(o.add(8), m1, s1);
+                }
             }
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn scores_n<const N: usize>(
+            q: &super::Strided,
+            kt: &super::Strided,
+            hd: usize,
+            keys: std::ops::Range<usize>,
+            scale: f32,
+            out: &mut super::StridedMut,
+        ) {
+            let o = out.data.as_mut_ptr();
+            let mut i = keys.start;
+            while i + 16 <= keys.end {
+                scores_tile::<N, true>(q, kt, hd, i, 16, scale, o, out.stride);
+                i += 16;
+            }
+            if i < keys.end {
+                scores_tile::<N, false>(q, kt, hd, i, keys.end - i, scale, o, out.stride);
+            }
+        }
+
+        /// See [`super::scalar::attn_scores`]; the caller has checked the extents.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn attn_scores(
+            q: super::Strided,
+            nq: usize,
+            kt: super::Strided,
+            hd: usize,
+            keys: std::ops::Range<usize>,
+            scale: f32,
+            mut out: super::StridedMut,
+        ) {
+            match nq {
+                1 => scores_n::<1>(&q, &kt, hd, keys, scale, &mut out),
+                2 => scores_n::<2>(&q, &kt, hd, keys, scale, &mut out),
+                3 => scores_n::<3>(&q, &kt, hd, keys, scale, &mut out),
+                4 => scores_n::<4>(&q, &kt, hd, keys, scale, &mut out),
+                _ => {}
+            }
+        }
+
+        /// `N` output rows, dimensions `d0 .. d0 + 8·C`: each element accumulates its keys in
+        /// order with one fused multiply-add, as [`super::scalar::attn_values`].
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn values_tile<const N: usize, const C: usize>(
+            p: &super::Strided,
+            v: &super::Strided,
+            keys: std::ops::Range<usize>,
+            d0: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); C]; N];
+            for (j, a) in acc.iter_mut().enumerate() {
+                for (c, x) in a.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(out.add(j * out_stride + d0 + c * 8));
+                }
+            }
+            let (pp, vp) = (p.data.as_ptr(), v.data.as_ptr());
+            for i in keys {
+                let row = vp.add(i * v.stride + d0);
+                let mut vv = [_mm256_setzero_ps(); C];
+                for (c, x) in vv.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(row.add(c * 8));
+                }
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let w = _mm256_broadcast_ss(&*pp.add(j * p.stride + i));
+                    for (x, y) in a.iter_mut().zip(&vv) {
+                        *x = _mm256_fmadd_ps(w, *y, *x);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                for (c, x) in a.iter().enumerate() {
+                    _mm256_storeu_ps(out.add(j * out_stride + d0 + c * 8), *x);
+                }
+            }
+        }
+
+        /// Dimensions in chunks of `8·C` (fewer queries, wider chunks), the rest eight at a
+        /// time.
+        #[target_feature(enable = $feat)]
+        unsafe fn values_n<const N: usize, const C: usize>(
+            p: &super::Strided,
+            v: &super::Strided,
+            hd: usize,
+            keys: std::ops::Range<usize>,
+            out: &mut super::StridedMut,
+        ) {
+            let o = out.data.as_mut_ptr();
+            let mut d0 = 0;
+            while d0 + 8 * C <= hd {
+                values_tile::<N, C>(p, v, keys.clone(), d0, o, out.stride);
+                d0 += 8 * C;
+            }
+            while d0 < hd {
+                values_tile::<N, 1>(p, v, keys.clone(), d0, o, out.stride);
+                d0 += 8;
+            }
+        }
+
+        /// See [`super::scalar::attn_values`]; `hd` is a multiple of 8 and the caller has
+        /// checked the extents.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn attn_values(
+            p: super::Strided,
+            nq: usize,
+            v: super::Strided,
+            hd: usize,
+            keys: std::ops::Range<usize>,
+            mut out: super::StridedMut,
+        ) {
+            match nq {
+                1 => values_n::<1, 8>(&p, &v, hd, keys, &mut out),
+                2 => values_n::<2, 4>(&p, &v, hd, keys, &mut out),
+                3 => values_n::<3, 2>(&p, &v, hd, keys, &mut out),
+                4 => values_n::<4, 2>(&p, &v, hd, keys, &mut out),
+                _ => {}
+            }
+        }
+
+        /// [`super::scalar::exp_ref`] on eight lanes, step for step.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn exp_ps(x: __m256) -> __m256 {
+            use super::scalar::{EXP_LN2_HI, EXP_LN2_LO, EXP_MIN, EXP_POLY};
+            let n = _mm256_round_ps(
+                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            );
+            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_LN2_HI), x);
+            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_LN2_LO), r);
+            let mut p = _mm256_set1_ps(EXP_POLY[0]);
+            for &c in &EXP_POLY[1..] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let y = _mm256_add_ps(
+                _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+                _mm256_set1_ps(1.0),
+            );
+            let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            let e = _mm256_mul_ps(y, _mm256_castsi256_ps(scale));
+            // exp_ref's `x < EXP_MIN` gives 0; NaN (not less) goes through, as there.
+            let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, _mm256_set1_ps(EXP_MIN));
+            _mm256_and_ps(e, keep)
+        }
+
+        /// See [`super::scalar::attn_exp`]: sixteen keys per step, aligned to key positions,
+        /// partial steps through lane masks; the caller has checked `keys.end ≤ row.len()`.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn attn_exp(
+            row: &mut [f32],
+            keys: std::ops::Range<usize>,
+            max: f32,
+            lanes: &mut [f32; super::ATT_LANES],
+        ) {
+            let (a, b) = (keys.start, keys.end);
+            if a >= b {
+                return;
+            }
+            let mut acc0 = _mm256_loadu_ps(lanes.as_ptr());
+            let mut acc1 = _mm256_loadu_ps(lanes.as_ptr().add(8));
+            let mx = _mm256_set1_ps(max);
+            let mut t = a - a % 16;
+            while t < b {
+                let p = row.as_mut_ptr().add(t);
+                if t >= a && t + 16 <= b {
+                    let e0 = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(p), mx));
+                    let e1 = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(8)), mx));
+                    _mm256_storeu_ps(p, e0);
+                    _mm256_storeu_ps(p.add(8), e1);
+                    acc0 = _mm256_add_ps(acc0, e0);
+                    acc1 = _mm256_add_ps(acc1, e1);
+                } else {
+                    let (lo, hi) = (a.max(t) - t, b.min(t + 16) - t);
+                    let m0 = lanes_between(lo.min(8), hi.min(8));
+                    let m1 = lanes_between(lo.max(8) - 8, hi.max(8) - 8);
+                    let x0 = _mm256_maskload_ps(p, m0);
+                    let x1 = _mm256_maskload_ps(p.add(8), m1);
+                    let e0 = _mm256_and_ps(exp_ps(_mm256_sub_ps(x0, mx)), _mm256_castsi256_ps(m0));
+                    let e1 = _mm256_and_ps(exp_ps(_mm256_sub_ps(x1, mx)), _mm256_castsi256_ps(m1));
+                    _mm256_maskstore_ps(p, m0, e0);
+                    _mm256_maskstore_ps(p.add(8), m1, e1);
+                    acc0 = _mm256_add_ps(acc0, e0);
+                    acc1 = _mm256_add_ps(acc1, e1);
+                }
+                t += 16;
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc0);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc1);
+        }
+
+        /// The largest of `x` (−∞ when empty); exact, so the same as the scalar fold.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn max_f32(x: &[f32]) -> f32 {
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut chunks = x.chunks_exact(8);
+            for c in &mut chunks {
+                m = _mm256_max_ps(m, _mm256_loadu_ps(c.as_ptr()));
+            }
+            let mut l = [0f32; 8];
+            _mm256_storeu_ps(l.as_mut_ptr(), m);
+            l.iter()
+                .chain(chunks.remainder())
+                .fold(f32::NEG_INFINITY, |a, &v| a.max(v))
         }
 
         /// As [`vec_dot_f32`], with f16 weights (same association as [`dot_tile_f16_4x3`]).
