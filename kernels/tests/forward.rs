@@ -218,6 +218,35 @@ fn a_full_coverage_mask_gives_exactly_the_dense_logits() {
 }
 
 #[test]
+fn a_masked_run_gives_the_same_bits_in_any_batch() {
+    // Sinks, a window and a vertical block leave gaps between key ranges; batches of 100, 7
+    // (query tiles that would cross block boundaries) and 1 must agree to the bit.
+    let m = model(&ALL, RopeStyle::Adjacent, false);
+    let t = tokens(100);
+    let p = HeadPattern::Sparse {
+        sink: 1,
+        window: 2,
+        vertical: vec![3],
+    };
+    let mask = BlockMask {
+        block: 8,
+        patterns: vec![
+            vec![
+                p,
+                HeadPattern::Dense,
+                HeadPattern::Dense,
+                HeadPattern::Dense
+            ];
+            2
+        ],
+    };
+    let one = run(&m, &t, MatmulMode::Quantized, Some(&mask), 100);
+    assert_eq!(one, run(&m, &t, MatmulMode::Quantized, Some(&mask), 7));
+    assert_eq!(one, run(&m, &t, MatmulMode::Quantized, Some(&mask), 1));
+    assert_ne!(one, run(&m, &t, MatmulMode::Quantized, None, 100));
+}
+
+#[test]
 fn errors_are_reported_not_panics() {
     let m = model(&[GgmlType::F32], RopeStyle::Neox, false);
     let mut st = State::new(&m.config, 8, 4);
