@@ -381,10 +381,25 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
         let r0 = c * chunk_rows;
         let r1 = (r0 + chunk_rows).min(rows);
         if n_tok < 4 {
-            for r in r0..r1 {
+            let fetch = |r: usize| {
                 if r + PREFETCH_ROWS < r1 {
                     crate::simd::prefetch(bytemuck::cast_slice(wrow(r + PREFETCH_ROWS)));
                 }
+            };
+            let mut r = r0;
+            while r + 4 <= r1 {
+                (r..r + 4).for_each(fetch);
+                for t in 0..n_tok {
+                    // SAFETY: run_zmm is only called at the AVX-512 level.
+                    let v = unsafe {
+                        W::dot4([wrow(r), wrow(r + 1), wrow(r + 2), wrow(r + 3)], act(t))
+                    };
+                    (0..4).for_each(|k| put(t, r + k, v[k]));
+                }
+                r += 4;
+            }
+            for r in r..r1 {
+                fetch(r);
                 for t in 0..n_tok {
                     // SAFETY: run_zmm is only called at the AVX-512 level.
                     put(t, r, unsafe { W::dot(wrow(r), act(t)) });
@@ -542,15 +557,19 @@ fn tiled(n_tok: usize) -> bool {
     n_tok >= 3 && crate::simd::level() >= crate::simd::SimdLevel::Avx2
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum TileKernel {
     F32,
     F16,
 }
 
-/// Float weights × a batch of tokens in 4-row × 3-token register tiles (AVX2): each weight
-/// and activation vector loaded feeds several FMAs. Rows and tokens left over use the plain
-/// dot product.
+/// Tokens per AVX-512 f32 tile: 4 × 6 sixteen-lane accumulators, six activation vectors and
+/// one weight vector fill 31 of the 32 registers.
+const ZMM_TOKENS: usize = 6;
+
+/// Float weights × a batch of tokens in 4-row × 6-token (AVX-512, f32) or 4-row × 3-token
+/// (AVX2) register tiles: each weight and activation vector loaded feeds several FMAs. Rows
+/// and tokens left over use the plain dot product. Every entry has the single dot's bits.
 fn run_tiled<W: Pod + Sync>(
     w: &Weight,
     x: &[f32],
@@ -575,10 +594,36 @@ fn run_tiled<W: Pod + Sync>(
         let r0 = c * chunk_rows;
         let r1 = (r0 + chunk_rows).min(rows);
         let wrow = |r: usize| quantize::blocks_from_bytes::<W>(w.row(r));
+        // Tokens the sixteen-lane tiles already covered.
+        let mut t_zmm = 0;
+        #[cfg(target_arch = "x86_64")]
+        if kernel == TileKernel::F32 && zmm() {
+            // Six tokens' activations stay in L1 while the chunk's weight rows (in L2 after
+            // the first group) stream past them four at a time.
+            while t_zmm + ZMM_TOKENS <= n_tok {
+                let t = t_zmm;
+                let xs: [&[f32]; ZMM_TOKENS] = std::array::from_fn(|j| xr(t + j));
+                let mut r = r0;
+                while r + 4 <= r1 {
+                    // (A copy only if the file's rows are not 4-byte aligned.)
+                    let rows4 = [wrow(r), wrow(r + 1), wrow(r + 2), wrow(r + 3)];
+                    let ws: [&[f32]; 4] = std::array::from_fn(|k| bytemuck::cast_slice(&rows4[k]));
+                    // SAFETY: `zmm` checked for the AVX-512 level.
+                    let tile = unsafe { crate::dot::zmm::dot_tile_f32(ws, xs, cols) };
+                    for (k, row) in tile.iter().enumerate() {
+                        for (j, &v) in row.iter().enumerate() {
+                            put(t + j, r + k, v);
+                        }
+                    }
+                    r += 4;
+                }
+                t_zmm += ZMM_TOKENS;
+            }
+        }
         let mut r = r0;
         while r + 4 <= r1 {
             let ws = [wrow(r), wrow(r + 1), wrow(r + 2), wrow(r + 3)];
-            let mut t = 0;
+            let mut t = t_zmm;
             while t + 3 <= n_tok {
                 let xs = [xr(t), xr(t + 1), xr(t + 2)];
                 // SAFETY: `tiled` checked that the CPU has AVX2, FMA and F16C.

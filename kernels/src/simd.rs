@@ -118,21 +118,27 @@ pub fn available() -> SimdLevel {
     from_u8(best_available())
 }
 
-/// Asks the CPU to bring `bytes` into L1 ahead of use (one prefetch per 64-byte line); a hint
+/// Asks the CPU to bring `bytes` into L2 ahead of use (one prefetch per 64-byte line); a hint
 /// with no effect on results. Streaming weight rows through a dot product that does ~10 cycles
 /// of work per block leaves too few loads in flight for the hardware prefetchers alone:
 /// measured on the Q5_0 matvec from DRAM, 2.2 → 5.6 GB/s with rows prefetched 4 ahead.
+///
+/// The hint is T1 (into L2, not L1): the dot products keep the core busy for about half the
+/// time a row takes to arrive, and L1-bound prefetches stall on the line-fill buffers, so the
+/// compute waits behind them. Measured A/B in one session, 2 threads, decode tok/s: F32
+/// 32.6 → 35.4, Q8_0 95.5 → 100.0, Q4_K_M 117.8 → 126.4; with no prefetch at all Q8_0 falls
+/// to ~75.
 #[inline(always)]
 pub fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         let p = bytes.as_ptr() as *const i8;
         let mut off = 0;
         while off < bytes.len() {
             // SAFETY: a prefetch never faults, and `off` stays inside `bytes`. SSE is part of
             // x86-64's baseline.
-            unsafe { _mm_prefetch(p.add(off), _MM_HINT_T0) };
+            unsafe { _mm_prefetch(p.add(off), _MM_HINT_T1) };
             off += 64;
         }
     }

@@ -429,6 +429,12 @@ fn zmm_kernels_give_the_avx2_bits() {
             for t in 0..4 {
                 let want = avx2(r, t).to_bits();
                 let dec = unsafe { W::dot(&rows[r], &packed[t]) };
+                let four = unsafe { W::dot4(std::array::from_fn(|k| &rows[k][..]), &packed[t]) };
+                assert_eq!(
+                    four[r].to_bits(),
+                    want,
+                    "{ty} nb {nb}: four-row decode ({r}, {t})"
+                );
                 assert_eq!(dec.to_bits(), want, "{ty} nb {nb}: decode ({r}, {t})");
                 assert_eq!(tile[r][t].to_bits(), want, "{ty} nb {nb}: gemm ({r}, {t})");
             }
@@ -440,5 +446,94 @@ fn zmm_kernels_give_the_avx2_bits() {
         check::<BlockQ4_0>(GgmlType::Q4_0, &mut rng, nb);
         check::<BlockQ5_0>(GgmlType::Q5_0, &mut rng, nb);
         check::<BlockQ8_0>(GgmlType::Q8_0, &mut rng, nb);
+    }
+}
+
+/// Every f32 kernel of the x86 levels (the single dot, the AVX2 4 × 3 tile, the AVX-512
+/// 4 × T tiles) gives the same bits for the same row and token, whatever the length's
+/// remainder after sixteen- and eight-value groups; the scalar dot stays within rounding.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn f32_tiles_give_the_single_dot_bits() {
+    if simd::available() < simd::SimdLevel::Avx2 {
+        eprintln!("no AVX2 on this CPU: nothing to compare");
+        return;
+    }
+    let zmm = simd::available() == simd::SimdLevel::Avx512;
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    for n in [7, 8, 16, 24, 37, 40, 576, 1536, 1549] {
+        let rows: Vec<Vec<f32>> = (0..4)
+            .map(|_| (0..n).map(|_| rng.value(0.05)).collect())
+            .collect();
+        let toks: Vec<Vec<f32>> = (0..6)
+            .map(|_| (0..n).map(|_| rng.value(1.0)).collect())
+            .collect();
+        let w: [&[f32]; 4] = std::array::from_fn(|r| &rows[r][..]);
+        // SAFETY (all calls): the levels were checked above.
+        let one = |r: usize, t: usize| unsafe { dot::avx2::vec_dot_f32(w[r], &toks[t]) };
+        let tile = unsafe { dot::avx2::dot_tile_f32_4x3(w, [&toks[0], &toks[1], &toks[2]], n) };
+        for r in 0..4 {
+            for t in 0..6 {
+                let want = one(r, t);
+                let avx512 = unsafe { dot::avx512::vec_dot_f32(w[r], &toks[t]) };
+                if zmm {
+                    assert_eq!(
+                        avx512.to_bits(),
+                        want.to_bits(),
+                        "n {n}: AVX-512 dot ({r}, {t})"
+                    );
+                }
+                let exact: f64 = rows[r]
+                    .iter()
+                    .zip(&toks[t])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                let abs: f64 = rows[r]
+                    .iter()
+                    .zip(&toks[t])
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                let s = dot::scalar::vec_dot_f32(w[r], &toks[t]);
+                assert!(
+                    (s as f64 - exact).abs() <= 1e-5 * abs,
+                    "n {n}: scalar {s} vs {exact}"
+                );
+                assert!(
+                    (want as f64 - exact).abs() <= 1e-5 * abs,
+                    "n {n}: SIMD {want} vs {exact}"
+                );
+            }
+            for t in 0..3 {
+                assert_eq!(
+                    tile[r][t].to_bits(),
+                    one(r, t).to_bits(),
+                    "n {n}: 4 x 3 tile ({r}, {t})"
+                );
+            }
+        }
+        if zmm {
+            let six =
+                unsafe { dot::zmm::dot_tile_f32::<6>(w, std::array::from_fn(|t| &toks[t][..]), n) };
+            let two = unsafe { dot::zmm::dot_tile_f32::<2>(w, [&toks[4], &toks[1]], n) };
+            for r in 0..4 {
+                for t in 0..6 {
+                    assert_eq!(
+                        six[r][t].to_bits(),
+                        one(r, t).to_bits(),
+                        "n {n}: 4 x 6 tile ({r}, {t})"
+                    );
+                }
+                assert_eq!(
+                    two[r][0].to_bits(),
+                    one(r, 4).to_bits(),
+                    "n {n}: 4 x 2 tile ({r}, 0)"
+                );
+                assert_eq!(
+                    two[r][1].to_bits(),
+                    one(r, 1).to_bits(),
+                    "n {n}: 4 x 2 tile ({r}, 1)"
+                );
+            }
+        }
     }
 }

@@ -128,19 +128,32 @@ macro_rules! x86_kernels {
             _mm256_loadu_si256(p.as_ptr() as *const __m256i)
         }
 
-        /// One eight-lane accumulator, the same association as the register-tiled kernels
-        /// ([`dot_tile_f32_4x3`]), so a token gives the same bits in a batch as alone.
+        /// Two eight-lane chains, the association every f32 kernel at every x86 level shares:
+        /// chain A takes the eight-value groups 0, 2, 4, … (and a last group left over after
+        /// the pairs), chain B the groups 1, 3, 5, …; the result is `hsum(A + B)` plus the
+        /// values after the last full group, one product at a time. [`dot_tile_f32_4x3`] and
+        /// the sixteen-lane [`crate::dot::zmm::dot_tile_f32`] (A in lanes 0..8, B in 8..16)
+        /// keep exactly these chains, so a token gives the same bits in a batch as alone.
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
             let n = x.len().min(y.len());
-            let mut acc = _mm256_setzero_ps();
+            let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let (xp, yp) = (x.as_ptr(), y.as_ptr());
             let mut i = 0;
-            while i + 8 <= n {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)), acc);
+            while i + 16 <= n {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)), a);
+                b = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(xp.add(i + 8)),
+                    _mm256_loadu_ps(yp.add(i + 8)),
+                    b,
+                );
+                i += 16;
+            }
+            if i + 8 <= n {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)), a);
                 i += 8;
             }
-            let mut s = hsum_f32_8(acc);
+            let mut s = hsum_f32_8(_mm256_add_ps(a, b));
             for j in i..n {
                 s += x[j] * y[j];
             }
@@ -600,15 +613,19 @@ macro_rules! x86_kernels {
             hsum_f32_8(acc)
         }
 
-        /// A 4 × 3 tile of f32 dot products: `out[r][t] = Σ w[r]·x[t]` for four weight rows and three
-        /// activation rows of `n` values (`n` a multiple of 8), each pair of loads feeding several
-        /// FMAs instead of one. The per-pair sums are in eight lanes like [`vec_dot_f32`]'s, so a
-        /// tile and a single dot differ only in the order of the final lane additions.
+        /// One chain of [`vec_dot_f32`] for a 4 × 3 tile: the eight-value groups at
+        /// `start, start + 16, …` that end by `limit`.
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn dot_tile_f32_4x3(w: [&[f32]; 4], x: [&[f32]; 3], n: usize) -> [[f32; 3]; 4] {
+        unsafe fn tile_chain_f32_4x3(
+            w: &[&[f32]; 4],
+            x: &[&[f32]; 3],
+            start: usize,
+            limit: usize,
+        ) -> [[__m256; 3]; 4] {
             let mut acc = [[_mm256_setzero_ps(); 3]; 4];
-            let mut i = 0;
-            while i + 8 <= n {
+            let mut i = start;
+            while i + 8 <= limit {
                 let xv = [
                     _mm256_loadu_ps(x[0].as_ptr().add(i)),
                     _mm256_loadu_ps(x[1].as_ptr().add(i)),
@@ -620,13 +637,31 @@ macro_rules! x86_kernels {
                         acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
                     }
                 }
-                i += 8;
+                i += 16;
             }
+            acc
+        }
+
+        /// A 4 × 3 tile of f32 dot products: `out[r][t] = w[r] · x[t]` for four weight rows and
+        /// three activation rows of `n` values, each pair of loads feeding several FMAs. It
+        /// runs [`vec_dot_f32`]'s two chains one after the other (sixteen ymm registers hold
+        /// one chain's tile), so every entry has the bits of the single dot.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dot_tile_f32_4x3(w: [&[f32]; 4], x: [&[f32]; 3], n: usize) -> [[f32; 3]; 4] {
+            assert!(w.iter().all(|r| r.len() >= n) && x.iter().all(|r| r.len() >= n));
+            let pairs_end = n / 16 * 16;
+            let a_end = if n - pairs_end >= 8 {
+                pairs_end + 8
+            } else {
+                pairs_end
+            };
+            let a = tile_chain_f32_4x3(&w, &x, 0, a_end);
+            let b = tile_chain_f32_4x3(&w, &x, 8, pairs_end);
             let mut out = [[0f32; 3]; 4];
             for r in 0..4 {
                 for t in 0..3 {
-                    let mut s = hsum_f32_8(acc[r][t]);
-                    for j in i..n {
+                    let mut s = hsum_f32_8(_mm256_add_ps(a[r][t], b[r][t]));
+                    for j in a_end..n {
                         s += w[r][j] * x[t][j];
                     }
                     out[r][t] = s;

@@ -126,21 +126,35 @@ unsafe fn step(
 }
 
 macro_rules! decode {
-    ($(#[$doc:meta])* $name:ident, $B:ty, $unsigned:ident) => {
+    ($(#[$doc:meta])* $name:ident, $rows:ident, $B:ty, $unsigned:ident) => {
         $(#[$doc])*
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         pub unsafe fn $name(x: &[$B], y: &[ActPair]) -> f32 {
-            assert_eq!(y.len(), super::packed::pairs(x.len()), "activation pairs");
+            $rows::<1>([x], y)[0]
+        }
+
+        /// `R` rows · one token, each row exactly as one row alone: the activation pair is
+        /// loaded once for all rows, and the rows' chains run side by side.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $rows<const R: usize>(x: [&[$B]; R], y: &[ActPair]) -> [f32; R] {
+            let nb = x.first().map_or(0, |r| r.len());
+            assert!(x.iter().all(|r| r.len() == nb), "rows of one length");
+            assert_eq!(y.len(), super::packed::pairs(nb), "activation pairs");
             let pad: $B = bytemuck::Zeroable::zeroed();
-            let mut acc = _mm512_setzero_ps();
+            let shift = <$B as PackedWeight>::SHIFT;
+            let mut acc = [_mm512_setzero_ps(); R];
             for (p, a) in y.iter().enumerate() {
-                let b0 = &x[2 * p];
-                let b1 = x.get(2 * p + 1).unwrap_or(&pad);
-                let u = $unsigned(b0, b1);
-                let s = start(a, <$B as PackedWeight>::SHIFT);
-                acc = step(acc, s, u, a, scales2(b0.d, b1.d), act_scales(a));
+                let s = start(a, shift);
+                let dy = act_scales(a);
+                let full = 2 * p + 1 < nb;
+                for r in 0..R {
+                    let b0 = x[r].get_unchecked(2 * p);
+                    let b1 = if full { x[r].get_unchecked(2 * p + 1) } else { &pad };
+                    let u = $unsigned(b0, b1);
+                    acc[r] = step(acc[r], s, u, a, scales2(b0.d, b1.d), dy);
+                }
             }
-            hsum_pairs(acc)
+            acc.map(|a| hsum_pairs(a))
         }
     };
 }
@@ -170,11 +184,11 @@ unpack!(/// [`super::packed::unpack_weights`] for Q8_0.
     unpack_q8_0, BlockQ8_0, unsigned_q8_0);
 
 decode!(/// Q4_0 row · one token.
-    dot_q4_0, BlockQ4_0, unsigned_q4_0);
+    dot_q4_0, dot_q4_0_rows, BlockQ4_0, unsigned_q4_0);
 decode!(/// Q5_0 row · one token.
-    dot_q5_0, BlockQ5_0, unsigned_q5_0);
+    dot_q5_0, dot_q5_0_rows, BlockQ5_0, unsigned_q5_0);
 decode!(/// Q8_0 row · one token.
-    dot_q8_0, BlockQ8_0, unsigned_q8_0);
+    dot_q8_0, dot_q8_0_rows, BlockQ8_0, unsigned_q8_0);
 
 /// `R` unpacked weight rows × `T` tokens: `out[r][t] = w[r] · y[t]`, for weights whose
 /// offset is `1 << shift` ([`PackedWeight::SHIFT`]).
@@ -207,10 +221,64 @@ pub unsafe fn gemm<const R: usize, const T: usize>(
     acc.map(|row| row.map(|a| hsum_pairs(a)))
 }
 
+/// A 4-row × 6-token tile of f32 dot products in sixteen-lane registers: `out[r][t] =
+/// w[r] · x[t]` for rows and activations of `n` values. Lanes 0..8 carry chain A of
+/// [`super::avx2::vec_dot_f32`] (eight-value groups 0, 2, 4, …) and lanes 8..16 chain B (groups
+/// 1, 3, 5, …); a last unpaired group joins chain A through a lane mask. The final sum is that
+/// kernel's, so every entry has the bits of the single dot at either x86 level, with twice the
+/// lanes per FMA of the AVX2 tile.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_tile_f32<const T: usize>(
+    w: [&[f32]; 4],
+    x: [&[f32]; T],
+    n: usize,
+) -> [[f32; T]; 4] {
+    assert!(w.iter().all(|r| r.len() >= n) && x.iter().all(|r| r.len() >= n));
+    let mut acc = [[_mm512_setzero_ps(); T]; 4];
+    let mut i = 0;
+    while i + 16 <= n {
+        let mut xv = [_mm512_setzero_ps(); T];
+        for t in 0..T {
+            xv[t] = _mm512_loadu_ps(x[t].as_ptr().add(i));
+        }
+        for r in 0..4 {
+            let wv = _mm512_loadu_ps(w[r].as_ptr().add(i));
+            for t in 0..T {
+                acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+            }
+        }
+        i += 16;
+    }
+    if i + 8 <= n {
+        // Lanes 8..16 keep their sums exactly (a masked FMA leaves them untouched).
+        let low: __mmask16 = 0x00FF;
+        for r in 0..4 {
+            let wv = _mm512_maskz_loadu_ps(low, w[r].as_ptr().add(i));
+            for t in 0..T {
+                let xv = _mm512_maskz_loadu_ps(low, x[t].as_ptr().add(i));
+                acc[r][t] = _mm512_mask3_fmadd_ps(wv, xv, acc[r][t], low);
+            }
+        }
+        i += 8;
+    }
+    // `map` rather than indexed loops, so the accumulators stay in registers above.
+    let mut out = acc.map(|row| row.map(|a| hsum_pairs(a)));
+    for (r, row) in out.iter_mut().enumerate() {
+        for (t, s) in row.iter_mut().enumerate() {
+            for j in i..n {
+                *s += w[r][j] * x[t][j];
+            }
+        }
+    }
+    out
+}
+
 /// The weight types with these kernels.
 pub trait ZmmWeight: PackedWeight {
     /// This type's row · one token.
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32;
+    /// Four rows · one token, each as [`ZmmWeight::dot`] gives it.
+    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4];
     /// [`super::packed::unpack_weights`], sixteen lanes at a time.
     unsafe fn unpack(x: &[Self], out: &mut [WeightPair]);
 }
@@ -218,6 +286,9 @@ pub trait ZmmWeight: PackedWeight {
 impl ZmmWeight for BlockQ4_0 {
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q4_0(x, y)
+    }
+    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
+        dot_q4_0_rows::<4>(x, y)
     }
     unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
         unpack_q4_0(x, out)
@@ -227,6 +298,9 @@ impl ZmmWeight for BlockQ5_0 {
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q5_0(x, y)
     }
+    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
+        dot_q5_0_rows::<4>(x, y)
+    }
     unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
         unpack_q5_0(x, out)
     }
@@ -234,6 +308,9 @@ impl ZmmWeight for BlockQ5_0 {
 impl ZmmWeight for BlockQ8_0 {
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q8_0(x, y)
+    }
+    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
+        dot_q8_0_rows::<4>(x, y)
     }
     unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
         unpack_q8_0(x, out)
