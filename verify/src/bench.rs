@@ -16,8 +16,8 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 /// Measures `model` (with `mask`, if any) on deterministic pseudo-random tokens: `reps` runs of
-/// a `pp`-token prefill and a `tg`-token greedy decode (either may be 0). One short warm-up
-/// pass touches every weight first.
+/// a `pp`-token prefill and a `tg`-token greedy decode (either may be 0), after one untimed
+/// prefill and decode step.
 pub fn run(
     model: &Model,
     mask: Option<&BlockMask>,
@@ -35,14 +35,14 @@ pub fn run(
         mask,
         ..Default::default()
     };
-    forward(
-        model,
-        &mut st,
-        &tokens[..tokens.len().min(16)],
-        Logits::Last,
-        fo,
-        &NoObserver,
-    )?;
+    // Warm-up as llama-bench does it: the whole prompt once (touching every weight and every
+    // activation and cache page, so no repetition pays for first-touch page faults), then
+    // one decode step.
+    forward(model, &mut st, &tokens, Logits::Last, fo, &NoObserver)?;
+    if tg > 0 {
+        st.reset();
+        forward(model, &mut st, &tokens[..1], Logits::Last, fo, &NoObserver)?;
+    }
     let (mut pps, mut tgs, mut att) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps.max(1) {
         if pp > 0 {
