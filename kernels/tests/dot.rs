@@ -537,3 +537,91 @@ fn f32_tiles_give_the_single_dot_bits() {
         }
     }
 }
+
+/// The four-token K-quant kernels (ffn_down's prefill in Q4_K_M) give every token the
+/// single-row kernel's bits, at both x86 levels.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn k_quant_four_token_kernels_give_the_single_row_bits() {
+    type Four = [f32; 4];
+    use quantize::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+    use quantize::blocks_from_bytes as v;
+    if simd::available() < simd::SimdLevel::Avx2 {
+        eprintln!("no AVX2 on this CPU: nothing to compare");
+        return;
+    }
+    let zmm = simd::available() == simd::SimdLevel::Avx512;
+    let mut rng = Rng(0x94D049BB133111EB);
+    for nb in [1, 2, 6] {
+        let n = 256 * nb;
+        let row = |rng: &mut Rng, ty: GgmlType| {
+            let w: Vec<f32> = (0..n).map(|_| rng.value(0.05)).collect();
+            quantize(ty, &w, n, None).unwrap().0
+        };
+        let toks: Vec<Vec<BlockQ8K>> = (0..4)
+            .map(|_| {
+                let x: Vec<f32> = (0..n).map(|_| rng.value(1.0)).collect();
+                v::<BlockQ8K>(&quantize(GgmlType::Q8K, &x, n, None).unwrap().0).into_owned()
+            })
+            .collect();
+        let y: [&[BlockQ8K]; 4] = std::array::from_fn(|t| &toks[t][..]);
+        let (q4, q5, q6) = (
+            row(&mut rng, GgmlType::Q4K),
+            row(&mut rng, GgmlType::Q5K),
+            row(&mut rng, GgmlType::Q6K),
+        );
+        let (q4, q5, q6) = (v::<BlockQ4K>(&q4), v::<BlockQ5K>(&q5), v::<BlockQ6K>(&q6));
+        // SAFETY (all calls): the levels were checked above.
+        unsafe {
+            // (type, single-row dots, AVX2 four-token, AVX-512 four-token)
+            let cases: [(&str, Four, Four, Four); 3] = [
+                (
+                    "q4_K",
+                    std::array::from_fn(|t| dot::avx2::vec_dot_q4_k_q8_k(&q4, y[t])),
+                    dot::avx2::vec_dot4_q4_k_q8_k(&q4, y),
+                    if zmm {
+                        dot::avx512::vec_dot4_q4_k_q8_k(&q4, y)
+                    } else {
+                        [0.0; 4]
+                    },
+                ),
+                (
+                    "q5_K",
+                    std::array::from_fn(|t| dot::avx2::vec_dot_q5_k_q8_k(&q5, y[t])),
+                    dot::avx2::vec_dot4_q5_k_q8_k(&q5, y),
+                    if zmm {
+                        dot::avx512::vec_dot4_q5_k_q8_k(&q5, y)
+                    } else {
+                        [0.0; 4]
+                    },
+                ),
+                (
+                    "q6_K",
+                    std::array::from_fn(|t| dot::avx2::vec_dot_q6_k_q8_k(&q6, y[t])),
+                    dot::avx2::vec_dot4_q6_k_q8_k(&q6, y),
+                    if zmm {
+                        dot::avx512::vec_dot4_q6_k_q8_k(&q6, y)
+                    } else {
+                        [0.0; 4]
+                    },
+                ),
+            ];
+            for (name, one, avx2, avx512) in cases {
+                for t in 0..4 {
+                    assert_eq!(
+                        avx2[t].to_bits(),
+                        one[t].to_bits(),
+                        "{name} nb {nb}: AVX2 four-token ({t})"
+                    );
+                    if zmm {
+                        assert_eq!(
+                            avx512[t].to_bits(),
+                            one[t].to_bits(),
+                            "{name} nb {nb}: AVX-512 four-token ({t})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,16 +1,20 @@
-//! Sixteen-lane AVX-512 VNNI kernels for Q4_0, Q5_0 and Q8_0 weights against Q8_0
-//! activations, two blocks per register, on the layouts of [`super::packed`].
+//! Sixteen-lane AVX-512 kernels: Q4_0, Q5_0 and Q8_0 weights against Q8_0 activations (two
+//! blocks per register, on the layouts of [`super::packed`]) and the f32 prefill tile. Each
+//! gives the bits of the AVX2 kernel it stands in for.
 //!
 //! - [`dot_q4_0`], [`dot_q5_0`], [`dot_q8_0`]: one weight row (ggml's blocks, unpacked on the
 //!   fly) · one token's [`ActPair`]s — the decode path.
 //! - [`gemm`]: `R` pre-unpacked weight rows × `T` tokens in registers — the prefill path;
 //!   unpacking a row once for every token takes the nibble and fifth-bit work out of the loop,
 //!   and a block pair costs one `vpdpbusd`, one conversion, one multiply and one FMA.
+//! - [`dot_q4_0_rows`] and its kin: four rows · one token, one activation load for all four.
+//! - [`dot_tile_f32`]: 4 f32 rows × `T` tokens, chain A of the AVX2 dot in lanes 0..8 and
+//!   chain B in lanes 8..16 (see [`super::avx2::vec_dot_f32`]).
 //!
-//! Per (row, token) both compute exactly what [`super::avx2`]'s kernels compute: the same
-//! integer per group of four values (see [`super::packed`]), the same scale products
-//! `dx · dy`, even blocks accumulated in lanes 0..8 and odd blocks in lanes 8..16 (the AVX2
-//! kernels' two accumulators), and the same final sum. Their results are bit-identical
+//! For the legacy types, per (row, token) both compute exactly what [`super::avx2`]'s kernels
+//! compute: the same integer per group of four values (see [`super::packed`]), the same scale
+//! products `dx · dy`, even blocks accumulated in lanes 0..8 and odd blocks in lanes 8..16 (the
+//! AVX2 kernels' two accumulators), and the same final sum. Their results are bit-identical
 //! (tested), so decode, prefill and the AVX2 level agree to the bit.
 //!
 //! Every function is `unsafe`: the caller must have checked for [`crate::simd::SimdLevel::Avx512`].
