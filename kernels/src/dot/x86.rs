@@ -508,60 +508,12 @@ macro_rules! x86_kernels {
 
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
-            let m4 = _mm256_set1_epi8(0x0F);
-            let mut acc = _mm256_setzero_ps();
-            let mut acc_m = 0f32;
-            for (xb, yb) in x.iter().zip(y) {
-                let (sc, mn) = k4_scales_mins(&xb.scales);
-                let d = h2f(xb.d) * yb.d;
-                let dmin = h2f(xb.dmin) * yb.d;
-                acc_m += dmin * k4_min_term(&mn, &yb.bsums) as f32;
-                let mut sumi = _mm256_setzero_si256();
-                for k in 0..QK_K / 64 {
-                    let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
-                    let lo = _mm256_and_si256(bits, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-                    let a_lo = load32(&yb.qs[64 * k..]);
-                    let a_hi = load32(&yb.qs[64 * k + 32..]);
-                    sumi = _mm256_add_epi32(sumi, scaled_dot_u8(lo, a_lo, sc[2 * k]));
-                    sumi = _mm256_add_epi32(sumi, scaled_dot_u8(hi, a_hi, sc[2 * k + 1]));
-                }
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-            }
-            hsum_f32_8(acc) - acc_m
+            k4_dot(x.len(), [y], |i| unpack_q4_k(&x[i]))[0]
         }
 
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
-            let m4 = _mm256_set1_epi8(0x0F);
-            let one = _mm256_set1_epi8(1);
-            let mut acc = _mm256_setzero_ps();
-            let mut acc_m = 0f32;
-            for (xb, yb) in x.iter().zip(y) {
-                let (sc, mn) = k4_scales_mins(&xb.scales);
-                let d = h2f(xb.d) * yb.d;
-                let dmin = h2f(xb.dmin) * yb.d;
-                acc_m += dmin * k4_min_term(&mn, &yb.bsums) as f32;
-                let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
-                let mut sumi = _mm256_setzero_si256();
-                for k in 0..QK_K / 64 {
-                    let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
-                    let sh0 = _mm_cvtsi32_si128(2 * k as i32);
-                    let sh1 = _mm_cvtsi32_si128(2 * k as i32 + 1);
-                    let h0 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh0), one), 4);
-                    let h1 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh1), one), 4);
-                    let lo = _mm256_add_epi8(_mm256_and_si256(bits, m4), h0);
-                    let hi = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
-                    let a_lo = load32(&yb.qs[64 * k..]);
-                    let a_hi = load32(&yb.qs[64 * k + 32..]);
-                    sumi = _mm256_add_epi32(sumi, scaled_dot_u8(lo, a_lo, sc[2 * k]));
-                    sumi = _mm256_add_epi32(sumi, scaled_dot_u8(hi, a_hi, sc[2 * k + 1]));
-                }
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-            }
-            hsum_f32_8(acc) - acc_m
+            k4_dot(x.len(), [y], |i| unpack_q5_k(&x[i]))[0]
         }
 
         #[target_feature(enable = $feat)]
@@ -833,7 +785,7 @@ macro_rules! x86_kernels {
             ]
         }
 
-        /// One token's share of a Q4_K/Q5_K block in the four-token kernels: the eight unpacked
+        /// One token's share of a Q4_K/Q5_K block in [`k4_dot`]: the eight unpacked
         /// 32-value groups `q` with their scales and mins against the token's Q8_K block `yb`,
         /// added to its lanes `acc` and min term `acc_m`.
         #[inline]
@@ -858,64 +810,73 @@ macro_rules! x86_kernels {
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(xd * yb.d), _mm256_cvtepi32_ps(sumi), *acc);
         }
 
-        /// The four-token loop of Q4_K and Q5_K: `unpack(i)` gives block `i`'s 256 values as
-        /// eight 32-byte vectors, its packed scales and mins, and `(d, dmin)`.
+        /// The loop of Q4_K and Q5_K over one row and `T` tokens (1 for decode, 4 for prefill):
+        /// `unpack(i)` gives block `i`'s 256 values as eight 32-byte vectors, its packed scales
+        /// and mins, and `(d, dmin)`. One loop for both counts, so a token's bits do not depend
+        /// on how many it shares a row with.
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn k4_dot4<'a>(
+        unsafe fn k4_dot<'a, const T: usize>(
             n: usize,
-            y: [&[BlockQ8K]; 4],
+            y: [&[BlockQ8K]; T],
             unpack: impl Fn(usize) -> ([__m256i; 8], &'a [u8; K_SCALE_SIZE], (f32, f32)),
-        ) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut acc_m = [0f32; 4];
+        ) -> [f32; T] {
+            assert!(y.iter().all(|r| r.len() >= n), "activation blocks");
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut acc_m = [0f32; T];
             for i in 0..n {
                 let (q, scales, d) = unpack(i);
                 let (sc, mn) = k4_scales_mins(scales);
-                for t in 0..4 {
+                for t in 0..T {
                     k4_accumulate(&q, &sc, &mn, d, &y[t][i], &mut acc[t], &mut acc_m[t]);
                 }
             }
             std::array::from_fn(|t| hsum_f32_8(acc[t]) - acc_m[t])
         }
 
+        /// A Q4_K block's values (low nibbles of each 32-byte group, then high nibbles).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn unpack_q4_k(xb: &BlockQ4K) -> ([__m256i; 8], &[u8; K_SCALE_SIZE], (f32, f32)) {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let mut q = [_mm256_setzero_si256(); 8];
+            for k in 0..QK_K / 64 {
+                let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+                q[2 * k] = _mm256_and_si256(bits, m4);
+                q[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            }
+            (q, &xb.scales, (h2f(xb.d), h2f(xb.dmin)))
+        }
+
+        /// A Q5_K block's values: Q4_K's nibbles plus 16 where the fifth bit is set.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn unpack_q5_k(xb: &BlockQ5K) -> ([__m256i; 8], &[u8; K_SCALE_SIZE], (f32, f32)) {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
+            let mut q = [_mm256_setzero_si256(); 8];
+            for k in 0..QK_K / 64 {
+                let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
+                let sh0 = _mm_cvtsi32_si128(2 * k as i32);
+                let sh1 = _mm_cvtsi32_si128(2 * k as i32 + 1);
+                let h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh0), one), 4);
+                let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh1), one), 4);
+                q[2 * k] = _mm256_add_epi8(_mm256_and_si256(bits, m4), h0);
+                q[2 * k + 1] =
+                    _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
+            }
+            (q, &xb.scales, (h2f(xb.d), h2f(xb.dmin)))
+        }
+
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
-            let m4 = _mm256_set1_epi8(0x0F);
-            k4_dot4(x.len(), y, |i| {
-                let xb = &x[i];
-                let mut q = [_mm256_setzero_si256(); 8];
-                for k in 0..QK_K / 64 {
-                    let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
-                    q[2 * k] = _mm256_and_si256(bits, m4);
-                    q[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-                }
-                (q, &xb.scales, (h2f(xb.d), h2f(xb.dmin)))
-            })
+            k4_dot(x.len(), y, |i| unpack_q4_k(&x[i]))
         }
 
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
-            let m4 = _mm256_set1_epi8(0x0F);
-            let one = _mm256_set1_epi8(1);
-            k4_dot4(x.len(), y, |i| {
-                let xb = &x[i];
-                let hbits = _mm256_loadu_si256(xb.qh.as_ptr() as *const __m256i);
-                let mut q = [_mm256_setzero_si256(); 8];
-                for k in 0..QK_K / 64 {
-                    let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * k) as *const __m256i);
-                    let sh0 = _mm_cvtsi32_si128(2 * k as i32);
-                    let sh1 = _mm_cvtsi32_si128(2 * k as i32 + 1);
-                    let h0 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh0), one), 4);
-                    let h1 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, sh1), one), 4);
-                    q[2 * k] = _mm256_add_epi8(_mm256_and_si256(bits, m4), h0);
-                    q[2 * k + 1] =
-                        _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
-                }
-                (q, &xb.scales, (h2f(xb.d), h2f(xb.dmin)))
-            })
+            k4_dot(x.len(), y, |i| unpack_q5_k(&x[i]))
         }
 
         #[target_feature(enable = $feat)]
