@@ -543,7 +543,6 @@ fn f32_tiles_give_the_single_dot_bits() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn k_quant_four_token_kernels_give_the_single_row_bits() {
-    type Four = [f32; 4];
     use quantize::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
     use quantize::blocks_from_bytes as v;
     if simd::available() < simd::SimdLevel::Avx2 {
@@ -571,57 +570,30 @@ fn k_quant_four_token_kernels_give_the_single_row_bits() {
             row(&mut rng, GgmlType::Q6K),
         );
         let (q4, q5, q6) = (v::<BlockQ4K>(&q4), v::<BlockQ5K>(&q5), v::<BlockQ6K>(&q6));
-        // SAFETY (all calls): the levels were checked above.
-        unsafe {
-            // (type, single-row dots, AVX2 four-token, AVX-512 four-token)
-            let cases: [(&str, Four, Four, Four); 3] = [
-                (
-                    "q4_K",
-                    std::array::from_fn(|t| dot::avx2::vec_dot_q4_k_q8_k(&q4, y[t])),
-                    dot::avx2::vec_dot4_q4_k_q8_k(&q4, y),
-                    if zmm {
-                        dot::avx512::vec_dot4_q4_k_q8_k(&q4, y)
-                    } else {
-                        [0.0; 4]
-                    },
-                ),
-                (
-                    "q5_K",
-                    std::array::from_fn(|t| dot::avx2::vec_dot_q5_k_q8_k(&q5, y[t])),
-                    dot::avx2::vec_dot4_q5_k_q8_k(&q5, y),
-                    if zmm {
-                        dot::avx512::vec_dot4_q5_k_q8_k(&q5, y)
-                    } else {
-                        [0.0; 4]
-                    },
-                ),
-                (
-                    "q6_K",
-                    std::array::from_fn(|t| dot::avx2::vec_dot_q6_k_q8_k(&q6, y[t])),
-                    dot::avx2::vec_dot4_q6_k_q8_k(&q6, y),
-                    if zmm {
-                        dot::avx512::vec_dot4_q6_k_q8_k(&q6, y)
-                    } else {
-                        [0.0; 4]
-                    },
-                ),
-            ];
-            for (name, one, avx2, avx512) in cases {
-                for t in 0..4 {
-                    assert_eq!(
-                        avx2[t].to_bits(),
-                        one[t].to_bits(),
-                        "{name} nb {nb}: AVX2 four-token ({t})"
-                    );
-                    if zmm {
+        // Each type's four-token kernel at every level this CPU has, against the AVX2
+        // single-row kernel token by token.
+        macro_rules! check {
+            ($name:literal, $x:expr, $one:ident, $four:ident) => {{
+                // SAFETY (all calls): the levels were checked above.
+                let one: [f32; 4] = std::array::from_fn(|t| unsafe { dot::avx2::$one($x, y[t]) });
+                let mut levels = vec![("AVX2", unsafe { dot::avx2::$four($x, y) })];
+                if zmm {
+                    levels.push(("AVX-512", unsafe { dot::avx512::$four($x, y) }));
+                }
+                for (level, four) in levels {
+                    for t in 0..4 {
                         assert_eq!(
-                            avx512[t].to_bits(),
+                            four[t].to_bits(),
                             one[t].to_bits(),
-                            "{name} nb {nb}: AVX-512 four-token ({t})"
+                            "{} nb {nb}: {level} four-token ({t})",
+                            $name
                         );
                     }
                 }
-            }
+            }};
         }
+        check!("q4_K", &q4, vec_dot_q4_k_q8_k, vec_dot4_q4_k_q8_k);
+        check!("q5_K", &q5, vec_dot_q5_k_q8_k, vec_dot4_q5_k_q8_k);
+        check!("q6_K", &q6, vec_dot_q6_k_q8_k, vec_dot4_q6_k_q8_k);
     }
 }
