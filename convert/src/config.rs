@@ -1,66 +1,37 @@
 //! Model hyper-parameters: read from a Hugging Face `config.json` or from GGUF metadata, and
-//! written back as either.
+//! written back as either. What each architecture reads and writes is in its module under
+//! [`crate::arch`]; this file holds the shared configuration type, the strict config.json
+//! reader every family uses, and the GGUF keys all families share.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde_json::{Map, Value as Json};
 
+pub use crate::arch::{supported_model_types, Arch};
 use crate::error::{Error, Result};
 use crate::gguf::{Metadata, Value};
 
-/// The architectures kiln converts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    /// Llama 1–3, SmolLM and other `LlamaForCausalLM` models.
-    Llama,
-    /// Mistral (a Llama in llama.cpp's eyes: GGUF architecture `llama`).
-    Mistral,
-    /// Qwen2: q/k/v biases, rotate-half RoPE without the Q/K row permutation.
-    Qwen2,
+/// The gate activation of the feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// SiLU (SwiGLU).
+    #[default]
+    Silu,
+    /// GELU, tanh approximation (GeGLU, Hugging Face's `gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
-/// `model_type`s kiln accepts, for error messages.
-pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2";
-
-impl Arch {
-    /// The `model_type` of config.json.
-    pub fn model_type(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Mistral => "mistral",
-            Arch::Qwen2 => "qwen2",
-        }
-    }
-    /// The GGUF `general.architecture` (and metadata key prefix).
-    pub fn gguf_arch(self) -> &'static str {
-        match self {
-            Arch::Llama | Arch::Mistral => "llama",
-            Arch::Qwen2 => "qwen2",
-        }
-    }
-    /// The `architectures` entry of config.json.
-    pub fn hf_class(self) -> &'static str {
-        match self {
-            Arch::Llama => "LlamaForCausalLM",
-            Arch::Mistral => "MistralForCausalLM",
-            Arch::Qwen2 => "Qwen2ForCausalLM",
-        }
-    }
-    /// True when llama.cpp's converter permutes attn_q / attn_k rows for this architecture
-    /// (so the GGUF is run with adjacent-pair RoPE).
-    pub fn permutes_qk(self) -> bool {
-        matches!(self, Arch::Llama | Arch::Mistral)
-    }
-}
-
-/// The hyper-parameters of a Llama-family model.
+/// The hyper-parameters of a model, and the switches of kiln's forward pass its architecture
+/// sets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// Architecture.
     pub arch: Arch,
     /// Model width (embedding length).
     pub hidden_size: usize,
-    /// SwiGLU inner width (feed-forward length).
+    /// Feed-forward inner width.
     pub intermediate_size: usize,
     /// Transformer blocks.
     pub n_layers: usize,
@@ -76,124 +47,111 @@ pub struct ModelConfig {
     pub context_length: usize,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f32,
-    /// RoPE base frequency.
+    /// RoPE base frequency (of the global layers, where they differ).
     pub rope_theta: f32,
+    /// Linear RoPE scaling factor of the global layers, if any.
+    pub rope_scaling_linear: Option<f32>,
     /// True when the output projection is the embedding (no `output.weight`).
     pub tie_word_embeddings: bool,
     /// True when q/k/v projections have biases (qwen2).
     pub qkv_bias: bool,
-    /// Linear RoPE scaling factor, if any.
-    pub rope_scaling_linear: Option<f32>,
     /// BOS / EOS token ids from config.json, if given.
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct HfConfig {
-    model_type: Option<String>,
-    hidden_size: Option<usize>,
-    intermediate_size: Option<usize>,
-    num_hidden_layers: Option<usize>,
-    num_attention_heads: Option<usize>,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    vocab_size: Option<usize>,
-    max_position_embeddings: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    #[serde(default)]
-    tie_word_embeddings: Option<bool>,
-    #[serde(default)]
-    attention_bias: Option<bool>,
-    rope_scaling: Option<serde_json::Value>,
-    bos_token_id: Option<serde_json::Value>,
-    eos_token_id: Option<serde_json::Value>,
-}
-
-fn first_id(v: &Option<serde_json::Value>) -> Option<u32> {
-    match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32),
-        Some(serde_json::Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
-        _ => None,
-    }
+    /// Feed-forward gate activation.
+    pub act: Activation,
+    /// Post-attention and post-feed-forward RMSNorms (Gemma 2/3).
+    pub post_norms: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Gemma 3, Qwen3).
+    pub qk_norm: bool,
+    /// Embeddings multiplied by this (Gemma: √hidden_size).
+    pub embed_scale: Option<f32>,
+    /// `q·k` scaled by this^−½ (Gemma's `query_pre_attn_scalar`); `None`: head_dim.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Final logits soft-capped to ±this (`c·tanh(x/c)`).
+    pub final_logit_softcap: Option<f32>,
+    /// Sliding-window length of the windowed layers (their query sees this many positions,
+    /// its own included).
+    pub sliding_window: Option<usize>,
+    /// `swa_layers[l]`: layer `l` is windowed (empty: no layer is).
+    pub swa_layers: Vec<bool>,
+    /// RoPE base of the windowed layers (they use no RoPE scaling).
+    pub rope_theta_swa: Option<f32>,
 }
 
 impl ModelConfig {
+    /// A configuration with the Llama defaults for everything the numbers do not say.
+    #[allow(clippy::too_many_arguments)]
+    pub fn base(
+        arch: Arch,
+        hidden_size: usize,
+        intermediate_size: usize,
+        n_layers: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        vocab_size: usize,
+    ) -> Self {
+        ModelConfig {
+            arch,
+            hidden_size,
+            intermediate_size,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab_size,
+            context_length: 2048,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            rope_scaling_linear: None,
+            tie_word_embeddings: false,
+            qkv_bias: false,
+            bos_token_id: None,
+            eos_token_id: None,
+            act: Activation::Silu,
+            post_norms: false,
+            qk_norm: false,
+            embed_scale: None,
+            query_pre_attn_scalar: None,
+            final_logit_softcap: None,
+            sliding_window: None,
+            swa_layers: Vec::new(),
+            rope_theta_swa: None,
+        }
+    }
+
     /// Reads `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_hf_json(path, &text)
     }
 
-    /// Parses config.json text (`path` names it in errors).
+    /// Parses config.json text (`path` names it in errors): the `model_type` picks the
+    /// architecture, whose module reads the rest.
     pub fn from_hf_json(path: &Path, text: &str) -> Result<Self> {
-        let c: HfConfig = serde_json::from_str(text)
+        let v: Json = serde_json::from_str(text)
             .map_err(|e| Error::format(path, format!("not a valid config.json: {e}")))?;
-        let mt = c
-            .model_type
-            .as_deref()
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::format(path, "not a valid config.json: not a JSON object"))?;
+        let cfg = HfJson::new(path, obj);
+        let mt = cfg
+            .str("model_type")?
             .ok_or_else(|| Error::format(path, "no model_type"))?;
-        let arch = match mt {
-            "llama" => Arch::Llama,
-            "mistral" => Arch::Mistral,
-            "qwen2" => Arch::Qwen2,
-            other => {
-                return Err(Error::unsupported(
-                    path,
-                    format!("model_type `{other}` is not supported (kiln converts: {SUPPORTED_MODEL_TYPES})"),
-                ))
-            }
-        };
-        let need = |v: Option<usize>, k: &str| {
-            v.ok_or_else(|| Error::format(path, format!("missing `{k}`")))
-        };
-        let hidden_size = need(c.hidden_size, "hidden_size")?;
-        let n_heads = need(c.num_attention_heads, "num_attention_heads")?;
-        let rope_scaling_linear = match &c.rope_scaling {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => {
-                let ty = v
-                    .get("type")
-                    .or_else(|| v.get("rope_type"))
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("");
-                let factor = v.get("factor").and_then(|f| f.as_f64());
-                match (ty, factor) {
-                    ("linear", Some(f)) => Some(f as f32),
-                    _ => {
-                        return Err(Error::unsupported(
-                            path,
-                            format!(
-                                "rope_scaling {v} is not supported (kiln handles none or linear)"
-                            ),
-                        ))
-                    }
-                }
-            }
-        };
-        let cfg = ModelConfig {
-            arch,
-            hidden_size,
-            intermediate_size: need(c.intermediate_size, "intermediate_size")?,
-            n_layers: need(c.num_hidden_layers, "num_hidden_layers")?,
-            n_heads,
-            n_kv_heads: c.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: c
-                .head_dim
-                .unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0)),
-            vocab_size: need(c.vocab_size, "vocab_size")?,
-            context_length: c.max_position_embeddings.unwrap_or(2048),
-            rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6) as f32,
-            rope_theta: c.rope_theta.unwrap_or(10000.0) as f32,
-            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
-            qkv_bias: arch == Arch::Qwen2 || c.attention_bias.unwrap_or(false),
-            rope_scaling_linear,
-            bos_token_id: first_id(&c.bos_token_id),
-            eos_token_id: first_id(&c.eos_token_id),
-        };
-        cfg.validate(path)?;
-        Ok(cfg)
+        let arch = Arch::from_model_type(mt).ok_or_else(|| {
+            Error::unsupported(
+                path,
+                format!(
+                    "model_type `{mt}` is not supported (kiln converts: {})",
+                    supported_model_types()
+                ),
+            )
+        })?;
+        let c = arch.family().read_hf(&cfg)?;
+        cfg.finish(mt)?;
+        c.validate(path)?;
+        Ok(c)
     }
 
     /// Checks the numbers fit together.
@@ -232,6 +190,47 @@ impl ModelConfig {
         {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
+        if let Some(t) = self.rope_theta_swa {
+            if !(t.is_finite() && t > 0.0) {
+                return bad(format!(
+                    "the sliding-window layers' RoPE base {t} must be positive"
+                ));
+            }
+        }
+        if let Some(f) = self.rope_scaling_linear {
+            if !(f.is_finite() && f > 0.0) {
+                return bad(format!("the RoPE scaling factor {f} must be positive"));
+            }
+        }
+        match self.sliding_window {
+            Some(0) => return bad("sliding_window = 0".into()),
+            Some(_) if self.swa_layers.len() != self.n_layers => {
+                return bad(format!(
+                    "{} layer types for {} layers",
+                    self.swa_layers.len(),
+                    self.n_layers
+                ))
+            }
+            None if self.swa_layers.iter().any(|&s| s) => {
+                return bad("sliding-window layers without a sliding_window".into())
+            }
+            _ => {}
+        }
+        for (what, v) in [
+            ("final_logit_softcapping", self.final_logit_softcap),
+            ("the embedding scale", self.embed_scale),
+        ] {
+            if let Some(x) = v {
+                if !(x.is_finite() && x > 0.0) {
+                    return bad(format!("{what} {x} must be positive"));
+                }
+            }
+        }
+        if let Some(q) = self.query_pre_attn_scalar {
+            if !(q.is_finite() && q > 0.0) {
+                return bad(format!("query_pre_attn_scalar {q} must be positive"));
+            }
+        }
         Ok(())
     }
 
@@ -240,140 +239,392 @@ impl ModelConfig {
         let arch_name = md
             .str("general.architecture")
             .ok_or_else(|| Error::format(path, "no general.architecture"))?;
-        let arch = match arch_name {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            other => {
-                return Err(Error::unsupported(
-                    path,
-                    format!("architecture `{other}` is not supported (kiln runs llama and qwen2)"),
-                ))
-            }
-        };
-        let a = arch.gguf_arch();
-        let u = |k: &str| {
-            md.u64(&format!("{a}.{k}"))
-                .map(|v| v as usize)
-                .ok_or_else(|| Error::format(path, format!("missing {a}.{k}")))
-        };
-        let hidden_size = u("embedding_length")?;
-        let n_heads = u("attention.head_count")?;
-        let vocab_size = match md.u64(&format!("{a}.vocab_size")) {
-            Some(v) => v as usize,
-            None => md
-                .get("tokenizer.ggml.tokens")
-                .and_then(Value::as_array)
-                .map(|t| t.len())
-                .ok_or_else(|| Error::format(path, format!("missing {a}.vocab_size")))?,
-        };
-        let head_dim = md
-            .u64(&format!("{a}.attention.key_length"))
-            .or_else(|| md.u64(&format!("{a}.rope.dimension_count")))
-            .map(|v| v as usize)
-            .unwrap_or(hidden_size / n_heads.max(1));
-        let cfg = ModelConfig {
-            arch,
-            hidden_size,
-            intermediate_size: u("feed_forward_length")?,
-            n_layers: u("block_count")?,
-            n_heads,
-            n_kv_heads: md
-                .u64(&format!("{a}.attention.head_count_kv"))
-                .map(|v| v as usize)
-                .unwrap_or(n_heads),
-            head_dim,
-            vocab_size,
-            context_length: u("context_length")?,
-            rms_norm_eps: md
-                .f64(&format!("{a}.attention.layer_norm_rms_epsilon"))
-                .unwrap_or(1e-5) as f32,
-            rope_theta: md.f64(&format!("{a}.rope.freq_base")).unwrap_or(10000.0) as f32,
-            tie_word_embeddings: false,
-            qkv_bias: arch == Arch::Qwen2,
-            rope_scaling_linear: match md.str(&format!("{a}.rope.scaling.type")) {
-                Some("linear") => md
-                    .f64(&format!("{a}.rope.scaling.factor"))
-                    .map(|f| f as f32),
-                _ => None,
-            },
-            bos_token_id: md.u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
-            eos_token_id: md.u64("tokenizer.ggml.eos_token_id").map(|v| v as u32),
-        };
+        let arch = Arch::from_gguf_arch(arch_name).ok_or_else(|| {
+            Error::unsupported(
+                path,
+                format!(
+                    "general.architecture = `{arch_name}` is not supported (kiln runs: {})",
+                    crate::arch::supported_gguf_archs()
+                ),
+            )
+        })?;
+        let cfg = arch.family().read_gguf(path, md)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// The `<arch>.*` keys llama.cpp reads.
     pub fn to_gguf(&self, md: &mut Metadata) {
-        let a = self.arch.gguf_arch();
-        let k = |s: &str| format!("{a}.{s}");
-        md.set(k("context_length"), Value::U32(self.context_length as u32));
-        md.set(k("embedding_length"), Value::U32(self.hidden_size as u32));
-        md.set(k("block_count"), Value::U32(self.n_layers as u32));
-        md.set(
-            k("feed_forward_length"),
-            Value::U32(self.intermediate_size as u32),
-        );
-        md.set(k("attention.head_count"), Value::U32(self.n_heads as u32));
-        md.set(
-            k("attention.head_count_kv"),
-            Value::U32(self.n_kv_heads as u32),
-        );
-        md.set(k("rope.freq_base"), Value::F32(self.rope_theta));
-        md.set(
-            k("attention.layer_norm_rms_epsilon"),
-            Value::F32(self.rms_norm_eps),
-        );
-        if self.head_dim != self.hidden_size / self.n_heads {
-            md.set(k("attention.key_length"), Value::U32(self.head_dim as u32));
-            md.set(
-                k("attention.value_length"),
-                Value::U32(self.head_dim as u32),
-            );
-        }
-        md.set(k("vocab_size"), Value::U32(self.vocab_size as u32));
-        md.set(k("rope.dimension_count"), Value::U32(self.head_dim as u32));
-        if let Some(f) = self.rope_scaling_linear {
-            md.set(k("rope.scaling.type"), Value::String("linear".into()));
-            md.set(k("rope.scaling.factor"), Value::F32(f));
-        }
+        self.arch.family().to_gguf(self, md)
     }
 
     /// A Hugging Face config.json for this model (FP32).
     pub fn to_hf_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "architectures": [self.arch.hf_class()],
-            "model_type": self.arch.model_type(),
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.n_layers,
-            "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads,
-            "head_dim": self.head_dim,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": self.context_length,
-            "rms_norm_eps": self.rms_norm_eps as f64,
-            "rope_theta": self.rope_theta as f64,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "hidden_act": "silu",
-            "torch_dtype": "float32",
-        });
-        let o = v.as_object_mut().unwrap();
-        if let Some(b) = self.bos_token_id {
-            o.insert("bos_token_id".into(), b.into());
-        }
-        if let Some(e) = self.eos_token_id {
-            o.insert("eos_token_id".into(), e.into());
-        }
-        if let Some(f) = self.rope_scaling_linear {
-            o.insert(
-                "rope_scaling".into(),
-                serde_json::json!({"type": "linear", "factor": f}),
-            );
-        }
-        if self.arch == Arch::Llama && self.qkv_bias {
-            o.insert("attention_bias".into(), true.into());
-        }
-        v
+        self.arch.family().to_hf_json(self)
     }
+
+    /// The multiplier of `q·k` in attention.
+    pub fn attention_scale(&self) -> f32 {
+        match self.query_pre_attn_scalar {
+            Some(q) => q.powf(-0.5) as f32,
+            None => 1.0 / (self.head_dim as f32).sqrt(),
+        }
+    }
+}
+
+/// Keys every config.json may carry that do not change a causal LM's function: Hugging
+/// Face's `PretrainedConfig` bookkeeping, training-only settings and generation defaults.
+pub const INERT_KEYS: &[&str] = &[
+    "_name_or_path",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "_commit_hash",
+    "add_cross_attention",
+    "architectures",
+    "attention_dropout",
+    "auto_map",
+    "bad_words_ids",
+    "begin_suppress_tokens",
+    "chunk_size_feed_forward",
+    "cross_attention_hidden_size",
+    "decoder_start_token_id",
+    "diversity_penalty",
+    "do_sample",
+    "dtype",
+    "early_stopping",
+    "encoder_no_repeat_ngram_size",
+    "exponential_decay_length_penalty",
+    "finetuning_task",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "id2label",
+    "initializer_range",
+    "is_decoder",
+    "is_encoder_decoder",
+    "label2id",
+    "length_penalty",
+    "max_length",
+    "min_length",
+    "no_repeat_ngram_size",
+    "num_beam_groups",
+    "num_beams",
+    "num_return_sequences",
+    "output_attentions",
+    "output_hidden_states",
+    "output_scores",
+    "pad_token_id",
+    "prefix",
+    "problem_type",
+    "pruned_heads",
+    "remove_invalid_values",
+    "repetition_penalty",
+    "return_dict",
+    "return_dict_in_generate",
+    "sep_token_id",
+    "suppress_tokens",
+    "task_specific_params",
+    "temperature",
+    "tf_legacy_loss",
+    "tie_encoder_decoder",
+    "tokenizer_class",
+    "top_k",
+    "top_p",
+    "torch_dtype",
+    "torchscript",
+    "transformers_version",
+    "typical_p",
+    "use_bfloat16",
+    "use_cache",
+    "use_return_dict",
+];
+
+/// A config.json object read strictly: every key a family looks at is marked, and
+/// [`HfJson::finish`] names any key nobody looked at — kiln never ignores a setting silently.
+pub struct HfJson<'a> {
+    path: &'a Path,
+    obj: &'a Map<String, Json>,
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl<'a> HfJson<'a> {
+    /// Wraps a parsed config.json.
+    pub fn new(path: &'a Path, obj: &'a Map<String, Json>) -> Self {
+        HfJson {
+            path,
+            obj,
+            used: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// The file, for errors.
+    pub fn path(&self) -> &Path {
+        self.path
+    }
+
+    fn mark(&self, k: &str) {
+        self.used.borrow_mut().insert(k.to_string());
+    }
+
+    /// The raw value of `k` (null counts as absent), marked as read.
+    pub fn get(&self, k: &str) -> Option<&'a Json> {
+        self.mark(k);
+        self.obj.get(k).filter(|v| !v.is_null())
+    }
+
+    /// True when `k` is present and not null (marks it read).
+    pub fn has(&self, k: &str) -> bool {
+        self.get(k).is_some()
+    }
+
+    fn bad(&self, k: &str, v: &Json, want: &str) -> Error {
+        Error::format(self.path, format!("`{k}` = {v} is not {want}"))
+    }
+
+    /// A non-negative integer.
+    pub fn usize(&self, k: &str) -> Result<Option<usize>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| self.bad(k, v, "a non-negative integer")),
+        }
+    }
+
+    /// A required non-negative integer.
+    pub fn need_usize(&self, k: &str) -> Result<usize> {
+        self.usize(k)?
+            .ok_or_else(|| Error::format(self.path, format!("missing `{k}`")))
+    }
+
+    /// A number.
+    pub fn f64(&self, k: &str) -> Result<Option<f64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.bad(k, v, "a number")),
+        }
+    }
+
+    /// A boolean.
+    pub fn bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.bad(k, v, "true or false")),
+        }
+    }
+
+    /// A string.
+    pub fn str(&self, k: &str) -> Result<Option<&'a str>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.bad(k, v, "a string")),
+        }
+    }
+
+    /// The first id of a token-id key (a number or a list of numbers).
+    pub fn token_id(&self, k: &str) -> Option<u32> {
+        match self.get(k) {
+            Some(Json::Number(n)) => n.as_u64().map(|x| x as u32),
+            Some(Json::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
+            _ => None,
+        }
+    }
+
+    /// Marks keys that do not change the function (bookkeeping, training-only settings).
+    pub fn inert(&self, keys: &[&str]) {
+        for k in keys {
+            self.mark(k);
+        }
+    }
+
+    /// A key that would change the function in a way kiln does not implement: accepted only
+    /// when absent, null, or one of the `neutral` values (compared as JSON).
+    pub fn neutral(&self, k: &str, neutral: &[Json]) -> Result<()> {
+        match self.get(k) {
+            None => Ok(()),
+            Some(v) if neutral.contains(v) => Ok(()),
+            Some(v) => Err(Error::unsupported(
+                self.path,
+                format!(
+                    "`{k}` = {v} changes the model in a way kiln does not implement{}",
+                    match neutral {
+                        [] => String::new(),
+                        [one] => format!(" (kiln runs {k} = {one})"),
+                        many => format!(
+                            " (kiln runs {k} = {})",
+                            many.iter()
+                                .map(|v| v.to_string())
+                                .collect::<Vec<_>>()
+                                .join(" or ")
+                        ),
+                    }
+                ),
+            )),
+        }
+    }
+
+    /// Refuses every key nobody read, named with its value.
+    pub fn finish(&self, model_type: &str) -> Result<()> {
+        self.inert(INERT_KEYS);
+        let used = self.used.borrow();
+        let unknown: Vec<String> = self
+            .obj
+            .iter()
+            .filter(|(k, _)| !used.contains(k.as_str()))
+            .map(|(k, v)| {
+                let s = v.to_string();
+                let s = if s.len() > 60 {
+                    format!("{}…", &s[..s.floor_char_boundary(60)])
+                } else {
+                    s
+                };
+                format!("`{k}` = {s}")
+            })
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::unsupported(
+                self.path,
+                format!(
+                    "config.json sets {} that kiln does not implement for model_type `{model_type}`; \
+                     kiln refuses rather than ignore a setting that may change the model",
+                    unknown.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// The RoPE scaling of a `rope_scaling` / `rope_parameters` object: `None` for no scaling
+/// (absent, null or type `default`), the factor for `linear`, and an error naming the key,
+/// the type and what kiln handles otherwise.
+pub fn rope_scaling_linear(cfg: &HfJson, key: &str, v: Option<&Json>) -> Result<Option<f32>> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let ty = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
+    let factor = v.get("factor").and_then(|f| f.as_f64());
+    match (ty, factor) {
+        ("default", _) => Ok(None),
+        ("linear", Some(f)) => Ok(Some(f as f32)),
+        _ => Err(Error::unsupported(
+            cfg.path(),
+            format!(
+                "`{key}` = {v}: RoPE scaling type `{ty}` is not supported (kiln handles: none, default, linear)"
+            ),
+        )),
+    }
+}
+
+/// Reads the GGUF keys every family shares; the family adds its own.
+pub(crate) fn gguf_common(path: &Path, md: &Metadata, arch: Arch) -> Result<ModelConfig> {
+    let a = arch.gguf_arch();
+    let u = |k: &str| {
+        md.u64(&format!("{a}.{k}"))
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::format(path, format!("missing {a}.{k}")))
+    };
+    let hidden_size = u("embedding_length")?;
+    let n_heads = u("attention.head_count")?;
+    let vocab_size = match md.u64(&format!("{a}.vocab_size")) {
+        Some(v) => v as usize,
+        None => md
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .map(|t| t.len())
+            .ok_or_else(|| Error::format(path, format!("missing {a}.vocab_size")))?,
+    };
+    let head_dim = md
+        .u64(&format!("{a}.attention.key_length"))
+        .or_else(|| md.u64(&format!("{a}.rope.dimension_count")))
+        .map(|v| v as usize)
+        .unwrap_or(hidden_size / n_heads.max(1));
+    if let Some(v) = md.u64(&format!("{a}.attention.value_length")) {
+        if v as usize != head_dim {
+            return Err(Error::unsupported(
+                path,
+                format!("{a}.attention.value_length = {v} differs from the key length {head_dim} (kiln runs equal widths)"),
+            ));
+        }
+    }
+    let mut c = ModelConfig::base(
+        arch,
+        hidden_size,
+        u("feed_forward_length")?,
+        u("block_count")?,
+        n_heads,
+        md.u64(&format!("{a}.attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_heads),
+        head_dim,
+        vocab_size,
+    );
+    c.context_length = u("context_length")?;
+    c.rms_norm_eps = md
+        .f64(&format!("{a}.attention.layer_norm_rms_epsilon"))
+        .unwrap_or(1e-5) as f32;
+    c.rope_theta = md.f64(&format!("{a}.rope.freq_base")).unwrap_or(10000.0) as f32;
+    c.rope_scaling_linear = match md.str(&format!("{a}.rope.scaling.type")) {
+        None | Some("none") => None,
+        Some("linear") => md
+            .f64(&format!("{a}.rope.scaling.factor"))
+            .filter(|&f| f != 1.0)
+            .map(|f| f as f32),
+        Some(other) => {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                "{a}.rope.scaling.type = `{other}` is not supported (kiln handles: none, linear)"
+            ),
+            ))
+        }
+    };
+    if let Some(d) = md.u64(&format!("{a}.rope.dimension_count")) {
+        if d as usize != head_dim {
+            return Err(Error::unsupported(
+                path,
+                format!("{a}.rope.dimension_count = {d} rotates part of a head of {head_dim} (kiln rotates whole heads)"),
+            ));
+        }
+    }
+    c.bos_token_id = md.u64("tokenizer.ggml.bos_token_id").map(|v| v as u32);
+    c.eos_token_id = md.u64("tokenizer.ggml.eos_token_id").map(|v| v as u32);
+    Ok(c)
+}
+
+/// Writes the GGUF keys every family shares (as `TextModel.set_gguf_parameters` does).
+pub(crate) fn gguf_common_keys(c: &ModelConfig, md: &mut Metadata) {
+    let a = c.arch.gguf_arch();
+    let k = |s: &str| format!("{a}.{s}");
+    md.set(k("context_length"), Value::U32(c.context_length as u32));
+    md.set(k("embedding_length"), Value::U32(c.hidden_size as u32));
+    md.set(k("block_count"), Value::U32(c.n_layers as u32));
+    md.set(
+        k("feed_forward_length"),
+        Value::U32(c.intermediate_size as u32),
+    );
+    md.set(k("attention.head_count"), Value::U32(c.n_heads as u32));
+    md.set(
+        k("attention.head_count_kv"),
+        Value::U32(c.n_kv_heads as u32),
+    );
+    md.set(k("rope.freq_base"), Value::F32(c.rope_theta));
+    md.set(
+        k("attention.layer_norm_rms_epsilon"),
+        Value::F32(c.rms_norm_eps),
+    );
 }

@@ -9,7 +9,6 @@ use quantize::GgmlType;
 use crate::atomic::{self, AtomicFile};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufWriter, Metadata, TensorSpec, Value};
-use crate::mapping::{gguf_to_hf, permutation_heads, permute_rows};
 use crate::source::ModelSource;
 use crate::tokenizer;
 
@@ -259,7 +258,13 @@ pub fn write_model(
             note: p.note.clone(),
         })
         .collect();
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = src
+        .config()
+        .arch
+        .family()
+        .gguf_caveat(src.config())
+        .into_iter()
+        .collect();
     let mut file = AtomicFile::create(out)?;
     let out_path = out.to_path_buf();
     writer.write(&out_path, file.writer(), |i| {
@@ -432,35 +437,42 @@ pub fn export_with(
     let md = &g.file.metadata;
     // Tokenizer first: it is the step most likely to refuse, and it writes little.
     let tj = tokenizer::tokenizer_json_from_gguf(g.file.path(), md)?;
+    let defs: std::collections::HashMap<String, crate::arch::TensorDef> = c
+        .arch
+        .family()
+        .tensors(c)
+        .into_iter()
+        .map(|d| (d.gguf.clone(), d))
+        .collect();
     let mut tensors = Vec::new();
     for t in src.tensors() {
-        let hf = gguf_to_hf(&t.name).ok_or_else(|| {
+        let def = defs.get(&t.name).ok_or_else(|| {
             Error::tensor(
                 g.file.path(),
                 &t.name,
-                "has no Hugging Face name (not a Llama-family tensor)",
+                format!(
+                    "has no Hugging Face name (not a tensor of {})",
+                    c.arch.gguf_arch()
+                ),
             )
         })?;
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-        tensors.push((t.name.clone(), hf, shape));
+        tensors.push((t.name.clone(), def.hf.clone(), shape, def.transform));
     }
     let st_path = out_dir.join("model.safetensors");
     let names: Vec<(String, Vec<usize>)> = tensors
         .iter()
-        .map(|(_, hf, s)| (hf.clone(), s.clone()))
+        .map(|(_, hf, s, _)| (hf.clone(), s.clone()))
         .collect();
     crate::safetensors::write_f32(&st_path, &names, &[("format".into(), "pt".into())], |i| {
-        let (g_name, _, shape) = &tensors[i];
+        let (g_name, _, shape, transform) = &tensors[i];
         let mut v = src.tensor_f32(g_name)?;
         if let (Some(seed), Some(t)) = (continuous_seed, g.file.tensor(g_name)) {
             add_bin_noise(g_name, t.ty, g.file.tensor_data(t), &mut v, seed);
         }
-        if let Some(n_head) = permutation_heads(c, g_name) {
-            let rows = shape[0];
-            let cols = shape.get(1).copied().unwrap_or(1);
-            v = permute_rows(&v, rows, cols, n_head, true);
-        }
-        Ok(v)
+        let rows = shape[0];
+        let cols = shape.get(1).copied().unwrap_or(1);
+        Ok(transform.to_hf(v, rows, cols))
     })?;
     let mut cfg = c.to_hf_json();
     cfg["tie_word_embeddings"] = (g.file.tensor("output.weight").is_none()).into();

@@ -6,7 +6,9 @@
 //!   llama.cpp's layout, loaded one at a time from a memory map.
 //! * [`gguf`]: GGUF v3 metadata values, a strict capped reader and a streaming writer.
 //! * [`safetensors`]: the checkpoint file format, header validated before use.
-//! * [`mapping`]: HF ↔ GGUF names, expected shapes, the Q/K row permutation.
+//! * [`arch`]: one module per architecture — config.json and GGUF keys, tensor names and
+//!   value transforms, the switches of kiln's forward pass, quantization-rule facts.
+//! * [`mapping`]: lookups over the architecture tables, the Q/K row permutation.
 //! * [`tokenizer`]: tokenizer.json ↔ `tokenizer.ggml.*`, with llama.cpp's pre-tokenizer
 //!   detection, and kiln's text tokenizer.
 //! * [`convert`]: `kiln convert` (checkpoint → GGUF) and `kiln export` (GGUF → checkpoint).
@@ -14,6 +16,7 @@
 //!
 //! Errors ([`Error`]) name the file, and the tensor where there is one.
 
+pub mod arch;
 pub mod atomic;
 pub mod card;
 pub mod config;
@@ -27,7 +30,8 @@ pub mod source;
 pub mod testing;
 pub mod tokenizer;
 
-pub use config::{Arch, ModelConfig};
+pub use arch::Arch;
+pub use config::{Activation, ModelConfig};
 pub use error::{Error, Result};
 pub use quantize::GgmlType;
 pub use source::{HfCheckpoint, ModelSource, SourceTensor};

@@ -1,66 +1,31 @@
 //! Hugging Face ↔ llama.cpp tensor names, expected shapes, and the Q/K row permutation.
 //!
-//! Names follow llama.cpp's `gguf-py/gguf/tensor_mapping.py` for the Llama family. The
-//! permutation is `LlamaModel.permute` of `convert_hf_to_gguf.py`: within each head, the rows
-//! of the two RoPE halves are interleaved so that llama.cpp's adjacent-pair RoPE equals HF's
-//! rotate-half RoPE.
+//! The names and transforms of each architecture are tables in its module under
+//! [`crate::arch`]; these are the lookups over them. The permutation is `LlamaModel.permute` of
+//! `convert_hf_to_gguf.py`: within each head, the rows of the two RoPE halves are interleaved
+//! so that llama.cpp's adjacent-pair RoPE equals HF's rotate-half RoPE.
 
+use crate::arch::Transform;
 use crate::config::ModelConfig;
-
-/// Per-layer tensors: (HF suffix after `model.layers.N.`, GGUF suffix after `blk.N.`).
-pub const LAYER_TENSORS: [(&str, &str); 12] = [
-    ("input_layernorm.weight", "attn_norm.weight"),
-    ("mlp.down_proj.weight", "ffn_down.weight"),
-    ("mlp.gate_proj.weight", "ffn_gate.weight"),
-    ("mlp.up_proj.weight", "ffn_up.weight"),
-    ("post_attention_layernorm.weight", "ffn_norm.weight"),
-    ("self_attn.k_proj.bias", "attn_k.bias"),
-    ("self_attn.k_proj.weight", "attn_k.weight"),
-    ("self_attn.o_proj.weight", "attn_output.weight"),
-    ("self_attn.q_proj.bias", "attn_q.bias"),
-    ("self_attn.q_proj.weight", "attn_q.weight"),
-    ("self_attn.v_proj.bias", "attn_v.bias"),
-    ("self_attn.v_proj.weight", "attn_v.weight"),
-];
-
-/// Model-level tensors: (HF name, GGUF name).
-pub const GLOBAL_TENSORS: [(&str, &str); 3] = [
-    ("model.embed_tokens.weight", "token_embd.weight"),
-    ("model.norm.weight", "output_norm.weight"),
-    ("lm_head.weight", "output.weight"),
-];
 
 /// HF tensors that carry no weights (recomputed by every runtime); listed, then skipped.
 pub fn is_ignorable(hf: &str) -> bool {
     hf.ends_with("rotary_emb.inv_freq") || hf.ends_with(".masked_bias") || hf.ends_with("attn.bias")
 }
 
-/// The GGUF name of an HF tensor.
-pub fn hf_to_gguf(hf: &str) -> Option<String> {
-    if let Some((_, g)) = GLOBAL_TENSORS.iter().find(|(h, _)| *h == hf) {
-        return Some(g.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (n, suffix) = rest.split_once('.')?;
-    let n: usize = n.parse().ok()?;
-    LAYER_TENSORS
-        .iter()
-        .find(|(h, _)| *h == suffix)
-        .map(|(_, g)| format!("blk.{n}.{g}"))
+/// The GGUF name of an HF tensor of `c`'s model.
+pub fn hf_to_gguf(c: &ModelConfig, hf: &str) -> Option<String> {
+    c.arch
+        .family()
+        .tensors(c)
+        .into_iter()
+        .find(|t| t.hf == hf)
+        .map(|t| t.gguf)
 }
 
-/// The HF name of a GGUF tensor.
-pub fn gguf_to_hf(g: &str) -> Option<String> {
-    if let Some((h, _)) = GLOBAL_TENSORS.iter().find(|(_, gg)| *gg == g) {
-        return Some(h.to_string());
-    }
-    let rest = g.strip_prefix("blk.")?;
-    let (n, suffix) = rest.split_once('.')?;
-    let n: usize = n.parse().ok()?;
-    LAYER_TENSORS
-        .iter()
-        .find(|(_, gg)| *gg == suffix)
-        .map(|(h, _)| format!("model.layers.{n}.{h}"))
+/// The HF name of a GGUF tensor of `c`'s model.
+pub fn gguf_to_hf(c: &ModelConfig, g: &str) -> Option<String> {
+    crate::arch::hf_name(c, g)
 }
 
 /// The layer index of a GGUF tensor name (`blk.N.…`).
@@ -71,45 +36,19 @@ pub fn layer_of(g: &str) -> Option<usize> {
 /// Every GGUF tensor the model has, in the order kiln writes them, with its HF shape
 /// (outermost first).
 pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let q = c.n_heads * c.head_dim;
-    let kv = c.n_kv_heads * c.head_dim;
-    let mut out = vec![("token_embd.weight".to_string(), vec![v, h])];
-    for n in 0..c.n_layers {
-        let mut push = |s: &str, shape: Vec<usize>| out.push((format!("blk.{n}.{s}"), shape));
-        push("attn_norm.weight", vec![h]);
-        push("attn_q.weight", vec![q, h]);
-        push("attn_k.weight", vec![kv, h]);
-        push("attn_v.weight", vec![kv, h]);
-        if c.qkv_bias {
-            push("attn_q.bias", vec![q]);
-            push("attn_k.bias", vec![kv]);
-            push("attn_v.bias", vec![kv]);
-        }
-        push("attn_output.weight", vec![h, q]);
-        push("ffn_norm.weight", vec![h]);
-        push("ffn_gate.weight", vec![f, h]);
-        push("ffn_up.weight", vec![f, h]);
-        push("ffn_down.weight", vec![h, f]);
-    }
-    out.push(("output_norm.weight".to_string(), vec![h]));
-    if !c.tie_word_embeddings {
-        out.push(("output.weight".to_string(), vec![v, h]));
-    }
-    out
+    c.arch
+        .family()
+        .tensors(c)
+        .into_iter()
+        .map(|t| (t.gguf, t.shape))
+        .collect()
 }
 
 /// How many heads the Q/K permutation of `gguf_name` uses, if it applies.
 pub fn permutation_heads(c: &ModelConfig, gguf_name: &str) -> Option<usize> {
-    if !c.arch.permutes_qk() {
-        return None;
-    }
-    if gguf_name.ends_with("attn_q.weight") || gguf_name.ends_with("attn_q.bias") {
-        Some(c.n_heads)
-    } else if gguf_name.ends_with("attn_k.weight") || gguf_name.ends_with("attn_k.bias") {
-        Some(c.n_kv_heads)
-    } else {
-        None
+    match crate::arch::transform_of(c, gguf_name) {
+        Transform::Permute(h) => Some(h),
+        _ => None,
     }
 }
 
@@ -153,9 +92,12 @@ pub fn permute_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::Arch;
 
     #[test]
     fn names_round_trip() {
+        let mut c = ModelConfig::base(Arch::Llama, 64, 128, 16, 4, 2, 16, 100);
+        c.qkv_bias = true;
         for (h, g) in [
             (
                 "model.layers.12.self_attn.q_proj.weight",
@@ -166,15 +108,37 @@ mod tests {
                 "blk.0.ffn_down.weight",
             ),
             ("model.layers.3.self_attn.v_proj.bias", "blk.3.attn_v.bias"),
+            (
+                "model.layers.3.post_attention_layernorm.weight",
+                "blk.3.ffn_norm.weight",
+            ),
             ("model.embed_tokens.weight", "token_embd.weight"),
             ("lm_head.weight", "output.weight"),
         ] {
-            assert_eq!(hf_to_gguf(h).as_deref(), Some(g));
-            assert_eq!(gguf_to_hf(g).as_deref(), Some(h));
+            assert_eq!(hf_to_gguf(&c, h).as_deref(), Some(g));
+            assert_eq!(gguf_to_hf(&c, g).as_deref(), Some(h));
         }
-        assert_eq!(hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
-        assert_eq!(hf_to_gguf("model.layers.0.mlp.experts.weight"), None);
+        assert_eq!(hf_to_gguf(&c, "model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(hf_to_gguf(&c, "model.layers.0.mlp.experts.weight"), None);
         assert_eq!(layer_of("blk.29.ffn_up.weight"), Some(29));
+        assert_eq!(permutation_heads(&c, "blk.1.attn_k.weight"), Some(2));
+        // Gemma 3: the same HF name is another tensor, and norms are stored as 1 + w.
+        let mut g = ModelConfig::base(Arch::Gemma3, 64, 128, 2, 4, 1, 16, 100);
+        g.tie_word_embeddings = true;
+        assert_eq!(
+            hf_to_gguf(&g, "model.layers.1.post_attention_layernorm.weight").as_deref(),
+            Some("blk.1.post_attention_norm.weight")
+        );
+        assert_eq!(
+            hf_to_gguf(&g, "model.layers.1.pre_feedforward_layernorm.weight").as_deref(),
+            Some("blk.1.ffn_norm.weight")
+        );
+        assert_eq!(permutation_heads(&g, "blk.1.attn_q.weight"), None);
+        assert_eq!(
+            crate::arch::transform_of(&g, "blk.0.attn_q_norm.weight"),
+            Transform::PlusOne
+        );
+        assert_eq!(hf_to_gguf(&g, "lm_head.weight"), None);
     }
 
     #[test]

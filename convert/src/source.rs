@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 
 use quantize::GgmlType;
 
+use crate::arch::{TensorDef, Transform};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Metadata, Value};
-use crate::mapping::{
-    self, expected_tensors, gguf_to_hf, hf_to_gguf, permutation_heads, permute_rows,
-};
+use crate::mapping;
 use crate::safetensors::{self as st, Dtype, SafetensorsFile};
 
 /// A tensor of a model source.
@@ -37,12 +36,13 @@ impl SourceTensor {
     }
 }
 
-/// Where a checkpoint tensor lives.
+/// Where a checkpoint tensor lives, and how its values become the GGUF layout.
 #[derive(Debug, Clone)]
 struct Loc {
     file: usize,
     index: usize,
     hf_name: String,
+    transform: Transform,
 }
 
 /// A validated Hugging Face checkpoint directory.
@@ -158,21 +158,22 @@ impl HfCheckpoint {
         let mut extra = Vec::new();
         let mut ignored = Vec::new();
         let mut locs = HashMap::new();
-        let expected = expected_tensors(&config);
-        let wanted: HashMap<&str, &Vec<usize>> =
-            expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let expected: Vec<TensorDef> = config.arch.family().tensors(&config);
+        let by_hf_name: HashMap<&str, &TensorDef> =
+            expected.iter().map(|t| (t.hf.as_str(), t)).collect();
         let mut hf_names: Vec<&String> = by_hf.keys().collect();
         hf_names.sort();
         for hf in hf_names {
             let (fi, ti) = by_hf[hf];
-            match hf_to_gguf(hf) {
-                Some(g) if wanted.contains_key(g.as_str()) => {
+            match by_hf_name.get(hf.as_str()) {
+                Some(def) => {
                     locs.insert(
-                        g,
+                        def.gguf.clone(),
                         Loc {
                             file: fi,
                             index: ti,
                             hf_name: hf.clone(),
+                            transform: def.transform,
                         },
                     );
                 }
@@ -181,13 +182,14 @@ impl HfCheckpoint {
             }
         }
         let mut tensors = Vec::with_capacity(expected.len());
-        for (g, shape) in &expected {
+        for def in &expected {
+            let (g, shape) = (&def.gguf, &def.shape);
             let loc = locs.get(g).ok_or_else(|| {
                 Error::format(
                     &dir,
                     format!(
                         "missing tensor `{}` (needed by {} with the sizes in config.json)",
-                        gguf_to_hf(g).unwrap_or_else(|| g.clone()),
+                        def.hf,
                         config.arch.model_type()
                     ),
                 )
@@ -239,6 +241,21 @@ impl HfCheckpoint {
     /// A tensor in GGUF layout as f32; its mapped pages are released afterwards so reading a
     /// whole checkpoint keeps memory bounded by one tensor.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
+        self.read(name, false)
+    }
+
+    /// A tensor in Hugging Face's row order with the architecture's elementwise transform
+    /// applied (Gemma's `1 + w`), as kiln's kernel runs a checkpoint in its own layout.
+    pub fn tensor_f32_hf_rows(&self, name: &str) -> Result<Vec<f32>> {
+        self.read(name, true)
+    }
+
+    /// The HF → GGUF transform of a tensor.
+    pub fn transform(&self, name: &str) -> Option<Transform> {
+        self.locs.get(name).map(|l| l.transform)
+    }
+
+    fn read(&self, name: &str, hf_rows: bool) -> Result<Vec<f32>> {
         let loc = self
             .locs
             .get(name)
@@ -256,8 +273,13 @@ impl HfCheckpoint {
             st::to_f32(t.dtype, &data[start..start + out.len() * es], out);
             f.release_range(t.start + start, out.len() * es);
         }
-        if let Some(n_head) = permutation_heads(&self.config, name) {
-            let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
+        let transform = if hf_rows {
+            loc.transform.elementwise()
+        } else {
+            loc.transform
+        };
+        let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
+        if let Transform::Permute(n_head) = transform {
             if rows % (2 * n_head) != 0 {
                 return Err(Error::tensor(
                     f.path(),
@@ -265,8 +287,8 @@ impl HfCheckpoint {
                     format!("{rows} rows do not split into {n_head} heads"),
                 ));
             }
-            v = permute_rows(&v, rows, cols, n_head, false);
         }
+        v = transform.to_gguf(v, rows, cols);
         Ok(v)
     }
 

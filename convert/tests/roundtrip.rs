@@ -121,7 +121,7 @@ fn check_roundtrip(spec: &TinySpec) {
     let cfg = src.config();
     // Every GGUF tensor equals the checkpoint's, permuted where llama.cpp permutes.
     for t in &g.tensors {
-        let hf = gguf_to_hf(&t.name).unwrap();
+        let hf = gguf_to_hf(cfg, &t.name).unwrap();
         let mut want = stored(spec, &hf);
         if let Some(n) = permutation_heads(cfg, &t.name) {
             want = permute_rows(&want, t.n_rows(), t.row_len(), n, false);

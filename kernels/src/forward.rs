@@ -1,15 +1,20 @@
-//! The Llama-family forward pass, in the spirit of llama2.c's `forward`: one readable function,
-//! every buffer preallocated in [`State`], no allocation per token.
+//! The decoder forward pass, in the spirit of llama2.c's `forward`: one readable function,
+//! every buffer preallocated in [`State`], no allocation per token. One function serves every
+//! architecture kiln runs; the bracketed steps are the switches of [`Config`] and the optional
+//! tensors of [`crate::Layer`] (Gemma 3 uses all of them, Llama none).
 //!
 //! ```text
-//! x = embed(tokens)                                   [T, dim]
-//! for each layer:
+//! x = embed(tokens) [· embed_scale]                   [T, dim]
+//! for each layer l:
 //!     h = rmsnorm(x) · attn_norm
-//!     q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)   rope(q), rope(k); k, v → cache
-//!     x += attention(q, cache; causal, optional block mask) · Woᵀ
+//!     q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)   [per-head rmsnorm(q)·q_norm, k likewise]
+//!     rope(q), rope(k) with layer l's base;  k, v → cache (a ring of window slots when windowed)
+//!     a = attention(q, cache; causal, [window of layer l], [block mask]) · Woᵀ
+//!     x += a [→ rmsnorm(a) · post_attn_norm]
 //!     h = rmsnorm(x) · ffn_norm
-//!     x += (silu(h·Wgateᵀ) ⊙ h·Wupᵀ) · Wdownᵀ
-//! logits = (rmsnorm(x) · output_norm) · Woutputᵀ
+//!     f = (act(h·Wgateᵀ) ⊙ h·Wupᵀ) · Wdownᵀ            act: SiLU or GELU-tanh
+//!     x += f [→ rmsnorm(f) · post_ffn_norm]
+//! logits = (rmsnorm(x) · output_norm) · Woutputᵀ     [→ c·tanh(logits / c)]
 //! ```
 //!
 //! A batch of tokens (prefill) goes through the batched matmul; one token (decode) is the same
@@ -19,7 +24,7 @@
 use crate::dot;
 use crate::mask::BlockMask;
 use crate::matmul::{matmul, MatmulMode, MatmulScratch};
-use crate::model::{Config, MatKind, Model, RopeStyle};
+use crate::model::{Activation, Config, MatKind, Model, RopeStyle};
 
 /// Sees the forward pass from inside. Every method has an empty default.
 pub trait Observer: Sync {
@@ -116,19 +121,23 @@ pub struct State {
     /// perplexity and imatrix tools run that way); off, the cache keeps f32.
     pub kv_f16: bool,
     kv_dim: usize,
-    k_cache: Vec<f32>,  // [n_layers, n_kv_heads, head_dim, max_ctx] keys transposed
-    v_cache: Vec<f32>,  // [n_layers, max_ctx, kv_dim]
-    x: Acts,            // [max_batch, dim] residual stream
-    xb: Acts,           // [max_batch, dim] normed input / projection output
-    q: Acts,            // [max_batch, n_heads·head_dim]
-    k: Acts,            // [max_batch, kv_dim]
-    v: Acts,            // [max_batch, kv_dim]
-    att: Acts,          // [max_batch, n_heads·head_dim] attention output
-    scores: Vec<f32>,   // [n_heads · ATTENTION_CHUNKS · QUERY_TILE, max_ctx] rows per task
-    hb: Acts,           // [max_batch, ffn_dim]
-    hb2: Acts,          // [max_batch, ffn_dim]
-    rope_cos: Vec<f32>, // [max_ctx, head_dim/2]
-    rope_sin: Vec<f32>, // [max_ctx, head_dim/2]
+    /// Per layer: (offset of its cache in `k_cache` / `v_cache`, slots). A global layer has
+    /// `max_ctx` slots; a windowed one a ring of `window − 1 + max_batch` (rounded up to
+    /// [`dot::ATT_LANES`]) when that is fewer: position `p` lives in slot `p % slots`.
+    caches: Vec<(usize, usize)>,
+    k_cache: Vec<f32>, // per layer [n_kv_heads, head_dim, slots]: keys transposed
+    v_cache: Vec<f32>, // per layer [slots, kv_dim]
+    x: Acts,           // [max_batch, dim] residual stream
+    xb: Acts,          // [max_batch, dim] normed input / projection output
+    q: Acts,           // [max_batch, n_heads·head_dim]
+    k: Acts,           // [max_batch, kv_dim]
+    v: Acts,           // [max_batch, kv_dim]
+    att: Acts,         // [max_batch, n_heads·head_dim] attention output
+    scores: Vec<f32>,  // [n_heads · ATTENTION_CHUNKS · QUERY_TILE, max_ctx] rows per task
+    hb: Acts,          // [max_batch, max(ffn_dim, dim)]: gate; the post-norms' scratch
+    hb2: Acts,         // [max_batch, ffn_dim]
+    ropes: Vec<Rope>,  // one table per (base, scale) the layers use
+    layer_rope: Vec<usize>, // layer → index into `ropes`
     /// Logits of the last call: `[n, vocab]` rows for the positions asked for.
     pub logits: Vec<f32>,
     /// Time spent in attention (scores, softmax, values) since the state was made; for the
@@ -137,23 +146,66 @@ pub struct State {
     scratch: MatmulScratch,
 }
 
+/// RoPE angles of one base and scale: `cos`, `sin` of `p / scale · base^(−2i/head_dim)`,
+/// computed in f64 and rounded once.
+#[derive(Debug)]
+struct Rope {
+    key: (u32, u32),
+    cos: Vec<f32>, // [max_ctx, head_dim/2]
+    sin: Vec<f32>, // [max_ctx, head_dim/2]
+}
+
+impl Rope {
+    fn new(theta: f32, scale: f32, head_dim: usize, max_ctx: usize) -> Self {
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; max_ctx * half];
+        let mut sin = vec![0f32; max_ctx * half];
+        for p in 0..max_ctx {
+            let pos = p as f64 / scale as f64;
+            for i in 0..half {
+                let f = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                let a = pos * f;
+                cos[p * half + i] = a.cos() as f32;
+                sin[p * half + i] = a.sin() as f32;
+            }
+        }
+        Rope {
+            key: (theta.to_bits(), scale.to_bits()),
+            cos,
+            sin,
+        }
+    }
+}
+
 impl State {
     /// Buffers for `model` holding `max_ctx` positions, `max_batch` tokens per call.
     pub fn new(c: &Config, max_ctx: usize, max_batch: usize) -> Self {
         let max_batch = max_batch.clamp(1, max_ctx.max(1));
         let kv_dim = c.n_kv_heads * c.head_dim;
         let q_dim = c.n_heads * c.head_dim;
-        let half = c.head_dim / 2;
-        let mut rope_cos = vec![0f32; max_ctx * half];
-        let mut rope_sin = vec![0f32; max_ctx * half];
-        for p in 0..max_ctx {
-            let pos = p as f64 / c.rope_scale as f64;
-            for i in 0..half {
-                let theta = (c.rope_theta as f64).powf(-2.0 * i as f64 / c.head_dim as f64);
-                let a = pos * theta;
-                rope_cos[p * half + i] = a.cos() as f32;
-                rope_sin[p * half + i] = a.sin() as f32;
-            }
+        let mut ropes: Vec<Rope> = Vec::new();
+        let mut layer_rope = Vec::with_capacity(c.n_layers);
+        let mut caches = Vec::with_capacity(c.n_layers);
+        let mut cache_len = 0;
+        for l in 0..c.n_layers {
+            let (theta, scale) = c.rope(l);
+            let key = (theta.to_bits(), scale.to_bits());
+            let i = match ropes.iter().position(|r| r.key == key) {
+                Some(i) => i,
+                None => {
+                    ropes.push(Rope::new(theta, scale, c.head_dim, max_ctx));
+                    ropes.len() - 1
+                }
+            };
+            layer_rope.push(i);
+            let slots = match c.window(l) {
+                Some(w) => (w - 1 + max_batch)
+                    .next_multiple_of(dot::ATT_LANES)
+                    .min(max_ctx),
+                None => max_ctx,
+            };
+            caches.push((cache_len, slots));
+            cache_len += slots * kv_dim;
         }
         State {
             max_ctx,
@@ -161,8 +213,9 @@ impl State {
             pos: 0,
             kv_f16: false,
             kv_dim,
-            k_cache: vec![0.0; c.n_layers * max_ctx * kv_dim],
-            v_cache: vec![0.0; c.n_layers * max_ctx * kv_dim],
+            caches,
+            k_cache: vec![0.0; cache_len],
+            v_cache: vec![0.0; cache_len],
             x: Acts::new(max_batch * c.dim),
             xb: Acts::new(max_batch * c.dim),
             q: Acts::new(max_batch * q_dim),
@@ -170,10 +223,10 @@ impl State {
             v: Acts::new(max_batch * kv_dim),
             att: Acts::new(max_batch * q_dim),
             scores: vec![0.0; c.n_heads * ATTENTION_CHUNKS * QUERY_TILE * max_ctx],
-            hb: Acts::new(max_batch * c.ffn_dim),
+            hb: Acts::new(max_batch * c.ffn_dim.max(c.dim)),
             hb2: Acts::new(max_batch * c.ffn_dim),
-            rope_cos,
-            rope_sin,
+            ropes,
+            layer_rope,
             logits: Vec::with_capacity(c.vocab),
             attention_time: std::time::Duration::ZERO,
             scratch: MatmulScratch::default(),
@@ -183,6 +236,11 @@ impl State {
     /// Empties the cache (the next token is at position 0).
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Floats held by the key and value caches (windowed layers hold only their ring).
+    pub fn cache_floats(&self) -> usize {
+        self.k_cache.len() + self.v_cache.len()
     }
 }
 
@@ -309,6 +367,46 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// GELU with the tanh approximation, as PyTorch computes `gelu(x, approximate="tanh")` in f32
+/// (`GeluKernelImpl`): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const BETA: f32 = (std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::SQRT_2 * 0.5) as f32;
+    const KAPPA: f32 = 0.044715;
+    let cube = x * x * x;
+    let inner = BETA * (x + KAPPA * cube);
+    0.5 * x * (1.0 + inner.tanh())
+}
+
+/// `x = rmsnorm(x) · w` for every head of every token row (per-head Q/K norms).
+fn norm_heads(x: &mut [f32], head_dim: usize, w: &[f32], eps: f32) {
+    let xp = Rows(x.as_mut_ptr());
+    let len = x.len();
+    let heads = len / head_dim;
+    par_tokens(heads, &|range| {
+        let mut tmp = [0f32; 1024];
+        for h in range {
+            // SAFETY: head h's values are this task's alone.
+            let v = unsafe { xp.row(h * head_dim, head_dim) };
+            if head_dim <= tmp.len() {
+                let t = &mut tmp[..head_dim];
+                t.copy_from_slice(v);
+                rmsnorm(v, t, w, eps);
+            } else {
+                let t = v.to_vec();
+                rmsnorm(v, &t, w, eps);
+            }
+        }
+    });
+}
+
+/// `x = rmsnorm(x) · w` in place for every token row of `dim` floats, using `tmp`.
+fn norm_rows_in_place(x: &mut [f32], tmp: &mut [f32], dim: usize, w: &[f32], eps: f32) {
+    let n = x.len();
+    tmp[..n].copy_from_slice(x);
+    norm_rows(&tmp[..n], x, dim, w, eps);
+}
+
 /// Runs `tokens` (positions `state.pos ..`) through `model`, appending to the cache. Logits
 /// for the positions `logits` asks for land in `state.logits`.
 pub fn forward<O: Observer>(
@@ -356,9 +454,11 @@ pub fn forward<O: Observer>(
         }
         None => {
             for (t, &tok) in tokens.iter().enumerate() {
-                model
-                    .token_embd
-                    .row_f32(tok as usize, &mut state.x[t * dim..(t + 1) * dim]);
+                let row = &mut state.x[t * dim..(t + 1) * dim];
+                model.token_embd.row_f32(tok as usize, row);
+                if c.embed_scale != 1.0 {
+                    row.iter_mut().for_each(|v| *v *= c.embed_scale);
+                }
             }
             0
         }
@@ -403,6 +503,12 @@ pub fn forward<O: Observer>(
         add_bias(&mut state.q[..n * q_dim], &layer.bq);
         add_bias(&mut state.k[..n * kv_dim], &layer.bk);
         add_bias(&mut state.v[..n * kv_dim], &layer.bv);
+        if let Some(w) = &layer.q_norm {
+            norm_heads(&mut state.q[..n * q_dim], hd, w, c.rms_eps);
+        }
+        if let Some(w) = &layer.k_norm {
+            norm_heads(&mut state.k[..n * kv_dim], hd, w, c.rms_eps);
+        }
         {
             // Each token rotates its own q and k rows and writes its own cache rows.
             let (qp, kp) = (Rows(state.q.as_mut_ptr()), Rows(state.k.as_mut_ptr()));
@@ -410,8 +516,10 @@ pub fn forward<O: Observer>(
                 Rows(state.k_cache.as_mut_ptr()),
                 Rows(state.v_cache.as_mut_ptr()),
             );
-            let (v, cos, sin) = (&state.v[..n * kv_dim], &state.rope_cos, &state.rope_sin);
-            let (max_ctx, kv_f16, style) = (state.max_ctx, state.kv_f16, c.rope_style);
+            let table = &state.ropes[state.layer_rope[l]];
+            let (v, cos, sin) = (&state.v[..n * kv_dim], &table.cos, &table.sin);
+            let (off, slots) = state.caches[l];
+            let (kv_f16, style) = (state.kv_f16, c.rope_style);
             par_tokens(n, &|range| {
                 for t in range {
                     let p = pos0 + t;
@@ -419,7 +527,8 @@ pub fn forward<O: Observer>(
                         &cos[p * half..(p + 1) * half],
                         &sin[p * half..(p + 1) * half],
                     );
-                    let at = (l * max_ctx + p) * kv_dim;
+                    let slot = p % slots;
+                    let at = off + slot * kv_dim;
                     // SAFETY: token t's rows of q and k, and cache entries at position p, are
                     // written by this task alone and lie inside their buffers.
                     let (q, k, vcr) = unsafe {
@@ -440,13 +549,12 @@ pub fn forward<O: Observer>(
                         }
                     };
                     vcr.iter_mut().for_each(|x| *x = round(*x));
-                    // Keys go in transposed: element e of kv head g is row (l·n_kv + g)·hd + e,
-                    // and kv_dim = n_kv·hd, so the row is l·kv_dim + i for i in 0..kv_dim.
+                    // Keys go in transposed: element e of kv head g is row g·hd + e of the
+                    // layer's cache, i.e. row i for i in 0..kv_dim, `slots` floats per row.
                     for (i, &x) in k.iter().enumerate() {
-                        // SAFETY: column p of the row, this token's alone.
-                        unsafe {
-                            *kc.row((l * kv_dim + i) * max_ctx + p, 1).as_mut_ptr() = round(x)
-                        };
+                        // SAFETY: column `slot` of the row, this token's alone (the batch's
+                        // positions are fewer than the slots, so no two share a slot).
+                        unsafe { *kc.row(off + i * slots + slot, 1).as_mut_ptr() = round(x) };
                     }
                 }
             });
@@ -463,6 +571,9 @@ pub fn forward<O: Observer>(
             &mut state.scratch,
             mode,
         );
+        if let Some(w) = &layer.post_attn_norm {
+            norm_rows_in_place(&mut state.xb[..n * dim], &mut state.hb, dim, w, c.rms_eps);
+        }
         add_rows(&mut state.x[..n * dim], &state.xb[..n * dim], dim);
 
         // Feed-forward block.
@@ -494,11 +605,22 @@ pub fn forward<O: Observer>(
         {
             let hb = Rows(state.hb.as_mut_ptr());
             let hb2 = &state.hb2[..n * f];
+            let act = c.act;
             par_tokens(n, &|range| {
                 // SAFETY: the rows of `range` are this task's alone, inside `hb`.
                 let g = unsafe { hb.row(range.start * f, range.len() * f) };
-                for (g, &u) in g.iter_mut().zip(&hb2[range.start * f..range.end * f]) {
-                    *g = silu(*g) * u;
+                let u = &hb2[range.start * f..range.end * f];
+                match act {
+                    Activation::Silu => {
+                        for (g, &u) in g.iter_mut().zip(u) {
+                            *g = silu(*g) * u;
+                        }
+                    }
+                    Activation::GeluTanh => {
+                        for (g, &u) in g.iter_mut().zip(u) {
+                            *g = gelu_tanh(*g) * u;
+                        }
+                    }
                 }
             });
         }
@@ -511,6 +633,9 @@ pub fn forward<O: Observer>(
             &mut state.scratch,
             mode,
         );
+        if let Some(w) = &layer.post_ffn_norm {
+            norm_rows_in_place(&mut state.xb[..n * dim], &mut state.hb, dim, w, c.rms_eps);
+        }
         add_rows(&mut state.x[..n * dim], &state.xb[..n * dim], dim);
     }
     obs.layer_input(model.layers.len(), &state.x[..n * dim], n);
@@ -543,6 +668,12 @@ pub fn forward<O: Observer>(
             &mut state.scratch,
             mode,
         );
+        if let Some(cap) = c.final_softcap {
+            state
+                .logits
+                .iter_mut()
+                .for_each(|v| *v = (*v / cap).tanh() * cap);
+        }
     }
     Ok(())
 }
@@ -551,12 +682,19 @@ pub fn forward<O: Observer>(
 ///
 /// Queries go in tiles of up to [`QUERY_TILE`] consecutive tokens of one head: their scores
 /// against the transposed key cache come from one pass over the keys, then each query's
-/// softmax (max, exponentials summed in lanes tied to key positions, see [`dot::attn_exp`]),
-/// then the weighted values of the whole tile from one pass over the value rows, normalized
-/// at the end. A key the newest query may see but an older one may not gets weight 0 in the
-/// older query's row, which leaves its sums exactly as they were, and every step is the same
-/// per-query arithmetic whatever the tile: a query gives the same bits alone (decode) or in
-/// any batch. Key blocks a mask excludes are skipped: no scores, no exponentials, no values.
+/// softmax (max, exponentials summed in lanes tied to key slots, see [`dot::attn_exp`]), then
+/// the weighted values of the whole tile from one pass over the value rows, normalized at the
+/// end. A key the tile covers but a query may not see — newer than it, or older than its
+/// window — gets weight 0 in that query's row, which leaves its sums exactly as they were,
+/// and every step is the same per-query arithmetic whatever the tile: a query gives the same
+/// bits alone (decode) or in any batch.
+///
+/// One path serves dense, windowed and block-masked attention: the keys a query sees are the
+/// causal range, cut at token granularity to the layer's window, minus the key blocks a mask
+/// excludes (skipped: no scores, no exponentials, no values). Key positions map to cache slots
+/// (`p % slots`, a ring for windowed layers); a range that wraps is taken as its two pieces in
+/// position order, and the slot count is a multiple of the lanes, so the arithmetic is the
+/// same as without a ring.
 fn attention<O: Observer>(
     model: &Model,
     state: &mut State,
@@ -572,11 +710,15 @@ fn attention<O: Observer>(
     let group = c.n_heads / c.n_kv_heads;
     let pos0 = state.pos;
     let max_ctx = state.max_ctx;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let kc = &state.k_cache[l * kv_dim * max_ctx..(l + 1) * kv_dim * max_ctx];
-    let vc = &state.v_cache[l * max_ctx * kv_dim..(l + 1) * max_ctx * kv_dim];
+    let scale = c.attention_scale();
+    let window = c.window(l);
+    let (off, slots) = state.caches[l];
+    let kc = &state.k_cache[off..off + kv_dim * slots];
+    let vc = &state.v_cache[off..off + slots * kv_dim];
     let q = &state.q;
     let watch = obs.wants_attention();
+    // The oldest position query `p` sees.
+    let lo = |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
     // Each task owns QUERY_TILE scores rows; each head writes only its own columns of `att`.
     let att_ptr = AttOut(state.att.as_mut_ptr());
     let scores_ptr = AttOut(state.scores.as_mut_ptr());
@@ -592,8 +734,8 @@ fn attention<O: Observer>(
             _ => (None, usize::MAX),
         };
         let kt = dot::Strided {
-            data: &kc[g * hd * max_ctx..(g + 1) * hd * max_ctx],
-            stride: max_ctx,
+            data: &kc[g * hd * slots..(g + 1) * hd * slots],
+            stride: slots,
         };
         let vs = dot::Strided {
             data: &vc[g * hd..],
@@ -606,23 +748,38 @@ fn attention<O: Observer>(
             let block_end = (p0 / block).saturating_add(1).saturating_mul(block) - pos0;
             let nq = QUERY_TILE.min(ts.end - t).min(block_end - t);
             let last = p0 + nq - 1;
-            // The key ranges the tile may see, up to its newest query: adjacent allowed
-            // blocks merged, so a dense pattern is the single range 0..=last.
+            // The cache slots of the key positions `from..end` a query of the tile may see:
+            // the mask's allowed blocks (adjacent ones merged, so a dense pattern is one
+            // range), each split where the ring wraps, in position order.
             let for_each_range =
-                |end: usize, f: &mut dyn FnMut(std::ops::Range<usize>)| match pattern {
-                    None => f(0..end),
-                    Some(pat) => {
-                        let qb = p0 / block;
-                        let mut open: Option<usize> = None;
-                        for kb in 0..=qb {
-                            if pat.allows(qb, kb) {
-                                open.get_or_insert(kb * block);
-                            } else if let Some(a) = open.take() {
-                                f(a..(kb * block).min(end));
-                            }
+                |from: usize, end: usize, f: &mut dyn FnMut(std::ops::Range<usize>)| {
+                    let mut emit = |a: usize, b: usize| {
+                        if a >= b {
+                            return;
                         }
-                        if let Some(a) = open {
-                            f(a..end);
+                        let (sa, len) = (a % slots, b - a);
+                        if sa + len <= slots {
+                            f(sa..sa + len);
+                        } else {
+                            f(sa..slots);
+                            f(0..sa + len - slots);
+                        }
+                    };
+                    match pattern {
+                        None => emit(from, end),
+                        Some(pat) => {
+                            let qb = p0 / block;
+                            let mut open: Option<usize> = None;
+                            for kb in 0..=qb {
+                                if pat.allows(qb, kb) {
+                                    open.get_or_insert(kb * block);
+                                } else if let Some(a) = open.take() {
+                                    emit(a.max(from), (kb * block).min(end));
+                                }
+                            }
+                            if let Some(a) = open {
+                                emit(a.max(from), end);
+                            }
                         }
                     }
                 };
@@ -630,12 +787,8 @@ fn attention<O: Observer>(
                 data: &q[t * q_dim + h * hd..],
                 stride: q_dim,
             };
-            if watch && pattern.is_some() {
-                for j in 0..nq {
-                    scores[j * max_ctx..j * max_ctx + p0 + j + 1].fill(0.0);
-                }
-            }
-            for_each_range(last + 1, &mut |keys| {
+            let first = lo(p0);
+            for_each_range(first, last + 1, &mut |keys| {
                 let out = dot::StridedMut {
                     data: &mut *scores,
                     stride: max_ctx,
@@ -647,12 +800,17 @@ fn attention<O: Observer>(
                 let p = p0 + j;
                 let row = &mut scores[j * max_ctx..(j + 1) * max_ctx];
                 let mut max = f32::NEG_INFINITY;
-                for_each_range(p + 1, &mut |keys| max = max.max(dot::max_f32(&row[keys])));
+                for_each_range(lo(p), p + 1, &mut |keys| {
+                    max = max.max(dot::max_f32(&row[keys]))
+                });
                 let mut lanes = [0f32; dot::ATT_LANES];
-                for_each_range(p + 1, &mut |keys| dot::attn_exp(row, keys, max, &mut lanes));
+                for_each_range(lo(p), p + 1, &mut |keys| {
+                    dot::attn_exp(row, keys, max, &mut lanes)
+                });
                 *inv = 1.0 / dot::lanes_sum(&lanes);
-                // Keys only newer queries of the tile see weigh nothing here.
-                row[p + 1..=last].fill(0.0);
+                // Keys the tile covers that this query does not see weigh nothing here.
+                for_each_range(first, lo(p), &mut |keys| row[keys].fill(0.0));
+                for_each_range(p + 1, last + 1, &mut |keys| row[keys].fill(0.0));
             }
             // SAFETY: head h writes only att[t.., h·hd .. (h+1)·hd], disjoint across heads
             // and across the tasks of one head (different tokens).
@@ -662,7 +820,7 @@ fn attention<O: Observer>(
             for j in 0..nq {
                 out_all[j * q_dim..j * q_dim + hd].fill(0.0);
             }
-            for_each_range(last + 1, &mut |keys| {
+            for_each_range(first, last + 1, &mut |keys| {
                 let p = dot::Strided {
                     data: &*scores,
                     stride: max_ctx,
@@ -678,12 +836,22 @@ fn attention<O: Observer>(
                     .iter_mut()
                     .for_each(|o| *o *= inv);
                 if watch {
+                    // The observer sees probabilities by key position 0..=p, zero where the
+                    // window or the mask excluded the key.
                     let p = p0 + j;
-                    let row = &mut scores[j * max_ctx..j * max_ctx + p + 1];
-                    for_each_range(p + 1, &mut |keys| {
-                        row[keys].iter_mut().for_each(|w| *w *= inv)
+                    let row = &scores[j * max_ctx..(j + 1) * max_ctx];
+                    let mut probs = vec![0f32; p + 1];
+                    let mut at = lo(p);
+                    for_each_range(lo(p), p + 1, &mut |keys| {
+                        // Ranges come in position order; skip what the mask left out.
+                        let start = keys.start;
+                        let pos = position_of(start, at, slots);
+                        for (k, &w) in keys.clone().zip(&row[keys.clone()]) {
+                            probs[pos + (k - start)] = w * inv;
+                        }
+                        at = pos + keys.len();
                     });
-                    obs.attention(l, h, p, row);
+                    obs.attention(l, h, p, &probs);
                 }
             }
             t += nq;
@@ -707,6 +875,16 @@ fn attention<O: Observer>(
         let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(i * len), len) };
         rows(h, k * per..((k + 1) * per).min(n), scores);
     });
+}
+
+/// The key position held in `slot`, the first position at or after `from` that maps to it.
+fn position_of(slot: usize, from: usize, slots: usize) -> usize {
+    let s = from % slots;
+    if slot >= s {
+        from + (slot - s)
+    } else {
+        from + (slots - s) + slot
+    }
 }
 
 /// The most query chunks attention splits one head's batch into.

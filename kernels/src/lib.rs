@@ -21,5 +21,7 @@ pub mod team;
 pub use forward::{forward, ForwardError, ForwardOptions, Logits, NoObserver, Observer, State};
 pub use mask::{BlockMask, HeadPattern};
 pub use matmul::MatmulMode;
-pub use model::{Config, Layer, MatKind, Model, RopeStyle, Storage, Weight};
+pub use model::{
+    Activation, Config, Layer, MatKind, Model, RopeStyle, SlidingWindow, Storage, Weight,
+};
 pub use simd::{force_scalar, SimdLevel};

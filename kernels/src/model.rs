@@ -1,6 +1,8 @@
-//! The model kiln runs: a Llama-family decoder whose weights can each be of any type kiln
-//! handles, held zero-copy in whatever storage the loader provides (a memory-mapped GGUF or
-//! safetensors file, or owned memory).
+//! The model kiln runs: a pre-norm decoder (Llama, Qwen2, Gemma 3 …) whose weights can each be
+//! of any type kiln handles, held zero-copy in whatever storage the loader provides (a
+//! memory-mapped GGUF or safetensors file, or owned memory). What differs between
+//! architectures reaches the forward as the switches of [`Config`] and the optional tensors
+//! of [`Layer`]; which values they take is decided by each architecture's module in `convert`.
 
 use std::sync::Arc;
 
@@ -27,6 +29,32 @@ pub enum RopeStyle {
     /// Halves (x[i], x[i + d/2]): Hugging Face's `rotate_half`, and qwen2 in GGUF
     /// (`GGML_ROPE_TYPE_NEOX`).
     Neox,
+}
+
+/// The gate activation of the feed-forward (`act(x·Wgateᵀ) ⊙ x·Wupᵀ`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// `x·σ(x)` (SwiGLU: Llama, Qwen2).
+    #[default]
+    Silu,
+    /// GELU, tanh approximation (GeGLU: Gemma; PyTorch's `gelu(approximate="tanh")`).
+    GeluTanh,
+}
+
+/// Sliding-window attention: which layers see only the most recent `window` positions
+/// (their own included), and the RoPE base those layers use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a query of a windowed layer sees, its own included (query `p` sees keys
+    /// `p − window + 1 ..= p`).
+    pub window: usize,
+    /// `layers[l]`: layer `l` is windowed.
+    pub layers: Vec<bool>,
+    /// RoPE base of the windowed layers.
+    pub rope_theta: f32,
+    /// RoPE position divisor of the windowed layers (1 = none; Gemma's local layers are
+    /// unscaled).
+    pub rope_scale: f32,
 }
 
 /// Hyper-parameters of the forward pass.
@@ -56,6 +84,74 @@ pub struct Config {
     pub rope_style: RopeStyle,
     /// Training context length (the longest sequence the model is meant for).
     pub max_ctx: usize,
+    /// Gate activation of the feed-forward.
+    pub act: Activation,
+    /// The embedding rows are multiplied by this (Gemma: √dim); 1 = none.
+    pub embed_scale: f32,
+    /// `q·k` is multiplied by this; `None` is 1/√head_dim.
+    pub attn_scale: Option<f32>,
+    /// Logits become `c·tanh(logit / c)` (Gemma's final soft-capping).
+    pub final_softcap: Option<f32>,
+    /// Sliding-window layers, if any.
+    pub swa: Option<SlidingWindow>,
+}
+
+impl Config {
+    /// A Llama-style configuration: SwiGLU, no embedding scale, 1/√head_dim attention, every
+    /// layer global; the other switches at their neutral values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn llama(
+        dim: usize,
+        ffn_dim: usize,
+        n_layers: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        vocab: usize,
+        max_ctx: usize,
+    ) -> Self {
+        Config {
+            dim,
+            ffn_dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab,
+            rms_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scale: 1.0,
+            rope_style: RopeStyle::Neox,
+            max_ctx,
+            act: Activation::Silu,
+            embed_scale: 1.0,
+            attn_scale: None,
+            final_softcap: None,
+            swa: None,
+        }
+    }
+
+    /// The window of layer `l`, if it is a sliding-window layer.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.swa
+            .as_ref()
+            .filter(|s| s.layers.get(l).copied().unwrap_or(false))
+            .map(|s| s.window)
+    }
+
+    /// The RoPE base and position divisor of layer `l`.
+    pub fn rope(&self, l: usize) -> (f32, f32) {
+        match &self.swa {
+            Some(s) if s.layers.get(l).copied().unwrap_or(false) => (s.rope_theta, s.rope_scale),
+            _ => (self.rope_theta, self.rope_scale),
+        }
+    }
+
+    /// The multiplier of `q·k`.
+    pub fn attention_scale(&self) -> f32 {
+        self.attn_scale
+            .unwrap_or_else(|| 1.0 / (self.head_dim as f32).sqrt())
+    }
 }
 
 /// A weight matrix `[rows, cols]` (row-major: each row is `cols` values of `ty`), or a vector
@@ -189,6 +285,13 @@ pub struct Layer {
     pub w_up: Weight,
     /// SwiGLU down, `[dim, ffn_dim]`.
     pub w_down: Weight,
+    /// Per-head RMSNorm weights of q and k before RoPE (Gemma 3, Qwen3), `[head_dim]`.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// RMSNorm weights applied to the attention and feed-forward outputs before they join
+    /// the residual stream (Gemma 2/3's post-norms), `[dim]`.
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub post_ffn_norm: Option<Vec<f32>>,
 }
 
 /// A whole model.
@@ -258,6 +361,9 @@ impl Model {
         if c.n_kv_heads == 0
             || !c.n_heads.is_multiple_of(c.n_kv_heads)
             || !c.head_dim.is_multiple_of(2)
+            || c.swa
+                .as_ref()
+                .is_some_and(|s| s.window == 0 || s.layers.len() != c.n_layers)
         {
             return Err(WeightError {
                 what: "config".into(),
@@ -290,6 +396,10 @@ impl Model {
                 (&l.bq, q, "attn_q.bias"),
                 (&l.bk, kv, "attn_k.bias"),
                 (&l.bv, kv, "attn_v.bias"),
+                (&l.q_norm, c.head_dim, "attn_q_norm"),
+                (&l.k_norm, c.head_dim, "attn_k_norm"),
+                (&l.post_attn_norm, c.dim, "post_attention_norm"),
+                (&l.post_ffn_norm, c.dim, "post_ffw_norm"),
             ] {
                 if let Some(b) = b {
                     vec(b, len, n(s))?;
@@ -309,6 +419,13 @@ impl Model {
                 n += w.bytes().len();
             }
             n += 4 * (l.attn_norm.len() + l.ffn_norm.len());
+            for v in [&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm]
+                .into_iter()
+                .chain([&l.post_attn_norm, &l.post_ffn_norm])
+                .flatten()
+            {
+                n += 4 * v.len();
+            }
         }
         n
     }

@@ -50,6 +50,7 @@ fn model(types: &[GgmlType], rope: RopeStyle, bias: bool) -> Model {
         rope_scale: 1.0,
         rope_style: rope,
         max_ctx: 512,
+        ..Config::llama(0, 0, 0, 0, 0, 0, 0, 0)
     };
     let mut k = 0;
     let mut next = || {
@@ -72,6 +73,10 @@ fn model(types: &[GgmlType], rope: RopeStyle, bias: bool) -> Model {
             w_gate: weight("gate", next(), 512, 256, s + 10),
             w_up: weight("up", next(), 512, 256, s + 11),
             w_down: weight("down", next(), 256, 512, s + 12),
+            q_norm: None,
+            k_norm: None,
+            post_attn_norm: None,
+            post_ffn_norm: None,
         });
     }
     let m = Model {

@@ -58,6 +58,7 @@ fn simd_and_scalar_forward_agree_on_every_weight_type() {
             rope_scale: 1.0,
             rope_style: RopeStyle::Adjacent,
             max_ctx: 64,
+            ..Config::llama(0, 0, 0, 0, 0, 0, 0, 0)
         };
         let layers = (0..2)
             .map(|l| Layer {
@@ -73,6 +74,10 @@ fn simd_and_scalar_forward_agree_on_every_weight_type() {
                 w_gate: w(512, 256, l + 5),
                 w_up: w(512, 256, l + 6),
                 w_down: w(256, 512, l + 7),
+                q_norm: None,
+                k_norm: None,
+                post_attn_norm: None,
+                post_ffn_norm: None,
             })
             .collect();
         let m = Model {

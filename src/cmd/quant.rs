@@ -8,7 +8,7 @@ use calibrate::{CalibOptions, Imatrix};
 use convert::convert::{write_model, PlannedTensor, WriteOptions};
 use convert::gguf::Value;
 use convert::ModelSource;
-use quantize::mix::{self, Ftype, MixOptions, ModelFacts, TensorDesc};
+use quantize::mix::{self, Ftype, MixOptions, TensorDesc};
 use quantize::GgmlType;
 
 use super::human_bytes;
@@ -236,12 +236,8 @@ pub fn plan(
     opts: &MixOptions,
 ) -> Result<(Vec<mix::Choice>, Vec<TensorDesc>, u64, u64)> {
     let c = src.config();
-    let facts = ModelFacts {
-        n_layer: c.n_layers,
-        n_head: c.n_heads,
-        n_head_kv: c.n_kv_heads,
-        is_llama_arch: c.arch.gguf_arch() == "llama",
-    };
+    // llama.cpp's per-architecture rules look at these (the architecture's module says).
+    let facts = c.arch.family().mix_facts(c);
     let descs: Vec<TensorDesc> = src
         .tensors()
         .iter()

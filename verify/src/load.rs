@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use convert::arch::Transform;
 use convert::source::{HfCheckpoint, ModelSource};
-use convert::{Arch, GgmlType, ModelConfig};
-use kernels::{Config, Layer, Model, RopeStyle, Storage, Weight};
+use convert::{Activation, GgmlType, ModelConfig};
+use kernels::{Config, Layer, Model, RopeStyle, SlidingWindow, Storage, Weight};
 
 /// What can go wrong loading.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,8 @@ impl Storage for ShardStorage {
     }
 }
 
-fn kernel_config(c: &ModelConfig, rope_style: RopeStyle) -> Config {
+/// The kernel's switches for a configuration, as its architecture's module set them.
+pub fn kernel_config(c: &ModelConfig, rope_style: RopeStyle) -> Config {
     Config {
         dim: c.hidden_size,
         ffn_dim: c.intermediate_size,
@@ -51,6 +53,25 @@ fn kernel_config(c: &ModelConfig, rope_style: RopeStyle) -> Config {
         rope_scale: c.rope_scaling_linear.unwrap_or(1.0),
         rope_style,
         max_ctx: c.context_length,
+        act: match c.act {
+            Activation::Silu => kernels::Activation::Silu,
+            Activation::GeluTanh => kernels::Activation::GeluTanh,
+        },
+        embed_scale: c.embed_scale.unwrap_or(1.0),
+        attn_scale: c.query_pre_attn_scalar.map(|_| c.attention_scale()),
+        final_softcap: c.final_logit_softcap,
+        swa: c.sliding_window.map(|window| SlidingWindow {
+            window,
+            layers: c.swa_layers.clone(),
+            // Local layers run unscaled RoPE with their own base (Gemma 3), or the global
+            // base and scaling when the architecture has no separate one (Mistral).
+            rope_theta: c.rope_theta_swa.unwrap_or(c.rope_theta),
+            rope_scale: if c.rope_theta_swa.is_some() {
+                1.0
+            } else {
+                c.rope_scaling_linear.unwrap_or(1.0)
+            },
+        }),
     }
 }
 
@@ -103,6 +124,22 @@ fn build(
     for i in 0..c.n_layers {
         let mut w = |s: &str| need(&format!("blk.{i}.{s}"));
         let bias = c.qkv_bias;
+        let (q_norm, k_norm) = if c.qk_norm {
+            (
+                Some(w("attn_q_norm.weight")?.to_f32()),
+                Some(w("attn_k_norm.weight")?.to_f32()),
+            )
+        } else {
+            (None, None)
+        };
+        let (post_attn_norm, post_ffn_norm) = if c.post_norms {
+            (
+                Some(w("post_attention_norm.weight")?.to_f32()),
+                Some(w("post_ffw_norm.weight")?.to_f32()),
+            )
+        } else {
+            (None, None)
+        };
         layers.push(Layer {
             attn_norm: w("attn_norm.weight")?.to_f32(),
             wq: w("attn_q.weight")?,
@@ -128,6 +165,10 @@ fn build(
             w_gate: w("ffn_gate.weight")?,
             w_up: w("ffn_up.weight")?,
             w_down: w("ffn_down.weight")?,
+            q_norm,
+            k_norm,
+            post_attn_norm,
+            post_ffn_norm,
         });
     }
     let model = Model {
@@ -148,10 +189,10 @@ pub fn load_gguf(path: &Path) -> Result<Model, LoadError> {
     let file = convert::gguf::GgufFile::open(path)?;
     let mut c = ModelConfig::from_gguf(path, &file.metadata)?;
     c.tie_word_embeddings = file.tensor("output.weight").is_none();
-    let rope = if c.arch == Arch::Qwen2 {
-        RopeStyle::Neox
-    } else {
+    let rope = if c.arch.permutes_qk() {
         RopeStyle::Adjacent
+    } else {
+        RopeStyle::Neox
     };
     let infos: Vec<_> = file.tensors.clone();
     let base = file.data_offset as usize;
@@ -179,6 +220,22 @@ pub fn load_hf(path: &Path) -> Result<Model, LoadError> {
         .collect();
     build(&c, RopeStyle::Neox, path, |name| {
         let (fi, t) = ck.raw_tensor(name)?;
+        // Values the architecture stores differently in HF (Gemma's norms: w for 1 + w) are
+        // read as the kernel runs them; everything else is mapped as stored.
+        if ck.transform(name).map(Transform::elementwise) != Some(Transform::None) {
+            let (rows, cols) = match t.shape.len() {
+                1 => (1, t.shape[0]),
+                _ => (t.shape[0], t.shape[1..].iter().product()),
+            };
+            return Some(
+                ck.tensor_f32_hf_rows(name)
+                    .map_err(|e| kernels::model::WeightError {
+                        what: name.to_string(),
+                        msg: e.to_string(),
+                    })
+                    .and_then(|v| Weight::from_f32(name, rows, cols, v)),
+            );
+        }
         let ty = match t.dtype {
             convert::safetensors::Dtype::F32 => GgmlType::F32,
             convert::safetensors::Dtype::F16 => GgmlType::F16,
