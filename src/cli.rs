@@ -85,6 +85,27 @@ pub enum Command {
         #[arg(long)]
         dense: bool,
     },
+    /// Token ids of a text, as llama-tokenize prints them (`--ids`).
+    Tokenize {
+        /// A GGUF file or checkpoint directory.
+        model: PathBuf,
+        /// The text file.
+        #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
+        text: Option<PathBuf>,
+        /// The text itself.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Do not add the BOS/EOS tokens the model asks for.
+        #[arg(long)]
+        no_bos: bool,
+        /// Read control-token text (`<start_of_turn>` …) as those tokens, as llama-tokenize
+        /// does by default (llama-perplexity does not).
+        #[arg(long)]
+        parse_special: bool,
+        /// Print JSON: the ids, their count and their SHA-256 (of Python's `str(ids)`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate text from a prompt.
     Run {
         /// A GGUF file or checkpoint directory.

@@ -114,7 +114,9 @@ fn tokenizer_from_gguf_gives_the_reference_ids() {
     // From llama.cpp's own GGUF and from the checkpoint directory kiln exported.
     let g = GgufFile::open(fx.join("smollm2-q4_1.gguf")).unwrap();
     let from_gguf = Tokenizer::from_gguf(g.path(), &g.metadata).unwrap();
-    let from_dir = Tokenizer::from_hf_dir(&fx.join("smollm2-hf"), 49152, None).unwrap();
+    let dir = fx.join("smollm2-hf");
+    let cfg = convert::ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    let from_dir = Tokenizer::from_hf_dir(&dir, &cfg, None).unwrap();
     for tok in [from_gguf, from_dir] {
         let ids = tok.encode(&head).unwrap();
         assert!(ids.len() >= want.len());

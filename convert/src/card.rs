@@ -16,6 +16,9 @@ const SCALARS: [(&str, &str); 6] = [
     ("size_label", "general.size_label"),
 ];
 
+/// Front-matter lists ↔ GGUF string arrays.
+const LISTS: [(&str, &str); 2] = [("language", "general.languages"), ("tags", "general.tags")];
+
 /// A README.md for an exported directory.
 pub fn model_card(md: &Metadata, source: &Path) -> String {
     let mut s = String::from("---\n");
@@ -24,14 +27,16 @@ pub fn model_card(md: &Metadata, source: &Path) -> String {
             s.push_str(&format!("{card}: {}\n", yaml_str(v)));
         }
     }
-    if let Some(langs) = md.get("general.languages").and_then(Value::as_array) {
-        let l: Vec<String> = langs
-            .iter()
-            .filter_map(Value::as_str)
-            .map(yaml_str)
-            .collect();
-        if !l.is_empty() {
-            s.push_str(&format!("language: [{}]\n", l.join(", ")));
+    for (card, key) in LISTS {
+        if let Some(items) = md.get(key).and_then(Value::as_array) {
+            let l: Vec<String> = items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(yaml_str)
+                .collect();
+            if !l.is_empty() {
+                s.push_str(&format!("{card}: [{}]\n", l.join(", ")));
+            }
         }
     }
     s.push_str("library_name: transformers\n---\n\n");
@@ -70,16 +75,18 @@ pub fn read_card(path: &Path) -> Vec<(String, Value)> {
         let (k, v) = (k.trim(), v.trim());
         if let Some((_, key)) = SCALARS.iter().find(|(c, _)| *c == k) {
             out.push((key.to_string(), Value::String(unquote(v))));
-        } else if k == "language" {
-            let items: Vec<String> = v
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .split(',')
-                .map(unquote)
-                .filter(|s| !s.is_empty())
-                .collect();
+        } else if let Some((_, key)) = LISTS.iter().find(|(c, _)| *c == k) {
+            // kiln writes a JSON list (a valid YAML flow sequence); others may not quote.
+            let items: Vec<String> = serde_json::from_str(v).unwrap_or_else(|_| {
+                v.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .split(',')
+                    .map(unquote)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
             if !items.is_empty() {
-                out.push(("general.languages".into(), Value::string_array(items)));
+                out.push((key.to_string(), Value::string_array(items)));
             }
         }
     }

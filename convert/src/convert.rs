@@ -374,6 +374,8 @@ pub struct ExportReport {
     pub dir: PathBuf,
     pub tensors: usize,
     pub files: Vec<PathBuf>,
+    /// What the export could not carry exactly.
+    pub warnings: Vec<String>,
 }
 
 /// Writes `src` (a GGUF) as an FP32 Hugging Face directory: model.safetensors (HF names,
@@ -436,7 +438,15 @@ pub fn export_with(
     let c = &g.config;
     let md = &g.file.metadata;
     // Tokenizer first: it is the step most likely to refuse, and it writes little.
-    let tj = tokenizer::tokenizer_json_from_gguf(g.file.path(), md)?;
+    let spm = if md.str("tokenizer.ggml.model") == Some("llama") {
+        Some(tokenizer::sentencepiece::export_files(g.file.path(), md)?)
+    } else {
+        None
+    };
+    let tj = match &spm {
+        Some(f) => f.tokenizer_json.clone(),
+        None => tokenizer::tokenizer_json_from_gguf(g.file.path(), md)?,
+    };
     let defs: std::collections::HashMap<String, crate::arch::TensorDef> = c
         .arch
         .family()
@@ -481,7 +491,7 @@ pub fn export_with(
         s.push('\n');
         s
     };
-    let files = vec![
+    let mut files = vec![
         st_path,
         out_dir.join("config.json"),
         out_dir.join("tokenizer.json"),
@@ -490,17 +500,37 @@ pub fn export_with(
     ];
     atomic::write_file(&files[1], pretty(&cfg).as_bytes())?;
     atomic::write_file(&files[2], pretty(&tj).as_bytes())?;
-    atomic::write_file(
-        &files[3],
-        pretty(&tokenizer::tokenizer_config_from_gguf(md)).as_bytes(),
-    )?;
+    let tc = match &spm {
+        Some(f) => f.tokenizer_config.clone(),
+        None => tokenizer::tokenizer_config_from_gguf(md),
+    };
+    atomic::write_file(&files[3], pretty(&tc).as_bytes())?;
     atomic::write_file(
         &files[4],
         crate::card::model_card(md, g.file.path()).as_bytes(),
     )?;
+    let mut warnings = Vec::new();
+    if let Some(f) = &spm {
+        let p = out_dir.join("tokenizer.model");
+        atomic::write_file(&p, &f.model)?;
+        files.push(p);
+        if !f.lossy.is_empty() {
+            warnings.push(format!(
+                "{} tokens will not convert back with the same type or score: {}",
+                f.lossy.len(),
+                f.lossy
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
     Ok(ExportReport {
         dir: out_dir.to_path_buf(),
         tensors: tensors.len(),
         files,
+        warnings,
     })
 }

@@ -470,13 +470,7 @@ impl ModelSource {
                     md.set(k, v);
                 }
                 c.to_gguf(&mut md);
-                let tok = crate::tokenizer::hf_tokenizer_metadata(
-                    h.dir(),
-                    c.vocab_size,
-                    c.bos_token_id,
-                    c.eos_token_id,
-                    pre_override,
-                )?;
+                let tok = crate::tokenizer::tokenizer_metadata(h.dir(), c, pre_override)?;
                 for (k, v) in tok.iter() {
                     md.set(k, v.clone());
                 }

@@ -43,6 +43,9 @@ pub fn export(input: &Path, output: &Path, continuous_seed: Option<u64>) -> Resu
     let t0 = Instant::now();
     let src = ModelSource::open(input)?;
     let r = ::convert::convert::export_with(&src, output, continuous_seed)?;
+    for w in &r.warnings {
+        eprintln!("kiln: warning: {w}");
+    }
     println!(
         "exported {} tensors to {} in {:.2}s",
         r.tensors,

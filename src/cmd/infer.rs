@@ -25,7 +25,7 @@ pub fn load_with_tokenizer(path: &Path) -> Result<(Loaded, Tokenizer)> {
 pub fn tokenizer_of(src: &ModelSource, pre: Option<&str>) -> Result<Tokenizer> {
     Ok(match src {
         ModelSource::Gguf(g) => Tokenizer::from_gguf(g.file.path(), &g.file.metadata)?,
-        ModelSource::Hf(h) => Tokenizer::from_hf_dir(h.dir(), h.config.vocab_size, pre)?,
+        ModelSource::Hf(h) => Tokenizer::from_hf_dir(h.dir(), &h.config, pre)?,
     })
 }
 
@@ -47,6 +47,47 @@ pub fn tokenize_file(tok: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
         .with_context(|| format!("{}: cannot read the text", path.display()))?;
     tok.encode(&text)
         .map_err(|e| anyhow::anyhow!("{}: tokenizing failed: {e}", path.display()))
+}
+
+pub struct TokenizeArgs<'a> {
+    pub model: &'a Path,
+    pub text: Option<&'a Path>,
+    pub prompt: Option<&'a str>,
+    pub add_special: bool,
+    pub parse_special: bool,
+    pub json: bool,
+}
+
+/// `kiln tokenize`: only the tokenizer is loaded (a GGUF of any architecture will do).
+pub fn tokenize_cmd(a: TokenizeArgs) -> Result<i32> {
+    let tok = if a.model.is_dir() {
+        let c = convert::ModelConfig::from_hf_file(&a.model.join("config.json"))?;
+        Tokenizer::from_hf_dir(a.model, &c, None)?
+    } else {
+        let g = convert::gguf::GgufFile::open(a.model)?;
+        Tokenizer::from_gguf(g.path(), &g.metadata)?
+    };
+    let text = match (a.text, a.prompt) {
+        (Some(p), _) => std::fs::read_to_string(p)
+            .with_context(|| format!("{}: cannot read the text", p.display()))?,
+        (None, Some(t)) => t.to_string(),
+        (None, None) => bail!("give --text FILE or --prompt TEXT"),
+    };
+    let ids = tok
+        .encode_with(&text, a.add_special, a.parse_special)
+        .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
+    if a.json {
+        let v = serde_json::json!({
+            "n_tokens": ids.len(),
+            "sha256": convert::tokenizer::ids_hash(&ids),
+            "ids": ids,
+        });
+        println!("{v}");
+    } else {
+        let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        println!("[{}]", list.join(", "));
+    }
+    Ok(0)
 }
 
 pub struct PerplexityArgs<'a> {

@@ -203,6 +203,21 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             json,
             dense,
         }),
+        Command::Tokenize {
+            model,
+            text,
+            prompt,
+            no_bos,
+            parse_special,
+            json,
+        } => infer::tokenize_cmd(infer::TokenizeArgs {
+            model: &model,
+            text: text.as_deref(),
+            prompt: prompt.as_deref(),
+            add_special: !no_bos,
+            parse_special,
+            json,
+        }),
         Command::Run {
             model,
             prompt,

@@ -1,12 +1,16 @@
-//! Tokenizers: Hugging Face `tokenizer.json` → llama.cpp's `tokenizer.ggml.*` metadata, and
-//! back (GGUF metadata → a `tokenizer.json` that the `tokenizers` crate runs, for `kiln export`
-//! and for kiln's own text handling).
+//! Tokenizers: Hugging Face `tokenizer.json` / `tokenizer.model` → llama.cpp's
+//! `tokenizer.ggml.*` metadata, and back (GGUF metadata → the files of a Hugging Face
+//! directory, for `kiln export`), and kiln's own text tokenizer ([`Tokenizer`]).
 //!
-//! Byte-level BPE (`tokenizer.ggml.model = gpt2`) is what the Llama-family models kiln targets
-//! use (SmolLM, Llama 3, Qwen2). The `pre` name — which pre-tokenizer regexes llama.cpp applies —
-//! is found as llama.cpp's `convert_hf_to_gguf.py` finds it (`get_vocab_base_pre`): encode a
-//! fixed check text and look the SHA-256 of the token ids up in a table. kiln never guesses:
-//! an unknown hash stops the conversion and names the `--tokenizer-pre` flag.
+//! Two kinds, as llama.cpp has them:
+//!
+//! * byte-level BPE (`tokenizer.ggml.model = gpt2`: SmolLM, Llama 3, Qwen2), run through the
+//!   `tokenizers` crate. The `pre` name — which pre-tokenizer regexes llama.cpp applies — is
+//!   found as llama.cpp's `convert_hf_to_gguf.py` finds it (`get_vocab_base_pre`): encode a
+//!   fixed check text and look the SHA-256 of the token ids up in a table. kiln never guesses:
+//!   an unknown hash stops the conversion and names the `--tokenizer-pre` flag.
+//! * SentencePiece (`tokenizer.ggml.model = llama`: Llama 2, Mistral, Gemma, Phi-3), ingested
+//!   as [`sentencepiece`] describes and run by [`spm`], a port of llama.cpp's own tokenizer.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,8 +18,13 @@ use std::path::Path;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::{Metadata, Value, ValueType};
+
+pub mod sentencepiece;
+pub mod sp_model;
+pub mod spm;
 
 /// llama.cpp's token types (`llama_token_type`).
 pub mod token_type {
@@ -309,7 +318,7 @@ pub fn hf_tokenizer_metadata(
     Ok(md)
 }
 
-fn is_byte_level(tj: &Json) -> bool {
+pub(crate) fn is_byte_level(tj: &Json) -> bool {
     fn has(v: &Json) -> bool {
         match v {
             Json::Object(o) => {
@@ -322,11 +331,33 @@ fn is_byte_level(tj: &Json) -> bool {
     has(&tj["pre_tokenizer"]) || has(&tj["decoder"])
 }
 
-/// llama.cpp's `does_token_look_special`: added tokens that are control tokens in all but name.
-fn looks_special(t: &str) -> bool {
+/// `does_token_look_special` of `convert_hf_to_gguf.py`: added tokens that are control
+/// tokens in all but name.
+pub(crate) fn looks_special(t: &str) -> bool {
     (t.starts_with("<|") && t.ends_with("|>") && t.len() > 4)
         || (t.starts_with("<｜") && t.ends_with("｜>"))
+        || (t.starts_with("<unused") && t.ends_with('>'))
         || matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
+}
+
+/// The tokenizer metadata of a checkpoint directory of `c`'s model: SentencePiece
+/// ([`sentencepiece::hf_metadata`]) or byte-level BPE ([`hf_tokenizer_metadata`]).
+pub fn tokenizer_metadata(
+    dir: &Path,
+    c: &ModelConfig,
+    pre_override: Option<&str>,
+) -> Result<Metadata> {
+    if sentencepiece::is_sentencepiece(dir) {
+        sentencepiece::hf_metadata(dir, c)
+    } else {
+        hf_tokenizer_metadata(
+            dir,
+            c.vocab_size,
+            c.bos_token_id,
+            c.eos_token_id,
+            pre_override,
+        )
+    }
 }
 
 fn post_processor_adds_bos(tj: &Json) -> bool {
@@ -364,10 +395,13 @@ pub fn tokenizer_json_from_gguf(path: &Path, md: &Metadata) -> Result<Json> {
     let model = md
         .str("tokenizer.ggml.model")
         .ok_or_else(|| Error::format(path, "no tokenizer.ggml.model"))?;
+    if model == "llama" {
+        return Ok(sentencepiece::export_files(path, md)?.tokenizer_json);
+    }
     if model != "gpt2" {
         return Err(Error::unsupported(
             path,
-            format!("tokenizer model `{model}` (kiln runs byte-level BPE, `gpt2`)"),
+            format!("tokenizer.ggml.model = `{model}` is not supported (kiln runs byte-level BPE `gpt2` and SentencePiece `llama`)"),
         ));
     }
     let pre = md.str("tokenizer.ggml.pre").unwrap_or("default");
@@ -479,9 +513,9 @@ fn string_array(path: &Path, md: &Metadata, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
-/// kiln's tokenizer: text ↔ token ids, built from GGUF metadata or a `tokenizer.json`.
+/// kiln's tokenizer: text ↔ token ids, built from GGUF metadata or a checkpoint directory.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     /// Prepend BOS when encoding (`tokenizer.ggml.add_bos_token`).
     pub add_bos: bool,
     /// BOS id.
@@ -490,9 +524,21 @@ pub struct Tokenizer {
     pub eos: Option<u32>,
 }
 
+enum Inner {
+    Bpe(Box<tokenizers::Tokenizer>),
+    Spm(Box<spm::SpmVocab>),
+}
+
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
+            .field(
+                "kind",
+                &match self.inner {
+                    Inner::Bpe(_) => "bpe",
+                    Inner::Spm(_) => "spm",
+                },
+            )
             .field("add_bos", &self.add_bos)
             .field("bos", &self.bos)
             .finish()
@@ -502,11 +548,20 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// From GGUF metadata.
     pub fn from_gguf(path: &Path, md: &Metadata) -> Result<Self> {
+        if md.str("tokenizer.ggml.model") == Some("llama") {
+            let v = spm::SpmVocab::from_gguf(path, md)?;
+            return Ok(Tokenizer {
+                add_bos: v.add_bos,
+                bos: v.bos,
+                eos: v.eos,
+                inner: Inner::Spm(Box::new(v)),
+            });
+        }
         let j = tokenizer_json_from_gguf(path, md)?;
         let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&j).expect("json"))
             .map_err(|e| Error::format(path, format!("tokenizer metadata does not load: {e}")))?;
         Ok(Tokenizer {
-            inner,
+            inner: Inner::Bpe(Box::new(inner)),
             add_bos: md
                 .get("tokenizer.ggml.add_bos_token")
                 .and_then(Value::as_bool)
@@ -516,34 +571,71 @@ impl Tokenizer {
         })
     }
 
-    /// From a checkpoint directory (via the GGUF metadata kiln would write for it, so both
-    /// paths tokenize identically).
-    pub fn from_hf_dir(dir: &Path, vocab_size: usize, pre_override: Option<&str>) -> Result<Self> {
-        let md = hf_tokenizer_metadata(dir, vocab_size, None, None, pre_override)?;
+    /// From a checkpoint directory of `c`'s model (via the GGUF metadata kiln would write for
+    /// it, so both paths tokenize identically).
+    pub fn from_hf_dir(dir: &Path, c: &ModelConfig, pre_override: Option<&str>) -> Result<Self> {
+        let mut c = c.clone();
+        // Special ids come from the tokenizer files, as for a GGUF written from them.
+        c.bos_token_id = None;
+        c.eos_token_id = None;
+        let md = tokenizer_metadata(dir, &c, pre_override)?;
         Self::from_gguf(&dir.join("tokenizer.json"), &md)
     }
 
-    /// Token ids of `text` (BOS first when the model asks for it). Special-token text in the
-    /// input is matched as special tokens, as llama.cpp's tokenizer does by default.
+    /// Token ids of `text` (BOS first when the model asks for it), as llama.cpp's
+    /// perplexity tool tokenizes: byte-level BPE matches added-token text as those tokens;
+    /// SentencePiece splits out user-defined tokens but reads control-token text as text.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        let enc = self.inner.encode(text, false).map_err(|e| e.to_string())?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        if self.add_bos {
-            if let Some(b) = self.bos {
-                ids.push(b);
+        match &self.inner {
+            Inner::Spm(v) => v.encode(text, true, false),
+            Inner::Bpe(t) => {
+                let enc = t.encode(text, false).map_err(|e| e.to_string())?;
+                let mut ids = Vec::with_capacity(enc.len() + 1);
+                if self.add_bos {
+                    if let Some(b) = self.bos {
+                        ids.push(b);
+                    }
+                }
+                ids.extend_from_slice(enc.get_ids());
+                Ok(ids)
             }
         }
-        ids.extend_from_slice(enc.get_ids());
-        Ok(ids)
+    }
+
+    /// Token ids of `text` with llama.cpp's `parse_special` choice (SentencePiece only makes
+    /// a difference: control-token text becomes those tokens when true), BOS/EOS as the model
+    /// asks when `add_special`.
+    pub fn encode_with(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, String> {
+        match &self.inner {
+            Inner::Spm(v) => v.encode(text, add_special, parse_special),
+            Inner::Bpe(_) => {
+                let mut ids = self.encode(text)?;
+                if !add_special && self.add_bos && self.bos.is_some() {
+                    ids.remove(0);
+                }
+                Ok(ids)
+            }
+        }
     }
 
     /// The text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
-        self.inner.decode(ids, false).map_err(|e| e.to_string())
+        match &self.inner {
+            Inner::Spm(v) => Ok(v.decode(ids)),
+            Inner::Bpe(t) => t.decode(ids, false).map_err(|e| e.to_string()),
+        }
     }
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Inner::Spm(v) => v.len(),
+            Inner::Bpe(t) => t.get_vocab_size(true),
+        }
     }
 }
