@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # Measures kiln against llama.cpp on this machine, in the same run, on the same GGUF files.
 #
-# llama.cpp comes from the llama-cpp-python sdist on PyPI (which vendors llama.cpp's source; the
-# machine reaches package registries only), pinned and SHA-256 checked, and its `llama-bench` is
-# built once into .baseline/ (git-ignored) with the CPU's AVX2 / AVX-512 / VNNI flags. AMX is
-# left off: on the 2-core Sapphire Rapids VMs this project runs on, llama.cpp's AMX matmul
-# (ggml_backend_amx_mul_mat) dies with SIGSEGV on the first batch.
+# llama.cpp's `llama-bench` is built by scripts/llamacpp-build.sh (the pinned llama-cpp-python
+# sdist's vendored source, the CPU's SIMD flags, AMX off).
 #
 # Each model is measured by both tools in turn (kiln first, then llama.cpp, then the next
 # model), with the same threads, prompt length, generated tokens and repetitions; the table
@@ -41,43 +38,8 @@ if [ ${#models[@]} -eq 0 ]; then
   models=(.fixtures/smollm2-f32.gguf .fixtures/q8.gguf .fixtures/q4km.gguf)
 fi
 
-version=0.3.36
-sdist_sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+bench="$(scripts/llamacpp-build.sh llama-bench)/llama-bench"
 base=.baseline
-src="$base/llama_cpp_python-$version/vendor/llama.cpp"
-bench="$src/build/bin/llama-bench"
-mkdir -p "$base"
-
-if [ ! -x "$bench" ]; then
-  tarball="$base/llama_cpp_python-$version.tar.gz"
-  if [ ! -f "$tarball" ]; then
-    # The project's JSON index (some mirrors give relative file addresses: resolve them).
-    python3 - "$version" "$tarball.part" <<'PY'
-import json, shutil, sys, urllib.parse, urllib.request
-version, dest = sys.argv[1], sys.argv[2]
-index = "https://pypi.org/pypi/llama-cpp-python/json"
-meta = json.load(urllib.request.urlopen(index))
-sdist = next(u for u in meta["releases"][version] if u["packagetype"] == "sdist")
-with urllib.request.urlopen(urllib.parse.urljoin(index, sdist["url"])) as src, open(dest, "wb") as out:
-    shutil.copyfileobj(src, out, 1 << 20)
-PY
-    mv "$tarball.part" "$tarball"
-  fi
-  echo "$sdist_sha  $tarball" | sha256sum -c --quiet - ||
-    { echo "bench-llamacpp: $tarball has the wrong SHA-256" >&2; rm -f "$tarball"; exit 1; }
-  tar -xzf "$tarball" -C "$base"
-  command -v cmake >/dev/null || python3 -m pip install --quiet cmake
-  flags=$(grep -m1 '^flags' /proc/cpuinfo)
-  has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
-  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-    -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_FMA=$(has fma) -DGGML_F16C=$(has f16c) \
-    -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VNNI=$(has avx512_vnni) \
-    -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
-    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-    >"$base/cmake.log" 2>&1
-  cmake --build "$src/build" --target llama-bench -j"$(nproc)" >"$base/build.log" 2>&1 ||
-    { echo "bench-llamacpp: building llama-bench failed, see $base/build.log" >&2; exit 1; }
-fi
 
 out="$base/results"
 rm -rf "$out" && mkdir -p "$out"

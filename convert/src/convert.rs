@@ -384,14 +384,41 @@ pub fn export(src: &ModelSource, out_dir: &Path) -> Result<ExportReport> {
     export_with(src, out_dir, None)
 }
 
-/// Adds to each value of a Q4_1 or Q8_0 tensor `d·(u − 0.5)`, `d` its 32-value block's fp16
-/// scale (the block's first two bytes) and `u` uniform in [0, 1): a sample of where the
-/// original floating-point weight could have been inside its rounding bin, so a model exported
-/// from a quantized GGUF has continuous weights again. `u` comes from a SplitMix64 stream per
-/// tensor, seeded with `seed` XOR the FNV-1a hash of the GGUF tensor name, one draw per value
-/// in storage order (`u` = the top 24 bits / 2²⁴). Other tensor types are left as they are.
+/// Adds to each value of a quantized tensor `w·(u − 0.5)`, `w` the width of the value's
+/// rounding bin — the scale of its block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: the block's fp16 `d`)
+/// or sub-block (Q4_K, Q5_K: `d·sc` of its 32 values; Q6_K: `d·sc` of its 16) — and `u` uniform
+/// in [0, 1): a sample of where the original floating-point weight could have been inside its
+/// bin, so a model exported from a quantized GGUF has continuous weights again. `u` comes from
+/// a SplitMix64 stream per tensor, seeded with `seed` XOR the FNV-1a hash of the GGUF tensor
+/// name, one draw per value in storage order (`u` = the top 24 bits / 2²⁴). Float tensors are
+/// left as they are.
 pub fn add_bin_noise(name: &str, ty: GgmlType, raw: &[u8], values: &mut [f32], seed: u64) {
-    if !matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
+    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    // (values per bin group, the bin widths of one block)
+    let widths = |blk: &[u8]| -> Vec<f32> {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                vec![f16(&blk[0..2])]
+            }
+            GgmlType::Q4K | GgmlType::Q5K => {
+                let d = f16(&blk[0..2]);
+                let sc: [u8; 12] = blk[4..16].try_into().expect("12 scale bytes");
+                (0..8)
+                    .map(|j| d * quantize::blocks::get_scale_min_k4(j, &sc).0 as f32)
+                    .collect()
+            }
+            GgmlType::Q6K => {
+                // ql[128], qh[64], scales[16] (i8), d
+                let d = f16(&blk[208..210]);
+                blk[192..208]
+                    .iter()
+                    .map(|&s| d * (s as i8) as f32)
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    if !ty.is_quantized() {
         return;
     }
     let mut h: u64 = 0xcbf29ce484222325;
@@ -409,9 +436,13 @@ pub fn add_bin_noise(name: &str, ty: GgmlType, raw: &[u8], values: &mut [f32], s
     };
     let (bs, tsz) = (ty.block_size(), ty.type_size());
     for (blk, vals) in raw.chunks_exact(tsz).zip(values.chunks_mut(bs)) {
-        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        for v in vals {
-            *v += d * (next() - 0.5);
+        let w = widths(blk);
+        if w.is_empty() {
+            return;
+        }
+        let per = bs / w.len();
+        for (i, v) in vals.iter_mut().enumerate() {
+            *v += w[i / per] * (next() - 0.5);
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Synthetic checkpoints: small (or, for memory tests, large) Llama-family Hugging Face
-//! directories with deterministic weights, a byte-level BPE tokenizer and optional sharding.
-//! Used by kiln's tests and benchmarks; nothing here touches a real model.
+//! Synthetic checkpoints: small (or, for memory tests, large) Hugging Face directories of any
+//! architecture kiln runs, with deterministic weights, the architecture's config.json keys, a
+//! byte-level BPE tokenizer (or the files of a given tokenizer directory) and optional
+//! sharding. Used by kiln's tests and benchmarks; nothing here touches a real model.
 
 use std::io::Write;
 use std::path::Path;
@@ -26,6 +27,11 @@ pub struct TinySpec {
     pub shards: usize,
     /// Seed of the weights.
     pub seed: u64,
+    /// Copy tokenizer.model / tokenizer.json / tokenizer_config.json from this directory
+    /// instead of writing the byte-level BPE tokenizer (`vocab` must cover its ids).
+    pub tokenizer_dir: Option<std::path::PathBuf>,
+    /// Sliding window of the windowed layers (Gemma 3's local layers), if any.
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for TinySpec {
@@ -42,7 +48,28 @@ impl Default for TinySpec {
             tie_embeddings: false,
             shards: 1,
             seed: 1,
+            tokenizer_dir: None,
+            sliding_window: None,
         }
+    }
+}
+
+impl TinySpec {
+    /// The model configuration the checkpoint describes.
+    pub fn config(&self) -> crate::config::ModelConfig {
+        let mut c = crate::config::ModelConfig::base(
+            self.arch,
+            self.hidden,
+            self.intermediate,
+            self.layers,
+            self.heads,
+            self.kv_heads,
+            self.hidden / self.heads,
+            self.vocab,
+        );
+        c.tie_word_embeddings = self.tie_embeddings;
+        c.qkv_bias = self.arch == Arch::Qwen2;
+        c
     }
 }
 
@@ -60,60 +87,33 @@ pub fn weights(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The HF tensors of `spec` in name order: (name, shape).
+/// The HF tensors of `spec` in name order: (name, shape), from its architecture's table.
 pub fn hf_tensors(spec: &TinySpec) -> Vec<(String, Vec<usize>)> {
-    let hd = spec.hidden / spec.heads;
-    let (h, f, v) = (spec.hidden, spec.intermediate, spec.vocab);
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
-    for l in 0..spec.layers {
-        let p = format!("model.layers.{l}.");
-        t.push((p.clone() + "input_layernorm.weight", vec![h]));
-        t.push((p.clone() + "post_attention_layernorm.weight", vec![h]));
-        t.push((
-            p.clone() + "self_attn.q_proj.weight",
-            vec![spec.heads * hd, h],
-        ));
-        t.push((
-            p.clone() + "self_attn.k_proj.weight",
-            vec![spec.kv_heads * hd, h],
-        ));
-        t.push((
-            p.clone() + "self_attn.v_proj.weight",
-            vec![spec.kv_heads * hd, h],
-        ));
-        t.push((
-            p.clone() + "self_attn.o_proj.weight",
-            vec![h, spec.heads * hd],
-        ));
-        if spec.arch == Arch::Qwen2 {
-            t.push((p.clone() + "self_attn.q_proj.bias", vec![spec.heads * hd]));
-            t.push((
-                p.clone() + "self_attn.k_proj.bias",
-                vec![spec.kv_heads * hd],
-            ));
-            t.push((
-                p.clone() + "self_attn.v_proj.bias",
-                vec![spec.kv_heads * hd],
-            ));
-        }
-        t.push((p.clone() + "mlp.gate_proj.weight", vec![f, h]));
-        t.push((p.clone() + "mlp.up_proj.weight", vec![f, h]));
-        t.push((p + "mlp.down_proj.weight", vec![h, f]));
-    }
-    t.push(("model.norm.weight".to_string(), vec![h]));
-    if !spec.tie_embeddings {
-        t.push(("lm_head.weight".to_string(), vec![v, h]));
-    }
+    let c = spec.config();
+    let mut t: Vec<(String, Vec<usize>)> = c
+        .arch
+        .family()
+        .tensors(&c)
+        .into_iter()
+        .map(|d| (d.hf, d.shape))
+        .collect();
     t.sort();
     t
 }
 
-/// The f32 values of HF tensor `i` of `spec` (norm weights near 1, others small).
+/// The f32 values of HF tensor `i` of `spec` (norm weights near 1 — near 0 for Gemma, whose
+/// norms multiply by 1 + w — others small).
 pub fn tensor_values(spec: &TinySpec, name: &str, shape: &[usize], i: usize) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let mut v = weights(n, spec.seed.wrapping_add(i as u64 * 7919), 0.05);
     if name.ends_with("norm.weight") {
-        v.iter_mut().for_each(|x| *x += 1.0);
+        if spec.arch == Arch::Gemma3 {
+            // On the grid of 1 + w (as bf16-trained weights are): GGUF stores 1 + w in f32, so
+            // finer bits of a w near 0 would not survive the trip (nor do they in llama.cpp).
+            v.iter_mut().for_each(|x| *x = (1.0 + *x) - 1.0);
+        } else {
+            v.iter_mut().for_each(|x| *x += 1.0);
+        }
     }
     v
 }
@@ -231,34 +231,85 @@ pub fn tokenizer_json(vocab: usize) -> serde_json::Value {
 /// Writes a complete checkpoint directory for `spec` into `dir` (created if needed).
 pub fn write_checkpoint(dir: &Path, spec: &TinySpec) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let cfg = json!({
-        "architectures": [spec.arch.hf_class()],
-        "model_type": spec.arch.model_type(),
-        "hidden_size": spec.hidden,
-        "intermediate_size": spec.intermediate,
-        "num_hidden_layers": spec.layers,
-        "num_attention_heads": spec.heads,
-        "num_key_value_heads": spec.kv_heads,
-        "vocab_size": spec.vocab,
-        "max_position_embeddings": 256,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": spec.tie_embeddings,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "float32"
-    });
+    let cfg = match spec.arch {
+        Arch::Gemma3 => {
+            // Gemma3TextConfig's keys as google/gemma-3-270m writes them, scaled down.
+            let hd = spec.hidden / spec.heads;
+            json!({
+                "architectures": ["Gemma3ForCausalLM"],
+                "model_type": "gemma3_text",
+                "_sliding_window_pattern": 6,
+                "attention_bias": false,
+                "attention_dropout": 0.0,
+                "attn_logit_softcapping": null,
+                "bos_token_id": 2,
+                "eos_token_id": 1,
+                "final_logit_softcapping": null,
+                "head_dim": hd,
+                "hidden_activation": "gelu_pytorch_tanh",
+                "hidden_size": spec.hidden,
+                "initializer_range": 0.02,
+                "intermediate_size": spec.intermediate,
+                "layer_types": (0..spec.layers).map(|l| if l % 6 == 5 { "full_attention" } else { "sliding_attention" }).collect::<Vec<_>>(),
+                "max_position_embeddings": 32768,
+                "num_attention_heads": spec.heads,
+                "num_hidden_layers": spec.layers,
+                "num_key_value_heads": spec.kv_heads,
+                "pad_token_id": 0,
+                "query_pre_attn_scalar": hd,
+                "rms_norm_eps": 1e-6,
+                "rope_local_base_freq": 10000.0,
+                "rope_scaling": null,
+                "rope_theta": 1000000.0,
+                "sliding_window": spec.sliding_window.unwrap_or(512),
+                "tie_word_embeddings": spec.tie_embeddings,
+                "torch_dtype": "float32",
+                "transformers_version": "4.55.0.dev0",
+                "use_bidirectional_attention": false,
+                "use_cache": true,
+                "vocab_size": spec.vocab
+            })
+        }
+        _ => json!({
+            "architectures": [spec.arch.hf_class()],
+            "model_type": spec.arch.model_type(),
+            "hidden_size": spec.hidden,
+            "intermediate_size": spec.intermediate,
+            "num_hidden_layers": spec.layers,
+            "num_attention_heads": spec.heads,
+            "num_key_value_heads": spec.kv_heads,
+            "vocab_size": spec.vocab,
+            "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": spec.tie_embeddings,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "torch_dtype": "float32"
+        }),
+    };
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        serde_json::to_vec(&tokenizer_json(spec.vocab))?,
-    )?;
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::to_vec_pretty(
-            &json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "add_bos_token": false}),
-        )?,
-    )?;
+    match &spec.tokenizer_dir {
+        Some(src) => {
+            for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json"] {
+                if src.join(f).exists() {
+                    std::fs::copy(src.join(f), dir.join(f))?;
+                }
+            }
+        }
+        None => {
+            std::fs::write(
+                dir.join("tokenizer.json"),
+                serde_json::to_vec(&tokenizer_json(spec.vocab))?,
+            )?;
+            std::fs::write(
+                dir.join("tokenizer_config.json"),
+                serde_json::to_vec_pretty(
+                    &json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "add_bos_token": false}),
+                )?,
+            )?;
+        }
+    }
     let names = hf_tensors(spec);
     let shards = spec.shards.max(1);
     let per = names.len().div_ceil(shards);

@@ -6,7 +6,7 @@ use std::path::Path;
 use convert::config::Arch;
 use convert::convert::{convert, export, ConvertOptions};
 use convert::gguf::{GgufFile, GgufWriter, Metadata, TensorSpec, Value, ValueType};
-use convert::mapping::{gguf_to_hf, permutation_heads, permute_rows};
+use convert::mapping::gguf_to_hf;
 use convert::safetensors::{Dtype, SafetensorsFile};
 use convert::testing::{hf_tensors, tensor_values, write_checkpoint, TinySpec};
 use convert::{GgmlType, ModelSource};
@@ -119,13 +119,15 @@ fn check_roundtrip(spec: &TinySpec) {
     convert(&src, &gguf, &opts(GgmlType::F32)).unwrap();
     let g = GgufFile::open(&gguf).unwrap();
     let cfg = src.config();
-    // Every GGUF tensor equals the checkpoint's, permuted where llama.cpp permutes.
+    // Every GGUF tensor equals the checkpoint's, permuted where llama.cpp permutes, 1 + w
+    // where the architecture stores norms that way.
     for t in &g.tensors {
         let hf = gguf_to_hf(cfg, &t.name).unwrap();
-        let mut want = stored(spec, &hf);
-        if let Some(n) = permutation_heads(cfg, &t.name) {
-            want = permute_rows(&want, t.n_rows(), t.row_len(), n, false);
-        }
+        let want = convert::arch::transform_of(cfg, &t.name).to_gguf(
+            stored(spec, &hf),
+            t.n_rows(),
+            t.row_len(),
+        );
         assert_eq!(g.tensor_f32(t).unwrap(), want, "{}", t.name);
     }
     assert_eq!(g.tensor("output.weight").is_none(), spec.tie_embeddings);
@@ -194,6 +196,47 @@ fn qwen2_with_biases_is_not_permuted() {
         ..Default::default()
     };
     check_roundtrip(&spec);
+}
+
+/// The Llama-2-style SentencePiece tokenizer of the checked-in test data.
+fn spm_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/llama2-spm")
+}
+
+#[test]
+fn gemma3_norms_round_trip_as_one_plus_w_with_a_sentencepiece_tokenizer() {
+    let spec = TinySpec {
+        arch: Arch::Gemma3,
+        layers: 7,
+        heads: 4,
+        kv_heads: 1,
+        vocab: 4000,
+        tie_embeddings: true,
+        tokenizer_dir: Some(spm_dir()),
+        sliding_window: Some(16),
+        ..Default::default()
+    };
+    check_roundtrip(&spec);
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(&dir.path().join("c"), &spec).unwrap();
+    let src = ModelSource::open(dir.path().join("c")).unwrap();
+    let c = src.config();
+    assert_eq!(c.sliding_window, Some(16));
+    assert_eq!(
+        c.swa_layers,
+        vec![true, true, true, true, true, false, true]
+    );
+    let md = src.base_metadata(None).unwrap();
+    assert_eq!(md.str("tokenizer.ggml.model"), Some("llama"));
+    assert_eq!(
+        md.get("tokenizer.ggml.add_space_prefix")
+            .and_then(|v| v.as_bool()),
+        Some(false)
+    );
+    assert_eq!(md.u64("gemma3.attention.sliding_window"), Some(16));
+    assert_eq!(md.f64("gemma3.rope.freq_base_swa"), Some(10000.0));
+    // llama.cpp's default pattern (every sixth layer global): no pattern key.
+    assert!(md.get("gemma3.attention.sliding_window_pattern").is_none());
 }
 
 #[test]

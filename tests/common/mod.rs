@@ -18,6 +18,30 @@ pub fn fixtures() -> PathBuf {
     p
 }
 
+/// The fixture directory holding the Gemma-3-270M files `scripts/fetch-fixture.sh … gemma3`
+/// makes (the Q4_K_M GGUF, its FP32 export and F32 GGUF).
+pub fn gemma3_fixtures() -> PathBuf {
+    let p = std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".fixtures"));
+    assert!(
+        p.join("gemma3-270m-q4_k_m.gguf").exists()
+            && p.join("gemma3-f32.gguf").exists()
+            && p.join("gemma3-hf/model.safetensors").exists(),
+        "no Gemma 3 fixture at {}: run scripts/fetch-fixture.sh target/release/kiln gemma3 first",
+        p.display()
+    );
+    p
+}
+
+/// A file of the checked-in reference data of another model (`tests/data/<dir>/`).
+pub fn data_of(dir: &str, rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(dir)
+        .join(rel)
+}
+
 /// A file of the checked-in reference data (`tests/data/smollm2/`).
 pub fn data_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -629,8 +629,14 @@ pub fn export_files(path: &Path, md: &Metadata) -> Result<ExportFiles> {
             score: Some(s),
             r#type: Some(sp_type),
         });
-        // Added tokens carry llama.cpp's types back: control (special) and user-defined
-        // ones the converter scores −1000.
+        // tokenizer.json lists every control, unknown and user-defined token (Hugging Face
+        // needs them, and SpecialVocab finds the special ids there); tokenizer_config.json's
+        // `added_tokens_decoder` lists those the converter gave −1000 and its types, so they
+        // come back the same.
+        let special = matches!(ty, token_type::CONTROL | token_type::UNKNOWN);
+        if special || ty == token_type::USER_DEFINED {
+            added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special}));
+        }
         let listed = matches!(ty, token_type::CONTROL | token_type::USER_DEFINED) && s == -1000.0;
         if listed {
             let special = ty == token_type::CONTROL;
@@ -641,7 +647,6 @@ pub fn export_files(path: &Path, md: &Metadata) -> Result<ExportFiles> {
                 i.to_string(),
                 json!({"content": t, "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": special}),
             );
-            added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special}));
         } else if ty == token_type::USER_DEFINED {
             lossy.push(format!("{i} {t:?} (user-defined with score {s})"));
         } else if ty == token_type::CONTROL && Some(i) == unk {
