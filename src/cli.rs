@@ -38,7 +38,7 @@ pub enum Command {
     },
     /// Convert a Hugging Face checkpoint directory to GGUF.
     Convert {
-        /// The checkpoint directory (config.json, safetensors, tokenizer.json).
+        /// The checkpoint directory (config.json, safetensors, tokenizer.json or tokenizer.model).
         input: PathBuf,
         /// Output GGUF file.
         #[arg(short, long)]

@@ -155,8 +155,8 @@ fn sentencepiece_ids_equal_llama_tokenize_on_three_plays() {
     }
 }
 
-/// llama-perplexity's protocol on hamlet: (perplexity, argmax of every scored position).
-fn llama_protocol(model: &Path, ctx: usize) -> (f64, Vec<usize>) {
+/// llama-perplexity's protocol on hamlet: the NLL and the argmax of every scored position.
+fn llama_protocol(model: &Path, ctx: usize) -> (Vec<f64>, Vec<usize>) {
     let loaded = verify::load::load(model).unwrap();
     let tok = gguf_or_dir_tokenizer(model);
     let tokens = tok.encode(&play("hamlet")).unwrap();
@@ -169,7 +169,7 @@ fn llama_protocol(model: &Path, ctx: usize) -> (f64, Vec<usize>) {
         bos: tok.bos,
     };
     let mut st = State::new(&loaded.model.config, ctx, ctx);
-    let (mut nll, mut n, mut argmax) = (0f64, 0usize, Vec::new());
+    let (mut nll, mut argmax) = (Vec::new(), Vec::new());
     for c in 0..8 {
         run_chunk(
             (&loaded.model, None),
@@ -179,14 +179,42 @@ fn llama_protocol(model: &Path, ctx: usize) -> (f64, Vec<usize>) {
             &opts,
             &NoObserver,
             |_, logits, next| {
-                nll += kernels::ops::nll(logits, next as usize);
-                n += 1;
+                nll.push(kernels::ops::nll(logits, next as usize));
                 argmax.push(kernels::ops::argmax(logits));
             },
         )
         .unwrap();
     }
-    ((nll / n as f64).exp(), argmax)
+    (nll, argmax)
+}
+
+fn ppl(nll: &[f64]) -> f64 {
+    (nll.iter().sum::<f64>() / nll.len() as f64).exp()
+}
+
+/// Paired per-position NLL differences `a − b` where `b` (llama.cpp's, from its stored log
+/// probabilities) is not clamped: (mean, standard deviation, count).
+fn paired(a: &[f64], b: &serde_json::Value) -> (f64, f64, usize) {
+    let b = b.as_array().unwrap();
+    assert_eq!(a.len(), b.len());
+    let d: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter_map(|(x, y)| y.as_f64().map(|y| x - y))
+        .filter(|d| d.is_finite())
+        .collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let sd = (d.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)).sqrt();
+    (mean, sd, d.len())
+}
+
+fn ids(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
 }
 
 fn gguf_or_dir_tokenizer(model: &Path) -> Tokenizer {
@@ -217,7 +245,8 @@ fn f32_export_matches_llama_perplexity_position_by_position() {
     let fx = gemma3_fixtures();
     let r = reference();
     for ctx in [512, 2048] {
-        let (ppl, argmax) = llama_protocol(&fx.join("gemma3-f32.gguf"), ctx);
+        let (nll, argmax) = llama_protocol(&fx.join("gemma3-f32.gguf"), ctx);
+        let ppl = ppl(&nll);
         let want = &r["perplexity"]["f32"][ctx.to_string()]["fa_auto"];
         let lp = want["ppl"].as_f64().unwrap();
         let rel = (ppl - lp).abs() / lp;
@@ -235,43 +264,52 @@ fn f32_export_matches_llama_perplexity_position_by_position() {
 #[test]
 #[ignore = "needs the Gemma 3 fixture (scripts/fetch-fixture.sh … gemma3)"]
 fn q4_k_m_perplexity_is_as_close_to_llama_cpp_as_llama_cpp_is_to_itself() {
-    // With quantized weights every matmul quantizes its input to 8 bits, so a 1e-7 difference
-    // in a dot product flips roundings that later tokens feel: llama.cpp's two attention paths
-    // (flash attention auto / off) give different perplexities and top-1 on this file, as
-    // kiln's scalar and SIMD kernels do with each other. kiln must be as close to llama.cpp's
-    // default as llama.cpp's paths are to each other (and within 0.15 % in any case).
+    // With quantized weights every matmul rounds its input to 8 bits, so a 1e-7 difference in
+    // a dot product flips roundings that later tokens feel: per position the NLL moves by
+    // ~0.1 nats whichever of two exact-in-f32 implementations runs — llama.cpp's two attention
+    // paths (flash attention auto / off) differ from each other so on this file, as kiln's
+    // scalar and SIMD kernels do. So the perplexity of 8 chunks carries a noise of a few
+    // tenths of a percent, and kiln is held to llama.cpp's own standard: no systematic
+    // difference (the mean per-position difference within 3 standard errors), a per-position
+    // spread no larger than llama.cpp's between its own paths, the same top-1 agreement.
     let fx = gemma3_fixtures();
     let r = reference();
     for ctx in [512, 2048] {
-        let (ppl, argmax) = llama_protocol(&fx.join("gemma3-270m-q4_k_m.gguf"), ctx);
+        let (nll, argmax) = llama_protocol(&fx.join("gemma3-270m-q4_k_m.gguf"), ctx);
         let e = &r["perplexity"]["q4_k_m"][ctx.to_string()];
-        let (on, off) = (
-            e["fa_auto"]["ppl"].as_f64().unwrap(),
-            e["fa_off"]["ppl"].as_f64().unwrap(),
+        let (on, off) = (&e["fa_auto"], &e["fa_off"]);
+        let (mean, sd, n) = paired(&nll, &on["nll"]);
+        let off_nll: Vec<f64> = off["nll"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(f64::NAN))
+            .collect();
+        let own = paired(&off_nll, &on["nll"]);
+        let (own_sd, own_top1) = (own.1, agreement(&ids(&off["argmax"]), &on["argmax"]));
+        let top1 = agreement(&argmax, &on["argmax"]);
+        let (k, l, lo) = (
+            ppl(&nll),
+            on["ppl"].as_f64().unwrap(),
+            off["ppl"].as_f64().unwrap(),
         );
-        let own_spread = (on - off).abs() / on;
-        let own_top1 = agreement(
-            &e["fa_off"]["argmax"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as usize)
-                .collect::<Vec<_>>(),
-            &e["fa_auto"]["argmax"],
-        );
-        let rel = (ppl - on).abs() / on;
-        let top1 = agreement(&argmax, &e["fa_auto"]["argmax"]);
         eprintln!(
-            "Q4_K_M ctx {ctx}: kiln {ppl:.4}, llama.cpp {on:.4} ({:+.3} %; its flash-attention-off path {off:.4}, {:+.3} %), \
-             top-1 agreement {:.1} % (llama.cpp's two paths: {:.1} %)",
-            100.0 * (ppl / on - 1.0),
-            100.0 * (off / on - 1.0),
+            "Q4_K_M ctx {ctx}: kiln {k:.4}, llama.cpp {l:.4} ({:+.3} %; its flash-attention-off path {lo:.4}, {:+.3} %); \
+             per-position NLL difference {mean:+.5} ± {:.5} (sd {sd:.3}, n {n}; llama.cpp's paths: sd {own_sd:.3}); \
+             top-1 agreement {:.1} % (llama.cpp's paths: {:.1} %)",
+            100.0 * (k / l - 1.0),
+            100.0 * (lo / l - 1.0),
+            sd / (n as f64).sqrt(),
             100.0 * top1,
             100.0 * own_top1
         );
         assert!(
-            rel <= own_spread.max(0.001).min(0.0015),
-            "ctx {ctx}: {ppl} vs {on}"
+            mean.abs() <= 3.0 * sd / (n as f64).sqrt(),
+            "ctx {ctx}: systematic NLL difference {mean}"
+        );
+        assert!(
+            sd <= 1.2 * own_sd,
+            "ctx {ctx}: spread {sd} vs llama.cpp's own {own_sd}"
         );
         assert!(
             top1 >= own_top1 - 0.01,
@@ -602,4 +640,31 @@ fn calibrate_methods_masks_verify_and_bench_run_on_gemma3() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&bench).unwrap();
     assert!(v["tests"][0]["tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+#[ignore = "needs the Gemma 3 fixture (scripts/fetch-fixture.sh … gemma3)"]
+fn the_example_build_file_builds_every_target_within_its_thresholds() {
+    gemma3_fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gemma3.toml");
+    let out = kiln_ok(&[
+        "build",
+        toml.to_str().unwrap(),
+        "-o",
+        tmp.path().to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let targets = v["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 3);
+    for t in targets {
+        eprintln!(
+            "{}: {} bytes, KLD {:.5}, top-1 {:.3}, pass {}",
+            t["name"], t["bytes"], t["parity"]["kld"]["mean"], t["parity"]["top1"], t["pass"]
+        );
+        assert_eq!(t["pass"], true, "{}", t["name"]);
+        assert!(tmp.path().join(t["file"].as_str().unwrap()).exists());
+    }
+    assert!(tmp.path().join("report.html").exists() && tmp.path().join("manifest.json").exists());
 }

@@ -250,7 +250,159 @@ fn unsupported_model_type_lists_the_supported() {
         .unwrap()
         .replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\"");
     std::fs::write(&p, cfg).unwrap();
-    expect_failure(&c, &["config.json", "gpt_neox", "llama, mistral, qwen2"]);
+    expect_failure(
+        &c,
+        &[
+            "config.json",
+            "gpt_neox",
+            "llama, mistral, qwen2, gemma3_text",
+        ],
+    );
+}
+
+/// Sets `key` of the case's config.json to `value` (JSON text).
+fn set_config_key(c: &Case, key: &str, value: &str) {
+    let p = c.ckpt.join("config.json");
+    let mut cfg: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    cfg.insert(key.into(), serde_json::from_str(value).unwrap());
+    std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+}
+
+#[test]
+fn unsupported_rope_scaling_names_the_key_the_type_and_the_supported() {
+    let c = case(TinySpec::default());
+    set_config_key(
+        &c,
+        "rope_scaling",
+        r#"{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048}"#,
+    );
+    expect_failure(
+        &c,
+        &[
+            "config.json",
+            "rope_scaling",
+            "yarn",
+            "none, default, linear",
+        ],
+    );
+}
+
+#[test]
+fn keys_that_change_the_function_are_refused_by_name() {
+    // A key kiln does not know at all, and known keys set to what kiln does not implement.
+    for (spec, key, value, names) in [
+        (
+            TinySpec::default(),
+            "attn_logit_softcapping",
+            "50.0",
+            vec!["attn_logit_softcapping", "50"],
+        ),
+        (
+            TinySpec::default(),
+            "some_new_switch",
+            "true",
+            vec!["some_new_switch", "does not implement"],
+        ),
+        (
+            TinySpec::default(),
+            "hidden_act",
+            "\"gelu\"",
+            vec!["hidden_act", "gelu", "silu"],
+        ),
+        (
+            TinySpec {
+                arch: convert::Arch::Qwen2,
+                ..Default::default()
+            },
+            "use_sliding_window",
+            "true",
+            vec!["use_sliding_window", "true"],
+        ),
+        (
+            TinySpec {
+                arch: convert::Arch::Gemma3,
+                layers: 6,
+                heads: 4,
+                kv_heads: 1,
+                ..Default::default()
+            },
+            "attn_logit_softcapping",
+            "50.0",
+            vec!["attn_logit_softcapping"],
+        ),
+        (
+            TinySpec {
+                arch: convert::Arch::Gemma3,
+                layers: 6,
+                heads: 4,
+                kv_heads: 1,
+                ..Default::default()
+            },
+            "use_bidirectional_attention",
+            "true",
+            vec!["use_bidirectional_attention"],
+        ),
+    ] {
+        let c = case(spec);
+        set_config_key(&c, key, value);
+        expect_failure(
+            &c,
+            &names
+                .iter()
+                .map(|s| &**s)
+                .chain(["config.json"])
+                .collect::<Vec<_>>(),
+        );
+    }
+}
+
+#[test]
+fn an_unsupported_architecture_gguf_is_refused_but_inspected() {
+    use convert::gguf::{GgufWriter, Metadata, TensorSpec, Value};
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("phi2.gguf");
+    let mut md = Metadata::new();
+    md.set("general.architecture", Value::String("phi2".into()));
+    md.set("phi2.block_count", Value::U32(1));
+    let specs = vec![TensorSpec {
+        name: "token_embd.weight".into(),
+        dims: vec![32, 4],
+        ty: quantize::GgmlType::F32,
+    }];
+    let w = GgufWriter::new(&p, md, specs).unwrap();
+    let mut f = std::fs::File::create(&p).unwrap();
+    w.write(&p, &mut f, |_| Ok(vec![0u8; 512])).unwrap();
+    drop(f);
+    let (code, err) = kiln(&[
+        "perplexity",
+        p.to_str().unwrap(),
+        "--text",
+        p.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    for m in [
+        "phi2.gguf",
+        "general.architecture",
+        "phi2",
+        "llama, qwen2, gemma3",
+    ] {
+        assert!(err.contains(m), "{m:?} not in {err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["inspect", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "inspect of a well-formed GGUF: {text}"
+    );
+    assert!(
+        text.contains("phi2.block_count") && text.contains("token_embd.weight"),
+        "{text}"
+    );
+    assert!(text.contains("kiln does not run this model"), "{text}");
 }
 
 /// A small valid GGUF with one string array in its metadata.

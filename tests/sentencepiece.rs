@@ -150,3 +150,23 @@ fn tokenizer_json_alone_gives_hugging_faces_ids() {
         eprintln!("{name}: {} tokens, as Hugging Face's tokenizers", ids.len());
     }
 }
+
+#[test]
+#[ignore = "needs the fixture's texts (scripts/fetch-fixture.sh)"]
+fn tokenizer_model_alone_is_enough() {
+    // No tokenizer.json: special ids come from config.json, as SpecialVocab finds them.
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ck");
+    checkpoint(&ck, &["tokenizer.model"]);
+    let src = ModelSource::open(&ck).unwrap();
+    let md = src.base_metadata(None).unwrap();
+    assert_eq!(md.u64("tokenizer.ggml.bos_token_id"), Some(1));
+    assert_eq!(md.u64("tokenizer.ggml.eos_token_id"), Some(2));
+    let tok = Tokenizer::from_hf_dir(&ck, src.config(), None).unwrap();
+    let want = reference("llama-tokenize-ids.json");
+    let ids = tok.encode_with(&play("macbeth"), true, true).unwrap();
+    assert_eq!(
+        ids_hash(&ids),
+        want["plays"]["macbeth"]["sha256"].as_str().unwrap()
+    );
+}

@@ -374,8 +374,11 @@ impl Imatrix {
 
     /// Warnings about coverage: weight matrices of `expected` (name, columns) with no entry,
     /// entries of the wrong width, and columns that never saw any activation.
+    /// Matrices with some silent columns (a channel a norm weight of 0 zeroes, as Gemma 3 has
+    /// one of per layer) are reported together in one line.
     pub fn coverage(&self, expected: &[(String, usize)]) -> Vec<String> {
         let mut w = Vec::new();
+        let mut silent = Vec::new();
         for (name, cols) in expected {
             match self.entries.get(name) {
                 None => w.push(format!(
@@ -390,13 +393,22 @@ impl Imatrix {
                     if e.counts.iter().all(|&c| c == 0.0) {
                         w.push(format!("{name}: never saw any activation"));
                     } else if zero > 0 {
-                        w.push(format!(
-                            "{name}: {zero} of {} columns never saw any activation",
-                            e.in_sum2.len()
-                        ));
+                        silent.push(format!("{name} ({zero} of {})", e.in_sum2.len()));
                     }
                 }
             }
+        }
+        match silent.len() {
+            0 => {}
+            1 => w.push(format!(
+                "{}: columns that never saw any activation",
+                silent[0]
+            )),
+            n => w.push(format!(
+                "{n} matrices have columns that never saw any activation: {}{}",
+                silent[..n.min(3)].join(", "),
+                if n > 3 { ", …" } else { "" }
+            )),
         }
         w
     }

@@ -36,6 +36,9 @@ pub struct Inspection {
     /// Checkpoint tensors kiln does not use.
     pub extra_tensors: Vec<String>,
     pub ignored_tensors: Vec<String>,
+    /// Why kiln cannot run this model (an architecture it does not implement …), if it
+    /// cannot; the metadata and tensors are shown anyway.
+    pub unsupported: Option<String>,
 }
 
 fn json_of(v: &Value) -> serde_json::Value {
@@ -57,8 +60,15 @@ fn json_of(v: &Value) -> serde_json::Value {
     }
 }
 
-/// Inspects a checkpoint directory or GGUF file.
+/// Inspects a checkpoint directory or GGUF file. A well-formed GGUF is shown whatever its
+/// architecture.
 pub fn inspect(path: &Path) -> Result<Inspection> {
+    if !path.is_dir() {
+        let file = crate::gguf::GgufFile::open(path)?;
+        if let Err(e) = ModelSource::open(path) {
+            return Ok(inspect_gguf(&file, Some(e.to_string())));
+        }
+    }
     let src = ModelSource::open(path)?;
     let (kind, version, md, file_bytes, extra, ignored) = match &src {
         ModelSource::Gguf(g) => (
@@ -114,5 +124,42 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         file_bytes,
         extra_tensors: extra,
         ignored_tensors: ignored,
+        unsupported: None,
     })
+}
+
+/// A GGUF kiln does not run: its metadata and tensor table straight from the file.
+fn inspect_gguf(file: &crate::gguf::GgufFile, why: Option<String>) -> Inspection {
+    let tensors: Vec<InspectTensor> = file
+        .tensors
+        .iter()
+        .map(|t| InspectTensor {
+            name: t.name.clone(),
+            shape: t.dims.iter().rev().copied().collect(),
+            ty: t.ty.name().to_string(),
+            bytes: t
+                .ty
+                .row_size(t.row_len())
+                .map(|r| (r * t.n_rows()) as u64)
+                .unwrap_or(0),
+        })
+        .collect();
+    Inspection {
+        path: file.path().display().to_string(),
+        kind: "gguf",
+        gguf_version: Some(file.version),
+        architecture: file.architecture().unwrap_or("(none)").to_string(),
+        metadata: file
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), json_of(v)))
+            .collect(),
+        n_parameters: file.tensors.iter().map(|t| t.n_elements()).sum(),
+        tensor_bytes: tensors.iter().map(|t| t.bytes).sum(),
+        tensors,
+        file_bytes: file.file_size(),
+        extra_tensors: vec![],
+        ignored_tensors: vec![],
+        unsupported: why,
+    }
 }

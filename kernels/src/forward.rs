@@ -367,17 +367,6 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// GELU with the tanh approximation, as PyTorch computes `gelu(x, approximate="tanh")` in f32
-/// (`GeluKernelImpl`): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-#[inline]
-fn gelu_tanh(x: f32) -> f32 {
-    const BETA: f32 = (std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::SQRT_2 * 0.5) as f32;
-    const KAPPA: f32 = 0.044715;
-    let cube = x * x * x;
-    let inner = BETA * (x + KAPPA * cube);
-    0.5 * x * (1.0 + inner.tanh())
-}
-
 /// `x = rmsnorm(x) · w` for every head of every token row (per-head Q/K norms).
 fn norm_heads(x: &mut [f32], head_dim: usize, w: &[f32], eps: f32) {
     let xp = Rows(x.as_mut_ptr());
@@ -616,11 +605,7 @@ pub fn forward<O: Observer>(
                             *g = silu(*g) * u;
                         }
                     }
-                    Activation::GeluTanh => {
-                        for (g, &u) in g.iter_mut().zip(u) {
-                            *g = gelu_tanh(*g) * u;
-                        }
-                    }
+                    Activation::GeluTanh => dot::gelu_mul(g, u),
                 }
             });
         }

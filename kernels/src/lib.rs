@@ -2,7 +2,8 @@
 //!
 //! Scalar and SIMD kernels for inference: the dot product of every weight format with its
 //! activation format ([`dot`]), chosen at run time ([`simd`]), and — built on them — the matmul
-//! and the Llama-family forward pass that kiln uses to verify its own artifacts.
+//! and the decoder forward pass (every architecture kiln runs, through the switches of
+//! [`Config`]) that kiln uses to verify its own artifacts.
 //!
 //! Layout rule (candle's `k_quants`): each SIMD module has the same function names as the
 //! scalar module, and the scalar module is the reference. Artifacts are never written through

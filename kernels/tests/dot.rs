@@ -597,3 +597,50 @@ fn k_quant_four_token_kernels_give_the_single_row_bits() {
         check!("q6_K", &q6, vec_dot_q6_k_q8_k, vec_dot4_q6_k_q8_k);
     }
 }
+
+#[test]
+fn gelu_is_accurate_and_simd_gives_the_scalar_bits() {
+    // Against float64 GELU, 0.5·x·(1 + tanh(u)) written as the equal x·σ(2u) (the tanh form
+    // loses its small negative values to cancellation even in f64): a few ulp wherever the
+    // value is not negligible.
+    let gelu64 = |x: f64| {
+        let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+        x / (1.0 + (-2.0 * u).exp())
+    };
+    // Where GELU is small next to x (x below about −1) its value is ≈ x·e^(−2u), 2u growing
+    // like x³: a relative error of 1e-7 in u (f32 input, any f32 formula) is a larger relative
+    // error of the small result, so there the bound is absolute, against |x|. (PyTorch's own
+    // f32 form is worse there: 1 + tanh(u) cancels.)
+    let (mut worst, mut worst_abs) = (0i64, 0f64);
+    let xs: Vec<f32> = (0..=400_000).map(|i| -20.0 + i as f32 * 1e-4).collect();
+    for &x in &xs {
+        let got = dot::gelu_ref(x) as f64;
+        let want = gelu64(x as f64);
+        if want.abs() >= 0.1 * x.abs() as f64 {
+            let ulp = ((got as f32).to_bits() as i64 - (want as f32).to_bits() as i64).abs();
+            worst = worst.max(ulp);
+        }
+        worst_abs = worst_abs.max((got - want).abs() / (x.abs() as f64).max(1e-30));
+    }
+    eprintln!("gelu: worst {worst} ulp where |gelu(x)| ≥ 0.1·|x|, worst |error| / |x| {worst_abs:.1e} on [-20, 20]");
+    assert!(worst <= 4, "gelu_ref is {worst} ulp off");
+    assert!(worst_abs <= 3e-7, "gelu_ref is {worst_abs}·|x| off");
+    assert_eq!(dot::gelu_ref(0.0), 0.0);
+    assert_eq!(dot::gelu_ref(1e4), 1e4);
+    assert!(dot::gelu_ref(-1e4).abs() < 1e-30);
+    // SIMD: the same bits, odd lengths included.
+    let up: Vec<f32> = xs.iter().map(|x| 1.0 + x * 0.01).collect();
+    for n in [xs.len(), 7, 8, 9, 1001] {
+        let mut a = xs[..n].to_vec();
+        let mut b = xs[..n].to_vec();
+        dot::gelu_mul(&mut a, &up[..n]);
+        scalar::gelu_mul(&mut b, &up[..n]);
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "gelu_mul SIMD ≠ scalar at length {n}"
+        );
+    }
+    if simd::available() == simd::SimdLevel::Scalar {
+        eprintln!("no SIMD level on this CPU: the SIMD comparison ran the scalar path");
+    }
+}

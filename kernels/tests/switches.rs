@@ -324,3 +324,26 @@ fn windowed_layers_keep_a_ring_cache_and_give_the_same_bits_in_any_batch() {
     );
     assert_eq!(one, run(&m, &toks, 1), "decode must equal prefill");
 }
+
+#[test]
+fn gemma_270m_at_its_full_context_holds_local_layers_in_window_rings() {
+    // 18 layers, 1 KV head of 256, 5 local : 1 global, window 512, 32,768 positions, batches
+    // of 512: each local layer needs 511 + 512 slots (1,024 rounded), a global one all 32,768.
+    let mut layers = vec![true; 18];
+    for l in [5, 11, 17] {
+        layers[l] = false;
+    }
+    let c = Config {
+        swa: Some(SlidingWindow {
+            window: 512,
+            layers,
+            rope_theta: 10_000.0,
+            rope_scale: 1.0,
+        }),
+        ..Config::llama(640, 2048, 18, 4, 1, 256, 262_144, 32_768)
+    };
+    let st = State::new(&c, 32_768, 512);
+    assert_eq!(st.cache_floats(), 2 * 256 * (3 * 32_768 + 15 * 1_024));
+    let dense = State::new(&Config { swa: None, ..c }, 32_768, 512);
+    assert_eq!(dense.cache_floats(), 2 * 256 * 18 * 32_768);
+}

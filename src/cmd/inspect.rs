@@ -21,6 +21,9 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
             .unwrap_or_default()
     );
     println!("architecture: {}", ins.architecture);
+    if let Some(why) = &ins.unsupported {
+        println!("kiln does not run this model: {why}");
+    }
     println!("\nmetadata ({} keys):", ins.metadata.len());
     for (k, v) in &ins.metadata {
         let mut s = match v {

@@ -500,7 +500,7 @@ pub fn tokenizer_config_from_gguf(md: &Metadata) -> Json {
     Json::Object(o)
 }
 
-fn string_array(path: &Path, md: &Metadata, key: &str) -> Result<Vec<String>> {
+pub(crate) fn string_array(path: &Path, md: &Metadata, key: &str) -> Result<Vec<String>> {
     md.get(key)
         .and_then(Value::as_array)
         .ok_or_else(|| Error::format(path, format!("no {key}")))?

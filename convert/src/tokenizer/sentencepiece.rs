@@ -26,7 +26,7 @@ use std::path::Path;
 use serde_json::{json, Value as Json};
 
 use super::sp_model::{piece_type, ModelProto, NormalizerSpec, SentencePiece, TrainerSpec};
-use super::{looks_special, token_type};
+use super::{looks_special, string_array, token_type};
 use crate::arch::Arch;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -57,6 +57,21 @@ struct Vocab {
     tokens: Vec<String>,
     scores: Vec<f32>,
     types: Vec<i32>,
+}
+
+impl Vocab {
+    /// An added token as the converter records one: control when special (or when it looks
+    /// special), else user-defined with its `▁` pre-normalized to spaces; score −1000.
+    fn added(&mut self, id: usize, content: &str, special: bool) {
+        if special || looks_special(content) {
+            self.types[id] = token_type::CONTROL;
+            self.tokens[id] = content.to_string();
+        } else {
+            self.types[id] = token_type::USER_DEFINED;
+            self.tokens[id] = content.replace('▁', " ");
+        }
+        self.scores[id] = -1000.0;
+    }
 }
 
 fn read_json(path: &Path) -> Result<Option<Json>> {
@@ -125,16 +140,7 @@ fn added_tokens(dir: &Path, v: &mut Vocab) -> Result<()> {
                         format!("added_tokens_decoder[{id}] has no content"),
                     ));
                 };
-                let special = data["special"].as_bool().unwrap_or(false);
-                if special || looks_special(content) {
-                    v.types[id] = token_type::CONTROL;
-                    v.tokens[id] = content.to_string();
-                } else {
-                    // Pre-normalized user-defined spaces, as the converter does.
-                    v.types[id] = token_type::USER_DEFINED;
-                    v.tokens[id] = content.replace('▁', " ");
-                }
-                v.scores[id] = -1000.0;
+                v.added(id, content, data["special"].as_bool().unwrap_or(false));
             }
         }
     }
@@ -245,15 +251,7 @@ fn vocab_from_json(dir: &Path, vocab_size: usize) -> Result<Vocab> {
                     format!("added token {id} ({content:?}) is outside the model's vocabulary of {vocab_size}"),
                 ));
             }
-            let special = a["special"].as_bool().unwrap_or(false);
-            if special || looks_special(content) {
-                v.types[id] = token_type::CONTROL;
-                v.tokens[id] = content.to_string();
-            } else {
-                v.types[id] = token_type::USER_DEFINED;
-                v.tokens[id] = content.replace('▁', " ");
-            }
-            v.scores[id] = -1000.0;
+            v.added(id, content, a["special"].as_bool().unwrap_or(false));
         }
     }
     added_tokens(dir, &mut v)?;
@@ -557,22 +555,9 @@ pub struct ExportFiles {
     pub lossy: Vec<String>,
 }
 
-fn string_list(path: &Path, md: &Metadata, key: &str) -> Result<Vec<String>> {
-    md.get(key)
-        .and_then(Value::as_array)
-        .ok_or_else(|| Error::format(path, format!("no {key}")))?
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| Error::format(path, format!("{key} holds a non-string")))
-        })
-        .collect()
-}
-
 /// Builds the export files from GGUF tokenizer metadata (`path` names the GGUF in errors).
 pub fn export_files(path: &Path, md: &Metadata) -> Result<ExportFiles> {
-    let tokens = string_list(path, md, "tokenizer.ggml.tokens")?;
+    let tokens = string_array(path, md, "tokenizer.ggml.tokens")?;
     let n = tokens.len();
     let nums = |key: &str| {
         md.get(key)

@@ -68,7 +68,22 @@ impl StridedMut<'_> {
     }
 }
 
-pub use scalar::{exp_ref, lanes_sum, ATT_LANES};
+pub use scalar::{exp_ref, gelu_ref, lanes_sum, ATT_LANES};
+
+/// `g[i] = gelu(g[i]) · up[i]` (GeGLU, tanh GELU): SIMD and scalar give the same bits (see
+/// [`scalar::gelu_ref`]).
+#[inline]
+pub fn gelu_mul(g: &mut [f32], up: &[f32]) {
+    assert_eq!(g.len(), up.len(), "gelu_mul lengths");
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: level() reports a level only when the CPU has its features.
+        SimdLevel::Avx512 => return unsafe { avx512::gelu_mul(g, up) },
+        SimdLevel::Avx2 => return unsafe { avx2::gelu_mul(g, up) },
+        SimdLevel::Scalar => {}
+    }
+    scalar::gelu_mul(g, up)
+}
 
 /// The attention kernels below check their slices against these extents, so the SIMD ones
 /// can index without further checks.

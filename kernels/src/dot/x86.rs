@@ -369,6 +369,34 @@ macro_rules! x86_kernels {
             _mm256_and_ps(e, keep)
         }
 
+        /// [`super::scalar::gelu_mul`] on eight lanes, step for step ([`super::scalar::gelu_ref`]).
+        #[target_feature(enable = $feat)]
+        pub unsafe fn gelu_mul(g: &mut [f32], up: &[f32]) {
+            use super::scalar::{GELU_BETA, GELU_KAPPA};
+            let n = g.len().min(up.len());
+            let n8 = n / 8 * 8;
+            let (beta, kappa) = (_mm256_set1_ps(GELU_BETA), _mm256_set1_ps(GELU_KAPPA));
+            let (m2, cap, one) = (
+                _mm256_set1_ps(-2.0),
+                _mm256_set1_ps(88.0),
+                _mm256_set1_ps(1.0),
+            );
+            let mut i = 0;
+            while i < n8 {
+                let x = _mm256_loadu_ps(g.as_ptr().add(i));
+                let cube = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+                let u = _mm256_mul_ps(beta, _mm256_add_ps(x, _mm256_mul_ps(kappa, cube)));
+                let t = _mm256_min_ps(_mm256_mul_ps(m2, u), cap);
+                let y = _mm256_div_ps(x, _mm256_add_ps(one, exp_ps(t)));
+                _mm256_storeu_ps(
+                    g.as_mut_ptr().add(i),
+                    _mm256_mul_ps(y, _mm256_loadu_ps(up.as_ptr().add(i))),
+                );
+                i += 8;
+            }
+            super::scalar::gelu_mul(&mut g[n8..n], &up[n8..n]);
+        }
+
         /// See [`super::scalar::attn_exp`]: sixteen keys per step, aligned to key positions,
         /// partial steps through lane masks; the caller has checked `keys.end ≤ row.len()`.
         #[target_feature(enable = $feat)]
