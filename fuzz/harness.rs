@@ -64,7 +64,7 @@ pub fn config_json(_dir: &Path, data: &[u8]) {
 /// tokenizer.json (+ pre-tokenizer detection through the tokenizers library) ingestion.
 pub fn tokenizer_json(dir: &Path, data: &[u8]) {
     put(dir, "tokenizer.json", data);
-    let _ = convert::tokenizer::hf_tokenizer_metadata(dir, 512, Some(1), Some(2), None);
+    let _ = convert::tokenizer::hf_tokenizer_metadata(dir, 512, None);
 }
 
 /// llama.cpp's GGUF imatrix format.

@@ -77,6 +77,76 @@ pub struct ModelConfig {
     pub swa_layers: Vec<bool>,
     /// RoPE base of the windowed layers (they use no RoPE scaling).
     pub rope_theta_swa: Option<f32>,
+    /// Llama 3's RoPE frequency scaling (`rope_scaling.rope_type = llama3`), as config.json
+    /// gives it; `None` from a GGUF whose factors match no parameters kiln can name.
+    pub rope_llama3: Option<Llama3Rope>,
+    /// Divisors of each rotated pair's RoPE frequency: llama.cpp's `rope_freqs.weight`
+    /// (from `rope_llama3`, or read from a GGUF).
+    pub rope_freq_factors: Option<Vec<f32>>,
+    /// `no_rope_layers[l]`: layer `l` applies no RoPE (SmolLM3); empty: every layer rotates.
+    pub no_rope_layers: Vec<bool>,
+    /// config.json names `head_dim` (llama.cpp's converter then writes
+    /// `attention.key_length` / `value_length` whatever their value).
+    pub head_dim_key: bool,
+}
+
+/// Llama 3's RoPE scaling parameters (`_compute_llama3_parameters` of transformers'
+/// `modeling_rope_utils.py`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Rope {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+impl Llama3Rope {
+    /// The frequency divisors of the `dim / 2` rotated pairs for base `theta`, as
+    /// `LlamaModel.generate_extra_tensors` of llama.cpp's converter computes `rope_freqs` (in
+    /// float32, as its torch tensors: frequency `1 / base^(2i/dim)`, wavelength `2π / f`; 1
+    /// above the high-frequency wavelength, `factor` below the low one, and between them
+    /// `1 / ((1 − s) / factor + s)` with `s = (L / wavelength − low) / (high − low)`).
+    /// The power is rounded once from f64 (torch's float32 `pow` is within an ulp of it).
+    pub fn factors(&self, theta: f32, dim: usize) -> Vec<f32> {
+        let old = self.original_max_position_embeddings as f64;
+        let low_wavelen = (old / self.low_freq_factor) as f32;
+        let high_wavelen = (old / self.high_freq_factor) as f32;
+        let factor = self.factor as f32;
+        let (low, span) = (
+            self.low_freq_factor as f32,
+            (self.high_freq_factor - self.low_freq_factor) as f32,
+        );
+        (0..dim / 2)
+            .map(|i| {
+                let e = (2 * i) as f32 / dim as f32;
+                let freq = 1.0f32 / (theta as f64).powf(e as f64) as f32;
+                let wavelen = std::f64::consts::TAU as f32 / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (old as f32 / wavelen - low) / span;
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect()
+    }
+
+    /// The parameters of Meta's Llama 3.x releases whose factors for `theta`, `dim` are
+    /// exactly `ff` (the converter writes only the factors, so an export names them back).
+    pub fn from_factors(ff: &[f32], theta: f32, dim: usize) -> Option<Llama3Rope> {
+        let factor = ff.iter().copied().fold(1.0f32, f32::max) as f64;
+        [(1.0, 4.0, 8192usize), (1.0, 4.0, 4096), (1.0, 2.0, 8192)]
+            .into_iter()
+            .map(|(low, high, old)| Llama3Rope {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: old,
+            })
+            .find(|p| p.factors(theta, dim) == ff)
+    }
 }
 
 impl ModelConfig {
@@ -118,6 +188,10 @@ impl ModelConfig {
             sliding_window: None,
             swa_layers: Vec::new(),
             rope_theta_swa: None,
+            rope_llama3: None,
+            rope_freq_factors: None,
+            no_rope_layers: Vec::new(),
+            head_dim_key: false,
         }
     }
 
@@ -251,6 +325,32 @@ impl ModelConfig {
         let cfg = arch.family().read_gguf(path, md)?;
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// The configuration of a GGUF file: its metadata, whether the output projection is tied
+    /// to the embedding, and the RoPE frequency factors of `rope_freqs.weight`.
+    pub fn from_gguf_file(file: &crate::gguf::GgufFile) -> Result<Self> {
+        let path = file.path();
+        let mut c = Self::from_gguf(path, &file.metadata)?;
+        c.tie_word_embeddings = file.tensor("output.weight").is_none();
+        if let Some(t) = file.tensor(crate::arch::ROPE_FREQS) {
+            let ff = file.tensor_f32(t)?;
+            let dim = c.head_dim;
+            if ff.len() != dim / 2 {
+                return Err(Error::tensor(
+                    path,
+                    crate::arch::ROPE_FREQS,
+                    format!(
+                        "holds {} factors; heads of {dim} rotate {} pairs",
+                        ff.len(),
+                        dim / 2
+                    ),
+                ));
+            }
+            c.rope_llama3 = Llama3Rope::from_factors(&ff, c.rope_theta, dim);
+            c.rope_freq_factors = Some(ff);
+        }
+        Ok(c)
     }
 
     /// The `<arch>.*` keys llama.cpp reads.
@@ -505,29 +605,104 @@ impl<'a> HfJson<'a> {
     }
 }
 
-/// The RoPE scaling of a `rope_scaling` / `rope_parameters` object: `None` for no scaling
-/// (absent, null or type `default`), the factor for `linear`, and an error naming the key,
-/// the type and what kiln handles otherwise.
-pub fn rope_scaling_linear(cfg: &HfJson, key: &str, v: Option<&Json>) -> Result<Option<f32>> {
+/// A RoPE scaling of config.json.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// None (absent, null or type `default`).
+    None,
+    /// Positions divided by the factor.
+    Linear(f32),
+    /// Llama 3's frequency scaling.
+    Llama3(Llama3Rope),
+}
+
+/// The RoPE scaling of a `rope_scaling` / `rope_parameters` object, checked key by key (a key
+/// kiln does not read is an error naming it, as is an unsupported type — with the types kiln
+/// handles). `llama3` is accepted only where `allow_llama3` (the architectures whose llama.cpp
+/// graph reads `rope_freqs.weight`).
+pub fn rope_scaling(
+    cfg: &HfJson,
+    key: &str,
+    v: Option<&Json>,
+    allow_llama3: bool,
+) -> Result<RopeScaling> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(None);
+        return Ok(RopeScaling::None);
     };
     let ty = v
         .get("rope_type")
         .or_else(|| v.get("type"))
         .and_then(|t| t.as_str())
         .unwrap_or("");
-    let factor = v.get("factor").and_then(|f| f.as_f64());
-    match (ty, factor) {
-        ("default", _) => Ok(None),
-        ("linear", Some(f)) => Ok(Some(f as f32)),
-        _ => Err(Error::unsupported(
+    let handled = if allow_llama3 {
+        "none, default, linear, llama3"
+    } else {
+        "none, default, linear"
+    };
+    let unsupported = || {
+        Error::unsupported(
             cfg.path(),
-            format!(
-                "`{key}` = {v}: RoPE scaling type `{ty}` is not supported (kiln handles: none, default, linear)"
-            ),
-        )),
+            format!("`{key}` = {v}: RoPE scaling type `{ty}` is not supported (kiln handles: {handled})"),
+        )
+    };
+    let known: &[&str] = match ty {
+        "default" => &[],
+        "linear" => &["factor"],
+        "llama3" if allow_llama3 => &[
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        ],
+        _ => return Err(unsupported()),
+    };
+    if let Some(o) = v.as_object() {
+        for (k, x) in o {
+            if !matches!(k.as_str(), "rope_type" | "type" | "rope_theta")
+                && !known.contains(&k.as_str())
+            {
+                return Err(Error::unsupported(
+                    cfg.path(),
+                    format!("`{key}.{k}` = {x} is not a key kiln reads for RoPE scaling type `{ty}` (it reads: {})", known.join(", ")),
+                ));
+            }
+        }
     }
+    let num = |k: &str| -> Result<f64> {
+        v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| {
+            Error::format(
+                cfg.path(),
+                format!("`{key}` of type `{ty}` needs a number `{k}`"),
+            )
+        })
+    };
+    Ok(match ty {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear(num("factor")? as f32),
+        _ => {
+            let p = Llama3Rope {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+            };
+            if p.high_freq_factor <= p.low_freq_factor || p.factor < 1.0 {
+                return Err(Error::format(
+                    cfg.path(),
+                    format!("`{key}` = {v}: llama3 scaling needs high_freq_factor > low_freq_factor and factor ≥ 1"),
+                ));
+            }
+            RopeScaling::Llama3(p)
+        }
+    })
+}
+
+/// [`rope_scaling`] for the architectures that take only linear scaling: `None` or the factor.
+pub fn rope_scaling_linear(cfg: &HfJson, key: &str, v: Option<&Json>) -> Result<Option<f32>> {
+    Ok(match rope_scaling(cfg, key, v, false)? {
+        RopeScaling::Linear(f) => Some(f),
+        _ => None,
+    })
 }
 
 /// Reads the GGUF keys every family shares; the family adds its own.

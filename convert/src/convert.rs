@@ -486,7 +486,24 @@ pub fn export_with(
         .map(|d| (d.gguf.clone(), d))
         .collect();
     let mut tensors = Vec::new();
+    let derived: Vec<String> = crate::arch::derived(c)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if c.rope_freq_factors.is_some() && c.rope_llama3.is_none() {
+        return Err(Error::unsupported(
+            g.file.path(),
+            format!(
+                "`{}` matches no Llama 3 RoPE scaling parameters kiln can name for config.json",
+                crate::arch::ROPE_FREQS
+            ),
+        ));
+    }
     for t in src.tensors() {
+        if derived.contains(&t.name) {
+            // config.json's rope_scaling implies it.
+            continue;
+        }
         let def = defs.get(&t.name).ok_or_else(|| {
             Error::tensor(
                 g.file.path(),

@@ -58,6 +58,8 @@ pub struct HfCheckpoint {
     pub extra: Vec<String>,
     /// Checkpoint tensors that hold no weights (`rotary_emb.inv_freq` …), skipped.
     pub ignored: Vec<String>,
+    /// Tensors the GGUF holds that config.json implies (`rope_freqs.weight`).
+    derived: HashMap<String, Vec<f32>>,
 }
 
 impl HfCheckpoint {
@@ -182,6 +184,16 @@ impl HfCheckpoint {
             }
         }
         let mut tensors = Vec::with_capacity(expected.len());
+        let derived: HashMap<String, Vec<f32>> =
+            crate::arch::derived(&config).into_iter().collect();
+        // llama.cpp's converter writes its generated tensors first (`generate_extra_tensors`).
+        for (name, v) in crate::arch::derived(&config) {
+            tensors.push(SourceTensor {
+                name,
+                dims: vec![v.len() as u64],
+                stored: GgmlType::F32,
+            });
+        }
         for def in &expected {
             let (g, shape) = (&def.gguf, &def.shape);
             let loc = locs.get(g).ok_or_else(|| {
@@ -225,6 +237,7 @@ impl HfCheckpoint {
             tensors,
             extra,
             ignored,
+            derived,
         })
     }
 
@@ -256,6 +269,9 @@ impl HfCheckpoint {
     }
 
     fn read(&self, name: &str, hf_rows: bool) -> Result<Vec<f32>> {
+        if let Some(v) = self.derived.get(name) {
+            return Ok(v.clone());
+        }
         let loc = self
             .locs
             .get(name)
@@ -333,8 +349,7 @@ impl ModelSource {
             return Ok(ModelSource::Hf(Box::new(HfCheckpoint::open(path)?)));
         }
         let file = GgufFile::open(path)?;
-        let mut config = ModelConfig::from_gguf(path, &file.metadata)?;
-        config.tie_word_embeddings = file.tensor("output.weight").is_none();
+        let config = ModelConfig::from_gguf_file(&file)?;
         let tensors = file
             .tensors
             .iter()

@@ -341,3 +341,326 @@ pub fn write_checkpoint(dir: &Path, spec: &TinySpec) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The families of generated checkpoints "with real structure": each writes the config.json
+/// keys of a public model (copied key for key, scaled down to a few layers and a small width
+/// but keeping its head layout, biases, norms, RoPE settings, tie setting and tokenizer kind).
+pub const FAMILIES: &[&str] = &["llama3.2", "qwen2.5", "qwen3", "smollm3", "mistral"];
+
+/// The public model each generated family copies its config.json from.
+pub fn family_source(family: &str) -> Option<&'static str> {
+    Some(match family {
+        "llama3.2" => "meta-llama/Llama-3.2-1B",
+        "qwen2.5" => "Qwen/Qwen2.5-0.5B",
+        "qwen3" => "Qwen/Qwen3-0.6B",
+        "smollm3" => "HuggingFaceTB/SmolLM3-3B",
+        "mistral" => "mistralai/Mistral-7B-v0.1",
+        _ => return None,
+    })
+}
+
+/// A byte-level BPE tokenizer.json of the kind Llama 3 and Qwen ship: the 256 byte symbols,
+/// merges of frequent English pairs and triples up to `vocab − specials`, the family's
+/// pre-tokenizer (`pre`: a name [`crate::tokenizer::pre_tokenizer_json`] knows), and the special
+/// tokens after the merges, as in the real vocabularies. `bos` (if any) is added by a
+/// `TemplateProcessing` post-processor, as Llama 3's tokenizer.json does.
+pub fn bpe_tokenizer_json(
+    vocab: usize,
+    pre: &str,
+    specials: &[&str],
+    bos: Option<&str>,
+) -> serde_json::Value {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut pairs: Vec<(u32, char)> = bs
+        .iter()
+        .zip(&cs)
+        .map(|(&b, &c)| (b, char::from_u32(c).unwrap()))
+        .collect();
+    pairs.sort();
+    let mut v = serde_json::Map::new();
+    for (i, (_, c)) in pairs.iter().enumerate() {
+        v.insert(c.to_string(), json!(i));
+    }
+    let n_merges = vocab - specials.len();
+    let mut merges: Vec<String> = Vec::new();
+    let mut add = |a: &str, b: &str, v: &mut serde_json::Map<String, serde_json::Value>| {
+        let m = format!("{a}{b}");
+        if v.len() < n_merges && !v.contains_key(&m) && v.contains_key(a) && v.contains_key(b) {
+            v.insert(m, json!(v.len()));
+            merges.push(format!("{a} {b}"));
+        }
+    };
+    let letters: Vec<String> = "etaoinshrdlucmfwypvbgk".chars().map(String::from).collect();
+    for a in ["Ġ", "t", "h", "e", "a", "i", "n", "s", "o", "r"] {
+        for b in &letters {
+            add(a, b, &mut v);
+        }
+    }
+    for w in [
+        "Ġth", "Ġa", "Ġw", "Ġs", "Ġo", "Ġm", "Ġh", "Ġi", "Ġb", "Ġc", "Ġf", "Ġd",
+    ] {
+        for b in &letters {
+            add(w, b, &mut v);
+        }
+    }
+    for a in &letters {
+        for b in &letters {
+            add(a, b, &mut v);
+        }
+    }
+    let mut k = 0;
+    while v.len() < n_merges {
+        // Fill with merges of the byte symbols themselves (rarely used, but real rows).
+        let (a, b) = (
+            pairs[k % 94].1.to_string(),
+            pairs[(k / 94) % 94].1.to_string(),
+        );
+        add(&a, &b, &mut v);
+        k += 1;
+    }
+    let base = v.len();
+    for (i, s) in specials.iter().enumerate() {
+        v.insert(s.to_string(), json!(base + i));
+    }
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"id": base + i, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let post = match bos {
+        Some(b) => {
+            let id = base + specials.iter().position(|s| s == &b).unwrap();
+            json!({"type": "TemplateProcessing",
+                   "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                   "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                            {"SpecialToken": {"id": b, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                   "special_tokens": {b: {"id": b, "ids": [id], "tokens": [b]}}})
+        }
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false})
+        }
+    };
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": crate::tokenizer::pre_tokenizer_json(pre).expect("a pre-tokenizer kiln knows"),
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": pre == "llama-bpe",
+                  "vocab": v, "merges": merges}
+    })
+}
+
+/// Writes the generated checkpoint of `family` (one of [`FAMILIES`]) into `dir`; `spm_dir` is
+/// a Llama-2-style SentencePiece tokenizer directory (tests/data/llama2-spm) for the families
+/// that ship one (Mistral). Returns the `--tokenizer-pre` its conversion needs (the check-text
+/// hash of a generated vocabulary matches no released tokenizer), if any.
+pub fn write_family_checkpoint(
+    dir: &Path,
+    family: &str,
+    spm_dir: &Path,
+) -> std::io::Result<Option<&'static str>> {
+    std::fs::create_dir_all(dir)?;
+    let vocab = 512;
+    // (config.json, tokenizer: Some((pre, specials, bos, tokenizer_config)) or None for SPM).
+    type Tok = (
+        &'static str,
+        Vec<&'static str>,
+        Option<&'static str>,
+        serde_json::Value,
+    );
+    let (cfg, tok): (serde_json::Value, Option<Tok>) = match family {
+        "llama3.2" => {
+            let sp = vec![
+                "<|begin_of_text|>",
+                "<|end_of_text|>",
+                "<|reserved_special_token_0|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+            ];
+            (
+                json!({
+                    "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+                    "bos_token_id": vocab - 6, "eos_token_id": vocab - 5, "head_dim": 16, "hidden_act": "silu",
+                    "hidden_size": 256, "initializer_range": 0.02, "intermediate_size": 512,
+                    "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+                    "num_attention_heads": 16, "num_hidden_layers": 2, "num_key_value_heads": 4,
+                    "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+                    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                    "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "float32",
+                    "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": vocab
+                }),
+                Some((
+                    "llama-bpe",
+                    sp,
+                    Some("<|begin_of_text|>"),
+                    json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "clean_up_tokenization_spaces": true,
+                             "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast"}),
+                )),
+            )
+        }
+        "qwen2.5" => {
+            let sp = vec!["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+            (
+                json!({
+                    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+                    "bos_token_id": vocab - 3, "eos_token_id": vocab - 3, "hidden_act": "silu",
+                    "hidden_size": 224, "initializer_range": 0.02, "intermediate_size": 512,
+                    "max_position_embeddings": 32768, "max_window_layers": 2, "model_type": "qwen2",
+                    "num_attention_heads": 14, "num_hidden_layers": 2, "num_key_value_heads": 2,
+                    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+                    "tie_word_embeddings": true, "torch_dtype": "float32", "transformers_version": "4.40.1",
+                    "use_cache": true, "use_sliding_window": false, "vocab_size": vocab
+                }),
+                Some((
+                    "qwen2",
+                    sp,
+                    None,
+                    json!({"bos_token": null, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "add_prefix_space": false,
+                             "clean_up_tokenization_spaces": false, "errors": "replace", "model_max_length": 131072,
+                             "split_special_tokens": false, "tokenizer_class": "Qwen2Tokenizer", "unk_token": null}),
+                )),
+            )
+        }
+        "qwen3" => {
+            let sp = vec!["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+            (
+                json!({
+                    "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+                    "bos_token_id": vocab - 3, "eos_token_id": vocab - 1, "head_dim": 32, "hidden_act": "silu",
+                    "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 192,
+                    "max_position_embeddings": 40960, "max_window_layers": 2, "model_type": "qwen3",
+                    "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+                    "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null,
+                    "tie_word_embeddings": true, "torch_dtype": "float32", "transformers_version": "4.51.0",
+                    "use_cache": true, "use_sliding_window": false, "vocab_size": vocab
+                }),
+                Some((
+                    "qwen2",
+                    sp,
+                    None,
+                    json!({"bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "add_prefix_space": false,
+                             "clean_up_tokenization_spaces": false, "errors": "replace", "model_max_length": 131072,
+                             "split_special_tokens": false, "tokenizer_class": "Qwen2Tokenizer", "unk_token": null}),
+                )),
+            )
+        }
+        "smollm3" => {
+            let sp = vec![
+                "<|begin_of_text|>",
+                "<|end_of_text|>",
+                "<|finetune_right_pad_id|>",
+                "<|im_start|>",
+                "<|im_end|>",
+            ];
+            (
+                json!({
+                    "architectures": ["SmolLM3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+                    "bos_token_id": null, "eos_token_id": vocab - 1, "hidden_act": "silu",
+                    "hidden_size": 128, "initializer_range": 0.02, "intermediate_size": 320,
+                    "layer_types": ["full_attention", "full_attention", "full_attention", "full_attention"],
+                    "max_position_embeddings": 65536, "max_window_layers": 4, "mlp_bias": false,
+                    "model_type": "smollm3", "no_rope_layer_interval": 4, "no_rope_layers": [1, 1, 1, 0],
+                    "num_attention_heads": 4, "num_hidden_layers": 4, "num_key_value_heads": 1,
+                    "pad_token_id": vocab - 3, "pretraining_tp": 2, "rms_norm_eps": 1e-06, "rope_scaling": null,
+                    "rope_theta": 5000000.0, "sliding_window": null, "tie_word_embeddings": true,
+                    "torch_dtype": "float32", "transformers_version": "4.54.0.dev0", "use_cache": false,
+                    "use_sliding_window": false, "vocab_size": vocab
+                }),
+                Some((
+                    "llama-bpe",
+                    sp,
+                    None,
+                    json!({"bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|finetune_right_pad_id|>",
+                             "clean_up_tokenization_spaces": true, "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast"}),
+                )),
+            )
+        }
+        "mistral" => (
+            json!({
+                "architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+                "hidden_size": 128, "initializer_range": 0.02, "intermediate_size": 448,
+                "max_position_embeddings": 32768, "model_type": "mistral", "num_attention_heads": 4,
+                "num_hidden_layers": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+                "sliding_window": 64, "tie_word_embeddings": false, "torch_dtype": "float32",
+                "transformers_version": "4.34.0.dev0", "use_cache": true, "vocab_size": 4000
+            }),
+            None,
+        ),
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "no generated family `{other}` (known: {})",
+                    FAMILIES.join(", ")
+                ),
+            ))
+        }
+    };
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    let pre = match tok {
+        Some((pre, specials, bos, tc)) => {
+            let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
+            std::fs::write(
+                dir.join("tokenizer.json"),
+                serde_json::to_vec(&bpe_tokenizer_json(vocab, pre, &specials, bos))?,
+            )?;
+            std::fs::write(
+                dir.join("tokenizer_config.json"),
+                serde_json::to_vec_pretty(&tc)?,
+            )?;
+            Some(pre)
+        }
+        None => {
+            for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json"] {
+                std::fs::copy(spm_dir.join(f), dir.join(f))?;
+            }
+            None
+        }
+    };
+    let c = crate::config::ModelConfig::from_hf_json(
+        &dir.join("config.json"),
+        &serde_json::to_string(&cfg)?,
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut names: Vec<(String, Vec<usize>)> = c
+        .arch
+        .family()
+        .tensors(&c)
+        .into_iter()
+        .map(|d| (d.hf, d.shape))
+        .collect();
+    names.sort();
+    let ts: Vec<(String, Dtype, Vec<usize>)> = names
+        .iter()
+        .map(|(n, s)| (n.clone(), Dtype::F32, s.clone()))
+        .collect();
+    let seed = family
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    write_safetensors(&dir.join("model.safetensors"), &ts, |i| {
+        let (name, shape) = &names[i];
+        let n: usize = shape.iter().product();
+        // Projections at a scale that gives the logits a spread (ties are rare), norms near 1.
+        let mut v = weights(n, seed.wrapping_add(i as u64 * 7919), 0.08);
+        if name.ends_with("norm.weight") {
+            v.iter_mut().for_each(|x| *x = 1.0 + 2.0 * *x);
+        }
+        encode(Dtype::F32, &v)
+    })?;
+    Ok(pre)
+}

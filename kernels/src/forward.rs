@@ -137,7 +137,7 @@ pub struct State {
     hb: Acts,          // [max_batch, max(ffn_dim, dim)]: gate; the post-norms' scratch
     hb2: Acts,         // [max_batch, ffn_dim]
     ropes: Vec<Rope>,  // one table per (base, scale) the layers use
-    layer_rope: Vec<usize>, // layer → index into `ropes`
+    layer_rope: Vec<Option<usize>>, // layer → index into `ropes` (None: no RoPE)
     /// Logits of the last call: `[n, vocab]` rows for the positions asked for.
     pub logits: Vec<f32>,
     /// Time spent in attention (scores, softmax, values) since the state was made; for the
@@ -146,24 +146,30 @@ pub struct State {
     scratch: MatmulScratch,
 }
 
-/// RoPE angles of one base and scale: `cos`, `sin` of `p / scale · base^(−2i/head_dim)`,
-/// computed in f64 and rounded once.
+/// RoPE angles of one base and scale: `cos`, `sin` of
+/// `p / scale · base^(−2i/dims) / factor_i` for the `dims / 2` rotated pairs, computed in f64
+/// and rounded once (`factor_i`: llama.cpp's `rope_freqs`, 1 without them).
 #[derive(Debug)]
 struct Rope {
     key: (u32, u32),
-    cos: Vec<f32>, // [max_ctx, head_dim/2]
-    sin: Vec<f32>, // [max_ctx, head_dim/2]
+    cos: Vec<f32>, // [max_ctx, dims/2]
+    sin: Vec<f32>, // [max_ctx, dims/2]
 }
 
 impl Rope {
-    fn new(theta: f32, scale: f32, head_dim: usize, max_ctx: usize) -> Self {
-        let half = head_dim / 2;
+    fn new(theta: f32, scale: f32, dims: usize, factors: Option<&[f32]>, max_ctx: usize) -> Self {
+        let half = dims / 2;
+        let freq: Vec<f64> = (0..half)
+            .map(|i| {
+                let f = (theta as f64).powf(-2.0 * i as f64 / dims as f64);
+                f / factors.map_or(1.0, |ff| ff[i] as f64)
+            })
+            .collect();
         let mut cos = vec![0f32; max_ctx * half];
         let mut sin = vec![0f32; max_ctx * half];
         for p in 0..max_ctx {
             let pos = p as f64 / scale as f64;
-            for i in 0..half {
-                let f = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            for (i, f) in freq.iter().enumerate() {
                 let a = pos * f;
                 cos[p * half + i] = a.cos() as f32;
                 sin[p * half + i] = a.sin() as f32;
@@ -188,15 +194,17 @@ impl State {
         let mut caches = Vec::with_capacity(c.n_layers);
         let mut cache_len = 0;
         for l in 0..c.n_layers {
-            let (theta, scale) = c.rope(l);
-            let key = (theta.to_bits(), scale.to_bits());
-            let i = match ropes.iter().position(|r| r.key == key) {
-                Some(i) => i,
-                None => {
-                    ropes.push(Rope::new(theta, scale, c.head_dim, max_ctx));
-                    ropes.len() - 1
+            let i = c.rope(l).map(|(theta, scale)| {
+                let key = (theta.to_bits(), scale.to_bits());
+                match ropes.iter().position(|r| r.key == key) {
+                    Some(i) => i,
+                    None => {
+                        let ff = c.rope_freq_factors.as_deref();
+                        ropes.push(Rope::new(theta, scale, c.rotary_dims(), ff, max_ctx));
+                        ropes.len() - 1
+                    }
                 }
-            };
+            });
             layer_rope.push(i);
             let slots = match c.window(l) {
                 Some(w) => (w - 1 + max_batch)
@@ -329,9 +337,11 @@ fn add_rows(x: &mut [f32], d: &[f32], dim: usize) {
     });
 }
 
-/// Rotates the heads of one token's q or k (`n_heads × head_dim`) to position `pos`.
+/// Rotates the heads of one token's q or k (`n_heads × head_dim`) to the position of `cos`,
+/// `sin` (`dims / 2` pairs each): the first `dims` values of each head, the rest unchanged
+/// (partial rotary, as Hugging Face's `q[..., :rotary_dim]` and ggml's `n_dims`).
 fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
-    let half = head_dim / 2;
+    let half = cos.len();
     for h in v.chunks_exact_mut(head_dim) {
         match style {
             RopeStyle::Adjacent => {
@@ -425,7 +435,7 @@ pub fn forward<O: Observer>(
     }
     let (dim, hd, kv_dim) = (c.dim, c.head_dim, state.kv_dim);
     let q_dim = c.n_heads * hd;
-    let half = hd / 2;
+    let half = c.rotary_dims() / 2;
     let pos0 = state.pos;
     let mode = opts.mode;
 
@@ -505,17 +515,13 @@ pub fn forward<O: Observer>(
                 Rows(state.k_cache.as_mut_ptr()),
                 Rows(state.v_cache.as_mut_ptr()),
             );
-            let table = &state.ropes[state.layer_rope[l]];
-            let (v, cos, sin) = (&state.v[..n * kv_dim], &table.cos, &table.sin);
+            let table = state.layer_rope[l].map(|i| &state.ropes[i]);
+            let v = &state.v[..n * kv_dim];
             let (off, slots) = state.caches[l];
             let (kv_f16, style) = (state.kv_f16, c.rope_style);
             par_tokens(n, &|range| {
                 for t in range {
                     let p = pos0 + t;
-                    let (cs, sn) = (
-                        &cos[p * half..(p + 1) * half],
-                        &sin[p * half..(p + 1) * half],
-                    );
                     let slot = p % slots;
                     let at = off + slot * kv_dim;
                     // SAFETY: token t's rows of q and k, and cache entries at position p, are
@@ -527,8 +533,14 @@ pub fn forward<O: Observer>(
                             vc.row(at, kv_dim),
                         )
                     };
-                    rope(q, hd, cs, sn, style);
-                    rope(k, hd, cs, sn, style);
+                    if let Some(r) = table {
+                        let (cs, sn) = (
+                            &r.cos[p * half..(p + 1) * half],
+                            &r.sin[p * half..(p + 1) * half],
+                        );
+                        rope(q, hd, cs, sn, style);
+                        rope(k, hd, cs, sn, style);
+                    }
                     vcr.copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
                     let round = |x: f32| {
                         if kv_f16 {

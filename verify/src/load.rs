@@ -72,6 +72,9 @@ pub fn kernel_config(c: &ModelConfig, rope_style: RopeStyle) -> Config {
                 c.rope_scaling_linear.unwrap_or(1.0)
             },
         }),
+        rope_dims: None,
+        rope_freq_factors: c.rope_freq_factors.clone(),
+        no_rope: c.no_rope_layers.clone(),
     }
 }
 
@@ -187,8 +190,7 @@ fn build(
 /// Loads a GGUF file zero-copy.
 pub fn load_gguf(path: &Path) -> Result<Model, LoadError> {
     let file = convert::gguf::GgufFile::open(path)?;
-    let mut c = ModelConfig::from_gguf(path, &file.metadata)?;
-    c.tie_word_embeddings = file.tensor("output.weight").is_none();
+    let c = ModelConfig::from_gguf_file(&file)?;
     let rope = if c.arch.permutes_qk() {
         RopeStyle::Adjacent
     } else {

@@ -12,7 +12,9 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{resolve, Arch, Dim, Family, Row, TensorDef, When, X};
-use crate::config::{gguf_common, gguf_common_keys, rope_scaling_linear, HfJson, ModelConfig};
+use crate::config::{
+    gguf_common, gguf_common_keys, rope_scaling, HfJson, ModelConfig, RopeScaling,
+};
 use crate::error::Result;
 use crate::gguf::{Metadata, Value};
 
@@ -142,8 +144,10 @@ pub(crate) const TAIL: &[Row] = &[
 ];
 
 /// The config.json keys of a Llama-style decoder (`LlamaConfig`, `MistralConfig`,
-/// `Qwen2Config` share them); returns the configuration and leaves family keys to the caller.
-pub(crate) fn hf_common(cfg: &HfJson, arch: Arch) -> Result<ModelConfig> {
+/// `Qwen2Config` … share them); returns the configuration and leaves family keys to the caller.
+/// `llama3` RoPE scaling is taken only by the architectures whose llama.cpp graph reads
+/// `rope_freqs.weight` (`allow_llama3`).
+pub(crate) fn hf_common(cfg: &HfJson, arch: Arch, allow_llama3: bool) -> Result<ModelConfig> {
     let hidden = cfg.need_usize("hidden_size")?;
     let n_heads = cfg.need_usize("num_attention_heads")?;
     let mut c = ModelConfig::base(
@@ -169,10 +173,19 @@ pub(crate) fn hf_common(cfg: &HfJson, arch: Arch) -> Result<ModelConfig> {
         Some(t) => t,
         None => cfg.f64("rope_theta")?.unwrap_or(10000.0),
     } as f32;
-    c.rope_scaling_linear = match params {
-        Some(p) => rope_scaling_linear(cfg, "rope_parameters", Some(p))?,
-        None => rope_scaling_linear(cfg, "rope_scaling", cfg.get("rope_scaling"))?,
+    let scaling = match params {
+        Some(p) => rope_scaling(cfg, "rope_parameters", Some(p), allow_llama3)?,
+        None => rope_scaling(cfg, "rope_scaling", cfg.get("rope_scaling"), allow_llama3)?,
     };
+    match scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear(f) => c.rope_scaling_linear = Some(f),
+        RopeScaling::Llama3(p) => {
+            c.rope_freq_factors = Some(p.factors(c.rope_theta, c.head_dim));
+            c.rope_llama3 = Some(p);
+        }
+    }
+    c.head_dim_key = cfg.get("head_dim").is_some_and(|v| !v.is_null());
     cfg.inert(&["rope_theta", "rope_scaling"]);
     c.tie_word_embeddings = cfg.bool("tie_word_embeddings")?.unwrap_or(false);
     c.bos_token_id = cfg.token_id("bos_token_id");
@@ -188,21 +201,31 @@ pub(crate) fn hf_common(cfg: &HfJson, arch: Arch) -> Result<ModelConfig> {
     Ok(c)
 }
 
-/// The `<arch>.*` keys `LlamaModel.set_gguf_parameters` writes (and qwen2's), in kiln's order.
-pub(crate) fn gguf_keys(c: &ModelConfig, md: &mut Metadata) {
+/// The `<arch>.*` keys `TextModel.set_gguf_parameters` writes (Qwen2 and Qwen3 add nothing).
+pub(crate) fn text_model_keys(c: &ModelConfig, md: &mut Metadata) {
     gguf_common_keys(c, md);
     let a = c.arch.gguf_arch();
     let k = |s: &str| format!("{a}.{s}");
-    if c.head_dim != c.hidden_size / c.n_heads {
-        md.set(k("attention.key_length"), Value::U32(c.head_dim as u32));
-        md.set(k("attention.value_length"), Value::U32(c.head_dim as u32));
-    }
-    md.set(k("vocab_size"), Value::U32(c.vocab_size as u32));
-    md.set(k("rope.dimension_count"), Value::U32(c.head_dim as u32));
     if let Some(f) = c.rope_scaling_linear {
         md.set(k("rope.scaling.type"), Value::String("linear".into()));
         md.set(k("rope.scaling.factor"), Value::F32(f));
     }
+    if c.head_dim_key || c.head_dim != c.hidden_size / c.n_heads {
+        md.set(k("attention.key_length"), Value::U32(c.head_dim as u32));
+        md.set(k("attention.value_length"), Value::U32(c.head_dim as u32));
+    }
+}
+
+/// The `<arch>.*` keys `LlamaModel.set_gguf_parameters` writes: the text-model keys plus the
+/// vocabulary size and the rotated dimensions.
+pub(crate) fn gguf_keys(c: &ModelConfig, md: &mut Metadata) {
+    text_model_keys(c, md);
+    let a = c.arch.gguf_arch();
+    md.set(format!("{a}.vocab_size"), Value::U32(c.vocab_size as u32));
+    md.set(
+        format!("{a}.rope.dimension_count"),
+        Value::U32(c.head_dim as u32),
+    );
 }
 
 /// A Llama-style config.json.
@@ -215,7 +238,6 @@ pub(crate) fn hf_json(c: &ModelConfig) -> serde_json::Value {
         "num_hidden_layers": c.n_layers,
         "num_attention_heads": c.n_heads,
         "num_key_value_heads": c.n_kv_heads,
-        "head_dim": c.head_dim,
         "vocab_size": c.vocab_size,
         "max_position_embeddings": c.context_length,
         "rms_norm_eps": c.rms_norm_eps as f64,
@@ -225,6 +247,21 @@ pub(crate) fn hf_json(c: &ModelConfig) -> serde_json::Value {
         "torch_dtype": "float32",
     });
     let o = v.as_object_mut().unwrap();
+    if c.head_dim_key || c.head_dim != c.hidden_size / c.n_heads {
+        o.insert("head_dim".into(), c.head_dim.into());
+    }
+    if let Some(p) = c.rope_llama3 {
+        o.insert(
+            "rope_scaling".into(),
+            json!({
+                "rope_type": "llama3",
+                "factor": p.factor,
+                "low_freq_factor": p.low_freq_factor,
+                "high_freq_factor": p.high_freq_factor,
+                "original_max_position_embeddings": p.original_max_position_embeddings,
+            }),
+        );
+    }
     if let Some(b) = c.bos_token_id {
         o.insert("bos_token_id".into(), b.into());
     }
@@ -257,12 +294,13 @@ impl Family for Llama {
         true
     }
     fn read_hf(&self, cfg: &HfJson) -> Result<ModelConfig> {
-        let mut c = hf_common(cfg, Arch::Llama)?;
+        let mut c = hf_common(cfg, Arch::Llama, true)?;
         c.qkv_bias = cfg.bool("attention_bias")?.unwrap_or(false);
         Ok(c)
     }
     fn read_gguf(&self, path: &Path, md: &Metadata) -> Result<ModelConfig> {
         let mut c = gguf_common(path, md, Arch::Llama)?;
+        c.head_dim_key = md.get("llama.attention.key_length").is_some();
         // A GGUF of llama.cpp's `llama` architecture may carry q/k/v biases.
         c.qkv_bias = false;
         Ok(c)
@@ -299,7 +337,7 @@ impl Family for Mistral {
         true
     }
     fn read_hf(&self, cfg: &HfJson) -> Result<ModelConfig> {
-        let mut c = hf_common(cfg, Arch::Mistral)?;
+        let mut c = hf_common(cfg, Arch::Mistral, false)?;
         // `MistralConfig.sliding_window`: every layer's queries see this many positions
         // (`sliding_window_causal_mask_function`), unless it covers the whole context.
         if let Some(w) = cfg.usize("sliding_window")? {

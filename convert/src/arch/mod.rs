@@ -19,6 +19,8 @@
 pub mod gemma3;
 pub mod llama;
 pub mod qwen2;
+pub mod qwen3;
+pub mod smollm3;
 
 use std::path::Path;
 
@@ -35,13 +37,24 @@ pub enum Arch {
     Mistral,
     /// Qwen2: q/k/v biases, rotate-half RoPE without the Q/K row permutation.
     Qwen2,
+    /// Qwen3: per-head Q/K RMSNorm, head width independent of the model width.
+    Qwen3,
+    /// SmolLM3: a Llama whose every fourth layer applies no RoPE.
+    SmolLM3,
     /// Gemma 3 (text): GeGLU, post-norms, Q/K norms, scaled embeddings, 5:1 local:global
     /// sliding-window layers with their own RoPE base.
     Gemma3,
 }
 
 /// Every architecture, in the order error messages list them.
-pub const ALL: [Arch; 4] = [Arch::Llama, Arch::Mistral, Arch::Qwen2, Arch::Gemma3];
+pub const ALL: [Arch; 6] = [
+    Arch::Llama,
+    Arch::Mistral,
+    Arch::Qwen2,
+    Arch::Qwen3,
+    Arch::SmolLM3,
+    Arch::Gemma3,
+];
 
 impl Arch {
     /// The family's module.
@@ -50,6 +63,8 @@ impl Arch {
             Arch::Llama => &llama::LLAMA,
             Arch::Mistral => &llama::MISTRAL,
             Arch::Qwen2 => &qwen2::QWEN2,
+            Arch::Qwen3 => &qwen3::QWEN3,
+            Arch::SmolLM3 => &smollm3::SMOLLM3,
             Arch::Gemma3 => &gemma3::GEMMA3,
         }
     }
@@ -241,6 +256,16 @@ pub(crate) fn resolve(
     layer: &[Row],
     tail: &[Row],
 ) -> Vec<TensorDef> {
+    resolve_parts(c, head, &[layer], tail)
+}
+
+/// [`resolve`] with a layer made of several tables (a shared block plus a family's additions).
+pub(crate) fn resolve_parts(
+    c: &ModelConfig,
+    head: &[Row],
+    layer: &[&[Row]],
+    tail: &[Row],
+) -> Vec<TensorDef> {
     let dim = |d: Dim| match d {
         Dim::Hidden => c.hidden_size,
         Dim::Ffn => c.intermediate_size,
@@ -274,7 +299,7 @@ pub(crate) fn resolve(
         }
     }
     for n in 0..c.n_layers {
-        for &(g, h, s, x, w) in layer {
+        for &(g, h, s, x, w) in layer.iter().flat_map(|t| t.iter()) {
             if applies(w) {
                 out.push(def(
                     format!("blk.{n}.{g}"),
@@ -291,6 +316,18 @@ pub(crate) fn resolve(
         }
     }
     out
+}
+
+/// llama.cpp's tensor of RoPE frequency divisors (Llama 3's scaling).
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The tensors a GGUF of `c` holds that no checkpoint tensor maps to: values config.json
+/// implies, generated as llama.cpp's converter generates them (`generate_extra_tensors`).
+pub fn derived(c: &ModelConfig) -> Vec<(String, Vec<f32>)> {
+    c.rope_freq_factors
+        .iter()
+        .map(|ff| (ROPE_FREQS.to_string(), ff.clone()))
+        .collect()
 }
 
 /// The transform of GGUF tensor `name` of `c`'s model (`None` for names it does not have).

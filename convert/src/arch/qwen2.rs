@@ -6,9 +6,7 @@
 
 use std::path::Path;
 
-use serde_json::json;
-
-use super::llama::{gguf_keys, hf_common, hf_json, HEAD, LAYER, TAIL};
+use super::llama::{hf_common, hf_json, text_model_keys, HEAD, LAYER, TAIL};
 use super::{resolve, Arch, Family, TensorDef};
 use crate::config::{gguf_common, HfJson, ModelConfig};
 use crate::error::Result;
@@ -33,29 +31,20 @@ impl Family for Qwen2 {
         "Qwen2ForCausalLM"
     }
     fn read_hf(&self, cfg: &HfJson) -> Result<ModelConfig> {
-        let mut c = hf_common(cfg, Arch::Qwen2)?;
+        let mut c = hf_common(cfg, Arch::Qwen2, false)?;
         c.qkv_bias = true;
-        // `Qwen2Config` drops `sliding_window` unless `use_sliding_window` is set, and then
-        // windows the layers from `max_window_layers` on: not implemented.
-        cfg.neutral("use_sliding_window", &[json!(false)])?;
-        cfg.inert(&["sliding_window", "max_window_layers"]);
-        if let Some(types) = cfg.get("layer_types") {
-            let all_full = types
-                .as_array()
-                .is_some_and(|t| t.iter().all(|x| x == "full_attention"));
-            if !all_full {
-                cfg.neutral("layer_types", &[])?;
-            }
-        }
+        // `Qwen2Config` drops `sliding_window` unless `use_sliding_window` is set.
+        super::qwen3::qwen_window_keys(cfg)?;
         Ok(c)
     }
     fn read_gguf(&self, path: &Path, md: &Metadata) -> Result<ModelConfig> {
         let mut c = gguf_common(path, md, Arch::Qwen2)?;
+        c.head_dim_key = md.get("qwen2.attention.key_length").is_some();
         c.qkv_bias = true;
         Ok(c)
     }
     fn to_gguf(&self, c: &ModelConfig, md: &mut Metadata) {
-        gguf_keys(c, md)
+        text_model_keys(c, md)
     }
     fn to_hf_json(&self, c: &ModelConfig) -> serde_json::Value {
         hf_json(c)

@@ -145,8 +145,6 @@ pub fn hex(b: &[u8]) -> String {
 pub fn hf_tokenizer_metadata(
     dir: &Path,
     vocab_size: usize,
-    cfg_bos: Option<u32>,
-    cfg_eos: Option<u32>,
     pre_override: Option<&str>,
 ) -> Result<Metadata> {
     let tj_path = dir.join("tokenizer.json");
@@ -268,53 +266,9 @@ pub fn hf_tokenizer_metadata(
     );
     md.set("tokenizer.ggml.merges", Value::string_array(merges));
 
-    // Special tokens and flags, as llama.cpp's SpecialVocab reads them.
-    let tc_path = dir.join("tokenizer_config.json");
-    let tc: Json = match std::fs::read_to_string(&tc_path) {
-        Ok(t) => serde_json::from_str(&t)
-            .map_err(|e| Error::format(&tc_path, format!("not valid JSON: {e}")))?,
-        Err(_) => json!({}),
-    };
-    let id_of = |name: &str| -> Option<u32> {
-        let content = match &tc[name] {
-            Json::String(s) => Some(s.as_str()),
-            Json::Object(o) => o.get("content").and_then(|c| c.as_str()),
-            _ => None,
-        }?;
-        tokens.iter().position(|t| t == content).map(|i| i as u32)
-    };
-    let specials = [
-        ("bos_token", "tokenizer.ggml.bos_token_id", cfg_bos),
-        ("eos_token", "tokenizer.ggml.eos_token_id", cfg_eos),
-        ("unk_token", "tokenizer.ggml.unknown_token_id", None),
-        ("sep_token", "tokenizer.ggml.seperator_token_id", None),
-        ("pad_token", "tokenizer.ggml.padding_token_id", None),
-    ];
-    for (name, key, fallback) in specials {
-        if let Some(id) = id_of(name).or(fallback) {
-            md.set(key, Value::U32(id));
-        }
-    }
-    let add_bos = tc["add_bos_token"]
-        .as_bool()
-        .unwrap_or_else(|| post_processor_adds_bos(&tj));
-    md.set("tokenizer.ggml.add_bos_token", Value::Bool(add_bos));
-    if let Some(b) = tc["add_eos_token"].as_bool() {
-        md.set("tokenizer.ggml.add_eos_token", Value::Bool(b));
-    }
-    match &tc["chat_template"] {
-        Json::String(t) => md.set("tokenizer.chat_template", Value::String(t.clone())),
-        Json::Array(list) => {
-            if let Some(t) = list
-                .iter()
-                .find(|e| e["name"] == "default")
-                .and_then(|e| e["template"].as_str())
-            {
-                md.set("tokenizer.chat_template", Value::String(t.to_string()));
-            }
-        }
-        _ => {}
-    }
+    // Special tokens, add-special flags and chat templates: gguf-py's SpecialVocab, ported
+    // once for both tokenizer kinds.
+    sentencepiece::SpecialVocab::load(dir, vocab_size)?.write(&mut md);
     Ok(md)
 }
 
@@ -350,23 +304,8 @@ pub fn tokenizer_metadata(
     if sentencepiece::is_sentencepiece(dir) {
         sentencepiece::hf_metadata(dir, c)
     } else {
-        hf_tokenizer_metadata(
-            dir,
-            c.vocab_size,
-            c.bos_token_id,
-            c.eos_token_id,
-            pre_override,
-        )
+        hf_tokenizer_metadata(dir, c.vocab_size, pre_override)
     }
-}
-
-fn post_processor_adds_bos(tj: &Json) -> bool {
-    let single = &tj["post_processor"]["single"];
-    single
-        .as_array()
-        .and_then(|s| s.first())
-        .map(|f| f.get("SpecialToken").is_some())
-        .unwrap_or(false)
 }
 
 /// The `pre` name of a tokenizer.json (text), by llama.cpp's check-text hash.
@@ -489,6 +428,12 @@ pub fn tokenizer_config_from_gguf(md: &Metadata) -> Json {
     {
         o.insert("add_eos_token".into(), b.into());
     }
+    if let Some(b) = md
+        .get("tokenizer.ggml.add_sep_token")
+        .and_then(Value::as_bool)
+    {
+        o.insert("add_sep_token".into(), b.into());
+    }
     if let Some(t) = md.str("tokenizer.chat_template") {
         o.insert("chat_template".into(), t.into());
     }
@@ -572,14 +517,30 @@ impl Tokenizer {
     }
 
     /// From a checkpoint directory of `c`'s model (via the GGUF metadata kiln would write for
-    /// it, so both paths tokenize identically).
+    /// it, so both paths tokenize identically). A byte-level BPE tokenizer whose pre-tokenizer
+    /// llama.cpp cannot name (and none is given) runs as its tokenizer.json says — Hugging
+    /// Face's own semantics; only writing a GGUF needs the name.
     pub fn from_hf_dir(dir: &Path, c: &ModelConfig, pre_override: Option<&str>) -> Result<Self> {
         let mut c = c.clone();
         // Special ids come from the tokenizer files, as for a GGUF written from them.
         c.bos_token_id = None;
         c.eos_token_id = None;
-        let md = tokenizer_metadata(dir, &c, pre_override)?;
-        Self::from_gguf(&dir.join("tokenizer.json"), &md)
+        let path = dir.join("tokenizer.json");
+        match tokenizer_metadata(dir, &c, pre_override) {
+            Ok(md) => Self::from_gguf(&path, &md),
+            Err(Error::Unsupported { .. })
+                if pre_override.is_none() && !sentencepiece::is_sentencepiece(dir) =>
+            {
+                let md = tokenizer_metadata(dir, &c, Some("gpt-2"))?;
+                let mut t = Self::from_gguf(&path, &md)?;
+                let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+                    Error::format(&path, format!("the tokenizers library cannot load it: {e}"))
+                })?;
+                t.inner = Inner::Bpe(Box::new(inner));
+                Ok(t)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Token ids of `text` (BOS first when the model asks for it), as llama.cpp's
