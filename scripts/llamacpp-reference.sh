@@ -78,33 +78,7 @@ for model in q4_k_m f32; do
       echo "== llama-perplexity $model -c $ctx -fa $fa" >&2
       "$bin/llama-perplexity" -m "$m" -f "$fx/texts/hamlet_gut.txt" -c "$ctx" --chunks 8 -t 2 -fa "$fa" \
         --kl-divergence-base "$tmp/kld" >"$tmp/ppl-$model-$ctx-$fa.log" 2>&1
-      python3 - "$tmp/kld" "$tmp/ppl-$model-$ctx-$fa.log" >"$tmp/ppl-$model-$ctx-$fa.json" <<'PY'
-# The --kl-divergence-base file: "_logits_", n_ctx, n_vocab, n_chunk, the tokens, then for
-# every scored position (the second half of each chunk) two floats (scale, min log-prob) and
-# n_vocab uint16 log-probs, 0 meaning "16 or more below the top". From it: the argmax and the
-# NLL of the next token (to 2.4e-4; null where clamped) of every scored position.
-import json, re, struct, sys
-import numpy as np
-kld, log = sys.argv[1], open(sys.argv[2]).read()
-with open(kld, "rb") as f:
-    assert f.read(8) == b"_logits_"
-    n_ctx, n_vocab, n_chunk = struct.unpack("<iii", f.read(12))
-    tokens = np.frombuffer(f.read(4 * n_chunk * n_ctx), dtype=np.int32)
-    nv = 2 * ((n_vocab + 1) // 2) + 4
-    first = n_ctx // 2
-    n_tok = n_ctx - 1 - first
-    argmax, nll = [], []
-    for c in range(n_chunk):
-        block = np.frombuffer(f.read(2 * nv * n_tok), dtype=np.uint16).reshape(n_tok, nv)
-        head = block[:, :4].copy().view(np.float32)
-        argmax.extend(int(i) for i in np.argmax(block[:, 4:4 + n_vocab], axis=1))
-        for i in range(n_tok):
-            q = int(block[i, 4 + tokens[c * n_ctx + first + i + 1]])
-            nll.append(None if q == 0 else round(-float(head[i, 1] + head[i, 0] * q), 5))
-chunks = [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", log)]
-final = float(re.search(r"Final estimate: PPL = ([0-9.]+)", log).group(1))
-print(json.dumps({"ppl": final, "per_chunk": chunks, "argmax": argmax, "nll": nll}))
-PY
+      python3 scripts/kld-argmax.py "$tmp/kld" "$tmp/ppl-$model-$ctx-$fa.log" >"$tmp/ppl-$model-$ctx-$fa.json"
       rm -f "$tmp/kld"
     done
   done
@@ -125,59 +99,8 @@ python3 - "$tmp" "$out/llama-reference.json" <<'PY'
 import ast, hashlib, json, os, struct, sys
 tmp, dest = sys.argv[1], sys.argv[2]
 
-# ggml type id → (values per block, bytes per block)
-BLOCKS = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-          10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 30: (1, 2)}
-
-def gguf_tensors(path):
-    """(name, ggml type id, sha256 of the bytes) of every tensor of a GGUF v3 file."""
-    with open(path, "rb") as f:
-        data = f.read()
-    assert data[:4] == b"GGUF"
-    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
-    off = 24
-    def string(o):
-        n, = struct.unpack_from("<Q", data, o)
-        return data[o + 8:o + 8 + n].decode(), o + 8 + n
-    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-    def value(t, o):
-        if t == 8:
-            return string(o)
-        if t == 9:
-            et, n = struct.unpack_from("<IQ", data, o)
-            o += 12
-            v = []
-            for _ in range(n):
-                x, o = value(et, o)
-                v.append(x)
-            return v, o
-        fmt = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}[t]
-        return struct.unpack_from("<" + fmt, data, o)[0], o + sizes[t]
-    align = 32
-    for _ in range(n_kv):
-        k, off = string(off)
-        t, = struct.unpack_from("<I", data, off)
-        v, off = value(t, off + 4)
-        if k == "general.alignment":
-            align = v
-    infos = []
-    for _ in range(n_tensors):
-        name, off = string(off)
-        nd, = struct.unpack_from("<I", data, off)
-        dims = struct.unpack_from(f"<{nd}Q", data, off + 4)
-        ty, toff = struct.unpack_from("<IQ", data, off + 4 + 8 * nd)
-        off += 4 + 8 * nd + 12
-        n = 1
-        for d in dims:
-            n *= d
-        infos.append((name, ty, toff, n))
-    base = (off + align - 1) // align * align
-    out = {}
-    for name, ty, toff, n in infos:
-        bs, ts = BLOCKS[ty]
-        size = n // bs * ts
-        out[name] = {"type": ty, "sha256": hashlib.sha256(data[base + toff:base + toff + size]).hexdigest()}
-    return out
+sys.path.insert(0, "scripts")
+from gguf_tensors import gguf_tensors
 
 ref = {
     "what": "llama.cpp (llama-cpp-python 0.3.36's vendored source, ggml 0.25.3, CPU, 2 threads) on the Gemma-3-270M fixture; made by scripts/llamacpp-reference.sh",

