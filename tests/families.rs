@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use convert::gguf::{GgufFile, Value};
 use convert::testing::{write_family_checkpoint, FAMILIES};
 use convert::tokenizer::Tokenizer;
-use kernels::{MatmulMode, NoObserver, State};
 use sha2::{Digest, Sha256};
-use verify::eval::{run_chunk, EvalOptions, Protocol};
 
 mod common;
 use common::{data_of, kiln_ok};
@@ -326,7 +324,6 @@ fn hamlet() -> String {
 
 /// llama-perplexity's protocol at ctx 256 over 8 chunks of hamlet: (perplexity, argmaxes).
 fn llama_protocol(model: &Path, pre: Option<&str>) -> (f64, Vec<usize>) {
-    let loaded = verify::load::load(model).unwrap();
     let tok = if model.is_dir() {
         let cfg = convert::ModelConfig::from_hf_file(&model.join("config.json")).unwrap();
         Tokenizer::from_hf_dir(model, &cfg, pre).unwrap()
@@ -334,34 +331,8 @@ fn llama_protocol(model: &Path, pre: Option<&str>) -> (f64, Vec<usize>) {
         let g = GgufFile::open(model).unwrap();
         Tokenizer::from_gguf(g.path(), &g.metadata).unwrap()
     };
-    let tokens = tok.encode(&hamlet()).unwrap();
-    let ctx = 256;
-    let opts = EvalOptions {
-        ctx,
-        chunks: Some(8),
-        protocol: Protocol::LlamaCpp,
-        batch: ctx,
-        mode: MatmulMode::Quantized,
-        bos: if tok.add_bos { tok.bos } else { None },
-    };
-    let mut st = State::new(&loaded.model.config, ctx, ctx);
-    let (mut nll, mut argmax) = (0.0, Vec::new());
-    for c in 0..8 {
-        run_chunk(
-            (&loaded.model, None),
-            &mut st,
-            &tokens,
-            c,
-            &opts,
-            &NoObserver,
-            |_, logits, next| {
-                nll += kernels::ops::nll(logits, next as usize);
-                argmax.push(kernels::ops::argmax(logits));
-            },
-        )
-        .unwrap();
-    }
-    ((nll / argmax.len() as f64).exp(), argmax)
+    let (nll, argmax) = common::llama_protocol(model, &tok, &hamlet(), 256, 8);
+    ((nll.iter().sum::<f64>() / nll.len() as f64).exp(), argmax)
 }
 
 fn agreement(a: &[usize], b: &serde_json::Value) -> f64 {

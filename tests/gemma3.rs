@@ -16,7 +16,6 @@ use convert::gguf::GgufFile;
 use convert::tokenizer::{ids_hash, Tokenizer};
 use kernels::{forward, ForwardOptions, Logits, MatmulMode, NoObserver, State};
 use sha2::{Digest, Sha256};
-use verify::eval::{run_chunk, EvalOptions, Protocol};
 
 mod common;
 use common::{data_of, gemma3_fixtures, kiln_ok};
@@ -155,37 +154,11 @@ fn sentencepiece_ids_equal_llama_tokenize_on_three_plays() {
     }
 }
 
-/// llama-perplexity's protocol on hamlet: the NLL and the argmax of every scored position.
+/// llama-perplexity's protocol on hamlet (8 chunks): the NLL and the argmax of every scored
+/// position.
 fn llama_protocol(model: &Path, ctx: usize) -> (Vec<f64>, Vec<usize>) {
-    let loaded = verify::load::load(model).unwrap();
     let tok = gguf_or_dir_tokenizer(model);
-    let tokens = tok.encode(&play("hamlet")).unwrap();
-    let opts = EvalOptions {
-        ctx,
-        chunks: Some(8),
-        protocol: Protocol::LlamaCpp,
-        batch: ctx,
-        mode: MatmulMode::Quantized,
-        bos: tok.bos,
-    };
-    let mut st = State::new(&loaded.model.config, ctx, ctx);
-    let (mut nll, mut argmax) = (Vec::new(), Vec::new());
-    for c in 0..8 {
-        run_chunk(
-            (&loaded.model, None),
-            &mut st,
-            &tokens,
-            c,
-            &opts,
-            &NoObserver,
-            |_, logits, next| {
-                nll.push(kernels::ops::nll(logits, next as usize));
-                argmax.push(kernels::ops::argmax(logits));
-            },
-        )
-        .unwrap();
-    }
-    (nll, argmax)
+    common::llama_protocol(model, &tok, &play("hamlet"), ctx, 8)
 }
 
 fn ppl(nll: &[f64]) -> f64 {

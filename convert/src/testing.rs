@@ -168,10 +168,8 @@ pub fn write_safetensors(
     f.flush()
 }
 
-/// A byte-level BPE tokenizer.json: the 256 byte symbols, a few merges, and special tokens
-/// `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` after them, padded to `vocab` with merges.
-pub fn tokenizer_json(vocab: usize) -> serde_json::Value {
-    // GPT-2's byte → printable-char table.
+/// GPT-2's byte → printable-character table, in byte order.
+fn byte_symbols() -> Vec<(u32, char)> {
     let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
         .chain(0xA1..=0xAC)
         .chain(0xAE..=0xFF)
@@ -191,6 +189,13 @@ pub fn tokenizer_json(vocab: usize) -> serde_json::Value {
         .map(|(&b, &c)| (b, char::from_u32(c).unwrap()))
         .collect();
     pairs.sort();
+    pairs
+}
+
+/// A byte-level BPE tokenizer.json: the 256 byte symbols, a few merges, and special tokens
+/// `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` after them, padded to `vocab` with merges.
+pub fn tokenizer_json(vocab: usize) -> serde_json::Value {
+    let pairs = byte_symbols();
     let mut v = serde_json::Map::new();
     let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
     for (i, s) in specials.iter().enumerate() {
@@ -370,25 +375,7 @@ pub fn bpe_tokenizer_json(
     specials: &[&str],
     bos: Option<&str>,
 ) -> serde_json::Value {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut pairs: Vec<(u32, char)> = bs
-        .iter()
-        .zip(&cs)
-        .map(|(&b, &c)| (b, char::from_u32(c).unwrap()))
-        .collect();
-    pairs.sort();
+    let pairs = byte_symbols();
     let mut v = serde_json::Map::new();
     for (i, (_, c)) in pairs.iter().enumerate() {
         v.insert(c.to_string(), json!(i));

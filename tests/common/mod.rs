@@ -82,3 +82,43 @@ pub fn kiln_ok(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// llama-perplexity's protocol on `text` with `model` (GGUF or checkpoint directory) and its
+/// tokenizer: `chunks` chunks of `ctx` tokens, BOS first in each when the tokenizer adds one,
+/// the second half scored. The NLL and the argmax of every scored position.
+pub fn llama_protocol(
+    model: &Path,
+    tok: &convert::tokenizer::Tokenizer,
+    text: &str,
+    ctx: usize,
+    chunks: usize,
+) -> (Vec<f64>, Vec<usize>) {
+    let loaded = verify::load::load(model).unwrap();
+    let tokens = tok.encode(text).unwrap();
+    let opts = verify::eval::EvalOptions {
+        ctx,
+        chunks: Some(chunks),
+        protocol: verify::eval::Protocol::LlamaCpp,
+        batch: ctx,
+        mode: kernels::MatmulMode::Quantized,
+        bos: if tok.add_bos { tok.bos } else { None },
+    };
+    let mut st = kernels::State::new(&loaded.model.config, ctx, ctx);
+    let (mut nll, mut argmax) = (Vec::new(), Vec::new());
+    for c in 0..chunks {
+        verify::eval::run_chunk(
+            (&loaded.model, None),
+            &mut st,
+            &tokens,
+            c,
+            &opts,
+            &kernels::NoObserver,
+            |_, logits, next| {
+                nll.push(kernels::ops::nll(logits, next as usize));
+                argmax.push(kernels::ops::argmax(logits));
+            },
+        )
+        .unwrap();
+    }
+    (nll, argmax)
+}
