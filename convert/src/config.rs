@@ -133,8 +133,9 @@ impl Llama3Rope {
             .collect()
     }
 
-    /// The parameters of Meta's Llama 3.x releases whose factors for `theta`, `dim` are
-    /// exactly `ff` (the converter writes only the factors, so an export names them back).
+    /// The parameters of Meta's Llama 3.x releases whose factors for `theta`, `dim` are `ff`
+    /// (the converter writes only the factors, so an export names them back): exactly, or
+    /// within 4 ulp where another float32 `pow` computed the frequencies.
     pub fn from_factors(ff: &[f32], theta: f32, dim: usize) -> Option<Llama3Rope> {
         let factor = ff.iter().copied().fold(1.0f32, f32::max) as f64;
         [(1.0, 4.0, 8192usize), (1.0, 4.0, 4096), (1.0, 2.0, 8192)]
@@ -145,7 +146,14 @@ impl Llama3Rope {
                 high_freq_factor: high,
                 original_max_position_embeddings: old,
             })
-            .find(|p| p.factors(theta, dim) == ff)
+            .find(|p| {
+                let mine = p.factors(theta, dim);
+                mine.len() == ff.len()
+                    && mine
+                        .iter()
+                        .zip(ff)
+                        .all(|(a, b)| (a.to_bits() as i64 - b.to_bits() as i64).abs() <= 4)
+            })
     }
 }
 
@@ -802,4 +810,43 @@ pub(crate) fn gguf_common_keys(c: &ModelConfig, md: &mut Metadata) {
         k("attention.layer_norm_rms_epsilon"),
         Value::F32(c.rms_norm_eps),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Llama3Rope;
+
+    #[test]
+    fn llama3_factors_span_the_three_regimes_and_name_their_parameters_back() {
+        // Llama 3.1 8B: base 500000, heads of 128, factor 8, low 1, high 4, 8192.
+        let p = Llama3Rope {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let ff = p.factors(500_000.0, 128);
+        assert_eq!(ff.len(), 64);
+        // High frequencies (wavelength < 2048) unscaled, low ones (> 8192) divided by 8,
+        // the band between interpolated monotonically.
+        let wavelen = |i: usize| std::f64::consts::TAU * 500_000f64.powf(2.0 * i as f64 / 128.0);
+        for (i, &f) in ff.iter().enumerate() {
+            match wavelen(i) {
+                w if w < 2048.0 => assert_eq!(f, 1.0, "{i}"),
+                w if w > 8192.0 => assert_eq!(f, 8.0, "{i}"),
+                _ => assert!(f > 1.0 && f < 8.0, "{i}: {f}"),
+            }
+        }
+        assert!(ff.windows(2).all(|w| w[0] <= w[1]));
+        assert!(ff.iter().any(|&f| f > 1.0 && f < 8.0));
+        assert_eq!(Llama3Rope::from_factors(&ff, 500_000.0, 128), Some(p));
+        // A factor an ulp away (another float32 pow) still names them; a different set not.
+        let mut near = ff.clone();
+        let i = ff.iter().position(|&f| f > 1.0 && f < 8.0).unwrap();
+        near[i] = f32::from_bits(near[i].to_bits() + 1);
+        assert_eq!(Llama3Rope::from_factors(&near, 500_000.0, 128), Some(p));
+        let mut far = ff.clone();
+        far[i] *= 1.01;
+        assert_eq!(Llama3Rope::from_factors(&far, 500_000.0, 128), None);
+    }
 }
