@@ -36,11 +36,17 @@ fn checkpoint(dir: &Path, family: &str) -> (PathBuf, PathBuf, Option<&'static st
     let ck = dir.join(family);
     let pre = write_family_checkpoint(&ck, family, &spm_dir()).unwrap();
     let gguf = dir.join(format!("{family}.gguf"));
+    convert_f32(&ck, &gguf, pre);
+    (ck, gguf, pre)
+}
+
+/// `kiln convert --type f32` of a checkpoint directory, naming its pre-tokenizer if it needs one.
+fn convert_f32(ck: &Path, out: &Path, pre: Option<&str>) {
     let mut args = vec![
         "convert",
         ck.to_str().unwrap(),
         "-o",
-        gguf.to_str().unwrap(),
+        out.to_str().unwrap(),
         "--type",
         "f32",
     ];
@@ -48,7 +54,6 @@ fn checkpoint(dir: &Path, family: &str) -> (PathBuf, PathBuf, Option<&'static st
         args.extend(["--tokenizer-pre", p]);
     }
     kiln_ok(&args);
-    (ck, gguf, pre)
 }
 
 fn sha(b: &[u8]) -> String {
@@ -167,18 +172,7 @@ fn every_family_exports_and_converts_back() {
         let hf = tmp.path().join(format!("{f}-export"));
         kiln_ok(&["export", gguf.to_str().unwrap(), hf.to_str().unwrap()]);
         let back = tmp.path().join(format!("{f}-back.gguf"));
-        let mut args = vec![
-            "convert",
-            hf.to_str().unwrap(),
-            "-o",
-            back.to_str().unwrap(),
-            "--type",
-            "f32",
-        ];
-        if let Some(p) = pre {
-            args.extend(["--tokenizer-pre", p]);
-        }
-        kiln_ok(&args);
+        convert_f32(&hf, &back, pre);
         let (a, b) = (
             GgufFile::open(&gguf).unwrap(),
             GgufFile::open(&back).unwrap(),

@@ -184,16 +184,17 @@ impl HfCheckpoint {
             }
         }
         let mut tensors = Vec::with_capacity(expected.len());
-        let derived: HashMap<String, Vec<f32>> =
-            crate::arch::derived(&config).into_iter().collect();
-        // llama.cpp's converter writes its generated tensors first (`generate_extra_tensors`).
-        for (name, v) in crate::arch::derived(&config) {
+        // llama.cpp's converter writes its generated tensors first (`generate_extra_tensors`),
+        // in the order it generates them.
+        let derived = crate::arch::derived(&config);
+        for (name, v) in &derived {
             tensors.push(SourceTensor {
-                name,
+                name: name.clone(),
                 dims: vec![v.len() as u64],
                 stored: GgmlType::F32,
             });
         }
+        let derived: HashMap<String, Vec<f32>> = derived.into_iter().collect();
         for def in &expected {
             let (g, shape) = (&def.gguf, &def.shape);
             let loc = locs.get(g).ok_or_else(|| {

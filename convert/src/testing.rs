@@ -450,6 +450,13 @@ pub fn bpe_tokenizer_json(
     })
 }
 
+/// The tokenizer_config.json of Qwen2.5 / Qwen3 (they differ in the EOS token).
+fn qwen_tokenizer_config(eos: &str) -> serde_json::Value {
+    json!({"bos_token": null, "eos_token": eos, "pad_token": "<|endoftext|>", "add_prefix_space": false,
+           "clean_up_tokenization_spaces": false, "errors": "replace", "model_max_length": 131072,
+           "split_special_tokens": false, "tokenizer_class": "Qwen2Tokenizer", "unk_token": null})
+}
+
 /// Writes the generated checkpoint of `family` (one of [`FAMILIES`]) into `dir`; `spm_dir` is
 /// a Llama-2-style SentencePiece tokenizer directory (tests/data/llama2-spm) for the families
 /// that ship one (Mistral). Returns the `--tokenizer-pre` its conversion needs (the check-text
@@ -513,14 +520,7 @@ pub fn write_family_checkpoint(
                     "tie_word_embeddings": true, "torch_dtype": "float32", "transformers_version": "4.40.1",
                     "use_cache": true, "use_sliding_window": false, "vocab_size": vocab
                 }),
-                Some((
-                    "qwen2",
-                    sp,
-                    None,
-                    json!({"bos_token": null, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "add_prefix_space": false,
-                             "clean_up_tokenization_spaces": false, "errors": "replace", "model_max_length": 131072,
-                             "split_special_tokens": false, "tokenizer_class": "Qwen2Tokenizer", "unk_token": null}),
-                )),
+                Some(("qwen2", sp, None, qwen_tokenizer_config("<|endoftext|>"))),
             )
         }
         "qwen3" => {
@@ -536,14 +536,7 @@ pub fn write_family_checkpoint(
                     "tie_word_embeddings": true, "torch_dtype": "float32", "transformers_version": "4.51.0",
                     "use_cache": true, "use_sliding_window": false, "vocab_size": vocab
                 }),
-                Some((
-                    "qwen2",
-                    sp,
-                    None,
-                    json!({"bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "add_prefix_space": false,
-                             "clean_up_tokenization_spaces": false, "errors": "replace", "model_max_length": 131072,
-                             "split_special_tokens": false, "tokenizer_class": "Qwen2Tokenizer", "unk_token": null}),
-                )),
+                Some(("qwen2", sp, None, qwen_tokenizer_config("<|im_end|>"))),
             )
         }
         "smollm3" => {

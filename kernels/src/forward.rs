@@ -200,7 +200,7 @@ impl State {
                     Some(i) => i,
                     None => {
                         let ff = c.rope_freq_factors.as_deref();
-                        ropes.push(Rope::new(theta, scale, c.rotary_dims(), ff, max_ctx));
+                        ropes.push(Rope::new(theta, scale, c.head_dim, ff, max_ctx));
                         ropes.len() - 1
                     }
                 }
@@ -338,10 +338,9 @@ fn add_rows(x: &mut [f32], d: &[f32], dim: usize) {
 }
 
 /// Rotates the heads of one token's q or k (`n_heads × head_dim`) to the position of `cos`,
-/// `sin` (`dims / 2` pairs each): the first `dims` values of each head, the rest unchanged
-/// (partial rotary, as Hugging Face's `q[..., :rotary_dim]` and ggml's `n_dims`).
+/// `sin` (`head_dim / 2` pairs each).
 fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
-    let half = cos.len();
+    let half = head_dim / 2;
     for h in v.chunks_exact_mut(head_dim) {
         match style {
             RopeStyle::Adjacent => {
@@ -435,7 +434,7 @@ pub fn forward<O: Observer>(
     }
     let (dim, hd, kv_dim) = (c.dim, c.head_dim, state.kv_dim);
     let q_dim = c.n_heads * hd;
-    let half = c.rotary_dims() / 2;
+    let half = hd / 2;
     let pos0 = state.pos;
     let mode = opts.mode;
 

@@ -94,9 +94,7 @@ pub struct Config {
     pub final_softcap: Option<f32>,
     /// Sliding-window layers, if any.
     pub swa: Option<SlidingWindow>,
-    /// Rotated dimensions at the start of each head (partial rotary); `None`: the whole head.
-    pub rope_dims: Option<usize>,
-    /// Divisors of each rotated pair's frequency, `rope_dims / 2` of them (llama.cpp's
+    /// Divisors of each rotated pair's frequency, `head_dim / 2` of them (llama.cpp's
     /// `rope_freqs.weight`: Llama 3's frequency scaling); `None`: 1.
     pub rope_freq_factors: Option<Vec<f32>>,
     /// `no_rope[l]`: layer `l` applies no RoPE (SmolLM3's NoPE layers); empty: every layer
@@ -136,7 +134,6 @@ impl Config {
             attn_scale: None,
             final_softcap: None,
             swa: None,
-            rope_dims: None,
             rope_freq_factors: None,
             no_rope: Vec::new(),
         }
@@ -159,11 +156,6 @@ impl Config {
             Some(s) if s.layers.get(l).copied().unwrap_or(false) => (s.rope_theta, s.rope_scale),
             _ => (self.rope_theta, self.rope_scale),
         })
-    }
-
-    /// Rotated dimensions of each head.
-    pub fn rotary_dims(&self) -> usize {
-        self.rope_dims.unwrap_or(self.head_dim).min(self.head_dim)
     }
 
     /// The multiplier of `q·k`.

@@ -72,7 +72,6 @@ pub fn kernel_config(c: &ModelConfig, rope_style: RopeStyle) -> Config {
                 c.rope_scaling_linear.unwrap_or(1.0)
             },
         }),
-        rope_dims: None,
         rope_freq_factors: c.rope_freq_factors.clone(),
         no_rope: c.no_rope_layers.clone(),
     }

@@ -416,23 +416,11 @@ pub fn tokenizer_config_from_gguf(md: &Metadata) -> Json {
             o.insert(name.into(), t);
         }
     }
-    if let Some(b) = md
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(Value::as_bool)
-    {
-        o.insert("add_bos_token".into(), b.into());
-    }
-    if let Some(b) = md
-        .get("tokenizer.ggml.add_eos_token")
-        .and_then(Value::as_bool)
-    {
-        o.insert("add_eos_token".into(), b.into());
-    }
-    if let Some(b) = md
-        .get("tokenizer.ggml.add_sep_token")
-        .and_then(Value::as_bool)
-    {
-        o.insert("add_sep_token".into(), b.into());
+    for typ in ["bos", "eos", "sep"] {
+        let flag = md.get(&format!("tokenizer.ggml.add_{typ}_token"));
+        if let Some(b) = flag.and_then(Value::as_bool) {
+            o.insert(format!("add_{typ}_token"), b.into());
+        }
     }
     if let Some(t) = md.str("tokenizer.chat_template") {
         o.insert("chat_template".into(), t.into());
