@@ -534,6 +534,12 @@ pub fn export_with(
     })?;
     let mut cfg = c.to_hf_json();
     cfg["tie_word_embeddings"] = (g.file.tensor("output.weight").is_none()).into();
+    // The embedding's padding row (transformers builds `nn.Embedding(…, padding_idx)` from it;
+    // a family's default, e.g. SmolLM3's 128004, may lie outside a smaller vocabulary).
+    cfg["pad_token_id"] = md
+        .u64("tokenizer.ggml.padding_token_id")
+        .filter(|&p| (p as usize) < c.vocab_size)
+        .into();
     let pretty = |v: &serde_json::Value| {
         let mut s = serde_json::to_string_pretty(v).expect("json");
         s.push('\n');
