@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Records, for each generated family checkpoint (convert::testing::FAMILIES: Llama 3.2, Qwen2.5,
-# Qwen3, SmolLM3, Mistral — config.json keys of the public models, scaled down), what the
-# independent references say, as tests/data/families/<family>/ (checked by tests/families.rs):
+# Qwen3, SmolLM3, Mistral, Phi-3.5-mini, Phi-4-mini — config.json keys of the public models,
+# scaled down), what the independent references say, as tests/data/families/<family>/ (checked by tests/families.rs):
 #
 #   reference.json
 #     convert     llama.cpp's own convert_hf_to_gguf.py (pinned source; torch from PyPI in a venv
 #                 under .baseline/) on the checkpoint: every metadata key but the provenance
-#                 ones (general.name, general.size_label: naming, not function) — arrays by
+#                 ones (general.name, size_label, basename, finetune: naming, not function) — arrays by
 #                 SHA-256 of a canonical byte form — and every tensor's shape, type and SHA-256
 #     perplexity  llama-perplexity -c 256 --chunks 8 on hamlet, on kiln's F32 GGUF: the final
 #                 perplexity, the argmax of every scored position (--kl-divergence-base) and
@@ -14,8 +14,13 @@
 #     hf          transformers' forward (float32, eager) on the checkpoint under the same
 #                 protocol on llama-tokenize's ids (scripts/hf-reference.py) — for Mistral the
 #                 window of the checkpoint, which llama.cpp's `llama` graph does not have
+#     hf_export   the same transformers forward on `kiln export` of kiln's F32 GGUF: the
+#                 exported config.json and weights load as the family's model (perplexity)
 #     quantize    llama-quantize of kiln's F32 GGUF to Q8_0, Q4_K_M, Q5_K_M with the imatrix below:
 #                 each tensor's type and SHA-256
+#     long_context  for a LongRoPE checkpoint (Phi-3): llama-perplexity and transformers again at
+#                 twice the pre-training context, where both run the long factors (at 256, the
+#                 pre-training context, both run the short ones)
 #   imatrix.gguf  llama-imatrix -c 256 --chunks 8 on macbeth, on kiln's F32 GGUF
 #
 # Needs the texts (scripts/fetch-fixture.sh target/release/kiln smollm2) and a release build.
@@ -23,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fams=("$@")
-[ ${#fams[@]} -gt 0 ] || fams=(llama3.2 qwen2.5 qwen3 smollm3 mistral)
+[ ${#fams[@]} -gt 0 ] || fams=(llama3.2 qwen2.5 qwen3 smollm3 mistral phi3.5 phi4-mini)
 bin=$(scripts/llamacpp-build.sh llama-perplexity llama-tokenize llama-imatrix llama-quantize)
 src=$(dirname "$(dirname "$bin")")
 texts=.fixtures/texts
@@ -59,11 +64,31 @@ sys.path.insert(0, sys.argv[1] + "/gguf-py")
 from gguf import GGUFReader
 r = GGUFReader(sys.argv[2])
 f = lambda k: r.fields[k].contents() if k in r.fields else None
-print(1 if f("tokenizer.ggml.add_bos_token") else 0, f("tokenizer.ggml.bos_token_id") or 0)
+# llama.cpp's default when the key is absent: BOS for SentencePiece (`llama`), none for BPE.
+add = f("tokenizer.ggml.add_bos_token")
+if add is None:
+    add = f("tokenizer.ggml.model") == "llama"
+print(1 if add else 0, f("tokenizer.ggml.bos_token_id") or 0)
 PY
 )
   "$venv/bin/python" scripts/hf-reference.py "$ck" "$tmp/ids.json" 256 8 "$add_bos" "$bos" >"$tmp/hf.json" 2>"$tmp/hf.log" ||
     { cat "$tmp/hf.log" >&2; exit 1; }
+  # transformers on kiln's export of the F32 GGUF (its config.json and weights as HF reads them).
+  "$kiln" -q export "$tmp/$f.gguf" "$tmp/$f-export" >/dev/null 2>&1
+  "$venv/bin/python" scripts/hf-reference.py "$tmp/$f-export" "$tmp/ids.json" 256 8 "$add_bos" "$bos" >"$tmp/hf-export.json" 2>"$tmp/hf.log" ||
+    { cat "$tmp/hf.log" >&2; exit 1; }
+  # LongRoPE (Phi-3): also at twice the pre-training context, where both run the long factors.
+  orig=$(python3 -c "import json; print(json.load(open('$ck/config.json')).get('original_max_position_embeddings') or 0)")
+  rm -f "$tmp/long.json"
+  if [ "$orig" -gt 0 ] && [ "$orig" -le 512 ]; then
+    lctx=$((2 * orig))
+    "$bin/llama-perplexity" -m "$tmp/$f.gguf" -f "$texts/hamlet_gut.txt" -c "$lctx" --chunks 8 -t 2 \
+      --kl-divergence-base "$tmp/kld-long" >"$tmp/ppl-long.log" 2>&1
+    "$venv/bin/python" scripts/kld-argmax.py "$tmp/kld-long" "$tmp/ppl-long.log" >"$tmp/ppl-long.json"
+    "$venv/bin/python" scripts/hf-reference.py "$ck" "$tmp/ids.json" "$lctx" 8 "$add_bos" "$bos" >"$tmp/hf-long.json" 2>"$tmp/hf.log" ||
+      { cat "$tmp/hf.log" >&2; exit 1; }
+    python3 -c "import json; json.dump({'ctx': $lctx, 'perplexity': json.load(open('$tmp/ppl-long.json')), 'hf': json.load(open('$tmp/hf-long.json'))}, open('$tmp/long.json', 'w'))"
+  fi
   (cd "$texts" && "$OLDPWD/$bin/llama-imatrix" -m "$tmp/$f.gguf" -f macbeth_gut.txt -c 256 --chunks 8 -t 2 \
     -o "$OLDPWD/$out/imatrix.gguf" >"$tmp/imatrix.log" 2>&1) || { cat "$tmp/imatrix.log" >&2; exit 1; }
   for ty in Q8_0 Q4_K_M Q5_K_M; do
@@ -71,7 +96,7 @@ PY
       { cat "$tmp/q.log" >&2; exit 1; }
   done
   "$venv/bin/python" - "$src" "$tmp" "$f" "$out/reference.json" <<'PY'
-import hashlib, json, struct, sys
+import hashlib, json, os, struct, sys
 src, tmp, fam, dest = sys.argv[1:5]
 sys.path.insert(0, src + "/gguf-py")
 sys.path.insert(0, "scripts")
@@ -88,7 +113,7 @@ def plain(v):
 r = GGUFReader(f"{tmp}/{fam}-ref.gguf")
 meta = {}
 for k, fld in r.fields.items():
-    if k.startswith("GGUF.") or k in ("general.name", "general.size_label"):
+    if k.startswith("GGUF.") or k in ("general.name", "general.size_label", "general.basename", "general.finetune"):
         continue
     v = plain(fld.contents())
     if isinstance(v, list):
@@ -118,6 +143,9 @@ ref = {
     "hf": hf,
     "quantize": {ty: gguf_tensors(f"{tmp}/{fam}-{ty}.gguf") for ty in ["Q8_0", "Q4_K_M", "Q5_K_M"]},
 }
+ref["hf_export"] = {"ppl": json.load(open(f"{tmp}/hf-export.json"))["ppl"]}
+if os.path.exists(f"{tmp}/long.json"):
+    ref["long_context"] = json.load(open(f"{tmp}/long.json"))
 with open(dest, "w") as f:
     json.dump(ref, f, sort_keys=True, separators=(",", ":"))
     f.write("\n")

@@ -3,6 +3,8 @@
 //! `html_report_renders_in_chromium` (ignored unless Chromium is installed; `.ci/run` installs
 //! it and runs it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -593,78 +595,10 @@ fn methods_stay_in_budget_in_llama_cpp_types_and_are_deterministic() {
     assert!(!d.join("nog.gguf").exists());
 }
 
-/// AWQ's folds change the weights but not the FP32 model's function: the folded model's logits
-/// equal the original's within float rounding, and each fold lowers (or keeps) its objective.
+/// AWQ's folds change the weights but not the FP32 model's function.
 #[test]
 fn awq_folds_keep_the_fp32_function() {
-    use kernels::{forward, ForwardOptions, Logits, NoObserver, State};
     let s = setup();
     let loaded = verify::load::load(&s.dir.join("ckpt")).unwrap();
-    let model = &loaded.model;
-    let vocab = model.config.vocab as u32;
-    let tokens: Vec<u32> = (0..256u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let im = calibrate::calibrate(
-        model,
-        &tokens,
-        &calibrate::CalibOptions {
-            ctx: 64,
-            chunks: Some(4),
-            bos: None,
-            process_output: false,
-            datasets: vec![],
-            kv_f16: false,
-        },
-        |_, _| {},
-    )
-    .unwrap();
-    let folds = calibrate::awq::search(
-        model,
-        &calibrate::awq::AwqInputs {
-            importance: &|n: &str| im.importance(n),
-            ty: &|_: &str| Some(quantize::GgmlType::Q4_0),
-            grid: 11,
-        },
-        |_, _| {},
-    );
-    assert_eq!(folds.iter().count(), 3 * model.layers.len());
-    assert!(folds.iter().all(|f| f.error_folded <= f.error_plain));
-    assert!(
-        folds.iter().any(|f| f.alpha > 0.0),
-        "no fold scaled anything"
-    );
-    let mut folded = model.clone();
-    folds.fold_model(&mut folded).unwrap();
-    let changed = |l: usize| {
-        let (a, b) = (&model.layers[l], &folded.layers[l]);
-        a.attn_norm != b.attn_norm
-            || a.ffn_norm != b.ffn_norm
-            || a.w_down.bytes() != b.w_down.bytes()
-    };
-    assert!(
-        (0..model.layers.len()).any(changed),
-        "the folds changed no weight"
-    );
-    let logits = |m: &kernels::Model| {
-        let mut st = State::new(&m.config, 64, 64);
-        forward(
-            m,
-            &mut st,
-            &tokens[..48],
-            Logits::All,
-            ForwardOptions::default(),
-            &NoObserver,
-        )
-        .unwrap();
-        st.logits.clone()
-    };
-    let (a, b) = (logits(model), logits(&folded));
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(
-        worst <= 1e-4 * scale.max(1.0),
-        "folded logits differ by {worst}"
-    );
+    common::awq_folds_keep_the_function(&loaded.model);
 }

@@ -255,7 +255,7 @@ fn unsupported_model_type_lists_the_supported() {
         &[
             "config.json",
             "gpt_neox",
-            "llama, mistral, qwen2, qwen3, smollm3, gemma3_text",
+            "llama, mistral, qwen2, qwen3, smollm3, phi3, gemma3_text",
         ],
     );
 }
@@ -385,7 +385,7 @@ fn an_unsupported_architecture_gguf_is_refused_but_inspected() {
         "phi2.gguf",
         "general.architecture",
         "phi2",
-        "llama, qwen2, qwen3, smollm3, gemma3",
+        "llama, qwen2, qwen3, smollm3, phi3, gemma3",
     ] {
         assert!(err.contains(m), "{m:?} not in {err}");
     }

@@ -38,11 +38,11 @@ pub enum FoldKind {
 impl FoldKind {
     const ALL: [FoldKind; 3] = [FoldKind::AttnNorm, FoldKind::FfnNorm, FoldKind::UpDown];
 
-    /// The matrices whose input channels are scaled up.
-    fn consumers(self) -> &'static [&'static str] {
+    /// The matrices (as the GGUF stores them) whose input channels are scaled up.
+    fn consumers(self, c: &kernels::Config) -> &'static [&'static str] {
         match self {
-            FoldKind::AttnNorm => &["attn_q", "attn_k", "attn_v"],
-            FoldKind::FfnNorm => &["ffn_gate", "ffn_up"],
+            FoldKind::AttnNorm => c.readers(kernels::MatKind::Qkv),
+            FoldKind::FfnNorm => c.readers(kernels::MatKind::GateUp),
             FoldKind::UpDown => &["ffn_down"],
         }
     }
@@ -67,6 +67,20 @@ pub struct Fold {
 #[derive(Debug, Clone, Default)]
 pub struct Folds {
     folds: BTreeMap<(usize, FoldKind), Fold>,
+    /// The first row of `ffn_up` that is up's: 0, or the gate's rows where the GGUF fuses
+    /// gate and up (Phi-3) — the up→down fold divides up's rows only, which keeps it exact
+    /// (`silu(g)·u` is linear in `u`, not in `g`).
+    up_offset: usize,
+    /// The folds searched and not made, and why.
+    skipped: Vec<Skipped>,
+}
+
+/// A fold the search left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub layer: usize,
+    pub kind: FoldKind,
+    pub why: &'static str,
 }
 
 fn split(name: &str) -> Option<(usize, &str)> {
@@ -75,7 +89,28 @@ fn split(name: &str) -> Option<(usize, &str)> {
     Some((l.parse().ok()?, rest.strip_suffix(".weight")?))
 }
 
+/// What the folds of a model with configuration `c` scale, for reports.
+pub fn description(c: &kernels::Config) -> String {
+    let norm = |kind: kernels::MatKind, n: &str| format!("{n}->{}", c.readers(kind).join("/"));
+    let up = if c.fused_gate_up {
+        "ffn_up's up rows (after the gate's)->ffn_down"
+    } else {
+        "ffn_up->ffn_down"
+    };
+    format!(
+        "{}, {}, {up}",
+        norm(kernels::MatKind::Qkv, "attn_norm"),
+        norm(kernels::MatKind::GateUp, "ffn_norm")
+    )
+}
+
 impl Folds {
+    /// The folds searched and not made (no importance for their input, or no consumer
+    /// quantized), in layer order.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
     /// The folds, in layer order.
     pub fn iter(&self) -> impl Iterator<Item = &Fold> {
         self.folds.values()
@@ -92,7 +127,7 @@ impl Folds {
     fn column_scales(&self, name: &str) -> Option<&[f32]> {
         let (l, t) = split(name)?;
         let kind = match t {
-            "attn_q" | "attn_k" | "attn_v" => FoldKind::AttnNorm,
+            "attn_q" | "attn_k" | "attn_v" | "attn_qkv" => FoldKind::AttnNorm,
             "ffn_gate" | "ffn_up" => FoldKind::FfnNorm,
             "ffn_down" => FoldKind::UpDown,
             _ => return None,
@@ -140,7 +175,7 @@ impl Folds {
         }
         if t == "ffn_up" {
             if let Some(s) = self.scales(l, FoldKind::UpDown) {
-                for (row, &s) in v.chunks_mut(cols).zip(s) {
+                for (row, &s) in v.chunks_mut(cols).skip(self.up_offset).zip(s) {
                     for w in row {
                         *w /= s;
                     }
@@ -159,23 +194,26 @@ impl Folds {
     /// Folds the model in memory (its F32 norms and matrices), so calibration on it (GPTQ's
     /// Hessians, sensitivity) sees what the artifact will hold.
     pub fn fold_model(&self, model: &mut Model) -> Result<(), kernels::model::WeightError> {
+        let c = model.config.clone();
         for (l, layer) in model.layers.iter_mut().enumerate() {
-            let refold = |w: &mut Weight, name: &str| -> Result<(), kernels::model::WeightError> {
-                if self.touches(name) {
-                    let v = self.apply(name, w.to_f32(), w.cols);
-                    *w = Weight::from_f32(name, w.rows, w.cols, v)?;
-                }
-                Ok(())
-            };
             let n = |t: &str| format!("blk.{l}.{t}.weight");
             layer.attn_norm = self.apply(&n("attn_norm"), std::mem::take(&mut layer.attn_norm), 0);
             layer.ffn_norm = self.apply(&n("ffn_norm"), std::mem::take(&mut layer.ffn_norm), 0);
-            refold(&mut layer.wq, &n("attn_q"))?;
-            refold(&mut layer.wk, &n("attn_k"))?;
-            refold(&mut layer.wv, &n("attn_v"))?;
-            refold(&mut layer.w_gate, &n("ffn_gate"))?;
-            refold(&mut layer.w_up, &n("ffn_up"))?;
-            refold(&mut layer.w_down, &n("ffn_down"))?;
+            for &t in c.block_matrices() {
+                let name = n(t);
+                if !self.touches(&name) {
+                    continue;
+                }
+                let w = layer.matrix(&c, t).expect("one of the block's matrices");
+                let v = self.apply(&name, w.to_f32(), w.cols);
+                let folded = Weight::from_f32(&name, w.rows, w.cols, v)?;
+                if !layer.set_matrix(&c, t, folded) {
+                    return Err(kernels::model::WeightError {
+                        what: name,
+                        msg: "the folded matrix does not fit the block".into(),
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -244,27 +282,22 @@ pub fn search(model: &Model, inp: &AwqInputs, progress: impl Fn(usize, usize) + 
         .collect();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let grid = inp.grid.max(2);
-    let folds: Vec<Option<Fold>> = jobs
+    let folds: Vec<Result<Fold, Skipped>> = jobs
         .par_iter()
         .map(|&(l, kind)| {
             let layer = &model.layers[l];
-            let mats: Vec<(&Weight, String)> = kind
-                .consumers()
+            let mats: Vec<(Weight, String)> = kind
+                .consumers(&model.config)
                 .iter()
-                .map(|t| {
-                    let w = match *t {
-                        "attn_q" => &layer.wq,
-                        "attn_k" => &layer.wk,
-                        "attn_v" => &layer.wv,
-                        "ffn_gate" => &layer.w_gate,
-                        "ffn_up" => &layer.w_up,
-                        _ => &layer.w_down,
-                    };
-                    (w, format!("blk.{l}.{t}.weight"))
+                .filter_map(|t| {
+                    let w = layer.matrix(&model.config, t)?;
+                    Some((w, format!("blk.{l}.{t}.weight")))
                 })
                 .collect();
             let r = (|| {
-                let imp = (inp.importance)(&mats[0].1)?;
+                let Some(imp) = (inp.importance)(&mats[0].1) else {
+                    return Err("no importance for its input");
+                };
                 let typed: Vec<(Vec<f32>, usize, GgmlType)> = mats
                     .iter()
                     .filter_map(|(w, n)| {
@@ -273,7 +306,7 @@ pub fn search(model: &Model, inp: &AwqInputs, progress: impl Fn(usize, usize) + 
                     })
                     .collect();
                 if typed.is_empty() {
-                    return None;
+                    return Err("no consumer is quantized at its input's width");
                 }
                 let rms: Vec<f32> = imp.iter().map(|v| v.max(0.0).sqrt()).collect();
                 let err = |s: &[f32]| -> f64 {
@@ -293,7 +326,7 @@ pub fn search(model: &Model, inp: &AwqInputs, progress: impl Fn(usize, usize) + 
                         best = (e, alpha, s);
                     }
                 }
-                Some(Fold {
+                Ok(Fold {
                     layer: l,
                     kind,
                     alpha: best.1,
@@ -301,18 +334,30 @@ pub fn search(model: &Model, inp: &AwqInputs, progress: impl Fn(usize, usize) + 
                     error_folded: best.0,
                     scales: best.2,
                 })
-            })();
+            })()
+            .map_err(|why| Skipped {
+                layer: l,
+                kind,
+                why,
+            });
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             progress(d, jobs.len());
             r
         })
         .collect();
+    let (made, skipped): (Vec<_>, Vec<_>) = folds.into_iter().partition(|r| r.is_ok());
     Folds {
-        folds: folds
+        folds: made
             .into_iter()
             .flatten()
             .map(|f| ((f.layer, f.kind), f))
             .collect(),
+        skipped: skipped.into_iter().filter_map(Result::err).collect(),
+        up_offset: if model.config.fused_gate_up {
+            model.config.ffn_dim
+        } else {
+            0
+        },
     }
 }
 

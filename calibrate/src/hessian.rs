@@ -22,7 +22,7 @@ pub fn slot_of(name: &str) -> Option<(usize, usize)> {
     let (l, rest) = rest.split_once('.')?;
     let l: usize = l.parse().ok()?;
     let k = match rest {
-        "attn_q.weight" | "attn_k.weight" | "attn_v.weight" => 0,
+        "attn_q.weight" | "attn_k.weight" | "attn_v.weight" | "attn_qkv.weight" => 0,
         "attn_output.weight" => 1,
         "ffn_gate.weight" | "ffn_up.weight" => 2,
         "ffn_down.weight" => 3,

@@ -480,14 +480,7 @@ impl Collector {
         for l in 0..self.n_layers {
             for k in KINDS {
                 let s = self.sums[l * 4 + kind_index(k)].lock().unwrap();
-                let names: &[&str] = match k {
-                    MatKind::Qkv => &["attn_q", "attn_k", "attn_v"],
-                    MatKind::AttnOutput => &["attn_output"],
-                    MatKind::GateUp => &["ffn_gate", "ffn_up"],
-                    MatKind::Down => &["ffn_down"],
-                    MatKind::Output => &[],
-                };
-                for n in names {
+                for n in model.config.readers(k) {
                     put(format!("blk.{l}.{n}.weight"), &s);
                 }
             }

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use kernels::{forward, ForwardOptions, Layer, Logits, Model, Observer, State, Weight};
+use kernels::{forward, ForwardOptions, Logits, Model, Observer, State, Weight};
 use quantize::alloc::{allocate, AllocError, Candidate};
 use quantize::GgmlType;
 use rayon::prelude::*;
@@ -60,50 +60,37 @@ impl Default for SensitivityOptions {
     }
 }
 
-/// The matrices of a block, in llama.cpp's loader order (GGUF names `blk.N.<kind>.weight`).
-const KINDS: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
-
-/// A block's matrices in [`KINDS`] order.
-fn block(l: &Layer) -> [&Weight; 7] {
-    [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-}
-
 /// Where a GGUF matrix name points.
-enum Slot {
+enum Slot<'n> {
     Embedding,
     Output,
-    /// Layer and index into [`KINDS`].
-    Block(usize, usize),
+    /// Layer and block matrix name (one of [`kernels::Config::block_matrices`]).
+    Block(usize, &'n str),
 }
 
-fn slot(name: &str) -> Option<Slot> {
+fn slot(name: &str) -> Option<Slot<'_>> {
     match name {
         "token_embd.weight" => Some(Slot::Embedding),
         "output.weight" => Some(Slot::Output),
         _ => {
             let (l, rest) = name.strip_prefix("blk.")?.split_once('.')?;
-            let kind = rest.strip_suffix(".weight")?;
-            Some(Slot::Block(
-                l.parse().ok()?,
-                KINDS.iter().position(|k| *k == kind)?,
-            ))
+            Some(Slot::Block(l.parse().ok()?, rest.strip_suffix(".weight")?))
         }
     }
 }
 
-/// GGUF names of the model's weight matrices, in llama.cpp's loader order.
+/// GGUF names of the model's weight matrices: the embedding, each block's matrices as the
+/// GGUF stores them (fused ones whole), the output projection.
 pub fn matrix_names(model: &Model) -> Vec<String> {
     let mut v = vec!["token_embd.weight".to_string()];
     for l in 0..model.layers.len() {
-        v.extend(KINDS.iter().map(|k| format!("blk.{l}.{k}.weight")));
+        v.extend(
+            model
+                .config
+                .block_matrices()
+                .iter()
+                .map(|k| format!("blk.{l}.{k}.weight")),
+        );
     }
     if model.output.is_some() {
         v.push("output.weight".into());
@@ -111,36 +98,51 @@ pub fn matrix_names(model: &Model) -> Vec<String> {
     v
 }
 
-/// The matrix called `name` (GGUF name) and the layer a forward pass must start at to feel a
-/// change of it (`None`: from the embeddings).
-fn locate<'m>(model: &'m mut Model, name: &str) -> Option<(&'m mut Weight, Option<usize>)> {
+/// Replaces the matrix called `name` (GGUF name) by `f` of it; returns the layer a forward
+/// pass must start at to feel the change (`None`: from the embeddings), or `None` when the
+/// model has no such matrix.
+fn replace_matrix(
+    model: &mut Model,
+    name: &str,
+    f: impl FnOnce(&Weight) -> Result<Weight, SensitivityError>,
+) -> Option<Result<Option<usize>, SensitivityError>> {
     let n_layers = model.layers.len();
-    match slot(name)? {
-        Slot::Embedding => Some((&mut model.token_embd, None)),
-        Slot::Output => model.output.as_mut().map(|w| (w, Some(n_layers))),
-        Slot::Block(l, k) => {
-            let b = model.layers.get_mut(l)?;
-            // The same order as `block`, mutably.
-            let ws = [
-                &mut b.wq,
-                &mut b.wk,
-                &mut b.wv,
-                &mut b.wo,
-                &mut b.w_gate,
-                &mut b.w_up,
-                &mut b.w_down,
-            ];
-            Some((ws.into_iter().nth(k)?, Some(l)))
+    Some(match slot(name)? {
+        Slot::Embedding => f(&model.token_embd).map(|w| {
+            model.token_embd = w;
+            None
+        }),
+        Slot::Output => {
+            let o = model.output.as_mut()?;
+            f(o).map(|w| {
+                *o = w;
+                Some(n_layers)
+            })
         }
-    }
+        Slot::Block(l, k) => {
+            let c = model.config.clone();
+            let b = model.layers.get_mut(l)?;
+            let old = b.matrix(&c, k)?;
+            f(&old).and_then(|w| {
+                if b.set_matrix(&c, k, w) {
+                    Ok(Some(l))
+                } else {
+                    Err(SensitivityError::Tensor {
+                        tensor: name.to_string(),
+                        msg: "the replacement does not fit".into(),
+                    })
+                }
+            })
+        }
+    })
 }
 
-/// The matrix called `name`, if the model has it.
-pub fn weight<'m>(model: &'m Model, name: &str) -> Option<&'m Weight> {
+/// The matrix called `name` (a fused one whole), if the model has it.
+pub fn weight(model: &Model, name: &str) -> Option<Weight> {
     match slot(name)? {
-        Slot::Embedding => Some(&model.token_embd),
-        Slot::Output => model.output.as_ref(),
-        Slot::Block(l, k) => model.layers.get(l).map(|b| block(b)[k]),
+        Slot::Embedding => Some(model.token_embd.clone()),
+        Slot::Output => model.output.clone(),
+        Slot::Block(l, k) => model.layers.get(l)?.matrix(&model.config, k),
     }
 }
 
@@ -253,11 +255,12 @@ pub fn measure(
     let mut out = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let mut m = model.clone();
-        let (w, start) = locate(&mut m, name).ok_or_else(|| SensitivityError::Tensor {
-            tensor: name.clone(),
-            msg: "not a weight matrix of this model".into(),
-        })?;
-        *w = replace(i, name, w)?;
+        let start = replace_matrix(&mut m, name, |w| replace(i, name, w)).ok_or_else(|| {
+            SensitivityError::Tensor {
+                tensor: name.clone(),
+                msg: "not a weight matrix of this model".into(),
+            }
+        })??;
         let mut sum = 0.0;
         for r in &refs {
             state.reset();

@@ -88,6 +88,25 @@ pub struct ModelConfig {
     /// config.json names `head_dim` (llama.cpp's converter then writes
     /// `attention.key_length` / `value_length` whatever their value).
     pub head_dim_key: bool,
+    /// Dimensions of each head RoPE rotates when not all of them (partial rotary: Phi-4-mini's
+    /// `partial_rotary_factor`, llama.cpp's `rope.dimension_count`).
+    pub rotary_dims: Option<usize>,
+    /// LongRoPE (Phi-3's `rope_scaling` type `longrope`): llama.cpp's `rope_factors_long` /
+    /// `rope_factors_short` and `rope.scaling.attn_factor`.
+    pub longrope: Option<LongRope>,
+    /// The context the model was pre-trained at (`original_max_position_embeddings`,
+    /// llama.cpp's `rope.scaling.original_context_length`): LongRoPE's long factors apply
+    /// beyond it.
+    pub original_context_length: Option<usize>,
+}
+
+/// LongRoPE's frequency divisors (one per rotated pair) and the factor cos and sin are
+/// multiplied by (`_compute_longrope_parameters` of transformers' `modeling_rope_utils.py`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub long: Vec<f32>,
+    pub short: Vec<f32>,
+    pub attn_factor: f32,
 }
 
 /// Llama 3's RoPE scaling parameters (`_compute_llama3_parameters` of transformers'
@@ -200,6 +219,9 @@ impl ModelConfig {
             rope_freq_factors: None,
             no_rope_layers: Vec::new(),
             head_dim_key: false,
+            rotary_dims: None,
+            longrope: None,
+            original_context_length: None,
         }
     }
 
@@ -264,6 +286,24 @@ impl ModelConfig {
                 "head_dim {} is odd: RoPE rotates pairs",
                 self.head_dim
             ));
+        }
+        let rd = self.rotated_dims();
+        if rd == 0 || rd > self.head_dim || !rd.is_multiple_of(2) {
+            return bad(format!(
+                "RoPE rotates {rd} dimensions of heads of {}: needs an even number, at most the head",
+                self.head_dim
+            ));
+        }
+        if let Some(l) = &self.longrope {
+            for (k, f) in [("long_factor", &l.long), ("short_factor", &l.short)] {
+                if f.len() != rd / 2 {
+                    return bad(format!(
+                        "LongRoPE's {k} holds {} factors; {rd} rotated dimensions make {} pairs",
+                        f.len(),
+                        rd / 2
+                    ));
+                }
+            }
         }
         if !(self.rms_norm_eps.is_finite()
             && self.rms_norm_eps > 0.0
@@ -341,23 +381,51 @@ impl ModelConfig {
         let path = file.path();
         let mut c = Self::from_gguf(path, &file.metadata)?;
         c.tie_word_embeddings = file.tensor("output.weight").is_none();
-        if let Some(t) = file.tensor(crate::arch::ROPE_FREQS) {
+        let rd = c.rotated_dims();
+        let pairs = rd / 2;
+        let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+            let Some(t) = file.tensor(name) else {
+                return Ok(None);
+            };
             let ff = file.tensor_f32(t)?;
-            let dim = c.head_dim;
-            if ff.len() != dim / 2 {
+            if ff.len() != pairs {
                 return Err(Error::tensor(
                     path,
-                    crate::arch::ROPE_FREQS,
+                    name,
                     format!(
-                        "holds {} factors; heads of {dim} rotate {} pairs",
-                        ff.len(),
-                        dim / 2
+                        "holds {} factors; {rd} rotated dimensions make {pairs} pairs",
+                        ff.len()
                     ),
                 ));
             }
-            c.rope_llama3 = Llama3Rope::from_factors(&ff, c.rope_theta, dim);
+            Ok(Some(ff))
+        };
+        if let Some(ff) = factors(crate::arch::ROPE_FREQS)? {
+            c.rope_llama3 = Llama3Rope::from_factors(&ff, c.rope_theta, c.head_dim);
             c.rope_freq_factors = Some(ff);
         }
+        let (long, short) = (
+            factors(crate::arch::ROPE_FACTORS_LONG)?,
+            factors(crate::arch::ROPE_FACTORS_SHORT)?,
+        );
+        match (long, short) {
+            (None, None) => {}
+            (Some(long), Some(short)) => {
+                let key = format!("{}.rope.scaling.attn_factor", c.arch.gguf_arch());
+                c.longrope = Some(LongRope {
+                    long,
+                    short,
+                    attn_factor: file.metadata.f64(&key).unwrap_or(1.0) as f32,
+                })
+            }
+            _ => {
+                return Err(Error::format(
+                    path,
+                    "LongRoPE needs both rope_factors_long.weight and rope_factors_short.weight",
+                ))
+            }
+        }
+        c.validate(path)?;
         Ok(c)
     }
 
@@ -369,6 +437,11 @@ impl ModelConfig {
     /// A Hugging Face config.json for this model (FP32).
     pub fn to_hf_json(&self) -> serde_json::Value {
         self.arch.family().to_hf_json(self)
+    }
+
+    /// Dimensions of each head RoPE rotates.
+    pub fn rotated_dims(&self) -> usize {
+        self.rotary_dims.unwrap_or(self.head_dim)
     }
 
     /// The multiplier of `q·k` in attention.
@@ -614,7 +687,7 @@ impl<'a> HfJson<'a> {
 }
 
 /// A RoPE scaling of config.json.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     /// None (absent, null or type `default`).
     None,
@@ -622,6 +695,8 @@ pub enum RopeScaling {
     Linear(f32),
     /// Llama 3's frequency scaling.
     Llama3(Llama3Rope),
+    /// LongRoPE (Phi-3): divisors for long and short contexts.
+    LongRope { long: Vec<f32>, short: Vec<f32> },
 }
 
 /// The RoPE scaling of a `rope_scaling` / `rope_parameters` object, checked key by key (a key
@@ -632,7 +707,7 @@ pub fn rope_scaling(
     cfg: &HfJson,
     key: &str,
     v: Option<&Json>,
-    allow_llama3: bool,
+    extra: &[&str],
 ) -> Result<RopeScaling> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(RopeScaling::None);
@@ -642,11 +717,12 @@ pub fn rope_scaling(
         .or_else(|| v.get("type"))
         .and_then(|t| t.as_str())
         .unwrap_or("");
-    let handled = if allow_llama3 {
-        "none, default, linear, llama3"
-    } else {
-        "none, default, linear"
-    };
+    let handled = ["none", "default", "linear"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     let unsupported = || {
         Error::unsupported(
             cfg.path(),
@@ -656,12 +732,16 @@ pub fn rope_scaling(
     let known: &[&str] = match ty {
         "default" => &[],
         "linear" => &["factor"],
-        "llama3" if allow_llama3 => &[
+        "llama3" if extra.contains(&"llama3") => &[
             "factor",
             "low_freq_factor",
             "high_freq_factor",
             "original_max_position_embeddings",
         ],
+        // Phi-3's configuration takes exactly these (`Phi3Config._rope_scaling_validation`),
+        // `su` being LongRoPE's old name. Its `yarn` alias is refused: transformers runs it as
+        // LongRoPE, llama.cpp's converter as YaRN's attention factor.
+        "longrope" | "su" if extra.contains(&"longrope") => &["long_factor", "short_factor"],
         _ => return Err(unsupported()),
     };
     if let Some(o) = v.as_object() {
@@ -684,9 +764,25 @@ pub fn rope_scaling(
             )
         })
     };
+    let list = |k: &str| -> Result<Vec<f32>> {
+        v.get(k)
+            .and_then(|x| x.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect())
+            .filter(|l: &Vec<f32>| l.iter().all(|f| f.is_finite() && *f > 0.0))
+            .ok_or_else(|| {
+                Error::format(
+                    cfg.path(),
+                    format!("`{key}` of type `{ty}` needs `{k}`: a list of positive numbers"),
+                )
+            })
+    };
     Ok(match ty {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear(num("factor")? as f32),
+        "longrope" | "su" => RopeScaling::LongRope {
+            long: list("long_factor")?,
+            short: list("short_factor")?,
+        },
         _ => {
             let p = Llama3Rope {
                 factor: num("factor")?,
@@ -707,7 +803,7 @@ pub fn rope_scaling(
 
 /// [`rope_scaling`] for the architectures that take only linear scaling: `None` or the factor.
 pub fn rope_scaling_linear(cfg: &HfJson, key: &str, v: Option<&Json>) -> Result<Option<f32>> {
-    Ok(match rope_scaling(cfg, key, v, false)? {
+    Ok(match rope_scaling(cfg, key, v, &[])? {
         RopeScaling::Linear(f) => Some(f),
         _ => None,
     })
@@ -731,9 +827,10 @@ pub(crate) fn gguf_common(path: &Path, md: &Metadata, arch: Arch) -> Result<Mode
             .map(|t| t.len())
             .ok_or_else(|| Error::format(path, format!("missing {a}.vocab_size")))?,
     };
+    // llama.cpp: n_embd_head_k = key_length or n_embd / n_head; n_rot = dimension_count or
+    // n_embd_head_k.
     let head_dim = md
         .u64(&format!("{a}.attention.key_length"))
-        .or_else(|| md.u64(&format!("{a}.rope.dimension_count")))
         .map(|v| v as usize)
         .unwrap_or(hidden_size / n_heads.max(1));
     if let Some(v) = md.u64(&format!("{a}.attention.value_length")) {
@@ -778,10 +875,13 @@ pub(crate) fn gguf_common(path: &Path, md: &Metadata, arch: Arch) -> Result<Mode
     };
     if let Some(d) = md.u64(&format!("{a}.rope.dimension_count")) {
         if d as usize != head_dim {
-            return Err(Error::unsupported(
-                path,
-                format!("{a}.rope.dimension_count = {d} rotates part of a head of {head_dim} (kiln rotates whole heads)"),
-            ));
+            if !arch.family().partial_rotary() {
+                return Err(Error::unsupported(
+                    path,
+                    format!("{a}.rope.dimension_count = {d} rotates part of a head of {head_dim} (kiln rotates part of a head only for: phi3)"),
+                ));
+            }
+            c.rotary_dims = Some(d as usize);
         }
     }
     c.bos_token_id = md.u64("tokenizer.ggml.bos_token_id").map(|v| v as u32);

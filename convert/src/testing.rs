@@ -350,7 +350,15 @@ pub fn write_checkpoint(dir: &Path, spec: &TinySpec) -> std::io::Result<()> {
 /// The families of generated checkpoints "with real structure": each writes the config.json
 /// keys of a public model (copied key for key, scaled down to a few layers and a small width
 /// but keeping its head layout, biases, norms, RoPE settings, tie setting and tokenizer kind).
-pub const FAMILIES: &[&str] = &["llama3.2", "qwen2.5", "qwen3", "smollm3", "mistral"];
+pub const FAMILIES: &[&str] = &[
+    "llama3.2",
+    "qwen2.5",
+    "qwen3",
+    "smollm3",
+    "mistral",
+    "phi3.5",
+    "phi4-mini",
+];
 
 /// The public model each generated family copies its config.json from.
 pub fn family_source(family: &str) -> Option<&'static str> {
@@ -360,6 +368,8 @@ pub fn family_source(family: &str) -> Option<&'static str> {
         "qwen3" => "Qwen/Qwen3-0.6B",
         "smollm3" => "HuggingFaceTB/SmolLM3-3B",
         "mistral" => "mistralai/Mistral-7B-v0.1",
+        "phi3.5" => "microsoft/Phi-3.5-mini-instruct",
+        "phi4-mini" => "microsoft/Phi-4-mini-instruct",
         _ => return None,
     })
 }
@@ -457,9 +467,221 @@ fn qwen_tokenizer_config(eos: &str) -> serde_json::Value {
            "split_special_tokens": false, "tokenizer_class": "Qwen2Tokenizer", "unk_token": null})
 }
 
+/// Phi-3.5-mini's LongRoPE divisors (its config.json's `rope_scaling`), 48 per head of 96.
+const PHI35_LONG: [f64; 48] = [
+    1.0800000429153442,
+    1.1100000143051147,
+    1.1399999856948853,
+    1.340000033378601,
+    1.5899999141693115,
+    1.600000023841858,
+    1.6200000047683716,
+    2.620000123977661,
+    3.2300000190734863,
+    3.2300000190734863,
+    4.789999961853027,
+    7.400000095367432,
+    7.700000286102295,
+    9.09000015258789,
+    12.199999809265137,
+    17.670000076293945,
+    24.46000099182129,
+    28.57000160217285,
+    30.420001983642578,
+    30.840002059936523,
+    32.590003967285156,
+    32.93000411987305,
+    42.320003509521484,
+    44.96000289916992,
+    50.340003967285156,
+    50.45000457763672,
+    57.55000305175781,
+    57.93000411987305,
+    58.21000289916992,
+    60.1400032043457,
+    62.61000442504883,
+    62.62000274658203,
+    62.71000289916992,
+    63.1400032043457,
+    63.1400032043457,
+    63.77000427246094,
+    63.93000411987305,
+    63.96000289916992,
+    63.970001220703125,
+    64.02999877929688,
+    64.06999969482422,
+    64.08000183105469,
+    64.12000274658203,
+    64.41000366210938,
+    64.4800033569336,
+    64.51000213623047,
+    64.52999877929688,
+    64.83999633789062,
+];
+const PHI35_SHORT: [f64; 48] = [
+    1.0,
+    1.0199999809265137,
+    1.0299999713897705,
+    1.0299999713897705,
+    1.0499999523162842,
+    1.0499999523162842,
+    1.0499999523162842,
+    1.0499999523162842,
+    1.0499999523162842,
+    1.0699999332427979,
+    1.0999999046325684,
+    1.1099998950958252,
+    1.1599998474121094,
+    1.1599998474121094,
+    1.1699998378753662,
+    1.2899998426437378,
+    1.339999794960022,
+    1.679999828338623,
+    1.7899998426437378,
+    1.8199998140335083,
+    1.8499997854232788,
+    1.8799997568130493,
+    1.9099997282028198,
+    1.9399996995925903,
+    1.9899996519088745,
+    2.0199997425079346,
+    2.0199997425079346,
+    2.0199997425079346,
+    2.0199997425079346,
+    2.0199997425079346,
+    2.0199997425079346,
+    2.0299997329711914,
+    2.0299997329711914,
+    2.0299997329711914,
+    2.0299997329711914,
+    2.0299997329711914,
+    2.0299997329711914,
+    2.0299997329711914,
+    2.0299997329711914,
+    2.0299997329711914,
+    2.0799996852874756,
+    2.0899996757507324,
+    2.189999580383301,
+    2.2199995517730713,
+    2.5899994373321533,
+    2.729999542236328,
+    2.749999523162842,
+    2.8399994373321533,
+];
+
+/// Phi-4-mini's LongRoPE long divisors (its short ones are all 1), 48 per 96 rotated
+/// dimensions of its heads of 128.
+const PHI4_LONG: [f64; 48] = [
+    1.0,
+    1.118320672,
+    1.250641126,
+    1.398617824,
+    1.564103225,
+    1.74916897,
+    1.956131817,
+    2.187582649,
+    2.446418898,
+    2.735880826,
+    3.059592084,
+    3.421605075,
+    3.826451687,
+    4.279200023,
+    4.785517845,
+    5.351743533,
+    5.984965424,
+    6.693110555,
+    7.485043894,
+    8.370679318,
+    9.36110372,
+    10.4687158,
+    11.70738129,
+    13.09260651,
+    14.64173252,
+    16.37415215,
+    18.31155283,
+    20.47818807,
+    22.90118105,
+    25.61086418,
+    28.64115884,
+    32.03,
+    32.1,
+    32.13,
+    32.23,
+    32.6,
+    32.61,
+    32.64,
+    32.66,
+    32.7,
+    32.71,
+    32.93,
+    32.97,
+    33.28,
+    33.49,
+    33.5,
+    44.16,
+    47.77,
+];
+
+/// Phi-3.5-mini's added tokens (ids after the SentencePiece pieces), all special.
+const PHI35_ADDED: [&str; 11] = [
+    "<|endoftext|>",
+    "<|assistant|>",
+    "<|placeholder1|>",
+    "<|placeholder2|>",
+    "<|placeholder3|>",
+    "<|placeholder4|>",
+    "<|system|>",
+    "<|end|>",
+    "<|placeholder5|>",
+    "<|placeholder6|>",
+    "<|user|>",
+];
+
+/// Phi-3.5-mini's tokenizer files over the SentencePiece model of `spm_dir` (`n` pieces):
+/// its added tokens after the pieces in tokenizer.json and tokenizer_config.json's
+/// `added_tokens_decoder`, no BOS added, `<|endoftext|>` the EOS, its chat template.
+fn write_phi3_tokenizer(dir: &Path, spm_dir: &Path, n: usize) -> std::io::Result<()> {
+    std::fs::copy(spm_dir.join("tokenizer.model"), dir.join("tokenizer.model"))?;
+    let mut tj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(spm_dir.join("tokenizer.json"))?)?;
+    let entry = |id: usize, content: &str, rstrip: bool| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+               "rstrip": rstrip, "normalized": false, "special": true})
+    };
+    let mut decoder = serde_json::Map::new();
+    for (id, t) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
+        let mut e = entry(id, t, id == 2);
+        e.as_object_mut().unwrap().remove("id");
+        decoder.insert(id.to_string(), e);
+    }
+    let added = tj["added_tokens"].as_array_mut().unwrap();
+    for (k, t) in PHI35_ADDED.iter().enumerate() {
+        let id = n + k;
+        let rstrip = k != 0;
+        added.push(entry(id, t, rstrip));
+        let mut e = entry(id, t, rstrip);
+        e.as_object_mut().unwrap().remove("id");
+        decoder.insert(id.to_string(), e);
+    }
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec(&tj)?)?;
+    let tc = json!({
+        "add_bos_token": false, "add_eos_token": false, "added_tokens_decoder": decoder,
+        "bos_token": "<s>",
+        "chat_template": "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}",
+        "clean_up_tokenization_spaces": false, "eos_token": "<|endoftext|>", "legacy": false,
+        "model_max_length": 131072, "pad_token": "<|endoftext|>", "padding_side": "left",
+        "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
+        "use_default_system_prompt": false
+    });
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_vec_pretty(&tc)?,
+    )
+}
+
 /// Writes the generated checkpoint of `family` (one of [`FAMILIES`]) into `dir`; `spm_dir` is
 /// a Llama-2-style SentencePiece tokenizer directory (tests/data/llama2-spm) for the families
-/// that ship one (Mistral). Returns the `--tokenizer-pre` its conversion needs (the check-text
+/// that ship one (Mistral, Phi-3.5). Returns the `--tokenizer-pre` its conversion needs (the check-text
 /// hash of a generated vocabulary matches no released tokenizer), if any.
 pub fn write_family_checkpoint(
     dir: &Path,
@@ -570,6 +792,72 @@ pub fn write_family_checkpoint(
                 )),
             )
         }
+        // Phi-3.5-mini: heads of 96 (its real LongRoPE factors, 48 pairs), no GQA, untied, a
+        // window longer than any context; the contexts scaled by 1/16 (the ratio kept, and the
+        // pre-training one a multiple of 256 as 4096 is: llama.cpp rounds the context up to
+        // 256 before it picks the factors), so a 256-token run uses the short factors and a
+        // 512-token run the long ones.
+        "phi3.5" => (
+            json!({
+                "_name_or_path": "Phi-3.5-mini-instruct", "architectures": ["Phi3ForCausalLM"],
+                "attention_bias": false, "attention_dropout": 0.0,
+                "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config",
+                             "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"},
+                "bos_token_id": 1, "embd_pdrop": 0.0, "eos_token_id": 4000, "hidden_act": "silu",
+                "hidden_size": 192, "initializer_range": 0.02, "intermediate_size": 512,
+                "max_position_embeddings": 8192, "model_type": "phi3", "num_attention_heads": 2,
+                "num_hidden_layers": 2, "num_key_value_heads": 2,
+                "original_max_position_embeddings": 256, "pad_token_id": 4000, "resid_pdrop": 0.0,
+                "rms_norm_eps": 1e-05,
+                "rope_scaling": {"long_factor": PHI35_LONG.to_vec(), "short_factor": PHI35_SHORT.to_vec(), "type": "longrope"},
+                "rope_theta": 10000.0, "sliding_window": 262144, "tie_word_embeddings": false,
+                "torch_dtype": "float32", "transformers_version": "4.43.3", "use_cache": true,
+                "vocab_size": 4064
+            }),
+            None,
+        ),
+        // Phi-4-mini: 3 query heads of 128 sharing one key/value head (its 24:8), RoPE over
+        // 96 of the 128 (partial_rotary_factor 0.75), tied, its remote-code keys, o200k's
+        // byte-level BPE; contexts scaled by 1/16 as for Phi-3.5.
+        "phi4-mini" => {
+            let sp = vec![
+                "<|endoftext|>",
+                "<|assistant|>",
+                "<|end|>",
+                "<|user|>",
+                "<|system|>",
+            ];
+            let eot = vocab - sp.len();
+            (
+                json!({
+                    "_name_or_path": "Phi-4-mini-instruct", "architectures": ["Phi3ForCausalLM"],
+                    "attention_bias": false, "attention_dropout": 0.0,
+                    "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config",
+                                 "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM",
+                                 "AutoTokenizer": "Xenova/gpt-4o"},
+                    "bos_token_id": eot, "embd_pdrop": 0.0, "eos_token_id": eot, "full_attn_mod": 1,
+                    "hidden_act": "silu", "hidden_size": 384, "initializer_range": 0.02,
+                    "intermediate_size": 1024, "interpolate_factor": 1, "lm_head_bias": false,
+                    "max_position_embeddings": 8192, "mlp_bias": false, "model_type": "phi3",
+                    "num_attention_heads": 3, "num_hidden_layers": 2, "num_key_value_heads": 1,
+                    "original_max_position_embeddings": 256, "pad_token_id": eot,
+                    "partial_rotary_factor": 0.75, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05,
+                    "rope_scaling": {"long_factor": PHI4_LONG.to_vec(), "short_factor": vec![1.0; 48], "type": "longrope"},
+                    "rope_theta": 10000.0, "sliding_window": 262144, "tie_word_embeddings": true,
+                    "torch_dtype": "float32", "transformers_version": "4.45.0", "use_cache": true,
+                    "vocab_size": vocab
+                }),
+                Some((
+                    "gpt-4o",
+                    sp,
+                    None,
+                    json!({"add_bos_token": false, "add_eos_token": false, "bos_token": "<|endoftext|>",
+                           "clean_up_tokenization_spaces": false, "eos_token": "<|endoftext|>",
+                           "model_max_length": 131072, "pad_token": "<|endoftext|>",
+                           "tokenizer_class": "GPT2Tokenizer", "unk_token": "<|endoftext|>"}),
+                )),
+            )
+        }
         "mistral" => (
             json!({
                 "architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
@@ -604,6 +892,10 @@ pub fn write_family_checkpoint(
                 serde_json::to_vec_pretty(&tc)?,
             )?;
             Some(pre)
+        }
+        None if family == "phi3.5" => {
+            write_phi3_tokenizer(dir, spm_dir, 4000)?;
+            None
         }
         None => {
             for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json"] {

@@ -157,7 +157,15 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(theta: f32, scale: f32, dims: usize, factors: Option<&[f32]>, max_ctx: usize) -> Self {
+    /// `dims` rotated dimensions; cos and sin multiplied by `mscale` (rounded once).
+    fn new(
+        theta: f32,
+        scale: f32,
+        dims: usize,
+        factors: Option<&[f32]>,
+        mscale: f32,
+        max_ctx: usize,
+    ) -> Self {
         let half = dims / 2;
         let freq: Vec<f64> = (0..half)
             .map(|i| {
@@ -167,12 +175,13 @@ impl Rope {
             .collect();
         let mut cos = vec![0f32; max_ctx * half];
         let mut sin = vec![0f32; max_ctx * half];
+        let m = mscale as f64;
         for p in 0..max_ctx {
             let pos = p as f64 / scale as f64;
             for (i, f) in freq.iter().enumerate() {
                 let a = pos * f;
-                cos[p * half + i] = a.cos() as f32;
-                sin[p * half + i] = a.sin() as f32;
+                cos[p * half + i] = (a.cos() * m) as f32;
+                sin[p * half + i] = (a.sin() * m) as f32;
             }
         }
         Rope {
@@ -199,8 +208,9 @@ impl State {
                 match ropes.iter().position(|r| r.key == key) {
                     Some(i) => i,
                     None => {
-                        let ff = c.rope_freq_factors.as_deref();
-                        ropes.push(Rope::new(theta, scale, c.head_dim, ff, max_ctx));
+                        let ff = c.freq_factors(max_ctx);
+                        let (rd, m) = (c.rotated_dims(), c.rope_mscale);
+                        ropes.push(Rope::new(theta, scale, rd, ff, m, max_ctx));
                         ropes.len() - 1
                     }
                 }
@@ -337,10 +347,11 @@ fn add_rows(x: &mut [f32], d: &[f32], dim: usize) {
     });
 }
 
-/// Rotates the heads of one token's q or k (`n_heads × head_dim`) to the position of `cos`,
-/// `sin` (`head_dim / 2` pairs each).
-fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
-    let half = head_dim / 2;
+/// Rotates the first `rd` dimensions of each head of one token's q or k (`n_heads ×
+/// head_dim`) to the position of `cos`, `sin` (`rd / 2` pairs each); the rest pass through
+/// (partial rotary).
+fn rope(v: &mut [f32], head_dim: usize, rd: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = rd / 2;
     for h in v.chunks_exact_mut(head_dim) {
         match style {
             RopeStyle::Adjacent => {
@@ -434,7 +445,8 @@ pub fn forward<O: Observer>(
     }
     let (dim, hd, kv_dim) = (c.dim, c.head_dim, state.kv_dim);
     let q_dim = c.n_heads * hd;
-    let half = hd / 2;
+    let rd = c.rotated_dims();
+    let half = rd / 2;
     let pos0 = state.pos;
     let mode = opts.mode;
 
@@ -537,8 +549,8 @@ pub fn forward<O: Observer>(
                             &r.cos[p * half..(p + 1) * half],
                             &r.sin[p * half..(p + 1) * half],
                         );
-                        rope(q, hd, cs, sn, style);
-                        rope(k, hd, cs, sn, style);
+                        rope(q, hd, rd, cs, sn, style);
+                        rope(k, hd, rd, cs, sn, style);
                     }
                     vcr.copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
                     let round = |x: f32| {

@@ -100,6 +100,30 @@ pub struct Config {
     /// `no_rope[l]`: layer `l` applies no RoPE (SmolLM3's NoPE layers); empty: every layer
     /// rotates.
     pub no_rope: Vec<bool>,
+    /// Dimensions of each head that RoPE rotates, from the first (partial rotary: Phi-4-mini's
+    /// `partial_rotary_factor`, llama.cpp's `rope.dimension_count`); 0: the whole head.
+    pub rope_dims: usize,
+    /// cos and sin are multiplied by this (LongRoPE's attention factor, llama.cpp's
+    /// `rope.scaling.attn_factor`); 1 = none.
+    pub rope_mscale: f32,
+    /// LongRoPE (Phi-3): the frequency divisors for a context longer than the training one,
+    /// used instead of [`Config::rope_freq_factors`] by a state holding more positions.
+    pub rope_long: Option<LongRope>,
+    /// The block's q, k, v are stored as one matrix (GGUF `attn_qkv`: Phi-3).
+    pub fused_qkv: bool,
+    /// The block's gate and up are stored as one matrix of `2·ffn_dim` rows, gate first (GGUF
+    /// `ffn_up`: Phi-3).
+    pub fused_gate_up: bool,
+}
+
+/// LongRoPE's long-context frequency divisors (llama.cpp's `rope_factors_long`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    /// One divisor per rotated pair.
+    pub factors: Vec<f32>,
+    /// The training context: a state of more positions than this uses `factors`
+    /// (llama.cpp's `n_ctx_orig_yarn`, Hugging Face's `original_max_position_embeddings`).
+    pub original_ctx: usize,
 }
 
 impl Config {
@@ -136,6 +160,31 @@ impl Config {
             swa: None,
             rope_freq_factors: None,
             no_rope: Vec::new(),
+            rope_dims: 0,
+            rope_mscale: 1.0,
+            rope_long: None,
+            fused_qkv: false,
+            fused_gate_up: false,
+        }
+    }
+
+    /// Dimensions of each head RoPE rotates.
+    pub fn rotated_dims(&self) -> usize {
+        if self.rope_dims == 0 {
+            self.head_dim
+        } else {
+            self.rope_dims.min(self.head_dim)
+        }
+    }
+
+    /// The frequency divisors a state of `ctx` positions uses: LongRoPE's long set beyond
+    /// the training context (as llama.cpp's `get_rope_factors` picks by the context size and
+    /// Hugging Face's `longrope_frequency_update` by the sequence length), else
+    /// [`Config::rope_freq_factors`].
+    pub fn freq_factors(&self, ctx: usize) -> Option<&[f32]> {
+        match &self.rope_long {
+            Some(l) if ctx > l.original_ctx => Some(&l.factors),
+            _ => self.rope_freq_factors.as_deref(),
         }
     }
 
@@ -231,6 +280,51 @@ impl Weight {
         })
     }
 
+    /// Rows `start .. start + n` as a weight of their own, sharing the storage (each row's
+    /// blocks are independent, so a slice of a quantized matrix is a matrix of that type).
+    pub fn rows_view(&self, start: usize, n: usize) -> Weight {
+        assert!(start + n <= self.rows, "rows {start}+{n} of {}", self.rows);
+        Weight {
+            rows: n,
+            offset: self.offset + start * self.row_bytes,
+            ..self.clone()
+        }
+    }
+
+    /// The weights' rows one after the other (a fused matrix of its parts). A view when the
+    /// parts lie next to each other in one storage (as the views [`Weight::rows_view`] made of
+    /// one matrix do), else a copy; `None` when their types or widths differ.
+    pub fn stack(parts: &[&Weight]) -> Option<Weight> {
+        let first = *parts.first()?;
+        if parts
+            .iter()
+            .any(|w| w.ty != first.ty || w.cols != first.cols)
+        {
+            return None;
+        }
+        let rows = parts.iter().map(|w| w.rows).sum();
+        let adjacent = parts.windows(2).all(|p| {
+            Arc::ptr_eq(&p[0].storage, &p[1].storage)
+                && p[0].offset + p[0].rows * p[0].row_bytes == p[1].offset
+        });
+        if adjacent {
+            return Some(Weight {
+                rows,
+                ..first.clone()
+            });
+        }
+        let bytes: Vec<u8> = parts
+            .iter()
+            .flat_map(|w| w.bytes().iter().copied())
+            .collect();
+        Some(Weight {
+            rows,
+            storage: Arc::new(bytes),
+            offset: 0,
+            ..first.clone()
+        })
+    }
+
     /// An owned f32 weight.
     pub fn from_f32(
         what: &str,
@@ -305,6 +399,98 @@ pub struct Layer {
     pub post_ffn_norm: Option<Vec<f32>>,
 }
 
+impl Config {
+    /// The weight matrices of a block under their GGUF names (`blk.N.<name>.weight`): q, k,
+    /// v (or the fused qkv), the output projection, gate and up (or the fused up), down.
+    pub fn block_matrices(&self) -> &'static [&'static str] {
+        match (self.fused_qkv, self.fused_gate_up) {
+            (false, false) => &[
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ],
+            (true, true) => &["attn_qkv", "attn_output", "ffn_up", "ffn_down"],
+            (true, false) => &["attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down"],
+            (false, true) => &[
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_up",
+                "ffn_down",
+            ],
+        }
+    }
+
+    /// The block matrices (GGUF names, as [`Config::block_matrices`]) that read input `kind`.
+    pub fn readers(&self, kind: MatKind) -> &'static [&'static str] {
+        match kind {
+            MatKind::Qkv if self.fused_qkv => &["attn_qkv"],
+            MatKind::Qkv => &["attn_q", "attn_k", "attn_v"],
+            MatKind::AttnOutput => &["attn_output"],
+            MatKind::GateUp if self.fused_gate_up => &["ffn_up"],
+            MatKind::GateUp => &["ffn_gate", "ffn_up"],
+            MatKind::Down => &["ffn_down"],
+            MatKind::Output => &[],
+        }
+    }
+}
+
+impl Layer {
+    /// The block matrix called `name` in the GGUF (one of [`Config::block_matrices`]): a fused
+    /// one is its parts stacked (a view of the fused storage they were loaded from).
+    pub fn matrix(&self, c: &Config, name: &str) -> Option<Weight> {
+        match name {
+            "attn_qkv" if c.fused_qkv => Weight::stack(&[&self.wq, &self.wk, &self.wv]),
+            "ffn_up" if c.fused_gate_up => Weight::stack(&[&self.w_gate, &self.w_up]),
+            "attn_q" if !c.fused_qkv => Some(self.wq.clone()),
+            "attn_k" if !c.fused_qkv => Some(self.wk.clone()),
+            "attn_v" if !c.fused_qkv => Some(self.wv.clone()),
+            "ffn_gate" if !c.fused_gate_up => Some(self.w_gate.clone()),
+            "ffn_up" => Some(self.w_up.clone()),
+            "attn_output" => Some(self.wo.clone()),
+            "ffn_down" => Some(self.w_down.clone()),
+            _ => None,
+        }
+    }
+
+    /// Replaces the block matrix called `name` (a fused one is split into its parts' rows);
+    /// false when the block has no such matrix or `w`'s rows do not fit it.
+    pub fn set_matrix(&mut self, c: &Config, name: &str, w: Weight) -> bool {
+        let (q, kv, f) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.ffn_dim);
+        match name {
+            "attn_qkv" if c.fused_qkv => {
+                if w.rows != q + 2 * kv {
+                    return false;
+                }
+                self.wq = w.rows_view(0, q);
+                self.wk = w.rows_view(q, kv);
+                self.wv = w.rows_view(q + kv, kv);
+            }
+            "ffn_up" if c.fused_gate_up => {
+                if w.rows != 2 * f {
+                    return false;
+                }
+                self.w_gate = w.rows_view(0, f);
+                self.w_up = w.rows_view(f, f);
+            }
+            "attn_q" if !c.fused_qkv => self.wq = w,
+            "attn_k" if !c.fused_qkv => self.wk = w,
+            "attn_v" if !c.fused_qkv => self.wv = w,
+            "ffn_gate" if !c.fused_gate_up => self.w_gate = w,
+            "ffn_up" => self.w_up = w,
+            "attn_output" => self.wo = w,
+            "ffn_down" => self.w_down = w,
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// A whole model.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -372,6 +558,14 @@ impl Model {
         if c.n_kv_heads == 0
             || !c.n_heads.is_multiple_of(c.n_kv_heads)
             || !c.head_dim.is_multiple_of(2)
+            || !c.rotated_dims().is_multiple_of(2)
+            || [
+                c.rope_freq_factors.as_ref(),
+                c.rope_long.as_ref().map(|l| &l.factors),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|f| f.len() != c.rotated_dims() / 2)
             || c.swa
                 .as_ref()
                 .is_some_and(|s| s.window == 0 || s.layers.len() != c.n_layers)

@@ -16,18 +16,8 @@ use kernels::{
 };
 use quantize::GgmlType;
 
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let u = (s.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32;
-            (u - 0.5) * 2.0 * scale
-        })
-        .collect()
-}
+mod common;
+use common::values;
 
 fn weight(name: &str, ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Weight {
     let v = values(rows * cols, seed, 0.08);

@@ -11,18 +11,8 @@ use kernels::{
     RopeStyle, SlidingWindow, State, Weight,
 };
 
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let u = (s.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32;
-            (u - 0.5) * 2.0 * scale
-        })
-        .collect()
-}
+mod common;
+use common::values;
 
 const DIM: usize = 64;
 const FFN: usize = 96;

@@ -420,7 +420,8 @@ pub fn apply(
         }
         methods.push("awq");
         record["awq"] = serde_json::json!({
-            "folds": "attn_norm->attn_q/k/v, ffn_norm->ffn_gate/up, ffn_up->ffn_down",
+            "folds": calibrate::awq::description(&loaded.model.config),
+            "skipped": folds.skipped(),
             "scales": "rms(x)^alpha normalised to sqrt(max*min) = 1",
             "alpha_grid": AWQ_GRID,
             "objective": "importance-weighted error of the consumers, in the original space",

@@ -122,3 +122,107 @@ pub fn llama_protocol(
     }
     (nll, argmax)
 }
+
+/// AWQ's folds of `model` (FP32) change its weights but not its function: every fold lowers
+/// (or keeps) its objective, some scale something, and the folded model's logits equal the
+/// original's within float rounding — fused matrices (Phi-3's `attn_qkv`, gate-then-up
+/// `ffn_up`) included. Returns the folds.
+pub fn awq_folds_keep_the_function(model: &kernels::Model) -> calibrate::awq::Folds {
+    use kernels::{forward, ForwardOptions, Logits, NoObserver, State};
+    let vocab = model.config.vocab as u32;
+    let tokens: Vec<u32> = (0..256u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let im = calibrate::calibrate(
+        model,
+        &tokens,
+        &calibrate::CalibOptions {
+            ctx: 64,
+            chunks: Some(4),
+            bos: None,
+            process_output: false,
+            datasets: vec![],
+            kv_f16: false,
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let folds = calibrate::awq::search(
+        model,
+        &calibrate::awq::AwqInputs {
+            importance: &|n: &str| im.importance(n),
+            ty: &|_: &str| Some(quantize::GgmlType::Q4_0),
+            grid: 11,
+        },
+        |_, _| {},
+    );
+    assert_eq!(folds.iter().count(), 3 * model.layers.len());
+    assert!(folds.iter().all(|f| f.error_folded <= f.error_plain));
+    assert!(
+        folds.iter().any(|f| f.alpha > 0.0),
+        "no fold scaled anything"
+    );
+    let mut folded = model.clone();
+    folds.fold_model(&mut folded).unwrap();
+    let changed = |l: usize| {
+        let (a, b) = (&model.layers[l], &folded.layers[l]);
+        a.attn_norm != b.attn_norm
+            || a.ffn_norm != b.ffn_norm
+            || a.w_down.bytes() != b.w_down.bytes()
+    };
+    assert!(
+        (0..model.layers.len()).any(changed),
+        "the folds changed no weight"
+    );
+    let logits = |m: &kernels::Model| {
+        let mut st = State::new(&m.config, 64, 64);
+        forward(
+            m,
+            &mut st,
+            &tokens[..48],
+            Logits::All,
+            ForwardOptions::default(),
+            &NoObserver,
+        )
+        .unwrap();
+        st.logits.clone()
+    };
+    let (a, b) = (logits(model), logits(&folded));
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        worst <= 1e-4 * scale.max(1.0),
+        "folded logits differ by {worst}"
+    );
+    folds
+}
+
+/// kiln's importance matrix `ours` against llama-imatrix's `theirs`: the same entries, chunk
+/// count and size, datasets and per-entry token counts (asserted); returns the largest relative
+/// `in_sum2` difference per matrix kind (`attn_q`, `ffn_down`, …).
+pub fn imatrix_differences(
+    ours: &calibrate::Imatrix,
+    theirs: &calibrate::Imatrix,
+) -> std::collections::BTreeMap<String, f64> {
+    let (a, b) = (ours, theirs);
+    assert_eq!(
+        a.entries.keys().collect::<Vec<_>>(),
+        b.entries.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (a.chunk_count, a.chunk_size, &a.datasets),
+        (b.chunk_count, b.chunk_size, &b.datasets)
+    );
+    let mut worst = std::collections::BTreeMap::new();
+    for (name, eb) in &b.entries {
+        let ea = &a.entries[name];
+        assert_eq!(ea.counts, eb.counts, "{name}");
+        let kind = name.split('.').nth(2).unwrap_or(name).to_string();
+        let w = worst.entry(kind).or_insert(0f64);
+        for (x, y) in ea.in_sum2.iter().zip(&eb.in_sum2) {
+            *w = w.max(((*x as f64) - (*y as f64)).abs() / (*y as f64).abs().max(1e-30));
+        }
+    }
+    worst
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use convert::arch::Transform;
 use convert::source::{HfCheckpoint, ModelSource};
 use convert::{Activation, GgmlType, ModelConfig};
-use kernels::{Config, Layer, Model, RopeStyle, SlidingWindow, Storage, Weight};
+use kernels::{Config, Layer, LongRope, Model, RopeStyle, SlidingWindow, Storage, Weight};
 
 /// What can go wrong loading.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +72,19 @@ pub fn kernel_config(c: &ModelConfig, rope_style: RopeStyle) -> Config {
                 c.rope_scaling_linear.unwrap_or(1.0)
             },
         }),
-        rope_freq_factors: c.rope_freq_factors.clone(),
+        rope_freq_factors: match &c.longrope {
+            Some(l) => Some(l.short.clone()),
+            None => c.rope_freq_factors.clone(),
+        },
         no_rope: c.no_rope_layers.clone(),
+        rope_dims: c.rotary_dims.unwrap_or(0),
+        rope_mscale: c.longrope.as_ref().map_or(1.0, |l| l.attn_factor),
+        rope_long: c.longrope.as_ref().map(|l| LongRope {
+            factors: l.long.clone(),
+            original_ctx: c.original_context_length.unwrap_or(c.context_length),
+        }),
+        fused_qkv: c.arch.family().fused(),
+        fused_gate_up: c.arch.family().fused(),
     }
 }
 
@@ -122,9 +133,49 @@ fn build(
         Some(need("output.weight")?)
     };
     let output_norm = need("output_norm.weight")?.to_f32();
+    let fused = c.arch.family().fused();
+    let (q, kv, f) = (
+        c.n_heads * c.head_dim,
+        c.n_kv_heads * c.head_dim,
+        c.intermediate_size,
+    );
     let mut layers = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let mut w = |s: &str| need(&format!("blk.{i}.{s}"));
+        // Fused matrices (Phi-3) are run as views of their rows; the shapes are checked here
+        // so that a wrong one is named as the tensor it is.
+        let rows = |w: Weight, want: usize, name: &str| -> Result<Weight, LoadError> {
+            if w.rows == want {
+                Ok(w)
+            } else {
+                Err(LoadError::Weight {
+                    path: p.clone(),
+                    source: kernels::model::WeightError {
+                        what: format!("blk.{i}.{name}"),
+                        msg: format!("has {} rows, the config implies {want}", w.rows),
+                    },
+                })
+            }
+        };
+        let (wq, wk, wv, w_gate, w_up) = if fused {
+            let qkv = rows(w("attn_qkv.weight")?, q + 2 * kv, "attn_qkv.weight")?;
+            let gu = rows(w("ffn_up.weight")?, 2 * f, "ffn_up.weight")?;
+            (
+                qkv.rows_view(0, q),
+                qkv.rows_view(q, kv),
+                qkv.rows_view(q + kv, kv),
+                gu.rows_view(0, f),
+                gu.rows_view(f, f),
+            )
+        } else {
+            (
+                w("attn_q.weight")?,
+                w("attn_k.weight")?,
+                w("attn_v.weight")?,
+                w("ffn_gate.weight")?,
+                w("ffn_up.weight")?,
+            )
+        };
         let bias = c.qkv_bias;
         let (q_norm, k_norm) = if c.qk_norm {
             (
@@ -144,9 +195,9 @@ fn build(
         };
         layers.push(Layer {
             attn_norm: w("attn_norm.weight")?.to_f32(),
-            wq: w("attn_q.weight")?,
-            wk: w("attn_k.weight")?,
-            wv: w("attn_v.weight")?,
+            wq,
+            wk,
+            wv,
             bq: if bias {
                 Some(w("attn_q.bias")?.to_f32())
             } else {
@@ -164,8 +215,8 @@ fn build(
             },
             wo: w("attn_output.weight")?,
             ffn_norm: w("ffn_norm.weight")?.to_f32(),
-            w_gate: w("ffn_gate.weight")?,
-            w_up: w("ffn_up.weight")?,
+            w_gate,
+            w_up,
             w_down: w("ffn_down.weight")?,
             q_norm,
             k_norm,

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{resolve, Arch, Dim, Family, Row, TensorDef, When, X};
 use crate::config::{
-    gguf_common, gguf_common_keys, rope_scaling, HfJson, ModelConfig, RopeScaling,
+    gguf_common, gguf_common_keys, rope_scaling, HfJson, LongRope, ModelConfig, RopeScaling,
 };
 use crate::error::Result;
 use crate::gguf::{Metadata, Value};
@@ -145,9 +145,9 @@ pub(crate) const TAIL: &[Row] = &[
 
 /// The config.json keys of a Llama-style decoder (`LlamaConfig`, `MistralConfig`,
 /// `Qwen2Config` … share them); returns the configuration and leaves family keys to the caller.
-/// `llama3` RoPE scaling is taken only by the architectures whose llama.cpp graph reads
-/// `rope_freqs.weight` (`allow_llama3`).
-pub(crate) fn hf_common(cfg: &HfJson, arch: Arch, allow_llama3: bool) -> Result<ModelConfig> {
+/// `rope_types`: the RoPE scaling types beyond linear the architecture's llama.cpp graph runs
+/// (`llama3` where it reads `rope_freqs.weight`, `longrope` for Phi-3).
+pub(crate) fn hf_common(cfg: &HfJson, arch: Arch, rope_types: &[&str]) -> Result<ModelConfig> {
     let hidden = cfg.need_usize("hidden_size")?;
     let n_heads = cfg.need_usize("num_attention_heads")?;
     let mut c = ModelConfig::base(
@@ -174,8 +174,8 @@ pub(crate) fn hf_common(cfg: &HfJson, arch: Arch, allow_llama3: bool) -> Result<
         None => cfg.f64("rope_theta")?.unwrap_or(10000.0),
     } as f32;
     let scaling = match params {
-        Some(p) => rope_scaling(cfg, "rope_parameters", Some(p), allow_llama3)?,
-        None => rope_scaling(cfg, "rope_scaling", cfg.get("rope_scaling"), allow_llama3)?,
+        Some(p) => rope_scaling(cfg, "rope_parameters", Some(p), rope_types)?,
+        None => rope_scaling(cfg, "rope_scaling", cfg.get("rope_scaling"), rope_types)?,
     };
     match scaling {
         RopeScaling::None => {}
@@ -183,6 +183,14 @@ pub(crate) fn hf_common(cfg: &HfJson, arch: Arch, allow_llama3: bool) -> Result<
         RopeScaling::Llama3(p) => {
             c.rope_freq_factors = Some(p.factors(c.rope_theta, c.head_dim));
             c.rope_llama3 = Some(p);
+        }
+        // The attention factor needs the context lengths: the family completes it.
+        RopeScaling::LongRope { long, short } => {
+            c.longrope = Some(LongRope {
+                long,
+                short,
+                attn_factor: 1.0,
+            })
         }
     }
     c.head_dim_key = cfg.get("head_dim").is_some_and(|v| !v.is_null());
@@ -294,7 +302,7 @@ impl Family for Llama {
         true
     }
     fn read_hf(&self, cfg: &HfJson) -> Result<ModelConfig> {
-        let mut c = hf_common(cfg, Arch::Llama, true)?;
+        let mut c = hf_common(cfg, Arch::Llama, &["llama3"])?;
         c.qkv_bias = cfg.bool("attention_bias")?.unwrap_or(false);
         Ok(c)
     }
@@ -337,7 +345,7 @@ impl Family for Mistral {
         true
     }
     fn read_hf(&self, cfg: &HfJson) -> Result<ModelConfig> {
-        let mut c = hf_common(cfg, Arch::Mistral, false)?;
+        let mut c = hf_common(cfg, Arch::Mistral, &[])?;
         // `MistralConfig.sliding_window`: every layer's queries see this many positions
         // (`sliding_window_causal_mask_function`), unless it covers the whole context.
         if let Some(w) = cfg.usize("sliding_window")? {

@@ -18,6 +18,7 @@
 
 pub mod gemma3;
 pub mod llama;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod smollm3;
@@ -41,18 +42,21 @@ pub enum Arch {
     Qwen3,
     /// SmolLM3: a Llama whose every fourth layer applies no RoPE.
     SmolLM3,
+    /// Phi-3 / Phi-4-mini: fused qkv and gate-up matrices, partial rotary, LongRoPE.
+    Phi3,
     /// Gemma 3 (text): GeGLU, post-norms, Q/K norms, scaled embeddings, 5:1 local:global
     /// sliding-window layers with their own RoPE base.
     Gemma3,
 }
 
 /// Every architecture, in the order error messages list them.
-pub const ALL: [Arch; 6] = [
+pub const ALL: [Arch; 7] = [
     Arch::Llama,
     Arch::Mistral,
     Arch::Qwen2,
     Arch::Qwen3,
     Arch::SmolLM3,
+    Arch::Phi3,
     Arch::Gemma3,
 ];
 
@@ -65,6 +69,7 @@ impl Arch {
             Arch::Qwen2 => &qwen2::QWEN2,
             Arch::Qwen3 => &qwen3::QWEN3,
             Arch::SmolLM3 => &smollm3::SMOLLM3,
+            Arch::Phi3 => &phi3::PHI3,
             Arch::Gemma3 => &gemma3::GEMMA3,
         }
     }
@@ -128,6 +133,16 @@ pub trait Family: Sync {
     /// True when the GGUF layout of attn_q / attn_k is llama.cpp's row permutation (adjacent
     /// RoPE pairs); false for rotate-half (NEOX) architectures.
     fn permutes_qk(&self) -> bool {
+        false
+    }
+    /// True when RoPE may rotate part of each head (llama.cpp's `rope.dimension_count` below
+    /// the head width).
+    fn partial_rotary(&self) -> bool {
+        false
+    }
+    /// True when the GGUF stores q/k/v as one `attn_qkv` and gate/up as one `ffn_up` of twice
+    /// the rows (gate first), as the checkpoint does (Phi-3's `qkv_proj`, `gate_up_proj`).
+    fn fused(&self) -> bool {
         false
     }
     /// config.json → configuration. Every key of `cfg` must be consumed (read, declared inert,
@@ -218,6 +233,10 @@ pub(crate) enum Dim {
     Q,
     /// `n_kv_heads · head_dim`.
     Kv,
+    /// `(n_heads + 2 · n_kv_heads) · head_dim`: fused q, k, v.
+    Qkv,
+    /// `2 · intermediate_size`: fused gate and up.
+    Ffn2,
     Head,
     Vocab,
 }
@@ -271,6 +290,8 @@ pub(crate) fn resolve_parts(
         Dim::Ffn => c.intermediate_size,
         Dim::Q => c.n_heads * c.head_dim,
         Dim::Kv => c.n_kv_heads * c.head_dim,
+        Dim::Qkv => (c.n_heads + 2 * c.n_kv_heads) * c.head_dim,
+        Dim::Ffn2 => 2 * c.intermediate_size,
         Dim::Head => c.head_dim,
         Dim::Vocab => c.vocab_size,
     };
@@ -321,13 +342,23 @@ pub(crate) fn resolve_parts(
 /// llama.cpp's tensor of RoPE frequency divisors (Llama 3's scaling).
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
+/// llama.cpp's LongRoPE divisors (Phi-3), for contexts beyond and within the training one.
+pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+
 /// The tensors a GGUF of `c` holds that no checkpoint tensor maps to: values config.json
 /// implies, generated as llama.cpp's converter generates them (`generate_extra_tensors`).
 pub fn derived(c: &ModelConfig) -> Vec<(String, Vec<f32>)> {
-    c.rope_freq_factors
+    let mut v: Vec<(String, Vec<f32>)> = c
+        .rope_freq_factors
         .iter()
         .map(|ff| (ROPE_FREQS.to_string(), ff.clone()))
-        .collect()
+        .collect();
+    if let Some(l) = &c.longrope {
+        v.push((ROPE_FACTORS_LONG.to_string(), l.long.clone()));
+        v.push((ROPE_FACTORS_SHORT.to_string(), l.short.clone()));
+    }
+    v
 }
 
 /// The transform of GGUF tensor `name` of `c`'s model (`None` for names it does not have).

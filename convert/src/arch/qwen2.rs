@@ -31,7 +31,7 @@ impl Family for Qwen2 {
         "Qwen2ForCausalLM"
     }
     fn read_hf(&self, cfg: &HfJson) -> Result<ModelConfig> {
-        let mut c = hf_common(cfg, Arch::Qwen2, false)?;
+        let mut c = hf_common(cfg, Arch::Qwen2, &[])?;
         c.qkv_bias = true;
         // `Qwen2Config` drops `sliding_window` unless `use_sliding_window` is set.
         super::qwen3::qwen_window_keys(cfg)?;

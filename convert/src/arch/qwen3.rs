@@ -73,7 +73,7 @@ impl Family for Qwen3 {
         "Qwen3ForCausalLM"
     }
     fn read_hf(&self, cfg: &HfJson) -> Result<ModelConfig> {
-        let mut c = hf_common(cfg, Arch::Qwen3, false)?;
+        let mut c = hf_common(cfg, Arch::Qwen3, &[])?;
         c.qkv_bias = cfg.bool("attention_bias")?.unwrap_or(false);
         c.qk_norm = true;
         qwen_window_keys(cfg)?;

@@ -46,7 +46,7 @@ impl Family for SmolLM3 {
     }
     fn read_hf(&self, cfg: &HfJson) -> Result<ModelConfig> {
         // llama.cpp's smollm3 graph passes no frequency factors to RoPE: linear scaling only.
-        let mut c = hf_common(cfg, Arch::SmolLM3, false)?;
+        let mut c = hf_common(cfg, Arch::SmolLM3, &[])?;
         cfg.neutral("attention_bias", &[serde_json::json!(false)])?;
         super::qwen3::qwen_window_keys(cfg)?;
         // `SmolLM3Config`: no_rope_layers[l] = 1 where layer l uses RoPE; its default is

@@ -117,6 +117,12 @@ pub fn pre_tokenizer_json(pre: &str) -> Option<Json> {
             "type": "Sequence",
             "pretokenizers": [split("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"), byte_level(false)]
         }),
+        // o200k (Phi-4-mini): tokenizer.json's own regex, which llama.cpp rewrites with
+        // lookaheads for its regex engine (`LLAMA_VOCAB_PRE_TYPE_GPT4O`).
+        "gpt-4o" => json!({
+            "type": "Sequence",
+            "pretokenizers": [split("[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"), byte_level(false)]
+        }),
         _ => return None,
     })
 }
@@ -345,7 +351,7 @@ pub fn tokenizer_json_from_gguf(path: &Path, md: &Metadata) -> Result<Json> {
     }
     let pre = md.str("tokenizer.ggml.pre").unwrap_or("default");
     let pre_tok = pre_tokenizer_json(pre).ok_or_else(|| {
-        Error::unsupported(path, format!("pre-tokenizer `{pre}` is not one kiln implements (smollm, gpt-2, llama-bpe, qwen2 and relatives)"))
+        Error::unsupported(path, format!("pre-tokenizer `{pre}` is not one kiln implements (smollm, gpt-2, llama-bpe, qwen2, gpt-4o and relatives)"))
     })?;
     let tokens = string_array(path, md, "tokenizer.ggml.tokens")?;
     let types: Vec<i32> = match md

@@ -36,6 +36,14 @@ use crate::gguf::{Metadata, Value, ValueType};
 /// `tokenizer.json` whose model is Unigram, or BPE with byte fallback and no byte-level
 /// pre-tokenizer.
 pub fn is_sentencepiece(dir: &Path) -> bool {
+    // Phi-4's converter goes by the class (`Phi3MiniModel.set_vocab`): GPT-2's is byte-level.
+    let class = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Json>(&t).ok())
+        .and_then(|t| t["tokenizer_class"].as_str().map(str::to_string));
+    if class.as_deref() == Some("GPT2Tokenizer") {
+        return false;
+    }
     if dir.join("tokenizer.model").is_file() {
         return true;
     }
@@ -86,6 +94,61 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
 
 /// `_create_vocab_sentencepiece` on `tokenizer.model`.
 fn vocab_from_model(dir: &Path, vocab_size: usize) -> Result<Vocab> {
+    let mut v = pieces_from_model(dir, vocab_size)?;
+    added_tokens(dir, &mut v)?;
+    Ok(v)
+}
+
+/// `Phi3MiniModel.set_vocab` (llama.cpp's `conversion/phi.py`): the pieces of
+/// `tokenizer.model`, then `added_tokens.json` (user-defined), tokenizer_config.json's
+/// `added_tokens_decoder` and tokenizer.json's `added_tokens` — each content as written,
+/// control when marked special, else user-defined, score −1000.
+fn vocab_phi3(dir: &Path, vocab_size: usize) -> Result<Vocab> {
+    let mut v = pieces_from_model(dir, vocab_size)?;
+    added_tokens_json(dir, &mut v)?;
+    let mut put = |path: &Path, id: Option<u64>, data: &Json| -> Result<()> {
+        let (Some(id), Some(content)) = (id.map(|i| i as usize), data["content"].as_str()) else {
+            return Err(Error::format(path, format!("malformed added token {data}")));
+        };
+        if id >= vocab_size {
+            return Err(Error::format(
+                path,
+                format!("added token {id} ({content:?}) is outside the model's vocabulary of {vocab_size}"),
+            ));
+        }
+        v.tokens[id] = content.to_string();
+        v.scores[id] = -1000.0;
+        v.types[id] = if data["special"].as_bool().unwrap_or(false) {
+            token_type::CONTROL
+        } else {
+            token_type::USER_DEFINED
+        };
+        Ok(())
+    };
+    let tc_path = dir.join("tokenizer_config.json");
+    if let Some(tc) = read_json(&tc_path)? {
+        if let Some(dec) = tc["added_tokens_decoder"].as_object() {
+            for (id, data) in dec {
+                put(&tc_path, id.parse().ok(), data)?;
+            }
+        }
+    }
+    let tj_path = dir.join("tokenizer.json");
+    if let Some(tj) = read_json(&tj_path)? {
+        for a in tj["added_tokens"]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or(&[])
+        {
+            put(&tj_path, a["id"].as_u64(), a)?;
+        }
+    }
+    Ok(v)
+}
+
+/// The pieces of `tokenizer.model` with their scores and types, padded to `vocab_size` with
+/// `[PAD{i}]` (unused, score −10000), as both converters start.
+fn pieces_from_model(dir: &Path, vocab_size: usize) -> Result<Vocab> {
     let path = dir.join("tokenizer.model");
     let m = ModelProto::read(&path)?;
     let mut v = Vocab {
@@ -106,12 +169,12 @@ fn vocab_from_model(dir: &Path, vocab_size: usize) -> Result<Vocab> {
             _ => token_type::NORMAL,
         };
     }
-    added_tokens(dir, &mut v)?;
     Ok(v)
 }
 
-/// `added_tokens.json` and tokenizer_config.json's `added_tokens_decoder`.
-fn added_tokens(dir: &Path, v: &mut Vocab) -> Result<()> {
+/// `added_tokens.json`: user-defined tokens, score −1000 (both converters skip ids past the
+/// vocabulary here).
+fn added_tokens_json(dir: &Path, v: &mut Vocab) -> Result<()> {
     let n = v.tokens.len();
     let at_path = dir.join("added_tokens.json");
     if let Some(at) = read_json(&at_path)? {
@@ -127,6 +190,13 @@ fn added_tokens(dir: &Path, v: &mut Vocab) -> Result<()> {
             v.types[id] = token_type::USER_DEFINED;
         }
     }
+    Ok(())
+}
+
+/// `added_tokens.json` and tokenizer_config.json's `added_tokens_decoder`.
+fn added_tokens(dir: &Path, v: &mut Vocab) -> Result<()> {
+    let n = v.tokens.len();
+    added_tokens_json(dir, v)?;
     let tc_path = dir.join("tokenizer_config.json");
     if let Some(tc) = read_json(&tc_path)? {
         if let Some(dec) = tc["added_tokens_decoder"].as_object() {
@@ -504,7 +574,16 @@ impl SpecialVocab {
 /// The `tokenizer.ggml.*` metadata of a SentencePiece checkpoint, as
 /// `_set_vocab_sentencepiece` writes it (with the family's extras).
 pub fn hf_metadata(dir: &Path, c: &ModelConfig) -> Result<Metadata> {
-    let v = if dir.join("tokenizer.model").is_file() {
+    let v = if c.arch == Arch::Phi3 {
+        // Phi3MiniModel needs the model file (a GPT2Tokenizer checkpoint is byte-level BPE).
+        if !dir.join("tokenizer.model").is_file() {
+            return Err(Error::format(
+                &dir.join("tokenizer.model"),
+                "missing (Phi-3's SentencePiece vocabulary is read from it, as llama.cpp's converter does)",
+            ));
+        }
+        vocab_phi3(dir, c.vocab_size)?
+    } else if dir.join("tokenizer.model").is_file() {
         vocab_from_model(dir, c.vocab_size)?
     } else {
         vocab_from_json(dir, c.vocab_size)?
@@ -533,6 +612,8 @@ pub fn hf_metadata(dir: &Path, c: &ModelConfig) -> Result<Metadata> {
     SpecialVocab::load(dir, v.tokens.len())?.write(&mut md);
     match c.arch {
         Arch::Gemma3 => md.set("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
+        // Phi3MiniModel writes no add_space_prefix.
+        Arch::Phi3 => {}
         _ => {
             let tc = read_json(&dir.join("tokenizer_config.json"))?;
             if let Some(b) = tc.as_ref().and_then(|t| t["add_prefix_space"].as_bool()) {
