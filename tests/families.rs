@@ -684,3 +684,33 @@ fn kilns_imatrix_matches_llama_imatrix_for_every_family() {
         assert!(worst <= 1e-3, "{f}: {worst}");
     }
 }
+
+/// A window llama.cpp does not run (Mistral under `llama`; Phi-3, whose window llama.cpp
+/// disables) is converted with a warning naming it; a window covering the context is not.
+#[test]
+fn a_window_the_gguf_cannot_hold_is_named_at_conversion() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (f, window, warns) in [
+        ("mistral", 64, true),
+        ("phi3.5", 64, true),
+        ("phi3.5", 262144, false),
+    ] {
+        let ck = tmp.path().join(format!("{f}-{window}"));
+        write_family_checkpoint(&ck, f, &spm_dir()).unwrap();
+        let p = ck.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        cfg["sliding_window"] = window.into();
+        std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let out = tmp.path().join(format!("{f}-{window}.gguf"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["convert", ck.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{f}: {err}");
+        assert!(out.exists(), "{f}");
+        let named = err.contains(&format!("sliding_window = {window}"));
+        assert_eq!(named, warns, "{f} window {window}: {err}");
+    }
+}
