@@ -620,20 +620,7 @@ fn fused_phi3_matrices_calibrate_and_fold_exactly() {
             "{f}: no up→down fold scaled anything"
         );
         let tokens: Vec<u32> = (0..128u32).map(|i| (i * 7919 + 13) % 500).collect();
-        let im = calibrate::calibrate(
-            &loaded.model,
-            &tokens,
-            &calibrate::CalibOptions {
-                ctx: 64,
-                chunks: Some(2),
-                bos: None,
-                process_output: false,
-                datasets: vec![],
-                kv_f16: false,
-            },
-            |_, _| {},
-        )
-        .unwrap();
+        let im = common::imatrix_of(&loaded.model, &tokens, 2);
         let names: Vec<&str> = im.entries.keys().map(String::as_str).collect();
         assert_eq!(
             names,

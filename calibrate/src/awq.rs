@@ -194,20 +194,22 @@ impl Folds {
     /// Folds the model in memory (its F32 norms and matrices), so calibration on it (GPTQ's
     /// Hessians, sensitivity) sees what the artifact will hold.
     pub fn fold_model(&self, model: &mut Model) -> Result<(), kernels::model::WeightError> {
-        let c = model.config.clone();
-        for (l, layer) in model.layers.iter_mut().enumerate() {
+        let Model {
+            config: c, layers, ..
+        } = model;
+        for (l, layer) in layers.iter_mut().enumerate() {
             let n = |t: &str| format!("blk.{l}.{t}.weight");
             layer.attn_norm = self.apply(&n("attn_norm"), std::mem::take(&mut layer.attn_norm), 0);
             layer.ffn_norm = self.apply(&n("ffn_norm"), std::mem::take(&mut layer.ffn_norm), 0);
-            for &t in c.block_matrices() {
+            for t in c.block_matrices() {
                 let name = n(t);
                 if !self.touches(&name) {
                     continue;
                 }
-                let w = layer.matrix(&c, t).expect("one of the block's matrices");
+                let w = layer.matrix(c, t).expect("one of the block's matrices");
                 let v = self.apply(&name, w.to_f32(), w.cols);
                 let folded = Weight::from_f32(&name, w.rows, w.cols, v)?;
-                if !layer.set_matrix(&c, t, folded) {
+                if !layer.set_matrix(c, t, folded) {
                     return Err(kernels::model::WeightError {
                         what: name,
                         msg: "the folded matrix does not fit the block".into(),

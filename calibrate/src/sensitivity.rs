@@ -120,11 +120,11 @@ fn replace_matrix(
             })
         }
         Slot::Block(l, k) => {
-            let c = model.config.clone();
-            let b = model.layers.get_mut(l)?;
-            let old = b.matrix(&c, k)?;
+            let Model { config, layers, .. } = model;
+            let b = layers.get_mut(l)?;
+            let old = b.matrix(config, k)?;
             f(&old).and_then(|w| {
-                if b.set_matrix(&c, k, w) {
+                if b.set_matrix(config, k, w) {
                     Ok(Some(l))
                 } else {
                     Err(SensitivityError::Tensor {

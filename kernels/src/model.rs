@@ -173,7 +173,7 @@ impl Config {
         if self.rope_dims == 0 {
             self.head_dim
         } else {
-            self.rope_dims.min(self.head_dim)
+            self.rope_dims
         }
     }
 
@@ -402,28 +402,39 @@ pub struct Layer {
 impl Config {
     /// The weight matrices of a block under their GGUF names (`blk.N.<name>.weight`): q, k,
     /// v (or the fused qkv), the output projection, gate and up (or the fused up), down.
-    pub fn block_matrices(&self) -> &'static [&'static str] {
-        match (self.fused_qkv, self.fused_gate_up) {
-            (false, false) => &[
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_output",
-                "ffn_gate",
-                "ffn_up",
-                "ffn_down",
-            ],
-            (true, true) => &["attn_qkv", "attn_output", "ffn_up", "ffn_down"],
-            (true, false) => &["attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down"],
-            (false, true) => &[
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_output",
-                "ffn_up",
-                "ffn_down",
-            ],
-        }
+    pub fn block_matrices(&self) -> Vec<&'static str> {
+        [
+            MatKind::Qkv,
+            MatKind::AttnOutput,
+            MatKind::GateUp,
+            MatKind::Down,
+        ]
+        .into_iter()
+        .flat_map(|k| self.readers(k).iter().copied())
+        .collect()
+    }
+
+    /// A fused q/k/v matrix (`attn_qkv`) as views of its q, k and v rows; `None` when it does
+    /// not have `(n_heads + 2·n_kv_heads)·head_dim` rows.
+    pub fn split_qkv(&self, w: &Weight) -> Option<[Weight; 3]> {
+        let (q, kv) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
+        (w.rows == q + 2 * kv).then(|| {
+            [
+                w.rows_view(0, q),
+                w.rows_view(q, kv),
+                w.rows_view(q + kv, kv),
+            ]
+        })
+    }
+
+    /// A fused gate/up matrix (`ffn_up` of `2·ffn_dim` rows, gate first) as views of its gate
+    /// and up rows; `None` when the rows do not fit.
+    pub fn split_gate_up(&self, w: &Weight) -> Option<[Weight; 2]> {
+        let f = self.ffn_dim;
+        (w.rows == 2 * f).then(|| [w.rows_view(0, f), w.rows_view(f, f)])
     }
 
     /// The block matrices (GGUF names, as [`Config::block_matrices`]) that read input `kind`.
@@ -461,23 +472,15 @@ impl Layer {
     /// Replaces the block matrix called `name` (a fused one is split into its parts' rows);
     /// false when the block has no such matrix or `w`'s rows do not fit it.
     pub fn set_matrix(&mut self, c: &Config, name: &str, w: Weight) -> bool {
-        let (q, kv, f) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.ffn_dim);
         match name {
-            "attn_qkv" if c.fused_qkv => {
-                if w.rows != q + 2 * kv {
-                    return false;
-                }
-                self.wq = w.rows_view(0, q);
-                self.wk = w.rows_view(q, kv);
-                self.wv = w.rows_view(q + kv, kv);
-            }
-            "ffn_up" if c.fused_gate_up => {
-                if w.rows != 2 * f {
-                    return false;
-                }
-                self.w_gate = w.rows_view(0, f);
-                self.w_up = w.rows_view(f, f);
-            }
+            "attn_qkv" if c.fused_qkv => match c.split_qkv(&w) {
+                Some([q, k, v]) => (self.wq, self.wk, self.wv) = (q, k, v),
+                None => return false,
+            },
+            "ffn_up" if c.fused_gate_up => match c.split_gate_up(&w) {
+                Some([g, u]) => (self.w_gate, self.w_up) = (g, u),
+                None => return false,
+            },
             "attn_q" if !c.fused_qkv => self.wq = w,
             "attn_k" if !c.fused_qkv => self.wk = w,
             "attn_v" if !c.fused_qkv => self.wv = w,
@@ -559,6 +562,7 @@ impl Model {
             || !c.n_heads.is_multiple_of(c.n_kv_heads)
             || !c.head_dim.is_multiple_of(2)
             || !c.rotated_dims().is_multiple_of(2)
+            || c.rotated_dims() > c.head_dim
             || [
                 c.rope_freq_factors.as_ref(),
                 c.rope_long.as_ref().map(|l| &l.factors),

@@ -316,8 +316,12 @@ fn fused_matrices_are_views_of_one_storage_and_round_trip() {
     assert!(!l2.set_matrix(c, "attn_qkv", short));
     assert_eq!(
         c.block_matrices(),
-        &["attn_qkv", "attn_output", "ffn_up", "ffn_down"]
+        ["attn_qkv", "attn_output", "ffn_up", "ffn_down"]
     );
+    // More rotated dimensions than a head has is refused, not clamped.
+    let mut wide = m.clone();
+    wide.config.rope_dims = HD + 2;
+    assert!(wide.validate().is_err());
     // Stacking parts that are not adjacent copies them.
     let apart = Weight::stack(&[&l.wv, &l.wq]).unwrap();
     assert_eq!(apart.rows, (HEADS + KV) * HD);

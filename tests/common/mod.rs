@@ -131,20 +131,7 @@ pub fn awq_folds_keep_the_function(model: &kernels::Model) -> calibrate::awq::Fo
     use kernels::{forward, ForwardOptions, Logits, NoObserver, State};
     let vocab = model.config.vocab as u32;
     let tokens: Vec<u32> = (0..256u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let im = calibrate::calibrate(
-        model,
-        &tokens,
-        &calibrate::CalibOptions {
-            ctx: 64,
-            chunks: Some(4),
-            bos: None,
-            process_output: false,
-            datasets: vec![],
-            kv_f16: false,
-        },
-        |_, _| {},
-    )
-    .unwrap();
+    let im = imatrix_of(model, &tokens, 4);
     let folds = calibrate::awq::search(
         model,
         &calibrate::awq::AwqInputs {
@@ -225,4 +212,22 @@ pub fn imatrix_differences(
         }
     }
     worst
+}
+
+/// kiln's importance matrix of `model` over `chunks` chunks of 64 of `tokens` (no BOS, f32 cache).
+pub fn imatrix_of(model: &kernels::Model, tokens: &[u32], chunks: usize) -> calibrate::Imatrix {
+    calibrate::calibrate(
+        model,
+        tokens,
+        &calibrate::CalibOptions {
+            ctx: 64,
+            chunks: Some(chunks),
+            bos: None,
+            process_output: false,
+            datasets: vec![],
+            kv_f16: false,
+        },
+        |_, _| {},
+    )
+    .unwrap()
 }

@@ -133,40 +133,29 @@ fn build(
         Some(need("output.weight")?)
     };
     let output_norm = need("output_norm.weight")?.to_f32();
-    let fused = c.arch.family().fused();
-    let (q, kv, f) = (
-        c.n_heads * c.head_dim,
-        c.n_kv_heads * c.head_dim,
-        c.intermediate_size,
-    );
+    let config = kernel_config(c, rope);
     let mut layers = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let mut w = |s: &str| need(&format!("blk.{i}.{s}"));
-        // Fused matrices (Phi-3) are run as views of their rows; the shapes are checked here
-        // so that a wrong one is named as the tensor it is.
-        let rows = |w: Weight, want: usize, name: &str| -> Result<Weight, LoadError> {
-            if w.rows == want {
-                Ok(w)
-            } else {
-                Err(LoadError::Weight {
-                    path: p.clone(),
-                    source: kernels::model::WeightError {
-                        what: format!("blk.{i}.{name}"),
-                        msg: format!("has {} rows, the config implies {want}", w.rows),
-                    },
-                })
-            }
+        // Fused matrices (Phi-3) run as views of their rows; a wrong height is named as the
+        // tensor it is.
+        let misfit = |name: &str, w: &Weight| LoadError::Weight {
+            path: p.clone(),
+            source: kernels::model::WeightError {
+                what: format!("blk.{i}.{name}"),
+                msg: format!("has {} rows, which the config does not split", w.rows),
+            },
         };
-        let (wq, wk, wv, w_gate, w_up) = if fused {
-            let qkv = rows(w("attn_qkv.weight")?, q + 2 * kv, "attn_qkv.weight")?;
-            let gu = rows(w("ffn_up.weight")?, 2 * f, "ffn_up.weight")?;
-            (
-                qkv.rows_view(0, q),
-                qkv.rows_view(q, kv),
-                qkv.rows_view(q + kv, kv),
-                gu.rows_view(0, f),
-                gu.rows_view(f, f),
-            )
+        let (wq, wk, wv, w_gate, w_up) = if config.fused_qkv {
+            let qkv = w("attn_qkv.weight")?;
+            let gu = w("ffn_up.weight")?;
+            let [q, k, v] = config
+                .split_qkv(&qkv)
+                .ok_or_else(|| misfit("attn_qkv.weight", &qkv))?;
+            let [g, u] = config
+                .split_gate_up(&gu)
+                .ok_or_else(|| misfit("ffn_up.weight", &gu))?;
+            (q, k, v, g, u)
         } else {
             (
                 w("attn_q.weight")?,
@@ -225,7 +214,7 @@ fn build(
         });
     }
     let model = Model {
-        config: kernel_config(c, rope),
+        config,
         token_embd,
         layers,
         output_norm,
