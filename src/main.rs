@@ -11,6 +11,10 @@ use clap::Parser;
 fn main() {
     reset_sigpipe();
     let cli = cli::Cli::parse();
+    if let Err(e) = kernels::simd::env_cap() {
+        eprintln!("kiln: error: {e}");
+        std::process::exit(2);
+    }
     if cli.force_scalar {
         kernels::simd::force_scalar(true);
     }

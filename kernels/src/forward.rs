@@ -680,7 +680,7 @@ pub fn forward<O: Observer>(
             state
                 .logits
                 .iter_mut()
-                .for_each(|v| *v = (*v / cap).tanh() * cap);
+                .for_each(|v| *v = crate::dot::tanh_ref(*v / cap) * cap);
         }
     }
     Ok(())

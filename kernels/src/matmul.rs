@@ -33,6 +33,7 @@ pub enum MatmulMode {
 pub struct MatmulScratch {
     act: Vec<u64>,
     /// The same activations as block pairs, for the AVX-512 kernels of Q4_0/Q5_0/Q8_0.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pairs: Vec<dot::packed::ActPair>,
 }
 
@@ -97,14 +98,19 @@ impl<W, A> Batch<W, A> {
 /// The kernel `$name` of the SIMD level in use (none for scalar), as type `$ty`.
 macro_rules! simd_kernel {
     ($name:ident, $ty:ident) => {{
-        #[cfg(target_arch = "x86_64")]
         let k: Option<$ty<_, _>> = match crate::simd::level() {
+            #[cfg(target_arch = "x86_64")]
             crate::simd::SimdLevel::Avx512 => Some(crate::dot::avx512::$name as $ty<_, _>),
+            #[cfg(target_arch = "x86_64")]
             crate::simd::SimdLevel::Avx2 => Some(crate::dot::avx2::$name as $ty<_, _>),
-            crate::simd::SimdLevel::Scalar => None,
+            #[cfg(target_arch = "aarch64")]
+            crate::simd::SimdLevel::I8mm => Some(crate::dot::i8mm::$name as $ty<_, _>),
+            #[cfg(target_arch = "aarch64")]
+            crate::simd::SimdLevel::Dotprod => Some(crate::dot::dotprod::$name as $ty<_, _>),
+            #[cfg(target_arch = "aarch64")]
+            crate::simd::SimdLevel::Neon => Some(crate::dot::neon::$name as $ty<_, _>),
+            _ => None,
         };
-        #[cfg(not(target_arch = "x86_64"))]
-        let k: Option<$ty<_, _>> = None;
         k
     }};
 }
@@ -552,9 +558,32 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
     crate::team::for_each(rows.div_ceil(chunk_rows), &body);
 }
 
-/// True when the register-tiled float kernels apply: a batch of tokens and AVX2.
+/// A 4-row × 3-token float tile (see `dot::avx2::dot_tile_f32_4x3`); unsafe because it needs
+/// the SIMD level's CPU features.
+type Tile4x3<W> = unsafe fn([&[W]; 4], [&[f32]; 3], usize) -> [[f32; 3]; 4];
+
+/// True when the register-tiled float kernels apply: a batch of tokens and a SIMD level.
 fn tiled(n_tok: usize) -> bool {
-    n_tok >= 3 && crate::simd::level() >= crate::simd::SimdLevel::Avx2
+    n_tok >= 3 && crate::simd::level().is_simd()
+}
+
+/// The 4 × 3 tile `$name` of the SIMD level in use (x86: AVX2's at both levels).
+macro_rules! tile_kernel {
+    ($name:ident) => {
+        match crate::simd::level() {
+            #[cfg(target_arch = "x86_64")]
+            crate::simd::SimdLevel::Avx512 | crate::simd::SimdLevel::Avx2 => {
+                Some(crate::dot::avx2::$name as _)
+            }
+            #[cfg(target_arch = "aarch64")]
+            crate::simd::SimdLevel::I8mm => Some(crate::dot::i8mm::$name as _),
+            #[cfg(target_arch = "aarch64")]
+            crate::simd::SimdLevel::Dotprod => Some(crate::dot::dotprod::$name as _),
+            #[cfg(target_arch = "aarch64")]
+            crate::simd::SimdLevel::Neon => Some(crate::dot::neon::$name as _),
+            _ => None,
+        }
+    };
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -565,6 +594,7 @@ enum TileKernel {
 
 /// Tokens per AVX-512 f32 tile: 4 × 6 sixteen-lane accumulators, six activation vectors and
 /// one weight vector fill 31 of the 32 registers.
+#[cfg(target_arch = "x86_64")]
 const ZMM_TOKENS: usize = 6;
 
 /// Float weights × a batch of tokens in 4-row × 6-token (AVX-512, f32) or 4-row × 3-token
@@ -585,6 +615,8 @@ fn run_tiled<W: Pod + Sync>(
     let chunk_rows = rows.div_ceil(n_chunks).next_multiple_of(4).max(4);
     let n = rows.div_ceil(chunk_rows);
     let xr = |t: usize| &x[t * cols..(t + 1) * cols];
+    let tile_f32: Option<Tile4x3<f32>> = tile_kernel!(dot_tile_f32_4x3);
+    let tile_f16: Option<Tile4x3<half::f16>> = tile_kernel!(dot_tile_f16_4x3);
     crate::team::for_each(n, &|c| {
         let out = out_ptr;
         let put = |t: usize, r: usize, v: f32| {
@@ -595,6 +627,7 @@ fn run_tiled<W: Pod + Sync>(
         let r1 = (r0 + chunk_rows).min(rows);
         let wrow = |r: usize| quantize::blocks_from_bytes::<W>(w.row(r));
         // Tokens the sixteen-lane tiles already covered.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut t_zmm = 0;
         #[cfg(target_arch = "x86_64")]
         if kernel == TileKernel::F32 && zmm() {
@@ -626,26 +659,16 @@ fn run_tiled<W: Pod + Sync>(
             let mut t = t_zmm;
             while t + 3 <= n_tok {
                 let xs = [xr(t), xr(t + 1), xr(t + 2)];
-                // SAFETY: `tiled` checked that the CPU has AVX2, FMA and F16C.
+                let cast = |k: usize| -> &[f32] { bytemuck::cast_slice(&ws[k]) };
+                let cast16 = |k: usize| -> &[half::f16] { bytemuck::cast_slice(&ws[k]) };
+                // SAFETY: `tiled` checked for a SIMD level, whose kernels these are.
                 let tile = unsafe {
                     match kernel {
-                        TileKernel::F32 => crate::dot::avx2::dot_tile_f32_4x3(
-                            [
-                                bytemuck::cast_slice(&ws[0]),
-                                bytemuck::cast_slice(&ws[1]),
-                                bytemuck::cast_slice(&ws[2]),
-                                bytemuck::cast_slice(&ws[3]),
-                            ],
-                            xs,
-                            cols,
-                        ),
-                        TileKernel::F16 => crate::dot::avx2::dot_tile_f16_4x3(
-                            [
-                                bytemuck::cast_slice(&ws[0]),
-                                bytemuck::cast_slice(&ws[1]),
-                                bytemuck::cast_slice(&ws[2]),
-                                bytemuck::cast_slice(&ws[3]),
-                            ],
+                        TileKernel::F32 => {
+                            tile_f32.expect("a SIMD level")([cast(0), cast(1), cast(2), cast(3)], xs, cols)
+                        }
+                        TileKernel::F16 => tile_f16.expect("a SIMD level")(
+                            [cast16(0), cast16(1), cast16(2), cast16(3)],
                             xs,
                             cols,
                         ),

@@ -12,6 +12,7 @@
 use quantize::blocks::{BlockQ8K, BlockQ8_0};
 use quantize::Quantize;
 
+#[cfg(target_arch = "x86_64")]
 use crate::simd::{level, SimdLevel};
 
 /// Quantizes one activation row to Q8_0, as `BlockQ8_0::quantize_row_ref` does.

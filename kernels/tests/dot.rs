@@ -599,6 +599,31 @@ fn k_quant_four_token_kernels_give_the_single_row_bits() {
 }
 
 #[test]
+fn tanh_ref_is_accurate() {
+    // Against float64 tanh on [-12, 12], the branch points 0.625 and 9 included, and at the
+    // small, signed and special values.
+    let mut worst = 0i64;
+    let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).abs();
+    for i in 0..=2_400_000 {
+        let x = -12.0 + i as f32 * 1e-5;
+        let want = (x as f64).tanh() as f32;
+        worst = worst.max(ulps(dot::tanh_ref(x), want));
+    }
+    for &x in &[1e-30f32, 1e-10, 1e-4, 0.6249999, 0.625, 8.999999, 9.0, 40.0] {
+        for x in [x, -x] {
+            worst = worst.max(ulps(dot::tanh_ref(x), (x as f64).tanh() as f32));
+        }
+    }
+    eprintln!("tanh_ref: worst {worst} ulp");
+    assert!(worst <= 3, "tanh_ref is {worst} ulp off");
+    assert_eq!(dot::tanh_ref(0.0).to_bits(), 0);
+    assert_eq!(dot::tanh_ref(-0.0).to_bits(), (-0f32).to_bits());
+    assert!(dot::tanh_ref(f32::NAN).is_nan());
+    assert_eq!(dot::tanh_ref(f32::INFINITY), 1.0);
+    assert_eq!(dot::tanh_ref(f32::NEG_INFINITY), -1.0);
+}
+
+#[test]
 fn gelu_is_accurate_and_simd_gives_the_scalar_bits() {
     // Against float64 GELU, 0.5·x·(1 + tanh(u)) written as the equal x·σ(2u) (the tanh form
     // loses its small negative values to cancellation even in f64): a few ulp wherever the

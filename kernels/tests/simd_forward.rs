@@ -107,14 +107,20 @@ fn simd_and_scalar_forward_agree_on_every_weight_type() {
             st.logits.clone()
         };
         let (a, b) = (logits(false), logits(true));
-        if simd::available() == simd::SimdLevel::Avx512 {
-            // The two x86 levels compute the same integers and floats in the same order.
-            simd::set_level(simd::SimdLevel::Avx2);
-            let a2 = logits(false);
-            simd::set_level(simd::SimdLevel::Avx512);
-            let same = a.iter().zip(&a2).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{ty}: AVX2 and AVX-512 logits differ");
+        // Every SIMD level of this CPU computes the same integers and floats in the same
+        // order (x86: AVX2, AVX-512; aarch64: NEON, dotprod, i8mm).
+        for &l in simd::available_levels().iter().filter(|l| l.is_simd()) {
+            simd::set_level(l);
+            let al = logits(false);
+            let same = a.iter().zip(&al).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{ty}: {} and {} logits differ",
+                simd::available().name(),
+                l.name()
+            );
         }
+        simd::set_level(simd::available());
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let worst = a
             .iter()

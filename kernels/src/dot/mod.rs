@@ -2,17 +2,26 @@
 //! `vec_dot_type`): Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for Q4_K/Q5_K/Q6_K, plus
 //! f32·f32, f16·f32 and bf16·f32.
 //!
-//! [`scalar`], [`avx2`] and [`avx512`] hold the same function names; the functions here pick one at run
-//! time through [`crate::simd::level`]. At the AVX-512 level the matmul runs Q4_0/Q5_0/Q8_0
+//! [`scalar`], [`avx2`], [`avx512`] (x86-64) and [`neon`], [`dotprod`], [`i8mm`] (aarch64) hold
+//! the same function names; the functions here pick one at run time through
+//! [`crate::simd::level`]. The aarch64 kernels give the x86 kernels' bits ([`arm`]). At the AVX-512 level the matmul runs Q4_0/Q5_0/Q8_0
 //! weights through [`zmm`]'s two-blocks-per-register kernels on [`packed`]'s layouts instead,
 //! bit-identical to [`avx2`]'s. Agreement: SIMD and scalar sum the same exact integer
 //! block products and differ only in the order of per-block float additions, so they agree to
 //! within 1e-5 × Σ|w·a| (tested on random rows of every type).
 
+#[cfg(target_arch = "aarch64")]
+mod arm;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub mod dotprod;
+#[cfg(target_arch = "aarch64")]
+pub mod i8mm;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod packed;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -28,20 +37,34 @@ use quantize::{GgmlType, Quantize};
 
 use crate::simd::{level, SimdLevel};
 
+/// `$f($args)` from the SIMD module of the level in use, or `$fallback` at the scalar level.
+macro_rules! by_level {
+    ($f:ident ( $($a:expr),* ), $fallback:expr) => {
+        // SAFETY (every arm): level() reports a level only when the CPU has its features;
+        // the callers checked the slices the kernels index.
+        match level() {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => unsafe { avx512::$f($($a),*) },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => unsafe { avx2::$f($($a),*) },
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::I8mm => unsafe { i8mm::$f($($a),*) },
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Dotprod => unsafe { dotprod::$f($($a),*) },
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => unsafe { neon::$f($($a),*) },
+            _ => $fallback,
+        }
+    };
+}
+
 macro_rules! dispatch {
     ($(#[$doc:meta])* $name:ident, $X:ty, $Y:ty) => {
         $(#[$doc])*
         #[inline]
         pub fn $name(x: &[$X], y: &[$Y]) -> f32 {
             assert_eq!(x.len(), y.len(), "dot product of {} and {} elements", x.len(), y.len());
-            #[cfg(target_arch = "x86_64")]
-            match level() {
-                // SAFETY: level() reports a level only when the CPU has its features.
-                SimdLevel::Avx512 => return unsafe { avx512::$name(x, y) },
-                SimdLevel::Avx2 => return unsafe { avx2::$name(x, y) },
-                SimdLevel::Scalar => {}
-            }
-            scalar::$name(x, y)
+            by_level!($name(x, y), scalar::$name(x, y))
         }
     };
 }
@@ -68,21 +91,14 @@ impl StridedMut<'_> {
     }
 }
 
-pub use scalar::{exp_ref, gelu_ref, lanes_sum, ATT_LANES};
+pub use scalar::{exp_ref, gelu_ref, lanes_sum, tanh_ref, ATT_LANES};
 
 /// `g[i] = gelu(g[i]) · up[i]` (GeGLU, tanh GELU): SIMD and scalar give the same bits (see
 /// [`scalar::gelu_ref`]).
 #[inline]
 pub fn gelu_mul(g: &mut [f32], up: &[f32]) {
     assert_eq!(g.len(), up.len(), "gelu_mul lengths");
-    #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: level() reports a level only when the CPU has its features.
-        SimdLevel::Avx512 => return unsafe { avx512::gelu_mul(g, up) },
-        SimdLevel::Avx2 => return unsafe { avx2::gelu_mul(g, up) },
-        SimdLevel::Scalar => {}
-    }
-    scalar::gelu_mul(g, up)
+    by_level!(gelu_mul(g, up), scalar::gelu_mul(g, up))
 }
 
 /// The attention kernels below check their slices against these extents, so the SIMD ones
@@ -119,18 +135,10 @@ pub fn attn_scores(
             && nq <= 4,
         "attention scores: {nq} queries, {hd} dims, keys {keys:?}"
     );
-    #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: level() reports a level only when the CPU has its features; extents checked.
-        SimdLevel::Avx512 => {
-            return unsafe { avx512::attn_scores(q, nq, kt, hd, keys, scale, out.reborrow()) }
-        }
-        SimdLevel::Avx2 => {
-            return unsafe { avx2::attn_scores(q, nq, kt, hd, keys, scale, out.reborrow()) }
-        }
-        SimdLevel::Scalar => {}
-    }
-    scalar::attn_scores(q, nq, kt, hd, keys, scale, out)
+    by_level!(
+        attn_scores(q, nq, kt, hd, keys, scale, out.reborrow()),
+        scalar::attn_scores(q, nq, kt, hd, keys, scale, out)
+    )
 }
 
 /// `out[j][..hd] += Σ_{i ∈ keys} p[j][i] · V[i]`, one fused multiply-add per element and key,
@@ -154,20 +162,15 @@ pub fn attn_values(
             && nq <= 4,
         "attention values: {nq} queries, {hd} dims, keys {keys:?}"
     );
-    #[cfg(target_arch = "x86_64")]
-    if hd.is_multiple_of(8) {
-        match level() {
-            // SAFETY: as above.
-            SimdLevel::Avx512 => {
-                return unsafe { avx512::attn_values(p, nq, v, hd, keys, out.reborrow()) }
-            }
-            SimdLevel::Avx2 => {
-                return unsafe { avx2::attn_values(p, nq, v, hd, keys, out.reborrow()) }
-            }
-            SimdLevel::Scalar => {}
-        }
+    // The x86 kernels take eight dimensions at a time, the aarch64 ones four.
+    let simd_dims = if cfg!(target_arch = "aarch64") { 4 } else { 8 };
+    if !hd.is_multiple_of(simd_dims) {
+        return scalar::attn_values(p, nq, v, hd, keys, out);
     }
-    scalar::attn_values(p, nq, v, hd, keys, out)
+    by_level!(
+        attn_values(p, nq, v, hd, keys, out.reborrow()),
+        scalar::attn_values(p, nq, v, hd, keys, out)
+    )
 }
 
 /// Softmax numerators of `row[keys]` in place, summed into lanes tied to key positions; the
@@ -179,27 +182,16 @@ pub fn attn_exp(row: &mut [f32], keys: Range<usize>, max: f32, lanes: &mut [f32;
         "softmax keys {keys:?} of {}",
         row.len()
     );
-    #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: as above.
-        SimdLevel::Avx512 => return unsafe { avx512::attn_exp(row, keys, max, lanes) },
-        SimdLevel::Avx2 => return unsafe { avx2::attn_exp(row, keys, max, lanes) },
-        SimdLevel::Scalar => {}
-    }
-    scalar::attn_exp(row, keys, max, lanes)
+    by_level!(
+        attn_exp(row, keys, max, lanes),
+        scalar::attn_exp(row, keys, max, lanes)
+    )
 }
 
 /// The largest of `x` (−∞ when empty).
 #[inline]
 pub fn max_f32(x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: as above.
-        SimdLevel::Avx512 => return unsafe { avx512::max_f32(x) },
-        SimdLevel::Avx2 => return unsafe { avx2::max_f32(x) },
-        SimdLevel::Scalar => {}
-    }
-    scalar::max_f32(x)
+    by_level!(max_f32(x), scalar::max_f32(x))
 }
 
 dispatch!(/// Σ x·y over f32.
