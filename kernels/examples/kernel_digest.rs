@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use kernels::{
-    forward, simd, Activation, Config, ForwardOptions, Layer, Logits, Model, NoObserver,
-    RopeStyle, State, Weight,
+    forward, simd, Activation, Config, ForwardOptions, Layer, Logits, Model, NoObserver, RopeStyle,
+    State, Weight,
 };
 use quantize::GgmlType;
 
@@ -140,7 +140,11 @@ fn main() {
     let levels = simd::available_levels();
     eprintln!(
         "levels: {}",
-        levels.iter().map(|l| l.name()).collect::<Vec<_>>().join(", ")
+        levels
+            .iter()
+            .map(|l| l.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut failed = false;
     let mut case = |name: String, f: &dyn Fn() -> Vec<f32>| {
@@ -153,7 +157,11 @@ fn main() {
                 scalar_digest = d;
             } else if let Some((d0, l0)) = simd_digest {
                 if d0 != d {
-                    eprintln!("{name}: {} gives {d0:016x}, {} gives {d:016x}", l0, l.name());
+                    eprintln!(
+                        "{name}: {} gives {d0:016x}, {} gives {d:016x}",
+                        l0,
+                        l.name()
+                    );
                     failed = true;
                 }
             } else {

@@ -664,9 +664,11 @@ fn run_tiled<W: Pod + Sync>(
                 // SAFETY: `tiled` checked for a SIMD level, whose kernels these are.
                 let tile = unsafe {
                     match kernel {
-                        TileKernel::F32 => {
-                            tile_f32.expect("a SIMD level")([cast(0), cast(1), cast(2), cast(3)], xs, cols)
-                        }
+                        TileKernel::F32 => tile_f32.expect("a SIMD level")(
+                            [cast(0), cast(1), cast(2), cast(3)],
+                            xs,
+                            cols,
+                        ),
                         TileKernel::F16 => tile_f16.expect("a SIMD level")(
                             [cast16(0), cast16(1), cast16(2), cast16(3)],
                             xs,

@@ -130,14 +130,16 @@ pub struct SimdEnvError {
 pub fn env_cap() -> Result<Option<SimdLevel>, SimdEnvError> {
     match std::env::var(SIMD_ENV) {
         Ok(v) if v.is_empty() => Ok(None),
-        Ok(v) => SimdLevel::from_env_name(&v).map(Some).ok_or_else(|| SimdEnvError {
-            value: v,
-            choices: SimdLevel::native()
-                .iter()
-                .map(|l| l.env_name())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }),
+        Ok(v) => SimdLevel::from_env_name(&v)
+            .map(Some)
+            .ok_or_else(|| SimdEnvError {
+                value: v,
+                choices: SimdLevel::native()
+                    .iter()
+                    .map(|l| l.env_name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
         Err(_) => Ok(None),
     }
 }

@@ -132,7 +132,11 @@ fn every_level_matches_scalar_and_the_levels_agree_bit_for_bit() {
             .iter()
             .map(|&v| quantize::float::f32_to_bf16(v).to_bits())
             .collect();
-        let abs: f64 = w.iter().zip(x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+        let abs: f64 = w
+            .iter()
+            .zip(x)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum();
         let mut firsts: Option<[f32; 3]> = None;
         for &l in &lv {
             let got = with_module!(l, |k| unsafe {
@@ -148,10 +152,19 @@ fn every_level_matches_scalar_and_the_levels_agree_bit_for_bit() {
                 scalar::vec_dot_bf16_f32(&wbf, x),
             ];
             for (g, s) in got.iter().zip(&want) {
-                assert!(((g - s) as f64).abs() <= 1e-5 * abs, "{} float dot {g} vs {s}", l.name());
+                assert!(
+                    ((g - s) as f64).abs() <= 1e-5 * abs,
+                    "{} float dot {g} vs {s}",
+                    l.name()
+                );
             }
             if let Some(f) = firsts {
-                assert_eq!(f.map(f32::to_bits), got.map(f32::to_bits), "{} float dots", l.name());
+                assert_eq!(
+                    f.map(f32::to_bits),
+                    got.map(f32::to_bits),
+                    "{} float dots",
+                    l.name()
+                );
             } else {
                 firsts = Some(got);
             }
@@ -192,14 +205,65 @@ fn batch_kernels_give_the_single_row_bits() {
                 }
             }};
         }
-        check!(GgmlType::Q4_0, BlockQ4_0, BlockQ8_0, vec_dot_q4_0_q8_0, vec_dot4_q4_0_q8_0, vec_dot4x2_q4_0_q8_0);
-        check!(GgmlType::Q5_0, BlockQ5_0, BlockQ8_0, vec_dot_q5_0_q8_0, vec_dot4_q5_0_q8_0, vec_dot4x2_q5_0_q8_0);
-        check!(GgmlType::Q8_0, BlockQ8_0, BlockQ8_0, vec_dot_q8_0_q8_0, vec_dot4_q8_0_q8_0, vec_dot4x2_q8_0_q8_0);
-        check!(GgmlType::Q4_1, BlockQ4_1, BlockQ8_1, vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1);
-        check!(GgmlType::Q5_1, BlockQ5_1, BlockQ8_1, vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1);
-        check!(GgmlType::Q4K, BlockQ4K, BlockQ8K, vec_dot_q4_k_q8_k, vec_dot4_q4_k_q8_k);
-        check!(GgmlType::Q5K, BlockQ5K, BlockQ8K, vec_dot_q5_k_q8_k, vec_dot4_q5_k_q8_k);
-        check!(GgmlType::Q6K, BlockQ6K, BlockQ8K, vec_dot_q6_k_q8_k, vec_dot4_q6_k_q8_k);
+        check!(
+            GgmlType::Q4_0,
+            BlockQ4_0,
+            BlockQ8_0,
+            vec_dot_q4_0_q8_0,
+            vec_dot4_q4_0_q8_0,
+            vec_dot4x2_q4_0_q8_0
+        );
+        check!(
+            GgmlType::Q5_0,
+            BlockQ5_0,
+            BlockQ8_0,
+            vec_dot_q5_0_q8_0,
+            vec_dot4_q5_0_q8_0,
+            vec_dot4x2_q5_0_q8_0
+        );
+        check!(
+            GgmlType::Q8_0,
+            BlockQ8_0,
+            BlockQ8_0,
+            vec_dot_q8_0_q8_0,
+            vec_dot4_q8_0_q8_0,
+            vec_dot4x2_q8_0_q8_0
+        );
+        check!(
+            GgmlType::Q4_1,
+            BlockQ4_1,
+            BlockQ8_1,
+            vec_dot_q4_1_q8_1,
+            vec_dot4_q4_1_q8_1
+        );
+        check!(
+            GgmlType::Q5_1,
+            BlockQ5_1,
+            BlockQ8_1,
+            vec_dot_q5_1_q8_1,
+            vec_dot4_q5_1_q8_1
+        );
+        check!(
+            GgmlType::Q4K,
+            BlockQ4K,
+            BlockQ8K,
+            vec_dot_q4_k_q8_k,
+            vec_dot4_q4_k_q8_k
+        );
+        check!(
+            GgmlType::Q5K,
+            BlockQ5K,
+            BlockQ8K,
+            vec_dot_q5_k_q8_k,
+            vec_dot4_q5_k_q8_k
+        );
+        check!(
+            GgmlType::Q6K,
+            BlockQ6K,
+            BlockQ8K,
+            vec_dot_q6_k_q8_k,
+            vec_dot4_q6_k_q8_k
+        );
     }
 }
 
@@ -223,9 +287,19 @@ fn float_tiles_give_the_single_dot_bits() {
                 for r in 0..4 {
                     for t in 0..3 {
                         let one = k::vec_dot_f32(w[r], x[t]);
-                        assert_eq!(one.to_bits(), t32[r][t].to_bits(), "{} f32 tile n {n}", l.name());
+                        assert_eq!(
+                            one.to_bits(),
+                            t32[r][t].to_bits(),
+                            "{} f32 tile n {n}",
+                            l.name()
+                        );
                         let one = k::vec_dot_f16_f32(wh[r], x[t]);
-                        assert_eq!(one.to_bits(), t16[r][t].to_bits(), "{} f16 tile n {n}", l.name());
+                        assert_eq!(
+                            one.to_bits(),
+                            t16[r][t].to_bits(),
+                            "{} f16 tile n {n}",
+                            l.name()
+                        );
                     }
                 }
             });
@@ -236,13 +310,20 @@ fn float_tiles_give_the_single_dot_bits() {
 #[test]
 fn kiln_simd_caps_the_level_and_unknown_names_are_refused() {
     assert_eq!(SimdLevel::from_env_name("neon"), Some(SimdLevel::Neon));
-    assert_eq!(SimdLevel::from_env_name("dotprod"), Some(SimdLevel::Dotprod));
+    assert_eq!(
+        SimdLevel::from_env_name("dotprod"),
+        Some(SimdLevel::Dotprod)
+    );
     assert_eq!(SimdLevel::from_env_name("i8mm"), Some(SimdLevel::I8mm));
     assert_eq!(SimdLevel::from_env_name("avx2"), None);
     // A level above what the CPU has runs the best one below it.
     simd::set_level(SimdLevel::I8mm);
     assert_eq!(simd::level(), simd::available());
     simd::set_level(SimdLevel::Avx512);
-    assert_eq!(simd::level(), SimdLevel::Scalar, "another architecture's level");
+    assert_eq!(
+        simd::level(),
+        SimdLevel::Scalar,
+        "another architecture's level"
+    );
     simd::set_level(simd::available());
 }

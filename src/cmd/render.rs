@@ -15,8 +15,8 @@ fn esc(s: &str) -> String {
 pub fn verify_text(r: &VerifyReport) -> String {
     let p = &r.parity;
     let mut s = format!(
-        "reference {}\ncandidate {}\ntext {} ({} protocol, ctx {}, {} chunks, {} scored positions)\n\n",
-        r.reference, r.candidate, r.text, r.protocol, r.ctx, p.chunks, p.n_scored
+        "reference {}\ncandidate {}\ntext {} ({} protocol, ctx {}, {} chunks, {} scored positions)\nkernel {}\n\n",
+        r.reference, r.candidate, r.text, r.protocol, r.ctx, p.chunks, p.n_scored, r.simd
     );
     s += &format!(
         "KLD        mean {:.6}  median {:.6}  p99 {:.6}  max {:.6}\n",
@@ -151,6 +151,10 @@ pub fn build_md(r: &BuildReport) -> String {
         );
     }
     if let Some(t) = r.targets.first() {
+        s += &format!(
+            "\nSpeed: kiln's kernel at SIMD level {}, {} threads.\n",
+            t.bench.simd, t.bench.threads
+        );
         s += &format!(
             "\nFP32 reference perplexity: {:.4}.\n",
             t.parity.ppl_reference

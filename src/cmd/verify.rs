@@ -75,6 +75,7 @@ pub fn verify_cmd(a: VerifyArgs) -> Result<i32> {
         checks,
         tensors,
         pass,
+        simd: kernels::simd::level().name().into(),
     };
     let out = match a.format {
         "json" => serde_json::to_string_pretty(&report)? + "\n",

@@ -74,5 +74,6 @@ pub fn run(
         tg_tokens_per_s: tm,
         tg_stddev: ts,
         pp_attention_s: am,
+        simd: kernels::simd::level().name().into(),
     })
 }

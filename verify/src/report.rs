@@ -27,6 +27,9 @@ pub struct VerifyReport {
     pub tensors: Vec<TensorError>,
     /// True when every check passed.
     pub pass: bool,
+    /// The SIMD level kiln's kernel ran at (`kernels::SimdLevel::name`).
+    #[serde(default)]
+    pub simd: String,
 }
 
 /// Speed of one artifact in kiln's kernel.
@@ -42,6 +45,9 @@ pub struct BenchResult {
     /// Seconds in attention during one prefill (mean).
     #[serde(default)]
     pub pp_attention_s: f64,
+    /// The SIMD level of the measurement (`kernels::SimdLevel::name`).
+    #[serde(default)]
+    pub simd: String,
 }
 
 /// One target of a build.
