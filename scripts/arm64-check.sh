@@ -108,14 +108,17 @@ if [ "${ARM64_FULL:-0}" = 1 ]; then
   done
 fi
 
-step "SmolLM2-135M: perplexity (2 chunks of 64 tokens) at cortex-a76"
-ppl() { "$@" perplexity "$smol" --text "$tmp/eval.txt" --ctx 64 --chunks 2 --json 2>/dev/null |
-  python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["ppl"]))'; }
-a76="qemu-aarch64 -cpu cortex-a76"
+step "SmolLM2-135M: perplexity (1 chunk of 64 tokens) at cortex-a76"
+ppl() { # RUNNER (a command, word-split) then perplexity flags
+  local runner=$1; shift
+  $runner perplexity "$smol" --text "$tmp/eval.txt" --ctx 64 --chunks 1 --json "$@" 2>/dev/null |
+    python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["ppl"]))'
+}
+a76="qemu-aarch64 -cpu cortex-a76 $kiln"
 p_x86=$(ppl "$host_kiln")
-p_arm=$(ppl $a76 $kiln)
-p_scalar=$(ppl $a76 $kiln --force-scalar)
-p_decode=$(ppl $a76 $kiln --batch 1 --threads 2)
+p_arm=$(ppl "$a76")
+p_scalar=$(ppl "$a76" --force-scalar)
+p_decode=$(ppl "$a76" --batch 1)
 python3 - "$p_x86" "$p_arm" "$p_scalar" "$p_decode" <<'PY'
 import sys
 x86, arm, scalar, decode = map(float, sys.argv[1:])
