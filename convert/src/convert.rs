@@ -8,6 +8,7 @@ use quantize::GgmlType;
 
 use crate::atomic::{self, AtomicFile};
 use crate::error::{Error, Result};
+use crate::gguf::split::{self, SplitPolicy};
 use crate::gguf::{GgufWriter, Metadata, TensorSpec, Value};
 use crate::source::ModelSource;
 use crate::tokenizer;
@@ -39,6 +40,8 @@ pub struct ConvertOptions {
     pub name: Option<String>,
     /// Accept NaN / Inf weights.
     pub allow_nonfinite: bool,
+    /// Write split files.
+    pub split: Option<SplitOptions>,
 }
 
 impl Default for ConvertOptions {
@@ -48,6 +51,7 @@ impl Default for ConvertOptions {
             tokenizer_pre: None,
             name: None,
             allow_nonfinite: false,
+            split: None,
         }
     }
 }
@@ -66,7 +70,10 @@ pub struct TensorReport {
 /// What a conversion did.
 #[derive(Debug, Clone)]
 pub struct ConvertReport {
+    /// The file written (the first written of a split model).
     pub output: PathBuf,
+    /// Every file written (one, or the split files), with their sizes.
+    pub files: Vec<(PathBuf, u64)>,
     pub tensors: Vec<TensorReport>,
     pub file_bytes: u64,
     /// Checkpoint tensors that were not converted (extra) or hold no weights (ignored).
@@ -141,6 +148,7 @@ pub fn convert(src: &ModelSource, out: &Path, opts: &ConvertOptions) -> Result<C
         tokenizer_pre: opts.tokenizer_pre.clone(),
         name: opts.name.clone(),
         allow_nonfinite: opts.allow_nonfinite,
+        split: opts.split,
         ..Default::default()
     };
     write_model(src, out, &plan, &w)
@@ -208,6 +216,27 @@ pub struct WriteOptions<'a> {
     pub quantizer: Option<QuantizerFn<'a>>,
     /// New values for some tensors, applied before conversion.
     pub transform: Option<&'a dyn ValueTransform>,
+    /// Write llama.cpp's split files (`OUT-00001-of-0000N.gguf` …) instead of one file.
+    pub split: Option<SplitOptions>,
+}
+
+/// How [`write_model`] splits its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitOptions {
+    /// Where the files are cut.
+    pub policy: SplitPolicy,
+    /// Write only this file (from 0) of the split: one shard of a build run as N jobs.
+    pub only: Option<usize>,
+}
+
+impl SplitOptions {
+    /// The number of files when the policy fixes it.
+    pub fn policy_count(&self) -> Option<usize> {
+        match self.policy {
+            SplitPolicy::Count(n) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 /// Writes `src` as a GGUF at `out` with each tensor in `plan` (in plan order) converted to its
@@ -246,18 +275,65 @@ pub fn write_model(
             ty: p.ty,
         });
     }
-    let writer = GgufWriter::new(out, md, specs)?;
+    let whole = GgufWriter::new(out, md, specs)?;
     let mut reports: Vec<TensorReport> = plan
         .iter()
         .enumerate()
         .map(|(i, p)| TensorReport {
             name: p.name.clone(),
-            dims: writer.tensors()[i].dims.clone(),
+            dims: whole.tensors()[i].dims.clone(),
             ty: p.ty,
-            bytes: writer.tensor_size(i),
+            bytes: whole.tensor_size(i),
             note: p.note.clone(),
         })
         .collect();
+    // The files to write: (path, first tensor, writer).
+    let files: Vec<(PathBuf, usize, GgufWriter)> = match opts.split {
+        None => vec![(out.to_path_buf(), 0, whole.clone())],
+        Some(sp) => {
+            let sizes: Vec<u64> = (0..plan.len()).map(|i| whole.tensor_size(i)).collect();
+            let align = whole.alignment();
+            if let SplitPolicy::MaxBytes(max) = sp.policy {
+                if let Some(i) = sizes
+                    .iter()
+                    .position(|&b| crate::gguf::align_up(b, align) > max)
+                {
+                    return Err(Error::tensor(
+                        out,
+                        &whole.tensors()[i].name,
+                        format!(
+                            "holds {} bytes, more than the split size {max}: no split file can hold it",
+                            sizes[i]
+                        ),
+                    ));
+                }
+            }
+            let parts = split::partition(&sizes, align, sp.policy)
+                .map_err(|m| Error::format(out, format!("cannot split: {m}")))?;
+            let n = parts.len();
+            if let Some(only) = sp.only {
+                if only >= n {
+                    return Err(Error::format(
+                        out,
+                        format!("shard {} of {n} does not exist", only + 1),
+                    ));
+                }
+            }
+            let digest = split::plan_digest(&whole.header_bytes(), &parts);
+            let prefix = split::output_prefix(out);
+            let mut files = Vec::new();
+            for (i, r) in parts.iter().enumerate() {
+                if sp.only.is_some_and(|o| o != i) {
+                    continue;
+                }
+                let path = split::split_path(&prefix, i, n);
+                let md = split::split_metadata(whole.metadata(), i, n, plan.len(), &digest);
+                let w = GgufWriter::new(&path, md, whole.tensors()[r.clone()].to_vec())?;
+                files.push((path, r.start, w));
+            }
+            files
+        }
+    };
     let mut warnings: Vec<String> = src
         .config()
         .arch
@@ -265,14 +341,15 @@ pub fn write_model(
         .gguf_caveat(src.config())
         .into_iter()
         .collect();
-    let mut file = AtomicFile::create(out)?;
-    let out_path = out.to_path_buf();
-    writer.write(&out_path, file.writer(), |i| {
-        let spec = &writer.tensors()[i];
+    let to_write: usize = files.iter().map(|f| f.2.tensors().len()).sum();
+    let mut done = 0usize;
+    let mut produce = |gi: usize, warnings: &mut Vec<String>| -> Result<Vec<u8>> {
+        let spec = &whole.tensors()[gi];
+        done += 1;
         let touched = opts.transform.is_some_and(|t| t.touches(&spec.name));
         if let Some(raw) = src.raw_if_type(&spec.name, spec.ty).filter(|_| !touched) {
             if let Some(p) = opts.progress {
-                p(i + 1, plan.len(), &spec.name);
+                p(done, to_write, &spec.name);
             }
             return Ok(raw.to_vec());
         }
@@ -285,13 +362,27 @@ pub fn write_model(
         } else if let Some(bytes) = quantize::convert_float(spec.ty, &v) {
             return Ok(bytes);
         }
-        let qw = if spec.ty.is_quantized() { opts.importance.and_then(|f| f(&spec.name)) } else { None };
+        let qw = if spec.ty.is_quantized() {
+            opts.importance.and_then(|f| f(&spec.name))
+        } else {
+            None
+        };
         let qw = qw.filter(|w| w.len() == spec.dims[0] as usize);
         let (bytes, stats) = match opts.quantizer {
-            Some(q) => q(&spec.name, spec.ty, &v, spec.dims[0] as usize, qw.as_deref()),
+            Some(q) => q(
+                &spec.name,
+                spec.ty,
+                &v,
+                spec.dims[0] as usize,
+                qw.as_deref(),
+            ),
             None => quantize::quantize(spec.ty, &v, spec.dims[0] as usize, qw.as_deref()),
         }
-            .map_err(|e| Error::Quant { path: src.path().to_path_buf(), tensor: spec.name.clone(), source: e })?;
+        .map_err(|e| Error::Quant {
+            path: src.path().to_path_buf(),
+            tensor: spec.name.clone(),
+            source: e,
+        })?;
         if stats.degraded_blocks > 0 {
             warnings.push(format!(
                 "{}: {} blocks lost most of their signal to {} (values too small for its f16 scales)",
@@ -299,29 +390,35 @@ pub fn write_model(
             ));
         }
         if let Some(p) = opts.progress {
-            p(i + 1, plan.len(), &spec.name);
+            p(done, to_write, &spec.name);
         }
         Ok(bytes)
-    })?;
-    if let Some(late) = opts.late_metadata {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut md2 = writer.metadata().clone();
-        for (k, v) in late()? {
-            md2.set(k, v);
+    };
+    // Every file goes to a temporary beside its final name; all are renamed at the end.
+    let mut pending = Vec::with_capacity(files.len());
+    for (path, first, writer) in &files {
+        let mut file = AtomicFile::create(path)?;
+        writer.write(path, file.writer(), |i| produce(first + i, &mut warnings))?;
+        // The first file carries the metadata (all of it when split).
+        if let (Some(late), true) = (opts.late_metadata, *first == 0) {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut md2 = writer.metadata().clone();
+            for (k, v) in late()? {
+                md2.set(k, v);
+            }
+            let header = GgufWriter::new(path, md2, writer.tensors().to_vec())?.header_bytes();
+            if header.len() != writer.header_bytes().len() {
+                return Err(Error::format(path, "late metadata changed the header size"));
+            }
+            let w = file.writer();
+            w.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+            w.write_all(&header).map_err(|e| Error::io(path, e))?;
         }
-        let header = GgufWriter::new(&out_path, md2, writer.tensors().to_vec())?.header_bytes();
-        if header.len() != writer.header_bytes().len() {
-            return Err(Error::format(
-                &out_path,
-                "late metadata changed the header size",
-            ));
-        }
-        let w = file.writer();
-        w.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io(&out_path, e))?;
-        w.write_all(&header).map_err(|e| Error::io(&out_path, e))?;
+        pending.push(file);
     }
-    file.commit()?;
+    for f in pending {
+        f.commit()?;
+    }
     for r in &mut reports {
         if r.note.is_none() && r.ty.is_quantized() && opts.importance.is_some() {
             let has = opts.importance.and_then(|f| f(&r.name)).is_some();
@@ -334,10 +431,15 @@ pub fn write_model(
         ModelSource::Hf(h) => (h.extra.clone(), h.ignored.clone()),
         ModelSource::Gguf(_) => (vec![], vec![]),
     };
+    let written: Vec<(PathBuf, u64)> = files
+        .iter()
+        .map(|(p, _, w)| (p.clone(), w.file_size()))
+        .collect();
     Ok(ConvertReport {
-        output: out_path,
+        output: written[0].0.clone(),
+        file_bytes: written.iter().map(|f| f.1).sum(),
+        files: written,
         tensors: reports,
-        file_bytes: writer.file_size(),
         extra,
         ignored,
         warnings,

@@ -425,7 +425,20 @@ impl ModelSource {
             Ok(crate::tokenizer::hex(&h.finalize()))
         };
         match self {
-            ModelSource::Gguf(g) => file_hash(g.file.path()),
+            ModelSource::Gguf(g) if !g.file.is_split() => file_hash(g.file.path()),
+            ModelSource::Gguf(g) => {
+                // A split model: the digest of its files' digests, as for a checkpoint.
+                let mut listing = String::new();
+                for p in g.file.parts() {
+                    let name = p
+                        .path()
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    listing.push_str(&format!("{}  {name}\n", file_hash(p.path())?));
+                }
+                Ok(crate::tokenizer::hex(&Sha256::digest(listing.as_bytes())))
+            }
             ModelSource::Hf(h) => {
                 let mut names: Vec<PathBuf> = [
                     "config.json",
@@ -497,7 +510,8 @@ impl ModelSource {
                         || k == "general.quantization_version"
                         || k == "general.alignment"
                         || k.starts_with("quantize.")
-                        || k.starts_with("kiln.");
+                        || k.starts_with("kiln.")
+                        || crate::gguf::split::is_split_key(k);
                     if !skip {
                         md.set(k, v.clone());
                     }

@@ -24,10 +24,11 @@ pub enum LoadError {
     Missing { path: String, tensor: String },
 }
 
-struct GgufStorage(convert::gguf::GgufFile);
+/// File `.1` of a GGUF model (one file, or one of a split model's).
+struct GgufStorage(Arc<convert::gguf::GgufFile>, usize);
 impl Storage for GgufStorage {
     fn bytes(&self) -> &[u8] {
-        self.0.bytes()
+        self.0.parts()[self.1].bytes()
     }
 }
 
@@ -235,19 +236,20 @@ pub fn load_gguf(path: &Path) -> Result<Model, LoadError> {
     } else {
         RopeStyle::Neox
     };
-    let infos: Vec<_> = file.tensors.clone();
-    let base = file.data_offset as usize;
-    let storage: Arc<dyn Storage> = Arc::new(GgufStorage(file));
+    let file = Arc::new(file);
+    let storages: Vec<Arc<dyn Storage>> = (0..file.parts().len())
+        .map(|i| Arc::new(GgufStorage(file.clone(), i)) as Arc<dyn Storage>)
+        .collect();
     build(&c, rope, path, |name| {
-        let t = infos.iter().find(|t| t.name == name)?;
+        let t = file.tensor(name)?;
         let (rows, cols) = (t.n_rows(), t.row_len());
         Some(Weight::new(
             name,
             t.ty,
             rows,
             cols,
-            storage.clone(),
-            base + t.offset as usize,
+            storages[t.part].clone(),
+            (file.parts()[t.part].data_offset + t.offset) as usize,
         ))
     })
 }

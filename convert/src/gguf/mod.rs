@@ -6,9 +6,10 @@
 //! (default 32), then the tensor data, each tensor starting on an aligned offset.
 
 mod read;
+pub mod split;
 mod write;
 
-pub use read::{parse_header, GgufFile, Header, Limits, TensorInfo};
+pub use read::{parse_header, GgufFile, GgufPart, Header, Limits, TensorInfo};
 pub use write::{GgufWriter, TensorSpec};
 
 /// The key that sets the data alignment.

@@ -56,6 +56,8 @@ pub struct TensorInfo {
     pub offset: u64,
     /// Bytes of data.
     pub size: u64,
+    /// The file of a split model holding it (0 for an unsplit file).
+    pub part: usize,
 }
 
 impl TensorInfo {
@@ -77,17 +79,37 @@ impl TensorInfo {
     }
 }
 
-/// A parsed GGUF file with its tensor data memory-mapped.
-pub struct GgufFile {
+/// One file of a GGUF model, memory-mapped.
+pub struct GgufPart {
     path: PathBuf,
     map: Mmap,
+    /// Offset of the data section in this file.
+    pub data_offset: u64,
+}
+
+impl GgufPart {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The whole file's bytes (memory-mapped).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// A parsed GGUF model with its tensor data memory-mapped: one file, or the files of a split
+/// model (`NAME-00001-of-0000N.gguf` …, opened from the first) read as one.
+pub struct GgufFile {
+    path: PathBuf,
+    parts: Vec<GgufPart>,
     /// Format version (2 or 3).
     pub version: u32,
-    /// Metadata, in file order.
+    /// Metadata (of the first file for a split model), in file order.
     pub metadata: Metadata,
-    /// Tensor infos, in file order.
+    /// Tensor infos, in file order (file by file for a split model).
     pub tensors: Vec<TensorInfo>,
-    /// Offset of the data section in the file.
+    /// Offset of the data section in the (first) file.
     pub data_offset: u64,
     /// Data alignment.
     pub alignment: u64,
@@ -98,6 +120,7 @@ impl std::fmt::Debug for GgufFile {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
             .field("version", &self.version)
+            .field("parts", &self.parts.len())
             .field("tensors", &self.tensors.len())
             .finish()
     }
@@ -113,37 +136,243 @@ pub struct Header {
     pub alignment: u64,
 }
 
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::format(path, "is a directory, not a GGUF file"));
+    }
+    if meta.len() < 24 {
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated: {} bytes, a GGUF header needs at least 24",
+                meta.len()
+            ),
+        ));
+    }
+    // SAFETY: the map is read-only; kiln does not modify files it reads while they are
+    // open, and a file changed underneath by another process is outside its contract, as
+    // for every memory-mapping model loader (llama.cpp included).
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// `split.*` of a header: (no, count, tensors, kiln's plan digest).
+/// (split.no, split.count, split.tensors.count, kiln's plan digest).
+type SplitKeys = (usize, usize, usize, Option<String>);
+
+fn split_keys(path: &Path, md: &Metadata) -> Result<Option<SplitKeys>> {
+    use super::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_PLAN, KEY_SPLIT_TENSORS};
+    let Some(count) = md.get(KEY_SPLIT_COUNT) else {
+        return Ok(None);
+    };
+    let get = |k: &str, v: Option<&Value>| -> Result<usize> {
+        match v {
+            Some(Value::U16(x)) => Ok(*x as usize),
+            Some(Value::I32(x)) if *x >= 0 => Ok(*x as usize),
+            Some(v) => Err(Error::format(path, format!("`{k}` is {v:?}, not a count"))),
+            None => Err(Error::format(
+                path,
+                format!("has `{KEY_SPLIT_COUNT}` but no `{k}`"),
+            )),
+        }
+    };
+    let count = get(KEY_SPLIT_COUNT, Some(count))?;
+    let no = get(KEY_SPLIT_NO, md.get(KEY_SPLIT_NO))?;
+    let tensors = get(KEY_SPLIT_TENSORS, md.get(KEY_SPLIT_TENSORS))?;
+    let plan = md.str(KEY_SPLIT_PLAN).map(str::to_string);
+    Ok(Some((no, count, tensors, plan)))
+}
+
 impl GgufFile {
     /// Opens and validates `path` with the default [`Limits`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, Limits::default())
     }
 
-    /// Opens and validates `path`.
+    /// Opens and validates `path`; the first file of a split model opens all its files.
     pub fn open_with(path: impl AsRef<Path>, limits: Limits) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
-            return Err(Error::format(path, "is a directory, not a GGUF file"));
+        let file = Self::open_single(path, limits)?;
+        let Some((no, count, _, _)) = split_keys(path, &file.metadata)? else {
+            return Ok(file);
+        };
+        // split.count 0: llama-gguf-split's merged output (one file that says so).
+        if count <= 1 && no == 0 {
+            return Ok(file);
         }
-        if meta.len() < 24 {
+        let Some((prefix, i, n)) = super::split::parse_split_name(path) else {
             return Err(Error::format(
                 path,
                 format!(
-                    "truncated: {} bytes, a GGUF header needs at least 24",
-                    meta.len()
+                    "is file {} of a split model of {count}, but its name is not PREFIX-{:05}-of-{count:05}.gguf",
+                    no + 1,
+                    no + 1
+                ),
+            ));
+        };
+        if no != 0 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "is file {} of {count} of a split model; open the first, {}",
+                    no + 1,
+                    super::split::split_path(&prefix, 0, count).display()
                 ),
             ));
         }
-        // SAFETY: the map is read-only; kiln does not modify files it reads while they are
-        // open, and a file changed underneath by another process is outside its contract, as
-        // for every memory-mapping model loader (llama.cpp included).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        if i != 0 || n != count {
+            return Err(Error::format(
+                path,
+                format!(
+                    "its name says file {} of {n}, its split keys file 1 of {count}",
+                    i + 1
+                ),
+            ));
+        }
+        let mut others = Vec::with_capacity(count - 1);
+        for k in 1..count {
+            let p = super::split::split_path(&prefix, k, count);
+            if !p.exists() {
+                return Err(Error::format(
+                    &p,
+                    format!(
+                        "file {} of {count} of split model {} is missing",
+                        k + 1,
+                        path.display()
+                    ),
+                ));
+            }
+            others.push(Self::open_single(&p, limits)?);
+        }
+        Self::assemble(file, others)
+    }
+
+    /// Opens the files of a split model given in any order (from any directories) as one
+    /// model: every file must be there once, all of the same split (count, tensor total and
+    /// kiln's plan digest), each tensor in one file only.
+    pub fn open_parts(paths: &[PathBuf], limits: Limits) -> Result<Self> {
+        let mut files: Vec<(usize, GgufFile)> = Vec::with_capacity(paths.len());
+        let mut count = None;
+        for p in paths {
+            let f = Self::open_single(p, limits)?;
+            let (no, n, _, _) = split_keys(p, &f.metadata)?
+                .filter(|k| k.1 >= 1)
+                .ok_or_else(|| {
+                    Error::format(p, "has no split keys: not a file of a split model")
+                })?;
+            let (first_path, n0) = *count.get_or_insert((p, n));
+            if n != n0 {
+                return Err(Error::format(
+                    p,
+                    format!(
+                        "is a file of a {n}-file split, {} of a {n0}-file one",
+                        first_path.display()
+                    ),
+                ));
+            }
+            if let Some((_, other)) = files.iter().find(|(k, _)| *k == no) {
+                return Err(Error::format(
+                    p,
+                    format!(
+                        "is file {} of {n}, as {} is (a duplicated shard)",
+                        no + 1,
+                        other.path.display()
+                    ),
+                ));
+            }
+            files.push((no, f));
+        }
+        let n = count.map_or(0, |c| c.1);
+        let missing: Vec<String> = (0..n)
+            .filter(|k| !files.iter().any(|(no, _)| no == k))
+            .map(|k| format!("{}", k + 1))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::format(
+                &paths[0],
+                format!(
+                    "the split has {n} files; file(s) {} of {n} are missing",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        files.sort_by_key(|(no, _)| *no);
+        let mut it = files.into_iter().map(|(_, f)| f);
+        let first = it.next().expect("at least one file");
+        Self::assemble(first, it.collect())
+    }
+
+    /// Puts the first file of a split model and the others (in order) together.
+    fn assemble(mut file: GgufFile, others: Vec<GgufFile>) -> Result<Self> {
+        let path = file.path.clone();
+        let (_, count, total, plan) =
+            split_keys(&path, &file.metadata)?.expect("a split file's keys were read");
+        let mut seen: HashSet<String> = file.tensors.iter().map(|t| t.name.clone()).collect();
+        for (idx, other) in others.into_iter().enumerate() {
+            let k = idx + 1;
+            let p = other.path.clone();
+            let keys = split_keys(&p, &other.metadata)?.ok_or_else(|| {
+                Error::format(&p, "has no split keys: not a file of a split model")
+            })?;
+            if keys.0 != k || keys.1 != count || keys.2 != total {
+                return Err(Error::format(
+                    &p,
+                    format!(
+                        "says it is file {} of {} ({} tensors), expected file {} of {count} ({total} tensors)",
+                        keys.0 + 1,
+                        keys.1,
+                        keys.2,
+                        k + 1
+                    ),
+                ));
+            }
+            if keys.3 != plan {
+                return Err(Error::format(
+                    &p,
+                    format!(
+                        "belongs to another build than {} (its split plan differs: a foreign shard)",
+                        path.display()
+                    ),
+                ));
+            }
+            for mut t in other.tensors {
+                if !seen.insert(t.name.clone()) {
+                    return Err(Error::tensor(
+                        &p,
+                        &t.name,
+                        "is also in an earlier file of the split model",
+                    ));
+                }
+                t.part = k;
+                file.tensors.push(t);
+            }
+            file.parts.extend(other.parts);
+        }
+        if file.tensors.len() != total {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "the split model's files hold {} tensors, its split.tensors.count says {total}",
+                    file.tensors.len()
+                ),
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Opens and validates one file, a split model's file as it is (its own tensors only).
+    pub fn open_single(path: impl AsRef<Path>, limits: Limits) -> Result<Self> {
+        let path = path.as_ref();
+        let map = map_file(path)?;
         let h = parse_header(path, &map, limits)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
-            map,
+            parts: vec![GgufPart {
+                path: path.to_path_buf(),
+                map,
+                data_offset: h.data_offset,
+            }],
             version: h.version,
             metadata: h.metadata,
             tensors: h.tensors,
@@ -152,14 +381,24 @@ impl GgufFile {
         })
     }
 
-    /// The file's path.
+    /// The (first) file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The whole file's bytes (memory-mapped).
+    /// The files: one, or those of a split model in order.
+    pub fn parts(&self) -> &[GgufPart] {
+        &self.parts
+    }
+
+    /// True when the model is split over several files.
+    pub fn is_split(&self) -> bool {
+        self.parts.len() > 1
+    }
+
+    /// The whole (first) file's bytes (memory-mapped).
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        &self.parts[0].map
     }
 
     /// The tensor called `name`.
@@ -169,24 +408,25 @@ impl GgufFile {
 
     /// The raw bytes of a tensor (checked in range when the file was opened).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let start = (self.data_offset + t.offset) as usize;
-        &self.map[start..start + t.size as usize]
+        let part = &self.parts[t.part];
+        let start = (part.data_offset + t.offset) as usize;
+        &part.map[start..start + t.size as usize]
     }
 
     /// A tensor's values as f32 (dequantized).
     pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
         quantize::dequantize(t.ty, self.tensor_data(t), t.n_elements() as usize).map_err(|e| {
             Error::Quant {
-                path: self.path.clone(),
+                path: self.parts[t.part].path.clone(),
                 tensor: t.name.clone(),
                 source: e,
             }
         })
     }
 
-    /// Total bytes of the file.
+    /// Total bytes of the file (of all files of a split model).
     pub fn file_size(&self) -> u64 {
-        self.map.len() as u64
+        self.parts.iter().map(|p| p.map.len() as u64).sum()
     }
 
     /// The architecture (`general.architecture`).
@@ -442,6 +682,7 @@ pub fn parse_header(path: &Path, bytes: &[u8], limits: Limits) -> Result<Header>
             ty,
             offset,
             size,
+            part: 0,
         });
     }
     let data_offset = align_up(c.pos as u64, alignment);

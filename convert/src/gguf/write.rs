@@ -104,6 +104,11 @@ impl GgufWriter {
         &self.tensors
     }
 
+    /// The data alignment.
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
     /// Bytes of tensor `i`.
     pub fn tensor_size(&self, i: usize) -> u64 {
         self.sizes[i]
