@@ -33,6 +33,8 @@ pub enum ImatrixError {
     Forward(#[from] kernels::ForwardError),
     #[error("calibration: the text has {have} tokens, fewer than one chunk of {need}")]
     TooShort { have: usize, need: usize },
+    #[error("calibration: {0}")]
+    Shard(String),
 }
 
 fn fmt_err(path: &Path, msg: impl Into<String>) -> ImatrixError {
@@ -62,6 +64,52 @@ pub struct Imatrix {
     pub chunk_size: u32,
     /// The calibration texts' names.
     pub datasets: Vec<String>,
+    /// Set on a partial matrix (one shard of a calibration run as N jobs): the exact sums
+    /// [`Imatrix::merge`] adds.
+    pub partial: Option<Partial>,
+}
+
+/// One shard's exact statistics: Σx² of each column as an integer count of 2^-60 (each
+/// square, exact in f64, truncated to that grid), so that shards sum to the bits one process
+/// gets, whatever the grouping of chunks.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Partial {
+    /// Which shard (from 0) of how many.
+    pub shard: usize,
+    pub of: usize,
+    /// Digest of the whole run's inputs (tokens, chunk size, chunk count, shard count,
+    /// options): shards of one run carry the same.
+    pub plan: String,
+    /// Per entry: (tokens seen, Σx² per column in units of 2^-60).
+    pub exact: BTreeMap<String, (u64, Vec<i128>)>,
+}
+
+/// The grid of the exact sums: 2^-60.
+pub const EXACT_SHIFT: i32 = 60;
+const EXACT_SCALE: f64 = (1u64 << EXACT_SHIFT) as f64;
+/// Key suffix of a partial matrix's exact sums (tensor `NAME.kiln_exact`: the token count then
+/// Σx² per column, each an i128 stored as four little-endian f32 words).
+const EXACT_SUFFIX: &str = ".kiln_exact";
+const KEY_SHARD: &str = "kiln.imatrix.shard";
+const KEY_SHARDS: &str = "kiln.imatrix.shards";
+const KEY_PLAN: &str = "kiln.imatrix.plan";
+
+/// `x²` on the exact grid (`None` when not finite or beyond it).
+#[inline]
+fn exact_term(v: f32) -> Option<i128> {
+    let t = (v as f64) * (v as f64) * EXACT_SCALE;
+    if t < 9.0e18 {
+        Some(t as i64 as i128)
+    } else if t < 1.0e37 {
+        Some(t as i128)
+    } else {
+        None
+    }
+}
+
+/// The f32 `in_sum2` of an exact sum.
+fn exact_value(s: i128) -> f32 {
+    ((s as f64) / EXACT_SCALE) as f32
 }
 
 /// Largest legacy-file counts accepted before allocating.
@@ -181,6 +229,46 @@ impl Imatrix {
                 }
             }
         }
+        if let Some(shard) = g.metadata.u64(KEY_SHARD) {
+            let of = g.metadata.u64(KEY_SHARDS).unwrap_or(0) as usize;
+            let plan = g.metadata.str(KEY_PLAN).unwrap_or_default().to_string();
+            if of == 0 || shard as usize >= of || plan.is_empty() {
+                return Err(fmt_err(
+                    path,
+                    format!(
+                        "a partial imatrix needs `{KEY_SHARD}` < `{KEY_SHARDS}` and `{KEY_PLAN}`"
+                    ),
+                ));
+            }
+            let mut exact = BTreeMap::new();
+            for (name, e) in &m.entries {
+                let tn = format!("{name}{EXACT_SUFFIX}");
+                let t = g.tensor(&tn).ok_or_else(|| {
+                    fmt_err(path, format!("partial imatrix: `{name}` has no `{tn}`"))
+                })?;
+                let raw = g.tensor_data(t);
+                if t.ty != GgmlType::F32 || raw.len() != 16 * (e.in_sum2.len() + 1) {
+                    return Err(fmt_err(
+                        path,
+                        format!("`{tn}`: expected {} f32 words", 4 * (e.in_sum2.len() + 1)),
+                    ));
+                }
+                let v: Vec<i128> = raw
+                    .chunks_exact(16)
+                    .map(|c| i128::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                if v[0] < 0 || v[1..].iter().any(|&x| x < 0) {
+                    return Err(fmt_err(path, format!("`{tn}`: negative exact sums")));
+                }
+                exact.insert(name.clone(), (v[0] as u64, v[1..].to_vec()));
+            }
+            m.partial = Some(Partial {
+                shard: shard as usize,
+                of,
+                plan,
+                exact,
+            });
+        }
         Ok(m)
     }
 
@@ -283,6 +371,12 @@ impl Imatrix {
     /// Writes the file, in the legacy format when the name ends in `.dat`, else GGUF.
     pub fn write(&self, path: &Path) -> Result<(), ImatrixError> {
         if path.extension().is_some_and(|e| e == "dat") {
+            if self.partial.is_some() {
+                return Err(fmt_err(
+                    path,
+                    "a partial imatrix (one shard) needs the GGUF format: .dat cannot carry its exact sums",
+                ));
+            }
             self.write_dat(path)
         } else {
             self.write_gguf(path)
@@ -299,8 +393,13 @@ impl Imatrix {
         );
         md.set("imatrix.chunk_count", Value::U32(self.chunk_count));
         md.set("imatrix.chunk_size", Value::U32(self.chunk_size));
+        if let Some(p) = &self.partial {
+            md.set(KEY_SHARD, Value::U32(p.shard as u32));
+            md.set(KEY_SHARDS, Value::U32(p.of as u32));
+            md.set(KEY_PLAN, Value::String(p.plan.clone()));
+        }
         let mut specs = Vec::new();
-        let mut data: Vec<&[f32]> = Vec::new();
+        let mut data: Vec<std::borrow::Cow<[u8]>> = Vec::new();
         for (name, e) in &self.entries {
             let n_mat = e.counts.len().max(1) as u64;
             let cols = e.in_sum2.len() as u64 / n_mat;
@@ -316,19 +415,33 @@ impl Imatrix {
                 dims: dims(cols),
                 ty: GgmlType::F32,
             });
-            data.push(&e.in_sum2);
+            data.push(bytemuck::cast_slice(&e.in_sum2).into());
             specs.push(TensorSpec {
                 name: format!("{name}.counts"),
                 dims: dims(1),
                 ty: GgmlType::F32,
             });
-            data.push(&e.counts);
+            data.push(bytemuck::cast_slice(&e.counts).into());
+            if let Some(p) = &self.partial {
+                let (tokens, sums) = p.exact.get(name).ok_or_else(|| {
+                    fmt_err(path, format!("partial imatrix: no exact sums for `{name}`"))
+                })?;
+                let mut raw = Vec::with_capacity(16 * (sums.len() + 1));
+                raw.extend_from_slice(&(*tokens as i128).to_le_bytes());
+                for s in sums {
+                    raw.extend_from_slice(&s.to_le_bytes());
+                }
+                specs.push(TensorSpec {
+                    name: format!("{name}{EXACT_SUFFIX}"),
+                    dims: vec![4 * (sums.len() as u64 + 1)],
+                    ty: GgmlType::F32,
+                });
+                data.push(raw.into());
+            }
         }
         let w = GgufWriter::new(path, md, specs)?;
         let mut f = AtomicFile::create(path)?;
-        w.write(path, f.writer(), |i| {
-            Ok(bytemuck::cast_slice(data[i]).to_vec())
-        })?;
+        w.write(path, f.writer(), |i| Ok(data[i].to_vec()))?;
         f.commit()?;
         Ok(())
     }
@@ -414,12 +527,23 @@ impl Imatrix {
     }
 }
 
-/// Accumulates Σx² per input column of every matmul during forward passes.
+/// Accumulates Σx² per input column of every matmul during forward passes, exactly (on the
+/// 2^-60 grid of [`Partial`]), so that any split of the chunks between processes sums to the
+/// same bits.
 pub struct Collector {
     n_layers: usize,
     process_output: bool,
-    /// `[layer][kind]` → (Σx² per column in f64, tokens).
-    sums: Vec<Mutex<(Vec<f64>, u64)>>,
+    /// `[layer][kind]` → its sums.
+    sums: Vec<Mutex<Acc>>,
+}
+
+#[derive(Default)]
+struct Acc {
+    /// Σx² per column in units of 2^-60.
+    sum: Vec<i128>,
+    tokens: u64,
+    /// A value was not finite or off the grid: the entry's sums are NaN.
+    bad: bool,
 }
 
 const KINDS: [MatKind; 4] = [
@@ -447,12 +571,13 @@ impl Collector {
             n_layers,
             process_output,
             sums: (0..n_layers * 4 + 1)
-                .map(|_| Mutex::new((Vec::new(), 0)))
+                .map(|_| Mutex::new(Acc::default()))
                 .collect(),
         }
     }
 
-    /// The importance matrix collected so far, under the model's tensor names.
+    /// The importance matrix collected so far, under the model's tensor names; with the exact
+    /// sums kept in `partial` (shard, plan) when given.
     pub fn finish(
         &self,
         model: &Model,
@@ -466,15 +591,22 @@ impl Collector {
             datasets,
             ..Default::default()
         };
-        let mut put = |name: String, s: &(Vec<f64>, u64)| {
-            if s.1 > 0 {
+        let mut exact = BTreeMap::new();
+        let mut put = |name: String, s: &Acc| {
+            if s.tokens > 0 {
+                let in_sum2 = if s.bad {
+                    vec![f32::NAN; s.sum.len()]
+                } else {
+                    s.sum.iter().map(|&v| exact_value(v)).collect()
+                };
                 m.entries.insert(
-                    name,
+                    name.clone(),
                     Entry {
-                        in_sum2: s.0.iter().map(|&v| v as f32).collect(),
-                        counts: vec![s.1 as f32],
+                        in_sum2,
+                        counts: vec![s.tokens as f32],
                     },
                 );
+                exact.insert(name, (s.tokens, s.sum.clone()));
             }
         };
         for l in 0..self.n_layers {
@@ -494,6 +626,10 @@ impl Collector {
             };
             put(name.to_string(), &s);
         }
+        m.partial = Some(Partial {
+            exact,
+            ..Default::default()
+        });
         m
     }
 }
@@ -510,15 +646,20 @@ impl Observer for Collector {
         };
         let cols = x.len() / n_tok.max(1);
         let mut s = self.sums[slot].lock().unwrap();
-        if s.0.is_empty() {
-            s.0 = vec![0.0; cols];
+        if s.sum.is_empty() {
+            s.sum = vec![0; cols];
         }
+        let mut bad = false;
         for row in x.chunks_exact(cols) {
-            for (acc, &v) in s.0.iter_mut().zip(row) {
-                *acc += (v as f64) * (v as f64);
+            for (acc, &v) in s.sum.iter_mut().zip(row) {
+                match exact_term(v).and_then(|t| acc.checked_add(t)) {
+                    Some(n) => *acc = n,
+                    None => bad = true,
+                }
             }
         }
-        s.1 += n_tok as u64;
+        s.bad |= bad;
+        s.tokens += n_tok as u64;
     }
 }
 
@@ -592,22 +733,240 @@ pub fn calibrate(
     opts: &CalibOptions,
     progress: impl FnMut(usize, usize),
 ) -> Result<Imatrix, ImatrixError> {
+    let mut m = calibrate_shard(model, tokens, opts, (0, 1), progress)?;
+    m.partial = None;
+    Ok(m)
+}
+
+/// The chunks (from, to) shard `i` of `n` runs of `total`: contiguous, as even as whole chunks
+/// allow, the earlier shards one larger.
+pub fn shard_chunks(total: usize, i: usize, n: usize) -> (usize, usize) {
+    let (q, r) = (total / n, total % n);
+    let from = i * q + i.min(r);
+    (from, from + q + usize::from(i < r))
+}
+
+/// [`calibrate`] over shard `shard.0` of `shard.1` of the chunks ([`shard_chunks`]): a partial
+/// matrix (its `partial` names the shard and the run) that [`Imatrix::merge`] sums with the
+/// others to exactly the matrix one process computes.
+pub fn calibrate_shard(
+    model: &Model,
+    tokens: &[u32],
+    opts: &CalibOptions,
+    shard: (usize, usize),
+    progress: impl FnMut(usize, usize),
+) -> Result<Imatrix, ImatrixError> {
+    let ctx = opts.ctx.max(1);
+    let avail = tokens.len() / ctx;
+    if avail == 0 {
+        return Err(ImatrixError::TooShort {
+            have: tokens.len(),
+            need: opts.ctx,
+        });
+    }
+    let total = opts.chunks.map_or(avail, |c| c.min(avail));
+    let (i, n) = shard;
+    if n == 0 || i >= n || n > total {
+        return Err(ImatrixError::Shard(format!(
+            "shard {} of {n} does not exist for a run of {total} chunks (at most one shard per chunk)",
+            i + 1
+        )));
+    }
+    let (from, to) = shard_chunks(total, i, n);
+    let plan = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for t in &tokens[..total * ctx] {
+            h.update(t.to_le_bytes());
+        }
+        h.update((ctx as u64).to_le_bytes());
+        h.update((total as u64).to_le_bytes());
+        h.update((n as u64).to_le_bytes());
+        h.update([opts.process_output as u8, opts.kv_f16 as u8]);
+        h.update(opts.bos.map_or(u64::MAX, |b| b as u64).to_le_bytes());
+        for d in &opts.datasets {
+            h.update(d.as_bytes());
+            h.update([0]);
+        }
+        convert::tokenizer::hex(&h.finalize())
+    };
     let collector = Collector::new(model.config.n_layers, opts.process_output);
     let want = if opts.process_output {
         Logits::All
     } else {
         Logits::None
     };
-    let n = run_chunks(
+    let ran = run_chunks(
         model,
-        tokens,
+        &tokens[from * ctx..],
         opts.ctx,
-        opts.chunks,
+        Some(to - from),
         opts.bos,
         opts.kv_f16,
         want,
         &collector,
         progress,
     )?;
-    Ok(collector.finish(model, n as u32, opts.ctx as u32, opts.datasets.clone()))
+    let mut m = collector.finish(model, ran as u32, opts.ctx as u32, opts.datasets.clone());
+    if let Some(p) = &mut m.partial {
+        p.shard = i;
+        p.of = n;
+        p.plan = plan;
+    }
+    Ok(m)
+}
+
+impl Imatrix {
+    /// Sums matrices. Partial ones (the shards of one [`calibrate_shard`] run, each once, in any
+    /// order) add up exactly to the matrix of the whole run; plain ones are summed as
+    /// llama-imatrix's `--in-file` does (in_sum2 and counts added in f32, chunks added).
+    /// `inputs` pairs each matrix with the file it came from, for errors.
+    pub fn merge(inputs: &[(Imatrix, PathBuf)]) -> Result<Imatrix, ImatrixError> {
+        let Some((first, first_path)) = inputs.first() else {
+            return Err(ImatrixError::Shard("nothing to merge".into()));
+        };
+        let partials = inputs.iter().filter(|(m, _)| m.partial.is_some()).count();
+        if partials != 0 && partials != inputs.len() {
+            let (_, p) = inputs
+                .iter()
+                .find(|(m, _)| m.partial.is_some() != first.partial.is_some())
+                .expect("a mixed set has one of each");
+            return Err(fmt_err(
+                p,
+                format!(
+                    "partial and whole imatrix files cannot be merged together ({} is {})",
+                    first_path.display(),
+                    if first.partial.is_some() {
+                        "partial"
+                    } else {
+                        "whole"
+                    }
+                ),
+            ));
+        }
+        if partials == 0 {
+            let mut out = first.clone();
+            for (m, p) in &inputs[1..] {
+                for (name, e) in &m.entries {
+                    match out.entries.get_mut(name) {
+                        None => {
+                            out.entries.insert(name.clone(), e.clone());
+                        }
+                        Some(o)
+                            if o.in_sum2.len() == e.in_sum2.len()
+                                && o.counts.len() == e.counts.len() =>
+                        {
+                            for (a, b) in o.in_sum2.iter_mut().zip(&e.in_sum2) {
+                                *a += b;
+                            }
+                            for (a, b) in o.counts.iter_mut().zip(&e.counts) {
+                                *a += b;
+                            }
+                        }
+                        Some(o) => {
+                            return Err(fmt_err(
+                                p,
+                                format!(
+                                    "`{name}` has {} values, {} has {}",
+                                    e.in_sum2.len(),
+                                    first_path.display(),
+                                    o.in_sum2.len()
+                                ),
+                            ))
+                        }
+                    }
+                }
+                out.chunk_count += m.chunk_count;
+                for d in &m.datasets {
+                    if !out.datasets.contains(d) {
+                        out.datasets.push(d.clone());
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        let fp = first.partial.as_ref().expect("partial");
+        let n = fp.of;
+        let mut slots: Vec<Option<(&Imatrix, &PathBuf)>> = vec![None; n];
+        for (m, p) in inputs {
+            let part = m.partial.as_ref().expect("partial");
+            if part.of != n || part.plan != fp.plan || m.chunk_size != first.chunk_size {
+                return Err(fmt_err(
+                    p,
+                    format!(
+                        "is a shard of another calibration run than {} (a foreign shard: its shard count, inputs or options differ)",
+                        first_path.display()
+                    ),
+                ));
+            }
+            if let Some((_, q)) = slots[part.shard] {
+                return Err(fmt_err(
+                    p,
+                    format!(
+                        "is shard {} of {n}, as {} is (a duplicated shard)",
+                        part.shard + 1,
+                        q.display()
+                    ),
+                ));
+            }
+            slots[part.shard] = Some((m, p));
+        }
+        let missing: Vec<String> = (0..n)
+            .filter(|&i| slots[i].is_none())
+            .map(|i| (i + 1).to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ImatrixError::Shard(format!(
+                "the run of {} has {n} shards; shard(s) {} of {n} are missing",
+                first_path.display(),
+                missing.join(", ")
+            )));
+        }
+        let mut exact: BTreeMap<String, (u64, Vec<i128>)> = BTreeMap::new();
+        let mut chunk_count = 0u32;
+        for (m, p) in slots.into_iter().flatten() {
+            chunk_count += m.chunk_count;
+            for (name, (tok, sums)) in &m.partial.as_ref().expect("partial").exact {
+                let e = exact
+                    .entry(name.clone())
+                    .or_insert_with(|| (0, vec![0; sums.len()]));
+                if e.1.len() != sums.len() {
+                    return Err(fmt_err(
+                        p,
+                        format!(
+                            "`{name}` has {} columns, an earlier shard {}",
+                            sums.len(),
+                            e.1.len()
+                        ),
+                    ));
+                }
+                e.0 += tok;
+                for (a, b) in e.1.iter_mut().zip(sums) {
+                    *a = a
+                        .checked_add(*b)
+                        .ok_or_else(|| fmt_err(p, format!("`{name}`: exact sums overflow")))?;
+                }
+            }
+        }
+        let entries = exact
+            .into_iter()
+            .map(|(name, (tok, sums))| {
+                let in_sum2 = sums.iter().map(|&v| exact_value(v)).collect();
+                (
+                    name,
+                    Entry {
+                        in_sum2,
+                        counts: vec![tok as f32],
+                    },
+                )
+            })
+            .collect();
+        Ok(Imatrix {
+            entries,
+            chunk_count,
+            chunk_size: first.chunk_size,
+            datasets: first.datasets.clone(),
+            partial: None,
+        })
+    }
 }

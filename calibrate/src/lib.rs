@@ -22,4 +22,4 @@ pub mod imatrix;
 pub mod masks;
 pub mod sensitivity;
 
-pub use imatrix::{calibrate, CalibOptions, Imatrix};
+pub use imatrix::{calibrate, calibrate_shard, CalibOptions, Imatrix, Partial};
