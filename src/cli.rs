@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// kiln turns FP32 language-model checkpoints into small, verified GGUF builds.
 #[derive(Parser, Debug)]
@@ -24,6 +24,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One value per run, parsed once: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List the tensor types kiln handles, with ids, block sizes and the SIMD level in use.
@@ -55,6 +57,8 @@ pub enum Command {
         /// Convert even if weights hold NaN or infinity.
         #[arg(long)]
         allow_nonfinite: bool,
+        #[command(flatten)]
+        split: SplitArgs,
     },
     /// Perplexity of a model on a text (llama.cpp's protocol by default).
     Perplexity {
@@ -165,14 +169,33 @@ pub enum Command {
         /// Output file: GGUF imatrix, or the legacy format when the name ends in .dat.
         #[arg(short, long)]
         output: PathBuf,
+        /// Collect only share i of N of the chunks (`i/N`, from 1) and write a partial imatrix
+        /// that `kiln imatrix merge` sums with the others, exactly.
+        #[arg(long, value_name = "i/N")]
+        shard: Option<String>,
     },
-    /// Show an importance matrix file, or convert it between the GGUF and .dat formats.
+    /// Show an importance matrix file, convert it between the GGUF and .dat formats, or merge
+    /// partial ones (`kiln imatrix merge A B … -o OUT`).
+    #[command(args_conflicts_with_subcommands = true)]
     Imatrix {
+        #[command(subcommand)]
+        action: Option<ImatrixAction>,
         /// An imatrix file (GGUF or .dat).
-        input: PathBuf,
+        input: Option<PathBuf>,
         /// Write it here (format by extension: .dat is the legacy format).
         #[arg(short, long)]
         output: Option<PathBuf>,
+    },
+    /// Put the files of a split GGUF model (e.g. written by `--shard` jobs, in any
+    /// directories) together into one GGUF, byte-identical to the unsplit build.
+    Merge {
+        /// The split files: all of them, in any order, or only the first (the others are found
+        /// beside it by name).
+        #[arg(required = true, num_args = 1..)]
+        inputs: Vec<PathBuf>,
+        /// The merged GGUF.
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Quantize a checkpoint directory or GGUF to one of llama.cpp's file types.
     Quantize {
@@ -233,6 +256,12 @@ pub enum Command {
         /// Write `alloc`'s per-tensor choice (candidates, measured and predicted KLD) as JSON.
         #[arg(long)]
         alloc_report: Option<PathBuf>,
+        #[command(flatten)]
+        split: SplitArgs,
+        /// Write only file i of the --split-count N split (`i/N`, from 1): one of N independent
+        /// jobs quantizing one model; `kiln merge` (or llama.cpp, as they are) puts them together.
+        #[arg(long, value_name = "i/N")]
+        shard: Option<String>,
     },
     /// Parity of a candidate GGUF with its FP32 reference; exit 0 pass, 1 a threshold failed, 2 error.
     Verify {
@@ -274,12 +303,19 @@ pub enum Command {
         dense: bool,
     },
     /// Build every target of a kiln.toml: calibrate, quantize, verify, benchmark, report.
+    #[command(args_conflicts_with_subcommands = true)]
     Build {
+        #[command(subcommand)]
+        action: Option<BuildAction>,
         /// The build file.
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// Output directory (default: build/ next to the file).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Build only this target (repeatable): one of N jobs building a build file's targets;
+        /// `kiln build merge` puts their output directories together.
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -325,6 +361,54 @@ pub enum Command {
         /// d·(u − 0.5) (d its block's scale, u uniform from this seed).
         #[arg(long, value_name = "SEED")]
         continuous_seed: Option<u64>,
+    },
+}
+
+/// How an output GGUF is split into llama.cpp's split files (`OUT-00001-of-0000N.gguf` …).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SplitArgs {
+    /// Split files of at most this much tensor data each (llama-gguf-split's `500M`, `2G`;
+    /// also `K` or plain bytes).
+    #[arg(long, value_name = "SIZE", conflicts_with_all = ["split_max_tensors", "split_count"])]
+    pub split_max_size: Option<String>,
+    /// Split files of at most this many tensors each.
+    #[arg(long, value_name = "N", conflicts_with = "split_count")]
+    pub split_max_tensors: Option<usize>,
+    /// Exactly N split files, contiguous runs of tensors balanced by bytes (what `--shard i/N`
+    /// cuts).
+    #[arg(long, value_name = "N")]
+    pub split_count: Option<usize>,
+}
+
+/// `kiln build` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BuildAction {
+    /// Combine the output directories of `kiln build --target` jobs into the directory one
+    /// `kiln build` writes: the artifacts, report.json/md/html and manifest.json.
+    Merge {
+        /// The build file the jobs built.
+        file: PathBuf,
+        /// The jobs' output directories.
+        #[arg(required = true, num_args = 1..)]
+        dirs: Vec<PathBuf>,
+        /// The combined output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+/// `kiln imatrix` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ImatrixAction {
+    /// Sum partial importance matrices (from `kiln calibrate --shard i/N`, or any imatrix files,
+    /// as llama-imatrix's --in-file does) into one.
+    Merge {
+        /// The imatrix files.
+        #[arg(required = true, num_args = 1..)]
+        inputs: Vec<PathBuf>,
+        /// The merged imatrix (GGUF, or .dat).
+        #[arg(short, long)]
+        output: PathBuf,
     },
 }
 

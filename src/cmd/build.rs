@@ -70,13 +70,29 @@ fn sha_of(parts: &[&str]) -> String {
 pub struct BuildArgs<'a> {
     pub file: &'a Path,
     pub out: Option<&'a Path>,
+    /// Build only these targets (all when empty).
+    pub only: &'a [String],
     pub quiet: bool,
     pub json: bool,
 }
 
 /// Runs a build; returns the exit code and the report.
 pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
-    let cfg = BuildFile::load(a.file)?;
+    let full = BuildFile::load(a.file)?;
+    let mut cfg = full.clone();
+    if !a.only.is_empty() {
+        for n in a.only {
+            if !full.targets.iter().any(|t| &t.name == n) {
+                let names: Vec<&str> = full.targets.iter().map(|t| t.name.as_str()).collect();
+                bail!(
+                    "{}: no target `{n}` (targets: {})",
+                    a.file.display(),
+                    names.join(", ")
+                );
+            }
+        }
+        cfg.targets.retain(|t| a.only.contains(&t.name));
+    }
     let out = a
         .out
         .map(Path::to_path_buf)
@@ -326,6 +342,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
             cfg.model.tokenizer_pre.clone(),
             extra_meta,
             &tq,
+            None,
             a.quiet,
         )?;
         todo.push((t.clone(), file, path, q, mask, method_report));
@@ -482,13 +499,7 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
         targets,
         pass,
     };
-    let write = |name: &str, bytes: &[u8]| convert::atomic::write_file(out.join(name), bytes);
-    write(
-        "report.json",
-        (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
-    )?;
-    write("report.md", render::build_md(&report).as_bytes())?;
-    write("report.html", render::build_html(&report).as_bytes())?;
+    write_reports(&out, &report)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("model".to_string(), model_sha.clone());
     for t in cfg
@@ -506,18 +517,219 @@ pub fn build(a: &BuildArgs) -> Result<(i32, BuildReport, PathBuf)> {
     if imatrix.is_some() {
         artifacts.insert("imatrix.gguf".to_string(), file_sha256(&imatrix_path)?);
     }
-    let manifest = serde_json::json!({
+    let mut manifest = serde_json::json!({
         "schema_version": SCHEMA_VERSION,
         "kiln_version": env!("CARGO_PKG_VERSION"),
-        "config": relative_config(&cfg, a.file),
+        "config": relative_config(&full, a.file),
         "inputs": inputs,
         "artifacts": artifacts,
     });
-    write(
-        "manifest.json",
+    if !a.only.is_empty() {
+        // One job of several: `kiln build merge` reads which targets it built.
+        manifest["targets_built"] = cfg.targets.iter().map(|t| t.name.clone()).collect();
+    }
+    convert::atomic::write_file(
+        out.join("manifest.json"),
         (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
     )?;
     Ok((if pass { 0 } else { 1 }, report, out))
+}
+
+/// report.json, report.md and report.html of `report` in `out`.
+fn write_reports(out: &Path, report: &BuildReport) -> Result<()> {
+    let write = |name: &str, bytes: &[u8]| convert::atomic::write_file(out.join(name), bytes);
+    write(
+        "report.json",
+        (serde_json::to_string_pretty(report)? + "\n").as_bytes(),
+    )?;
+    write("report.md", render::build_md(report).as_bytes())?;
+    write("report.html", render::build_html(report).as_bytes())?;
+    Ok(())
+}
+
+/// One `kiln build --target` job's output directory, as `kiln build merge` reads it.
+struct JobDir {
+    dir: PathBuf,
+    manifest: serde_json::Value,
+    report: BuildReport,
+    cache: Cache,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
+    let b = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+    serde_json::from_slice(&b).with_context(|| format!("{}: not kiln's JSON", p.display()))
+}
+
+/// `kiln build merge FILE DIR… -o OUT`: the directories of `kiln build --target` jobs (each
+/// target built once, from the same build file, model, texts and kiln) combined into the
+/// directory one `kiln build` writes — the same artifacts and manifest bytes, the report of all
+/// targets (baseline comparisons filled in across jobs) — and its cache, so a later `kiln
+/// build` into OUT reuses every target. Checks everything before writing anything.
+pub fn merge_cmd(file: &Path, dirs: &[PathBuf], out: &Path, quiet: bool) -> Result<i32> {
+    let cfg = BuildFile::load(file)?;
+    let want_config = relative_config(&cfg, file);
+    let mut jobs = Vec::new();
+    for d in dirs {
+        let job = JobDir {
+            dir: d.clone(),
+            manifest: read_json(&d.join("manifest.json"))?,
+            report: read_json(&d.join("report.json"))?,
+            cache: read_json(&d.join(".kiln-cache.json")).unwrap_or_default(),
+        };
+        if job.manifest["config"] != want_config {
+            bail!(
+                "{}: built from another build file or configuration than {} (a foreign job)",
+                d.display(),
+                file.display()
+            );
+        }
+        if let Some(first) = jobs.first() {
+            let first: &JobDir = first;
+            for key in ["inputs", "kiln_version", "schema_version"] {
+                if job.manifest[key] != first.manifest[key] {
+                    bail!(
+                        "{}: its {key} differ from {}'s (a foreign job: another model, text or kiln)",
+                        d.display(),
+                        first.dir.display()
+                    );
+                }
+            }
+        }
+        jobs.push(job);
+    }
+    // Each target from exactly one job.
+    let mut from: BTreeMap<String, (usize, TargetReport)> = BTreeMap::new();
+    for (j, job) in jobs.iter().enumerate() {
+        for t in &job.report.targets {
+            if !cfg.targets.iter().any(|c| c.name == t.name) {
+                bail!(
+                    "{}: target `{}` is not in {}",
+                    job.dir.display(),
+                    t.name,
+                    file.display()
+                );
+            }
+            if let Some((k, _)) = from.get(&t.name) {
+                bail!(
+                    "target `{}` was built by {} and by {} (a duplicated job)",
+                    t.name,
+                    jobs[*k].dir.display(),
+                    job.dir.display()
+                );
+            }
+            let art = job.dir.join(&t.file);
+            if file_sha256(&art).ok().as_deref() != Some(t.sha256.as_str()) {
+                bail!(
+                    "{}: missing, or not the file its report describes",
+                    art.display()
+                );
+            }
+            from.insert(t.name.clone(), (j, t.clone()));
+        }
+    }
+    let missing: Vec<&str> = cfg
+        .targets
+        .iter()
+        .filter(|t| !from.contains_key(&t.name))
+        .map(|t| t.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "target(s) {} of {} were built by none of the directories",
+            missing.join(", "),
+            file.display()
+        );
+    }
+    let imatrix = if cfg.targets.iter().any(|t| t.imatrix) {
+        let shas: Vec<(&JobDir, String)> = jobs
+            .iter()
+            .filter(|j| j.manifest["artifacts"].get("imatrix.gguf").is_some())
+            .map(|j| Ok((j, file_sha256(&j.dir.join("imatrix.gguf"))?)))
+            .collect::<Result<_>>()?;
+        let Some((first, sha)) = shas.first() else {
+            bail!("no directory holds the imatrix.gguf the targets with `imatrix = true` used");
+        };
+        if let Some((j, _)) = shas.iter().find(|(_, s)| s != sha) {
+            bail!(
+                "{}: its imatrix.gguf differs from {}'s (a foreign job)",
+                j.dir.display(),
+                first.dir.display()
+            );
+        }
+        Some((first.dir.join("imatrix.gguf"), sha.clone()))
+    } else {
+        None
+    };
+
+    // Everything checked: write.
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
+    let targets: Vec<TargetReport> = cfg
+        .targets
+        .iter()
+        .map(|t| from[&t.name].1.clone())
+        .collect();
+    let mut cache = Cache::default();
+    for t in &targets {
+        let (j, _) = &from[&t.name];
+        copy_atomic(&jobs[*j].dir.join(&t.file), &out.join(&t.file))?;
+        if let Some(c) = jobs[*j].cache.targets.get(&t.name) {
+            cache.targets.insert(t.name.clone(), c.clone());
+        }
+    }
+    let mut artifacts = BTreeMap::new();
+    for t in &targets {
+        artifacts.insert(t.file.clone(), t.sha256.clone());
+    }
+    if let Some((p, sha)) = &imatrix {
+        copy_atomic(p, &out.join("imatrix.gguf"))?;
+        artifacts.insert("imatrix.gguf".to_string(), sha.clone());
+        cache.imatrix_key = jobs.iter().find_map(|j| j.cache.imatrix_key.clone());
+    }
+    let targets = compare_with_baselines(&cfg, targets);
+    let first = &jobs[0].report;
+    let pass = targets.iter().all(|t| t.pass);
+    let report = BuildReport {
+        eval_chunks: targets.first().map_or(0, |t| t.parity.chunks),
+        targets,
+        pass,
+        ..first.clone()
+    };
+    write_reports(out, &report)?;
+    let mut manifest = jobs[0].manifest.clone();
+    manifest["artifacts"] = serde_json::to_value(&artifacts)?;
+    if let Some(m) = manifest.as_object_mut() {
+        m.remove("targets_built");
+    }
+    convert::atomic::write_file(
+        out.join("manifest.json"),
+        (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
+    )?;
+    save_cache(&out.join(".kiln-cache.json"), &cache)?;
+    if !quiet {
+        eprintln!(
+            "kiln build merge: {} targets from {} directories → {}",
+            report.targets.len(),
+            jobs.len(),
+            out.display()
+        );
+    }
+    print!("{}", render::build_md(&report));
+    Ok(if pass { 0 } else { 1 })
+}
+
+/// Copies `from` to `to` through a temporary file beside `to`.
+fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    if from.canonicalize().ok() == to.canonicalize().ok() && to.exists() {
+        return Ok(());
+    }
+    let mut f = convert::atomic::AtomicFile::create(to)?;
+    let mut src =
+        std::fs::File::open(from).with_context(|| format!("{}: cannot read", from.display()))?;
+    std::io::copy(&mut src, f.writer())
+        .with_context(|| format!("{}: cannot write", to.display()))?;
+    f.commit()?;
+    Ok(())
 }
 
 fn file_name(p: &Path) -> String {
@@ -594,6 +806,7 @@ pub fn demo_cmd(quiet: bool) -> Result<i32> {
     build_cmd(BuildArgs {
         file: &toml,
         out: None,
+        only: &[],
         quiet,
         json: false,
     })

@@ -29,11 +29,31 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<i32
             t.note.as_deref().unwrap_or("")
         );
     }
+    if report.files.len() > 1 || opts.split.is_some() {
+        for (p, b) in &report.files {
+            println!("wrote {} ({})", p.display(), human_bytes(*b));
+        }
+    }
     println!(
         "wrote {} ({} tensors, {}) in {:.2}s",
         report.output.display(),
         report.tensors.len(),
         human_bytes(report.file_bytes),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// `kiln merge`: split files → one GGUF.
+pub fn merge(inputs: &[std::path::PathBuf], output: &Path) -> Result<i32> {
+    let t0 = Instant::now();
+    let r = ::convert::gguf::split::merge(inputs, output)?;
+    println!(
+        "wrote {} ({} tensors from {} split files, {}) in {:.2}s",
+        r.output.display(),
+        r.tensors,
+        r.files,
+        human_bytes(r.bytes),
         t0.elapsed().as_secs_f64()
     );
     Ok(0)

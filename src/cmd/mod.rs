@@ -31,12 +31,14 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             tokenizer_pre,
             name,
             allow_nonfinite,
+            split,
         } => {
             let opts = ::convert::convert::ConvertOptions {
                 out_type: out_type.ggml(),
                 tokenizer_pre,
                 name,
                 allow_nonfinite,
+                split: split_options(&split, None)?,
             };
             convert::convert(&input, &output, &opts)
         }
@@ -52,7 +54,9 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             chunks,
             process_output,
             output,
+            shard,
         } => quant::calibrate_cmd(quant::CalibrateArgs {
+            shard: shard.as_deref(),
             model: &model,
             texts: &text,
             ctx,
@@ -99,12 +103,26 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             dense,
             quiet,
         }),
-        Command::Build { file, output, json } => build::build_cmd(build::BuildArgs {
+        Command::Build {
+            action: Some(crate::cli::BuildAction::Merge { file, dirs, output }),
+            ..
+        } => build::merge_cmd(&file, &dirs, &output, quiet),
+        Command::Build {
+            file: Some(file),
+            output,
+            targets,
+            json,
+            ..
+        } => build::build_cmd(build::BuildArgs {
             file: &file,
             out: output.as_deref(),
+            only: &targets,
             quiet,
             json,
         }),
+        Command::Build { .. } => {
+            anyhow::bail!("kiln build: give a build file, or `merge FILE DIR… -o OUT`")
+        }
         Command::Demo => build::demo_cmd(quiet),
         Command::Masks {
             model,
@@ -130,7 +148,19 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             json,
             quiet,
         }),
-        Command::Imatrix { input, output } => quant::imatrix_cmd(&input, output.as_deref()),
+        Command::Imatrix {
+            action: Some(crate::cli::ImatrixAction::Merge { inputs, output }),
+            ..
+        } => quant::imatrix_merge_cmd(&inputs, &output),
+        Command::Imatrix {
+            input: Some(input),
+            output,
+            ..
+        } => quant::imatrix_cmd(&input, output.as_deref()),
+        Command::Imatrix { .. } => {
+            anyhow::bail!("kiln imatrix: give an imatrix file, or `merge A B … -o OUT`")
+        }
+        Command::Merge { inputs, output } => convert::merge(&inputs, &output),
         Command::Quantize {
             input,
             output,
@@ -150,6 +180,8 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             sensitivity_ctx,
             hessian_chunks,
             alloc_report,
+            split,
+            shard,
         } => {
             let mut method = method::MethodSpec::parse(&method)?;
             method.calib_texts = calib_text;
@@ -176,6 +208,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
                 dry_run,
                 tokenizer_pre,
                 method,
+                split: split_options(&split, shard.as_deref())?,
                 quiet,
             })
         }
@@ -275,6 +308,44 @@ fn types() {
 }
 
 /// Bytes as a short human string.
+/// The split a command's `--split-*` flags and `--shard i/N` ask for.
+pub fn split_options(
+    a: &crate::cli::SplitArgs,
+    shard: Option<&str>,
+) -> Result<Option<::convert::convert::SplitOptions>> {
+    use ::convert::convert::SplitOptions;
+    use ::convert::gguf::split::{parse_shard, parse_size, SplitPolicy};
+    let policy = match (&a.split_max_size, a.split_max_tensors, a.split_count) {
+        (Some(s), _, _) => Some(SplitPolicy::MaxBytes(
+            parse_size(s).map_err(|e| anyhow::anyhow!("--split-max-size: {e}"))?,
+        )),
+        (_, Some(0), _) => anyhow::bail!("--split-max-tensors must be positive"),
+        (_, Some(n), _) => Some(SplitPolicy::MaxTensors(n)),
+        (_, _, Some(0)) => anyhow::bail!("--split-count must be positive"),
+        (_, _, Some(n)) => Some(SplitPolicy::Count(n)),
+        _ => None,
+    };
+    let Some(shard) = shard else {
+        return Ok(policy.map(|policy| SplitOptions { policy, only: None }));
+    };
+    let (i, n) = parse_shard(shard).map_err(|e| anyhow::anyhow!("--shard: {e}"))?;
+    match policy {
+        None => {}
+        Some(SplitPolicy::Count(c)) if c == n => {}
+        Some(SplitPolicy::Count(c)) => {
+            anyhow::bail!("--shard {shard} is file {} of {n}, but --split-count says {c}", i + 1)
+        }
+        Some(_) => anyhow::bail!(
+            "--shard {shard} writes file {} of {n} files balanced by bytes; it does not combine with --split-max-size or --split-max-tensors",
+            i + 1
+        ),
+    }
+    Ok(Some(SplitOptions {
+        policy: SplitPolicy::Count(n),
+        only: Some(i),
+    }))
+}
+
 pub fn human_bytes(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;

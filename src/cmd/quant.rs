@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use calibrate::{CalibOptions, Imatrix};
-use convert::convert::{write_model, PlannedTensor, WriteOptions};
+use convert::convert::{write_model, PlannedTensor, SplitOptions, WriteOptions};
 use convert::gguf::Value;
 use convert::ModelSource;
 use quantize::mix::{self, Ftype, MixOptions, TensorDesc};
@@ -22,10 +22,22 @@ pub struct CalibrateArgs<'a> {
     pub chunks: Option<usize>,
     pub process_output: bool,
     pub output: &'a Path,
+    /// `i/N`: one shard of the chunks, written as a partial imatrix.
+    pub shard: Option<&'a str>,
     pub quiet: bool,
 }
 
 pub fn calibrate_cmd(a: CalibrateArgs) -> Result<i32> {
+    let shard = a
+        .shard
+        .map(|s| convert::gguf::split::parse_shard(s).map_err(|e| anyhow::anyhow!("--shard: {e}")))
+        .transpose()?;
+    if shard.is_some() && a.output.extension().is_some_and(|e| e == "dat") {
+        anyhow::bail!(
+            "{}: a partial imatrix (--shard) is written as GGUF; .dat cannot carry its exact sums",
+            a.output.display()
+        );
+    }
     let t0 = Instant::now();
     let (loaded, tok) = load_with_tokenizer(a.model)?;
     let mut tokens = Vec::new();
@@ -46,11 +58,20 @@ pub fn calibrate_cmd(a: CalibrateArgs) -> Result<i32> {
         datasets: names,
         kv_f16: true,
     };
-    let n = a.chunks.map_or(tokens.len() / a.ctx.max(1), |c| {
+    let mut n = a.chunks.map_or(tokens.len() / a.ctx.max(1), |c| {
         c.min(tokens.len() / a.ctx.max(1))
     });
+    if let Some((i, k)) = shard {
+        let (from, to) = calibrate::imatrix::shard_chunks(n, i, k.max(1));
+        n = to - from;
+    }
     let p = Progress::new("calibrate", n, a.quiet);
-    let m = calibrate::calibrate(&loaded.model, &tokens, &opts, |d, t| p.step(d, t, "chunks"))?;
+    let m = match shard {
+        None => calibrate::calibrate(&loaded.model, &tokens, &opts, |d, t| p.step(d, t, "chunks"))?,
+        Some(sh) => calibrate::calibrate_shard(&loaded.model, &tokens, &opts, sh, |d, t| {
+            p.step(d, t, "chunks")
+        })?,
+    };
     p.finish();
     let expected = matmul_weights(&loaded.source, a.process_output);
     for w in m.coverage(&expected) {
@@ -82,15 +103,40 @@ fn matmul_weights(src: &ModelSource, process_output: bool) -> Vec<(String, usize
         .collect()
 }
 
+/// `kiln imatrix merge`.
+pub fn imatrix_merge_cmd(inputs: &[PathBuf], output: &Path) -> Result<i32> {
+    let mut ms = Vec::with_capacity(inputs.len());
+    for p in inputs {
+        ms.push((Imatrix::read(p)?, p.clone()));
+    }
+    let partial = ms.iter().any(|(m, _)| m.partial.is_some());
+    let m = Imatrix::merge(&ms)?;
+    m.write(output)?;
+    println!(
+        "wrote {} ({} entries, {} chunks of {} tokens) from {} {}",
+        output.display(),
+        m.entries.len(),
+        m.chunk_count,
+        m.chunk_size,
+        inputs.len(),
+        if partial { "shards, exactly" } else { "files" }
+    );
+    Ok(0)
+}
+
 pub fn imatrix_cmd(input: &Path, output: Option<&Path>) -> Result<i32> {
     let m = Imatrix::read(input)?;
     println!(
-        "{}: {} entries, {} chunks of {} tokens, datasets {:?}",
+        "{}: {} entries, {} chunks of {} tokens, datasets {:?}{}",
         input.display(),
         m.entries.len(),
         m.chunk_count,
         m.chunk_size,
-        m.datasets
+        m.datasets,
+        m.partial
+            .as_ref()
+            .map(|p| format!(" (partial: shard {} of {})", p.shard + 1, p.of))
+            .unwrap_or_default()
     );
     if let Some(o) = output {
         m.write(o)?;
@@ -111,6 +157,8 @@ pub struct QuantizeArgs<'a> {
     pub dry_run: bool,
     pub tokenizer_pre: Option<String>,
     pub method: super::method::MethodSpec,
+    /// Split files, or one shard of them.
+    pub split: Option<SplitOptions>,
     pub quiet: bool,
 }
 
@@ -130,6 +178,11 @@ pub fn parse_overrides(specs: &[String]) -> Result<Vec<(regex::Regex, GgmlType)>
 
 pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
     let t0 = Instant::now();
+    if a.split.is_some_and(|s| s.only.is_some()) && a.method.any() {
+        anyhow::bail!(
+            "--shard with --method is not supported: kiln's methods (search, awq, gptq, alloc) measure the whole model; quantize shards with the reference quantizers and --imatrix"
+        );
+    }
     let src = ModelSource::open(a.input)?;
     let imatrix = match a.imatrix {
         Some(p) => Some((Imatrix::read(p)?, p)),
@@ -204,6 +257,7 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
         a.tokenizer_pre.clone(),
         applied.metadata,
         &applied.quantizer,
+        a.split,
         a.quiet,
     )?;
     if let Some(t) = a.method.target_size {
@@ -218,6 +272,22 @@ pub fn quantize_cmd(a: QuantizeArgs) -> Result<i32> {
     }
     for w in &q.report.warnings {
         eprintln!("kiln: warning: {w}");
+    }
+    if let Some(sp) = a.split {
+        for (p, b) in &q.report.files {
+            println!("wrote {} ({})", p.display(), human_bytes(*b));
+        }
+        let what = match sp.only {
+            Some(i) => format!("shard {} of {}", i + 1, sp.policy_count().unwrap_or(0)),
+            None => format!("{} split files", q.report.files.len()),
+        };
+        println!(
+            "{what} of a {}-tensor model at {:.3} bits per weight, in {:.2}s",
+            q.report.tensors.len(),
+            q.tensor_bytes as f64 * 8.0 / q.n_params as f64,
+            t0.elapsed().as_secs_f64()
+        );
+        return Ok(0);
     }
     println!(
         "wrote {} ({}, {:.3} bits per weight) in {:.2}s",
@@ -276,11 +346,15 @@ pub fn quantize_to(
     tokenizer_pre: Option<String>,
     extra_meta: Vec<(String, Value)>,
     quantizer: &super::method::TensorQuantizer,
+    split: Option<SplitOptions>,
     quiet: bool,
 ) -> Result<Quantized> {
     let (choices, descs, n_params, total) = plan(src, ftype, &opts)?;
     let report = std::thread::scope(|s| -> Result<convert::convert::ConvertReport> {
-        let h = s.spawn(|| src.sha256());
+        // Only the file carrying the metadata needs the source digest (a shard of another
+        // file reads nothing of the source but its own tensors).
+        let carries_metadata = !matches!(split.and_then(|s| s.only), Some(i) if i != 0);
+        let h = carries_metadata.then(|| s.spawn(|| src.sha256()));
         let mut extra: Vec<(String, Value)> = extra_meta;
         if let Some((m, p)) = imatrix {
             let name = imatrix_name
@@ -329,7 +403,12 @@ pub fn quantize_to(
             quantizer.quantize(name, ty, v, cols, imp)
         };
         let late = || -> convert::Result<Vec<(String, Value)>> {
-            let h = handle.lock().unwrap().take().expect("digest joined once");
+            let h = handle
+                .lock()
+                .unwrap()
+                .take()
+                .flatten()
+                .expect("digest joined once, for the file carrying the metadata");
             let d = h.join().expect("hashing the source panicked")?;
             Ok(vec![("kiln.source.sha256".to_string(), Value::String(d))])
         };
@@ -342,6 +421,7 @@ pub fn quantize_to(
             late_metadata: Some(&late),
             quantizer: quantizer.is_custom().then_some(&q as _),
             transform: quantizer.transform(),
+            split,
             ..Default::default()
         };
         let report = write_model(src, out, &plan, &w)?;
