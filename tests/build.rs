@@ -344,6 +344,145 @@ fn bad_build_files_are_errors() {
     assert!(err.contains("bad.toml") && err.contains("Q3_K_M"), "{err}");
 }
 
+/// `kiln build --target` as separate jobs, then `kiln build merge`: the directory one
+/// `kiln build` writes (artifacts and manifest byte for byte, the report's targets and results
+/// but for the measured speeds); a missing, duplicated or foreign job is an error naming it,
+/// with nothing written.
+#[test]
+fn per_target_jobs_merge_into_the_single_build() {
+    let s = setup();
+    let toml = build_toml(&s, "kiln.toml");
+    let t = toml.to_str().unwrap();
+    let one = s.dir.join("one");
+    assert_eq!(
+        kiln(&["build", t, "-o", one.to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
+    let job = |names: &[&str], dir: &str| {
+        let d = s.dir.join(dir);
+        let mut a = vec!["build", t, "-o", d.to_str().unwrap().to_string().leak()];
+        for n in names {
+            a.extend(["--target", n]);
+        }
+        let code = kiln(&a).status.code();
+        assert!(code == Some(0) || code == Some(1), "{a:?}: {code:?}");
+        d
+    };
+    // q8 alone, the other two together (the strict target fails its thresholds: exit 1).
+    let (j1, j2) = (job(&["q8"], "job1"), job(&["q4km", "strict"], "job2"));
+    let out = s.dir.join("merged");
+    let m = kiln(&[
+        "build",
+        "merge",
+        t,
+        j2.to_str().unwrap(),
+        j1.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        m.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&m.stderr)
+    );
+    for f in [
+        "tiny-q8.gguf",
+        "tiny-q4km.gguf",
+        "tiny-strict.gguf",
+        "imatrix.gguf",
+        "manifest.json",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(one.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let report = |d: &Path| -> serde_json::Value {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+        for t in v["targets"].as_array_mut().unwrap() {
+            t["bench"] = serde_json::Value::Null;
+            if let Some(m) = t.get_mut("masks").filter(|m| !m.is_null()) {
+                for k in [
+                    "prefill_masked_tps",
+                    "prefill_dense_tps",
+                    "attention_masked_s",
+                    "attention_dense_s",
+                ] {
+                    m[k] = serde_json::Value::Null;
+                }
+            }
+        }
+        v
+    };
+    assert_eq!(report(&out), report(&one));
+    // A later build into the merged directory reuses every target.
+    let mtimes = || -> Vec<std::time::SystemTime> {
+        [
+            "tiny-q8.gguf",
+            "tiny-q4km.gguf",
+            "tiny-strict.gguf",
+            "imatrix.gguf",
+        ]
+        .iter()
+        .map(|f| std::fs::metadata(out.join(f)).unwrap().modified().unwrap())
+        .collect()
+    };
+    let before = mtimes();
+    assert_eq!(
+        kiln(&["build", t, "-o", out.to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        mtimes(),
+        before,
+        "a build into the merged directory redid finished work"
+    );
+
+    let fails = |dirs: &[&Path], what: &str| {
+        let bad = s.dir.join("bad-out");
+        let mut a = vec!["build", "merge", t];
+        a.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+        a.extend(["-o", bad.to_str().unwrap()]);
+        let o = kiln(&a);
+        assert_eq!(o.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(e.contains(what), "{e}");
+        assert!(!bad.exists(), "nothing is written: {e}");
+    };
+    fails(&[&j1], "q4km, strict");
+    let j3 = job(&["q8"], "job3");
+    fails(&[&j1, &j2, &j3], "duplicated");
+    // A job of another build file (another threshold) is foreign.
+    let other = s.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&toml)
+            .unwrap()
+            .replace("max_kld = 5.0", "max_kld = 4.0"),
+    )
+    .unwrap();
+    let j4 = s.dir.join("job4");
+    let _ = kiln(&[
+        "build",
+        other.to_str().unwrap(),
+        "-o",
+        j4.to_str().unwrap(),
+        "--target",
+        "q8",
+    ]);
+    fails(&[&j4, &j2], "foreign");
+    let o = kiln(&["build", t, "--target", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no target `nope`"));
+}
+
 /// Finds a Chromium binary.
 fn chromium() -> Option<String> {
     ["chromium", "chromium-browser", "google-chrome"]

@@ -173,6 +173,148 @@ fn more_than_half_the_ram_converts_and_quantizes_in_bounded_memory() {
         assert!(rss < bound, "{what}: peak RSS {rss} ≥ bound {bound}");
         std::fs::remove_file(&out).unwrap();
     }
+
+    // Issue #24: the same Q8_0 as 2 × `--shard`, the input evicted from the page cache before
+    // each run: shard 2 (which carries no metadata, so no digest of the whole input) reads
+    // from disk no more than its own tensors' bytes (plus read-ahead slack); run concurrently,
+    // each shard's peak RSS stays under the bound. (Shard 1 also streams the whole input once
+    // for `kiln.source.sha256`.)
+    evict(&ckpt);
+    let (_, one_secs, one_in) = kiln_time(&[
+        "quantize",
+        ck,
+        "-o",
+        o,
+        "--type",
+        "Q8_0",
+        "--tokenizer-pre",
+        "gpt-2",
+    ]);
+    std::fs::remove_file(&out).unwrap();
+    // Shard 2 alone: what it reads from disk is what it touches.
+    evict(&ckpt);
+    let alone = tmp.path().join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    let alone_out = alone.join("out.gguf");
+    let (_, alone_secs, alone_in) = kiln_time(&[
+        "quantize",
+        ck,
+        "-o",
+        alone_out.to_str().unwrap(),
+        "--type",
+        "Q8_0",
+        "--tokenizer-pre",
+        "gpt-2",
+        "--shard",
+        "2/2",
+    ]);
+    let g = convert::gguf::GgufFile::open_single(
+        alone.join("out-00002-of-00002.gguf"),
+        Default::default(),
+    )
+    .unwrap();
+    let own: u64 = g.tensors.iter().map(|t| t.n_elements() * 4).sum();
+    eprintln!(
+        "shard 2/2 alone: {} tensors, {:.2} GB of the input; read {:.2} GB from disk in {alone_secs:.0}s",
+        g.tensors.len(),
+        own as f64 / 1e9,
+        alone_in as f64 / 1e9
+    );
+    assert!(
+        alone_in <= own + own / 50 + (64 << 20),
+        "shard 2 read {alone_in} bytes for {own} bytes of its own tensors"
+    );
+    drop(g);
+    std::fs::remove_dir_all(&alone).unwrap();
+    // Both shards at once.
+    evict(&ckpt);
+    let t0 = std::time::Instant::now();
+    let jobs: Vec<_> = (1..=2)
+        .map(|i| {
+            let dir = tmp.path().join(format!("shard{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let o = dir.join("out.gguf").to_str().unwrap().to_string();
+            let ck = ck.to_string();
+            std::thread::spawn(move || {
+                let shard = format!("{i}/2");
+                kiln_time(&[
+                    "quantize",
+                    &ck,
+                    "-o",
+                    &o,
+                    "--type",
+                    "Q8_0",
+                    "--tokenizer-pre",
+                    "gpt-2",
+                    "--shard",
+                    &shard,
+                ])
+            })
+        })
+        .collect();
+    let res: Vec<(u64, f64, u64)> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+    let both = t0.elapsed().as_secs_f64();
+    for (i, (rss, secs, inputs)) in res.iter().enumerate() {
+        let file = tmp
+            .path()
+            .join(format!("shard{}/out-0000{}-of-00002.gguf", i + 1, i + 1));
+        let g = convert::gguf::GgufFile::open_single(&file, Default::default()).unwrap();
+        let own: u64 = g.tensors.iter().map(|t| t.n_elements() * 4).sum();
+        eprintln!(
+            "shard {}/2: {} tensors, {:.2} GB of the input; read {:.2} GB from disk, peak RSS {:.0} MB, {secs:.0}s",
+            i + 1,
+            g.tensors.len(),
+            own as f64 / 1e9,
+            *inputs as f64 / 1e9,
+            *rss as f64 / 1e6
+        );
+        assert!(
+            *rss < bound,
+            "shard {}: peak RSS {rss} ≥ bound {bound}",
+            i + 1
+        );
+    }
+    eprintln!(
+        "13 GB → Q8_0: one process {one_secs:.0}s (read {:.2} GB), 2 shards concurrently {both:.0}s: ratio {:.2}",
+        one_in as f64 / 1e9,
+        one_secs / both
+    );
+}
+
+/// Drops the files under `dir` from the page cache (they are clean: `posix_fadvise`
+/// DONTNEED evicts them), so the next run's disk reads show what it touches.
+fn evict(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let f = std::fs::File::open(e.path()).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: an advisory call on an open descriptor.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+}
+
+/// Peak RSS (bytes), seconds and bytes read from disk (GNU time's file-system inputs, 512-byte
+/// blocks) of one kiln run.
+fn kiln_time(args: &[&str]) -> (u64, f64, u64) {
+    let t0 = std::time::Instant::now();
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "KILN_TIME %M %I", env!("CARGO_BIN_EXE_kiln"), "-q"])
+        .args(args)
+        .output()
+        .expect("GNU time (/usr/bin/time) is needed; .ci/run installs it");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "kiln {args:?} failed: {err}");
+    let v: Vec<u64> = err
+        .lines()
+        .find_map(|l| l.strip_prefix("KILN_TIME "))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .expect("GNU time's report");
+    (v[0] * 1024, t0.elapsed().as_secs_f64(), v[1] * 512)
 }
 
 /// Free bytes of the filesystem holding `p`.
