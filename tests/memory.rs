@@ -68,20 +68,8 @@ fn mem_total() -> u64 {
 /// records the parent's high-water mark into the child's `ru_maxrss` when it execs — this
 /// test process holds a tensor-sized generation buffer.)
 fn kiln_peak_rss(args: &[&str]) -> (u64, f64) {
-    let t0 = std::time::Instant::now();
-    let o = Command::new("/usr/bin/time")
-        .args(["-f", "KILN_MAXRSS_KB %M", env!("CARGO_BIN_EXE_kiln"), "-q"])
-        .args(args)
-        .output()
-        .expect("GNU time (/usr/bin/time, Debian package `time`) is needed; .ci/run installs it");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "kiln {args:?} failed: {err}");
-    let kb: u64 = err
-        .lines()
-        .find_map(|l| l.strip_prefix("KILN_MAXRSS_KB "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("GNU time's report");
-    (kb * 1024, t0.elapsed().as_secs_f64())
+    let (rss, secs, _) = kiln_time(args);
+    (rss, secs)
 }
 
 /// Issue #8: converting and quantizing a generated checkpoint larger than half the machine's

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use convert::gguf::split::{is_split_key, KEY_SPLIT_PLAN};
-use convert::gguf::{GgufFile, GgufWriter, Metadata, TensorSpec, Value};
+use convert::gguf::{GgufFile, Metadata, Value};
 use convert::testing::{write_checkpoint, TinySpec};
 use sha2::{Digest, Sha256};
 
@@ -468,25 +468,6 @@ fn a_missing_duplicated_or_foreign_shard_is_an_error_and_nothing_is_written() {
     assert!(e.contains("partial and whole"), "{e}");
 }
 
-/// Re-serializes a GGUF with metadata `md` (same tensors, same data).
-fn rewrite(src: &GgufFile, md: Metadata, out: &Path) {
-    let specs: Vec<TensorSpec> = src
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-        })
-        .collect();
-    let w = GgufWriter::new(out, md, specs).unwrap();
-    let mut f = std::fs::File::create(out).unwrap();
-    w.write(out, &mut f, |i| {
-        Ok(src.tensor_data(&src.tensors[i]).to_vec())
-    })
-    .unwrap();
-}
-
 #[test]
 #[ignore = "needs the fixture (scripts/fetch-fixture.sh)"]
 fn smollm2_as_1_2_and_4_jobs_is_the_one_process_build_and_llama_cpp_reads_it() {
@@ -533,7 +514,7 @@ fn smollm2_as_1_2_and_4_jobs_is_the_one_process_build_and_llama_cpp_reads_it() {
             md.set(k, v.clone());
         }
         let out = d.join(format!("nokey-{name}"));
-        rewrite(&f, md, &out);
+        f.write_with_metadata(md, &out).unwrap();
         assert_eq!(
             &sha(&out),
             want.as_str().unwrap(),
@@ -559,7 +540,7 @@ fn smollm2_as_1_2_and_4_jobs_is_the_one_process_build_and_llama_cpp_reads_it() {
     }
     md.set("split.count", Value::U16(0));
     let out = d.join("as-llama-merge.gguf");
-    rewrite(&u, md, &out);
+    u.write_with_metadata(md, &out).unwrap();
     assert_eq!(sha(&out), r["merge_of_shards_4_sha256"].as_str().unwrap());
     // llama.cpp loads the split files and gives the unsplit file's perplexity.
     let p = &r["perplexity"];

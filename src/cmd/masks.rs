@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use calibrate::masks::{collect, derive, to_metadata, HeadChoice};
-use convert::atomic::AtomicFile;
-use convert::gguf::{GgufFile, GgufWriter, TensorSpec};
+use convert::gguf::GgufFile;
 use kernels::BlockMask;
 
 use super::infer::{tokenize_file, tokenizer_of};
@@ -56,21 +55,7 @@ pub fn write_with_mask(input: &Path, output: &Path, mask: &BlockMask, coverage: 
     for (k, v) in to_metadata(mask, coverage) {
         md.set(k, v);
     }
-    let specs: Vec<TensorSpec> = g
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-        })
-        .collect();
-    let w = GgufWriter::new(output, md, specs)?;
-    let mut f = AtomicFile::create(output)?;
-    w.write(output, f.writer(), |i| {
-        Ok(g.tensor_data(&g.tensors[i]).to_vec())
-    })?;
-    f.commit()?;
+    g.write_with_metadata(md, output)?;
     Ok(())
 }
 

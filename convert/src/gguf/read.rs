@@ -433,6 +433,27 @@ impl GgufFile {
     pub fn architecture(&self) -> Option<&str> {
         self.metadata.str("general.architecture")
     }
+
+    /// Writes the model as one GGUF at `out` with metadata `md` and every tensor copied byte
+    /// for byte, in order (through a temporary file beside `out`); returns its size.
+    pub fn write_with_metadata(&self, md: Metadata, out: &Path) -> Result<u64> {
+        let specs: Vec<super::TensorSpec> = self
+            .tensors
+            .iter()
+            .map(|t| super::TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+            })
+            .collect();
+        let w = super::GgufWriter::new(out, md, specs)?;
+        let mut f = crate::atomic::AtomicFile::create(out)?;
+        w.write(out, f.writer(), |i| {
+            Ok(self.tensor_data(&self.tensors[i]).to_vec())
+        })?;
+        f.commit()?;
+        Ok(w.file_size())
+    }
 }
 
 struct Cursor<'a> {

@@ -19,8 +19,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{align_up, GgufFile, GgufWriter, Limits, Metadata, TensorSpec, Value};
-use crate::atomic::AtomicFile;
+use super::{align_up, GgufFile, Limits, Metadata, Value};
 use crate::error::{Error, Result};
 
 /// `split.no`: this file's index, from 0 (u16).
@@ -116,23 +115,17 @@ pub fn partition(
             // split_strategy: a new file when the running size plus the next tensor exceeds it.
             let mut cur = 0u64;
             for (i, &b) in padded.iter().enumerate() {
+                if b > max {
+                    return Err(format!(
+                        "tensor {i} alone holds {b} bytes, more than the split size {max}"
+                    ));
+                }
                 if cur + b > max {
-                    if i == 0 || cur == 0 {
-                        return Err(format!(
-                            "tensor {i} alone holds {b} bytes, more than the split size {max}"
-                        ));
-                    }
                     cuts.push(i);
                     cur = b;
                 } else {
                     cur += b;
                 }
-            }
-            if padded[0] > max {
-                return Err(format!(
-                    "tensor 0 alone holds {} bytes, more than the split size {max}",
-                    padded[0]
-                ));
             }
         }
         SplitPolicy::Count(k) => {
@@ -292,26 +285,12 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeReport> {
     for (k, v) in file.metadata.iter().filter(|(k, _)| !is_split_key(k)) {
         md.set(k, v.clone());
     }
-    let specs: Vec<TensorSpec> = file
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-        })
-        .collect();
-    let w = GgufWriter::new(out, md, specs)?;
-    let mut f = AtomicFile::create(out)?;
-    w.write(out, f.writer(), |i| {
-        Ok(file.tensor_data(&file.tensors[i]).to_vec())
-    })?;
-    f.commit()?;
+    let bytes = file.write_with_metadata(md, out)?;
     Ok(MergeReport {
         output: out.to_path_buf(),
         files: file.parts().len(),
         tensors: file.tensors.len(),
-        bytes: w.file_size(),
+        bytes,
     })
 }
 
@@ -363,6 +342,8 @@ mod tests {
             vec![0..2, 2..4, 4..5]
         );
         assert!(partition(&sizes, 32, SplitPolicy::MaxBytes(100)).is_err());
+        // a too-large tensor after the first is refused too
+        assert!(partition(&[10, 500, 10], 1, SplitPolicy::MaxBytes(100)).is_err());
         assert_eq!(
             partition(&sizes, 32, SplitPolicy::Count(1)).unwrap(),
             vec![0..5]
