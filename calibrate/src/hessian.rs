@@ -5,13 +5,13 @@
 //!
 //! One matrix per shared input: per layer the input of attn_q/k/v, of attn_output, of
 //! ffn_gate/up and of ffn_down. Each chunk's `XᵀX` is computed in f32 with a fixed 8-lane
-//! summation order (no FMA, no run-time dispatch) and added to f64 sums, so the result is the
-//! same on every machine and for every thread count.
+//! summation order (`quantize::linalg::syrk_fixed`: no FMA, lanes independent of the SIMD
+//! level) and added to f64 sums, so the result is the same on every machine and for every
+//! thread count.
 
 use std::sync::Mutex;
 
 use kernels::{Logits, MatKind, Model, Observer};
-use rayon::prelude::*;
 
 use crate::imatrix::ImatrixError;
 
@@ -39,23 +39,6 @@ fn kind_slot(kind: MatKind) -> Option<usize> {
         MatKind::Down => Some(3),
         MatKind::Output => None,
     }
-}
-
-/// `Σ a_i b_i` in f32 with a fixed order: eight running lanes, then a fixed tree.
-#[inline]
-fn dot_fixed(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    for (k, (x, y)) in ra.iter().zip(rb).enumerate() {
-        acc[k] += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
 /// One input's sums: the upper triangle of `XᵀX` (row-major n × n, lower half filled by
@@ -137,12 +120,7 @@ impl Hessians {
             s.n = n;
             s.h = vec![0.0; n * n];
         }
-        s.h.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            let xi = &xt[i * n_tok..(i + 1) * n_tok];
-            for (j, h) in row.iter_mut().enumerate().skip(i) {
-                *h += dot_fixed(xi, &xt[j * n_tok..(j + 1) * n_tok]) as f64;
-            }
-        });
+        quantize::linalg::syrk_fixed(&xt, n_tok, n, &mut s.h);
         s.tokens += n_tok as u64;
     }
 }

@@ -50,56 +50,6 @@ pub struct HessianInverse {
     pub damp: f64,
 }
 
-/// Lower Cholesky factor of the symmetric `a` (n × n, row-major) in place; false when a pivot
-/// is not positive.
-fn cholesky_lower(a: &mut [f64], n: usize) -> bool {
-    for i in 0..n {
-        for j in 0..=i {
-            let (ri, rj) = (i * n, j * n);
-            let mut s = a[ri + j];
-            for k in 0..j {
-                s -= a[ri + k] * a[rj + k];
-            }
-            if i == j {
-                if s.is_nan() || s <= 0.0 {
-                    return false;
-                }
-                a[ri + i] = s.sqrt();
-            } else {
-                a[ri + j] = s / a[rj + j];
-            }
-        }
-        for j in i + 1..n {
-            a[i * n + j] = 0.0;
-        }
-    }
-    true
-}
-
-/// Inverse of the lower-triangular `l` (n × n), row by row: `X_i = (e_i − Σ_{k<i} L_ik X_k) / L_ii`.
-fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
-    let mut x = vec![0f64; n * n];
-    for i in 0..n {
-        let (done, rest) = x.split_at_mut(i * n);
-        let xi = &mut rest[..n];
-        xi[i] = 1.0;
-        for k in 0..i {
-            let lik = l[i * n + k];
-            if lik != 0.0 {
-                let xk = &done[k * n..k * n + k + 1];
-                for (a, &b) in xi[..=k].iter_mut().zip(xk) {
-                    *a -= lik * b;
-                }
-            }
-        }
-        let inv = 1.0 / l[i * n + i];
-        for a in &mut xi[..=i] {
-            *a *= inv;
-        }
-    }
-    x
-}
-
 impl HessianInverse {
     /// Prepares `h` (n × n, symmetric, row-major): columns never seen (zero diagonal) get a unit
     /// diagonal, `damp · mean(diag)` is added to the diagonal (raised ×10 up to four times if
@@ -135,8 +85,8 @@ impl HessianInverse {
                 }
                 *d += damp_used * mean;
             }
-            if cholesky_lower(&mut a, n) {
-                let rinv = invert_lower(&a, n);
+            if crate::linalg::cholesky_lower(&mut a, n) {
+                let rinv = crate::linalg::invert_lower(&a, n);
                 let mut u = vec![0f32; n * n];
                 for i in 0..n {
                     for j in i..n {
@@ -166,54 +116,89 @@ impl HessianInverse {
     }
 }
 
-/// GPTQ over one row: `x` its values, `imp` the importance per column for the block scales,
-/// `out` its blocks.
-fn gptq_row<B: Grid>(
+/// Rows GPTQ walks together: their lazy updates share each pass over `U`.
+const ROW_TILE: usize = 32;
+
+/// GPTQ over a tile of rows: `x` their values (rows of `n`), `imp` the importance per column
+/// for the block scales, `out` their blocks.
+///
+/// The plain walk subtracts `e_j · U_jk` from every later column `k` as soon as column `j` is
+/// rounded. Here a block's columns receive the products of the earlier blocks' errors only
+/// when the walk reaches the block ([`crate::linalg::sub_products`], `j` ascending, every
+/// row of the tile in one pass over `U`), then the block's own, column by column: each weight
+/// sees the same products in the same order, so the bytes are the plain walk's.
+fn gptq_tile<B: Grid>(
     x: &[f32],
+    n: usize,
     imp: Option<&[f32]>,
     hinv: &HessianInverse,
     search: bool,
     out: &mut [B],
 ) {
     let bs = B::BLOCK_SIZE;
+    let nr = x.len() / n;
+    let nb = n / bs;
     let mut w = x.to_vec();
+    let mut err = vec![0f32; nr * n];
     let mut a = vec![0f32; bs];
     let mut c = vec![0f32; bs];
     let mut l = vec![0i32; bs];
     let ones = vec![1f32; bs];
-    for (b, slot) in out.iter_mut().enumerate() {
-        let r = b * bs..(b + 1) * bs;
-        // The block's scales from ggml's quantizer on the current (corrected) weights.
-        let mut blk = B::zeroed();
-        match imp {
-            Some(q) => B::quantize_row_weighted(
-                &w[r.clone()],
-                std::slice::from_mut(&mut blk),
-                &q[r.clone()],
-            ),
-            None => B::quantize_row_ref(&w[r.clone()], std::slice::from_mut(&mut blk)),
-        }
-        if search {
-            blk.search(&w[r.clone()], imp.map_or(&ones[..], |q| &q[r.clone()]));
-        }
-        blk.grid(&mut a, &mut c);
-        for i in 0..bs {
-            let j = b * bs + i;
-            let v = w[j];
-            let li = if a[i] != 0.0 {
-                (((v - c[i]) / a[i]).round() as i32).clamp(B::LO, B::HI)
-            } else {
-                0i32.clamp(B::LO, B::HI)
+    for b in 0..nb {
+        let c0 = b * bs;
+        if c0 > 0 {
+            let g = crate::linalg::Gemm {
+                rows: nr,
+                cols: bs,
+                ldc: n,
+                lda: n,
+                ldb: n,
+                k_end: c0,
+                k_from_col: false,
+                col0: 0,
             };
-            l[i] = li;
-            let y = a[i] * li as f32 + c[i];
-            let u = hinv.row(j);
-            let e = (v - y) / u[0];
-            for (wk, &uk) in w[j + 1..].iter_mut().zip(&u[1..]) {
-                *wk -= e * uk;
-            }
+            crate::linalg::sub_products(&mut w[c0..], &err, &hinv.u[c0..], &g);
         }
-        *slot = blk.with_ints(&l);
+        for r in 0..nr {
+            let wr = &mut w[r * n..(r + 1) * n];
+            let blk_w = c0..c0 + bs;
+            // The block's scales from ggml's quantizer on the current (corrected) weights.
+            let mut blk = B::zeroed();
+            match imp {
+                Some(q) => B::quantize_row_weighted(
+                    &wr[blk_w.clone()],
+                    std::slice::from_mut(&mut blk),
+                    &q[blk_w.clone()],
+                ),
+                None => B::quantize_row_ref(&wr[blk_w.clone()], std::slice::from_mut(&mut blk)),
+            }
+            if search {
+                blk.search(
+                    &wr[blk_w.clone()],
+                    imp.map_or(&ones[..], |q| &q[blk_w.clone()]),
+                );
+            }
+            blk.grid(&mut a, &mut c);
+            for i in 0..bs {
+                let j = c0 + i;
+                let v = wr[j];
+                let li = if a[i] != 0.0 {
+                    (((v - c[i]) / a[i]).round() as i32).clamp(B::LO, B::HI)
+                } else {
+                    0i32.clamp(B::LO, B::HI)
+                };
+                l[i] = li;
+                let y = a[i] * li as f32 + c[i];
+                let u = hinv.row(j);
+                let e = (v - y) / u[0];
+                err[r * n + j] = e;
+                // Within the block now; later blocks get theirs when the walk reaches them.
+                for (wk, &uk) in wr[j + 1..c0 + bs].iter_mut().zip(&u[1..bs - i]) {
+                    *wk -= e * uk;
+                }
+            }
+            out[r * nb + b] = blk.with_ints(&l);
+        }
     }
 }
 
@@ -227,9 +212,18 @@ fn rows<B: Grid>(
 ) {
     let row_bytes = n_per_row / B::BLOCK_SIZE * std::mem::size_of::<B>();
     bytes
-        .par_chunks_mut(row_bytes)
-        .zip(x.par_chunks(n_per_row))
-        .for_each(|(rb, xr)| gptq_row::<B>(xr, imp, hinv, search, bytemuck::cast_slice_mut(rb)));
+        .par_chunks_mut(row_bytes * ROW_TILE)
+        .zip(x.par_chunks(n_per_row * ROW_TILE))
+        .for_each(|(rb, xr)| {
+            gptq_tile::<B>(
+                xr,
+                n_per_row,
+                imp,
+                hinv,
+                search,
+                bytemuck::cast_slice_mut(rb),
+            )
+        });
 }
 
 /// Quantizes `x` (rows of `n_per_row`) to `ty` with GPTQ error feedback under the Hessian
@@ -432,5 +426,100 @@ mod tests {
         ));
         let x = vec![0.1f32; 128];
         assert!(quantize_gptq(GgmlType::Q4_0, &x, 64, None, &hinv, false).is_err());
+    }
+
+    /// The plain walk (one row, every later column updated as soon as a column is rounded):
+    /// the tiled, lazy walk must give its bytes.
+    fn plain_row<B: Grid>(
+        x: &[f32],
+        imp: Option<&[f32]>,
+        hinv: &HessianInverse,
+        search: bool,
+        out: &mut [B],
+    ) {
+        let bs = B::BLOCK_SIZE;
+        let mut w = x.to_vec();
+        let (mut a, mut c, mut l) = (vec![0f32; bs], vec![0f32; bs], vec![0i32; bs]);
+        let ones = vec![1f32; bs];
+        for (b, slot) in out.iter_mut().enumerate() {
+            let r = b * bs..(b + 1) * bs;
+            let mut blk = B::zeroed();
+            match imp {
+                Some(q) => B::quantize_row_weighted(
+                    &w[r.clone()],
+                    std::slice::from_mut(&mut blk),
+                    &q[r.clone()],
+                ),
+                None => B::quantize_row_ref(&w[r.clone()], std::slice::from_mut(&mut blk)),
+            }
+            if search {
+                blk.search(&w[r.clone()], imp.map_or(&ones[..], |q| &q[r.clone()]));
+            }
+            blk.grid(&mut a, &mut c);
+            for i in 0..bs {
+                let j = b * bs + i;
+                let v = w[j];
+                let li = if a[i] != 0.0 {
+                    (((v - c[i]) / a[i]).round() as i32).clamp(B::LO, B::HI)
+                } else {
+                    0i32.clamp(B::LO, B::HI)
+                };
+                l[i] = li;
+                let y = a[i] * li as f32 + c[i];
+                let u = hinv.row(j);
+                let e = (v - y) / u[0];
+                for (wk, &uk) in w[j + 1..].iter_mut().zip(&u[1..]) {
+                    *wk -= e * uk;
+                }
+            }
+            *slot = blk.with_ints(&l);
+        }
+    }
+
+    fn plain<B: Grid>(
+        x: &[f32],
+        n: usize,
+        imp: Option<&[f32]>,
+        h: &HessianInverse,
+        s: bool,
+    ) -> Vec<u8> {
+        let mut out = vec![B::zeroed(); x.len() / B::BLOCK_SIZE];
+        for (xr, or) in x.chunks(n).zip(out.chunks_mut(n / B::BLOCK_SIZE)) {
+            plain_row::<B>(xr, imp, h, s, or);
+        }
+        bytemuck::cast_slice(&out).to_vec()
+    }
+
+    #[test]
+    fn the_tiled_walk_gives_the_plain_walks_bytes() {
+        // 512 columns (two K-quant blocks, sixteen legacy ones), rows across two tiles and a
+        // ragged third; with and without importance and search.
+        let n = 512;
+        let rows = 2 * ROW_TILE + 5;
+        let h = hessian(n, 700);
+        let hinv = HessianInverse::new(&h, n, DEFAULT_DAMP).unwrap();
+        let x: Vec<f32> = noise(rows * n, 11).iter().map(|v| v * 3.0).collect();
+        let imp: Vec<f32> = (0..n).map(|i| h[i * n + i] as f32 / 700.0).collect();
+        for (imp, search) in [
+            (None, false),
+            (Some(&imp[..]), false),
+            (Some(&imp[..]), true),
+        ] {
+            for (ty, want) in [
+                (GgmlType::Q4K, plain::<BlockQ4K>(&x, n, imp, &hinv, search)),
+                (GgmlType::Q6K, plain::<BlockQ6K>(&x, n, imp, &hinv, search)),
+                (
+                    GgmlType::Q5_1,
+                    plain::<BlockQ5_1>(&x, n, imp, &hinv, search),
+                ),
+                (
+                    GgmlType::Q8_0,
+                    plain::<BlockQ8_0>(&x, n, imp, &hinv, search),
+                ),
+            ] {
+                let got = quantize_gptq(ty, &x, n, imp, &hinv, search).unwrap().0;
+                assert!(got == want, "{ty} imp={} search={search}", imp.is_some());
+            }
+        }
     }
 }

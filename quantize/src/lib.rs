@@ -27,6 +27,7 @@ pub mod float;
 pub mod gptq;
 mod kquants;
 mod legacy;
+pub mod linalg;
 pub mod mix;
 pub mod refine;
 pub mod search;
