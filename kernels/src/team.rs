@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before it sleeps.
 pub const SPIN: Duration = Duration::from_millis(2);
 
+/// Spins before a waiting thread starts yielding its core (a few microseconds: longer than a
+/// step's imbalance on an idle machine, short against a scheduler's time slice).
+const YIELD_AFTER: u32 = 4096;
+
 /// The most threads a team holds (the calling thread included); the worker count fits the
 /// epoch word's low byte.
 const MAX_THREADS: usize = 256;
@@ -122,8 +126,17 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let mine = catch_unwind(AssertUnwindSafe(|| job.run_tasks()));
     IN_TEAM.with(|c| c.set(false));
     // The job lives on this stack: wait for every worker before returning or unwinding.
+    // Spin briefly, then yield: when more threads are runnable than there are cores (two
+    // builds on one CI runner, tests in parallel), the worker being waited for may be the
+    // one this thread keeps off its core.
+    let mut spins = 0u32;
     while job.active.load(Ordering::Acquire) > 0 {
-        std::hint::spin_loop();
+        spins = spins.saturating_add(1);
+        if spins < YIELD_AFTER {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
     if let Err(p) = mine {
         resume_unwind(p);
@@ -174,8 +187,13 @@ impl Team {
             if e != seen {
                 return e;
             }
-            std::hint::spin_loop();
             spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(YIELD_AFTER) {
+                // Let another runnable thread have the core now and then (oversubscribed).
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
             if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 break;
             }
