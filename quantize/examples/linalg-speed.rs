@@ -11,8 +11,8 @@ use std::time::Instant;
 use quantize::linalg;
 
 fn spd(n: usize) -> Vec<f64> {
-    // A Hessian-like matrix: XᵀX of n + 64 pseudo-random rows, computed cheaply as a banded
-    // correlation plus a diagonal (positive definite, full).
+    // A full, positive definite matrix, cheap to make at any width: a random rank-one term
+    // v·vᵀ plus n on the diagonal (the factorisation's cost depends on the width only).
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     let mut r = || {
         s ^= s << 13;
