@@ -476,68 +476,84 @@ fn tree(acc: &[f32; 8]) -> f32 {
 /// Rows × columns of `XᵀX` entries per register tile of [`syrk_fixed`].
 const SI: usize = 2;
 const SJ: usize = 4;
+/// Columns of `XᵀX` per cache block of [`syrk_fixed`].
+const SYRK_JB: usize = 64;
 
 #[inline(always)]
 fn syrk_rows_body(xt: &[f32], t: usize, n: usize, i0: usize, h: &mut [f64]) {
     // h: rows i0.. of the n×n sums (as many as fit), row-major.
     let rows = h.len() / n;
     let full = t / 8 * 8;
-    let mut i = 0;
-    while i < rows {
-        let ri = SI.min(rows - i);
-        let gi = i0 + i;
-        // Columns from the tile's first row (entries left of a row's diagonal are not used).
-        let mut j = gi;
-        while j < n {
-            let cj = SJ.min(n - j);
-            if ri == SI && cj == SJ {
-                let xi: [&[f32]; SI] = std::array::from_fn(|a| &xt[(gi + a) * t..(gi + a + 1) * t]);
-                let xj: [&[f32]; SJ] = std::array::from_fn(|b| &xt[(j + b) * t..(j + b + 1) * t]);
-                let mut acc = [[[0f32; 8]; SJ]; SI];
-                let mut p = 0;
-                while p < full {
-                    let va: [&[f32; 8]; SI] =
-                        std::array::from_fn(|a| xi[a][p..p + 8].try_into().expect("8"));
-                    let vb: [&[f32; 8]; SJ] =
-                        std::array::from_fn(|b| xj[b][p..p + 8].try_into().expect("8"));
-                    for a in 0..SI {
-                        for b in 0..SJ {
-                            for k in 0..8 {
-                                acc[a][b][k] += va[a][k] * vb[b][k];
+    // Blocks of SYRK_JB columns, each passed by every row of the task while its columns of X
+    // are in cache; a row's tiles start at its diagonal and step by SJ, the block taking the
+    // tiles that start inside it (a tile may reach past the block's end).
+    let mut jb = i0;
+    while jb < n {
+        let jb_end = (jb + SYRK_JB).min(n);
+        let mut i = 0;
+        while i < rows {
+            let ri = SI.min(rows - i);
+            let gi = i0 + i;
+            // Columns from the tile's first row (entries left of a row's diagonal are not used).
+            let mut j = if jb > gi {
+                gi + (jb - gi).div_ceil(SJ) * SJ
+            } else {
+                gi
+            };
+            while j < jb_end {
+                let cj = SJ.min(n - j);
+                if ri == SI && cj == SJ {
+                    let xi: [&[f32]; SI] =
+                        std::array::from_fn(|a| &xt[(gi + a) * t..(gi + a + 1) * t]);
+                    let xj: [&[f32]; SJ] =
+                        std::array::from_fn(|b| &xt[(j + b) * t..(j + b + 1) * t]);
+                    let mut acc = [[[0f32; 8]; SJ]; SI];
+                    let mut p = 0;
+                    while p < full {
+                        let va: [&[f32; 8]; SI] =
+                            std::array::from_fn(|a| xi[a][p..p + 8].try_into().expect("8"));
+                        let vb: [&[f32; 8]; SJ] =
+                            std::array::from_fn(|b| xj[b][p..p + 8].try_into().expect("8"));
+                        for a in 0..SI {
+                            for b in 0..SJ {
+                                for k in 0..8 {
+                                    acc[a][b][k] += va[a][k] * vb[b][k];
+                                }
+                            }
+                        }
+                        p += 8;
+                    }
+                    for k in 0..t - full {
+                        for a in 0..SI {
+                            for b in 0..SJ {
+                                acc[a][b][k] += xi[a][full + k] * xj[b][full + k];
                             }
                         }
                     }
-                    p += 8;
-                }
-                for k in 0..t - full {
                     for a in 0..SI {
                         for b in 0..SJ {
-                            acc[a][b][k] += xi[a][full + k] * xj[b][full + k];
+                            if j + b >= gi + a {
+                                h[(i + a) * n + j + b] += tree(&acc[a][b]) as f64;
+                            }
+                        }
+                    }
+                } else {
+                    for a in 0..ri {
+                        for b in 0..cj {
+                            if j + b >= gi + a {
+                                h[(i + a) * n + j + b] += dot_fixed(
+                                    &xt[(gi + a) * t..(gi + a + 1) * t],
+                                    &xt[(j + b) * t..(j + b + 1) * t],
+                                ) as f64;
+                            }
                         }
                     }
                 }
-                for a in 0..SI {
-                    for b in 0..SJ {
-                        if j + b >= gi + a {
-                            h[(i + a) * n + j + b] += tree(&acc[a][b]) as f64;
-                        }
-                    }
-                }
-            } else {
-                for a in 0..ri {
-                    for b in 0..cj {
-                        if j + b >= gi + a {
-                            h[(i + a) * n + j + b] += dot_fixed(
-                                &xt[(gi + a) * t..(gi + a + 1) * t],
-                                &xt[(j + b) * t..(j + b + 1) * t],
-                            ) as f64;
-                        }
-                    }
-                }
+                j += SJ;
             }
-            j += SJ;
+            i += SI;
         }
-        i += SI;
+        jb = jb_end;
     }
 }
 
@@ -552,8 +568,8 @@ pub fn syrk_fixed(xt: &[f32], t: usize, n: usize, h: &mut [f64]) {
 pub fn syrk_fixed_at(xt: &[f32], t: usize, n: usize, h: &mut [f64], level: Level) {
     assert_eq!(xt.len(), n * t);
     assert_eq!(h.len(), n * n);
-    // Rows of equal work per task: row i has n − i entries.
-    const ROWS: usize = 8;
+    // Rows per task: enough that each block of X's columns is reused from cache.
+    const ROWS: usize = 32;
     h.par_chunks_mut(ROWS * n)
         .enumerate()
         .for_each(|(c, rows)| {
@@ -763,7 +779,7 @@ mod tests {
     #[test]
     fn syrk_is_one_fixed_dot_per_entry_at_every_level() {
         let mut r = rng(9);
-        for &(n, t) in &[(1usize, 1usize), (7, 13), (19, 37), (130, 517)] {
+        for &(n, t) in &[(1usize, 1usize), (7, 13), (19, 37), (130, 517), (301, 64)] {
             let xt: Vec<f32> = (0..n * t).map(|_| r() as f32 * 4.0).collect();
             let h0: Vec<f64> = (0..n * n).map(|_| r()).collect();
             let mut want = h0.clone();
