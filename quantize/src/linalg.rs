@@ -479,8 +479,81 @@ const SJ: usize = 4;
 /// Columns of `XᵀX` per cache block of [`syrk_fixed`].
 const SYRK_JB: usize = 64;
 
+/// The lanes of a register tile over the first `full` tokens (a multiple of 8): entry
+/// `(a, b)`'s eight running sums of `xi[a][p] · xj[b][p]`, lane `p mod 8`.
+type SyrkTile = [[[f32; 8]; SJ]; SI];
+
 #[inline(always)]
-fn syrk_rows_body(xt: &[f32], t: usize, n: usize, i0: usize, h: &mut [f64]) {
+fn syrk_tile_portable(xi: &[&[f32]; SI], xj: &[&[f32]; SJ], full: usize) -> SyrkTile {
+    let mut acc = [[[0f32; 8]; SJ]; SI];
+    let mut p = 0;
+    while p < full {
+        let va: [&[f32; 8]; SI] = std::array::from_fn(|a| xi[a][p..p + 8].try_into().expect("8"));
+        let vb: [&[f32; 8]; SJ] = std::array::from_fn(|b| xj[b][p..p + 8].try_into().expect("8"));
+        for a in 0..SI {
+            for b in 0..SJ {
+                for k in 0..8 {
+                    acc[a][b][k] += va[a][k] * vb[b][k];
+                }
+            }
+        }
+        p += 8;
+    }
+    acc
+}
+
+/// The same lanes with AVX2 registers, one per entry (a multiply, then an add: the portable
+/// code's two roundings).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn syrk_tile_avx2(xi: &[&[f32]; SI], xj: &[&[f32]; SJ], full: usize) -> SyrkTile {
+    use std::arch::x86_64::*;
+    assert!(xi.iter().chain(xj.iter()).all(|r| r.len() >= full) && full.is_multiple_of(8));
+    let z = _mm256_setzero_ps();
+    let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+    let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+    let (x0, x1) = (xi[0].as_ptr(), xi[1].as_ptr());
+    let (y0, y1, y2, y3) = (
+        xj[0].as_ptr(),
+        xj[1].as_ptr(),
+        xj[2].as_ptr(),
+        xj[3].as_ptr(),
+    );
+    let mut p = 0;
+    while p < full {
+        // SAFETY: p + 8 ≤ full ≤ every row's length (asserted).
+        let (u0, u1) = (_mm256_loadu_ps(x0.add(p)), _mm256_loadu_ps(x1.add(p)));
+        let (v0, v1) = (_mm256_loadu_ps(y0.add(p)), _mm256_loadu_ps(y1.add(p)));
+        let (v2, v3) = (_mm256_loadu_ps(y2.add(p)), _mm256_loadu_ps(y3.add(p)));
+        a00 = _mm256_add_ps(a00, _mm256_mul_ps(u0, v0));
+        a01 = _mm256_add_ps(a01, _mm256_mul_ps(u0, v1));
+        a02 = _mm256_add_ps(a02, _mm256_mul_ps(u0, v2));
+        a03 = _mm256_add_ps(a03, _mm256_mul_ps(u0, v3));
+        a10 = _mm256_add_ps(a10, _mm256_mul_ps(u1, v0));
+        a11 = _mm256_add_ps(a11, _mm256_mul_ps(u1, v1));
+        a12 = _mm256_add_ps(a12, _mm256_mul_ps(u1, v2));
+        a13 = _mm256_add_ps(a13, _mm256_mul_ps(u1, v3));
+        p += 8;
+    }
+    let mut acc = [[[0f32; 8]; SJ]; SI];
+    let regs = [[a00, a01, a02, a03], [a10, a11, a12, a13]];
+    for (row, rr) in acc.iter_mut().zip(&regs) {
+        for (slot, &v) in row.iter_mut().zip(rr) {
+            _mm256_storeu_ps(slot.as_mut_ptr(), v);
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn syrk_rows_body(
+    xt: &[f32],
+    t: usize,
+    n: usize,
+    i0: usize,
+    h: &mut [f64],
+    main: impl Fn(&[&[f32]; SI], &[&[f32]; SJ], usize) -> SyrkTile,
+) {
     // h: rows i0.. of the n×n sums (as many as fit), row-major.
     let rows = h.len() / n;
     let full = t / 8 * 8;
@@ -507,22 +580,7 @@ fn syrk_rows_body(xt: &[f32], t: usize, n: usize, i0: usize, h: &mut [f64]) {
                         std::array::from_fn(|a| &xt[(gi + a) * t..(gi + a + 1) * t]);
                     let xj: [&[f32]; SJ] =
                         std::array::from_fn(|b| &xt[(j + b) * t..(j + b + 1) * t]);
-                    let mut acc = [[[0f32; 8]; SJ]; SI];
-                    let mut p = 0;
-                    while p < full {
-                        let va: [&[f32; 8]; SI] =
-                            std::array::from_fn(|a| xi[a][p..p + 8].try_into().expect("8"));
-                        let vb: [&[f32; 8]; SJ] =
-                            std::array::from_fn(|b| xj[b][p..p + 8].try_into().expect("8"));
-                        for a in 0..SI {
-                            for b in 0..SJ {
-                                for k in 0..8 {
-                                    acc[a][b][k] += va[a][k] * vb[b][k];
-                                }
-                            }
-                        }
-                        p += 8;
-                    }
+                    let mut acc = main(&xi, &xj, full);
                     for k in 0..t - full {
                         for a in 0..SI {
                             for b in 0..SJ {
@@ -578,11 +636,17 @@ pub fn syrk_fixed_at(xt: &[f32], t: usize, n: usize, h: &mut [f64], level: Level
             {
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2(xt: &[f32], t: usize, n: usize, i0: usize, h: &mut [f64]) {
-                    syrk_rows_body(xt, t, n, i0, h)
+                    // SAFETY: this function runs only where the CPU has AVX2.
+                    syrk_rows_body(xt, t, n, i0, h, |a, b, f| unsafe {
+                        syrk_tile_avx2(a, b, f)
+                    })
                 }
                 #[target_feature(enable = "avx512f")]
                 unsafe fn avx512(xt: &[f32], t: usize, n: usize, i0: usize, h: &mut [f64]) {
-                    syrk_rows_body(xt, t, n, i0, h)
+                    // SAFETY: AVX-512F implies AVX2.
+                    syrk_rows_body(xt, t, n, i0, h, |a, b, f| unsafe {
+                        syrk_tile_avx2(a, b, f)
+                    })
                 }
                 match level {
                     // SAFETY: as in `dispatch!`.
@@ -591,7 +655,7 @@ pub fn syrk_fixed_at(xt: &[f32], t: usize, n: usize, h: &mut [f64], level: Level
                     Level::Baseline => {}
                 }
             }
-            syrk_rows_body(xt, t, n, i0, rows)
+            syrk_rows_body(xt, t, n, i0, rows, syrk_tile_portable)
         });
 }
 
