@@ -30,14 +30,7 @@ use rayon::prelude::*;
 
 /// f32 or f64.
 pub trait Real:
-    Copy
-    + Send
-    + Sync
-    + Default
-    + PartialEq
-    + std::ops::Mul<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + 'static
+    Copy + Send + Sync + Default + std::ops::Mul<Output = Self> + std::ops::Sub<Output = Self> + 'static
 {
 }
 impl Real for f32 {}
@@ -70,14 +63,24 @@ impl Level {
         Level::Baseline
     }
 
+    /// True when this CPU has the level.
+    pub fn has(self) -> bool {
+        match self {
+            Level::Baseline => true,
+            Level::Avx2 => Level::detect() != Level::Baseline,
+            Level::Avx512 => Level::detect() == Level::Avx512,
+        }
+    }
+
+    /// Panics unless this CPU has the level: every entry point that takes a level checks it
+    /// before any code compiled for that level runs.
+    fn require(self) {
+        assert!(self.has(), "this CPU lacks {self:?}");
+    }
+
     /// Every level, with whether this CPU has it (for tests, which must say what they skip).
     pub fn all() -> [(Level, bool); 3] {
-        let best = Level::detect();
-        [
-            (Level::Baseline, true),
-            (Level::Avx2, best != Level::Baseline),
-            (Level::Avx512, best == Level::Avx512),
-        ]
+        [Level::Baseline, Level::Avx2, Level::Avx512].map(|l| (l, l.has()))
     }
 }
 
@@ -209,6 +212,7 @@ fn sub_products_body<T: Real, const N: usize>(c: &mut [T], a: &[T], b: &[T], g: 
 
 macro_rules! dispatch {
     ($body:ident, $n:expr, $t:ty, $c:expr, $a:expr, $b:expr, $g:expr, $level:expr) => {{
+        $level.require();
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx2")]
@@ -220,8 +224,7 @@ macro_rules! dispatch {
                 $body::<$t, { $n }>(c, a, b, g)
             }
             match $level {
-                // SAFETY: the level is only chosen where the CPU has it (`Level::detect`, or a
-                // test that checked `Level::all`).
+                // SAFETY: `require` above checked that the CPU has the level.
                 Level::Avx512 => return unsafe { avx512($c, $a, $b, $g) },
                 Level::Avx2 => return unsafe { avx2($c, $a, $b, $g) },
                 Level::Baseline => {}
@@ -256,10 +259,6 @@ pub fn sub_products<T: GemmReal>(c: &mut [T], a: &[T], b: &[T], g: &Gemm) {
 
 /// [`sub_products`] at a given level (the CPU must have it: see [`Level::all`]).
 pub fn sub_products_at<T: GemmReal>(c: &mut [T], a: &[T], b: &[T], g: &Gemm, level: Level) {
-    assert!(
-        Level::all().iter().any(|&(l, has)| l == level && has),
-        "this CPU lacks {level:?}"
-    );
     T::run(c, a, b, g, level)
 }
 
@@ -277,6 +276,7 @@ pub fn cholesky_lower(a: &mut [f64], n: usize) -> bool {
 
 /// [`cholesky_lower`] at a given level.
 pub fn cholesky_lower_at(a: &mut [f64], n: usize, level: Level) -> bool {
+    level.require();
     assert_eq!(a.len(), n * n);
     let mut k0 = 0;
     while k0 < n {
@@ -382,6 +382,7 @@ pub fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
 
 /// [`invert_lower`] at a given level.
 pub fn invert_lower_at(l: &[f64], n: usize, level: Level) -> Vec<f64> {
+    level.require();
     assert_eq!(l.len(), n * n);
     let mut x = vec![0f64; n * n];
     let mut i0 = 0;
@@ -624,6 +625,7 @@ pub fn syrk_fixed(xt: &[f32], t: usize, n: usize, h: &mut [f64]) {
 
 /// [`syrk_fixed`] at a given level.
 pub fn syrk_fixed_at(xt: &[f32], t: usize, n: usize, h: &mut [f64], level: Level) {
+    level.require();
     assert_eq!(xt.len(), n * t);
     assert_eq!(h.len(), n * n);
     // Rows per task: enough that each block of X's columns is reused from cache.
@@ -649,7 +651,7 @@ pub fn syrk_fixed_at(xt: &[f32], t: usize, n: usize, h: &mut [f64], level: Level
                     })
                 }
                 match level {
-                    // SAFETY: as in `dispatch!`.
+                    // SAFETY: `require` above checked that the CPU has the level.
                     Level::Avx512 => return unsafe { avx512(xt, t, n, i0, rows) },
                     Level::Avx2 => return unsafe { avx2(xt, t, n, i0, rows) },
                     Level::Baseline => {}
@@ -789,6 +791,25 @@ mod tests {
         h[150 * n + 150] = -1.0;
         assert!(!cholesky_lower_reference(&mut h.clone(), n));
         assert!(!cholesky_lower(&mut h, n));
+    }
+
+    #[test]
+    fn a_level_the_cpu_lacks_is_refused_before_it_runs() {
+        for (level, has) in Level::all() {
+            if has {
+                eprintln!("skipped for {level:?}: this CPU has it (the refusal runs on one that lacks it)");
+                continue;
+            }
+            let r = std::panic::catch_unwind(|| {
+                let mut a = vec![4.0f64];
+                cholesky_lower_at(&mut a, 1, level)
+            });
+            assert!(r.is_err(), "{level:?} ran on a CPU that lacks it");
+            let r = std::panic::catch_unwind(|| {
+                syrk_fixed_at(&[1.0], 1, 1, &mut [0.0], level);
+            });
+            assert!(r.is_err());
+        }
     }
 
     #[test]
