@@ -6,9 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "../src/cmd/buildfile.rs"]
-mod buildfile;
-
 /// A private scratch directory for the path-based readers (tmpfs when there is one).
 pub fn scratch(target: &str) -> PathBuf {
     let base = if Path::new("/dev/shm").is_dir() {
@@ -86,6 +83,6 @@ pub fn imatrix_dat(dir: &Path, data: &[u8]) {
 /// kiln.toml, parsed and validated as `kiln build` does.
 pub fn kiln_toml(_dir: &Path, data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = buildfile::BuildFile::parse(Path::new("kiln.toml"), text);
+        let _ = pipeline::BuildFile::parse(Path::new("kiln.toml"), text);
     }
 }

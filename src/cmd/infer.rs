@@ -5,49 +5,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use convert::source::ModelSource;
 use convert::tokenizer::Tokenizer;
 use kernels::{forward, ForwardOptions, Logits, MatmulMode, NoObserver, State};
 use verify::eval::{EvalOptions, Protocol};
-use verify::load::Loaded;
 
 use super::human_bytes;
 
-/// Loads a model and its tokenizer.
-pub fn load_with_tokenizer(path: &Path) -> Result<(Loaded, Tokenizer)> {
-    let loaded = verify::load::load(path)?;
-    let tok = tokenizer_of(&loaded.source, None)?;
-    Ok((loaded, tok))
-}
-
-/// The tokenizer of a model source (`pre` names a checkpoint's pre-tokenizer when kiln
-/// cannot tell it).
-pub fn tokenizer_of(src: &ModelSource, pre: Option<&str>) -> Result<Tokenizer> {
-    Ok(match src {
-        ModelSource::Gguf(g) => Tokenizer::from_gguf(g.file.path(), &g.file.metadata)?,
-        ModelSource::Hf(h) => Tokenizer::from_hf_dir(h.dir(), &h.config, pre)?,
-    })
-}
-
-/// The attention mask stored in a loaded model (`kiln.attention.*` keys), unless `dense`.
-pub fn stored_mask(loaded: &Loaded, dense: bool) -> Result<Option<kernels::BlockMask>> {
-    if dense {
-        return Ok(None);
-    }
-    match &*loaded.source {
-        ModelSource::Gguf(g) => Ok(calibrate::masks::from_metadata(&g.file.metadata)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", g.file.path().display()))?),
-        ModelSource::Hf(_) => Ok(None),
-    }
-}
-
-/// Reads and tokenizes a text file.
-pub fn tokenize_file(tok: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the text", path.display()))?;
-    tok.encode(&text)
-        .map_err(|e| anyhow::anyhow!("{}: tokenizing failed: {e}", path.display()))
-}
+pub use pipeline::text::{load_with_tokenizer, stored_mask, tokenize_file};
 
 pub struct TokenizeArgs<'a> {
     pub model: &'a Path,

@@ -2,18 +2,18 @@
 //! the library, print the result. Returns the process exit code.
 
 mod build;
-pub mod buildfile;
 mod convert;
 mod infer;
 mod inspect;
 mod masks;
-mod method;
 mod progress;
 mod quant;
 mod render;
 mod verify;
 
 use anyhow::Result;
+
+use ::convert::gguf::split::parse_shard;
 
 use crate::cli::{BenchFormat, Command, ProtocolArg, ReportFormat};
 
@@ -55,16 +55,20 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             process_output,
             output,
             shard,
-        } => quant::calibrate_cmd(quant::CalibrateArgs {
-            shard: shard.as_deref(),
-            model: &model,
-            texts: &text,
-            ctx,
-            chunks,
-            process_output,
-            output: &output,
+        } => quant::calibrate_cmd(
+            pipeline::calibration::Calibration {
+                model,
+                texts: text,
+                ctx,
+                chunks,
+                process_output,
+                shard: shard
+                    .map(|s| parse_shard(&s).map_err(|e| anyhow::anyhow!("--shard: {e}")))
+                    .transpose()?,
+                output,
+            },
             quiet,
-        }),
+        ),
         Command::Verify {
             reference,
             candidate,
@@ -183,7 +187,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             split,
             shard,
         } => {
-            let mut method = method::MethodSpec::parse(&method)?;
+            let mut method = pipeline::MethodSpec::parse(&method)?;
             method.calib_texts = calib_text;
             method.target_size = target_size;
             method.target_bpw = target_bpw;
@@ -196,21 +200,20 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
                 s.map(|s| s.parse::<quantize::GgmlType>().map_err(anyhow::Error::from))
                     .transpose()
             };
-            quant::quantize_cmd(quant::QuantizeArgs {
-                input: &input,
-                output: &output,
+            let job = pipeline::Quantization {
+                input,
+                output,
                 ftype: ftype.parse().map_err(anyhow::Error::msg)?,
-                imatrix: imatrix.as_deref(),
-                tensor_types: &tensor_type,
+                imatrix,
+                tensor_types: tensor_type,
                 output_tensor_type: parse_ty(output_tensor_type)?,
                 token_embedding_type: parse_ty(token_embedding_type)?,
                 pure,
-                dry_run,
                 tokenizer_pre,
                 method,
                 split: split_options(&split, shard.as_deref())?,
-                quiet,
-            })
+            };
+            quant::quantize_cmd(job, dry_run, quiet)
         }
         Command::Perplexity {
             model,
@@ -314,7 +317,7 @@ pub fn split_options(
     shard: Option<&str>,
 ) -> Result<Option<::convert::convert::SplitOptions>> {
     use ::convert::convert::SplitOptions;
-    use ::convert::gguf::split::{parse_shard, parse_size, SplitPolicy};
+    use ::convert::gguf::split::{parse_size, SplitPolicy};
     let policy = match (&a.split_max_size, a.split_max_tensors, a.split_count) {
         (Some(s), _, _) => Some(SplitPolicy::MaxBytes(
             parse_size(s).map_err(|e| anyhow::anyhow!("--split-max-size: {e}"))?,

@@ -74,3 +74,53 @@ impl Progress {
         }
     }
 }
+
+/// The pipeline's observer for the terminal: a [`Progress`] per stage, notes and warnings on
+/// stderr; with `--quiet` only warnings.
+pub struct Terminal {
+    quiet: bool,
+    stages: Mutex<Vec<(String, std::sync::Arc<Progress>)>>,
+}
+
+impl Terminal {
+    pub fn new(quiet: bool) -> Self {
+        Terminal {
+            quiet,
+            stages: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl pipeline::Observer for Terminal {
+    fn step(&self, stage: &str, done: usize, total: usize, unit: &str) {
+        let p = {
+            let mut s = self.stages.lock().unwrap();
+            match s.iter().find(|(n, _)| n == stage) {
+                Some((_, p)) => p.clone(),
+                None => {
+                    let p = std::sync::Arc::new(Progress::new(stage, total, self.quiet));
+                    s.push((stage.to_string(), p.clone()));
+                    p
+                }
+            }
+        };
+        p.step(done, total, unit);
+    }
+
+    fn finish(&self, stage: &str) {
+        let mut s = self.stages.lock().unwrap();
+        if let Some(i) = s.iter().position(|(n, _)| n == stage) {
+            s.remove(i).1.finish();
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+
+    fn warn(&self, msg: &str) {
+        eprintln!("kiln: warning: {msg}");
+    }
+}

@@ -1,14 +1,14 @@
-//! The build file (`kiln.toml`): its sections, defaults and validation. Self-contained (it
-//! depends only on the library crates, serde and toml), so the fuzz target for build files
-//! includes this very file.
+//! The build file (`kiln.toml`): its sections, defaults and validation. The fuzz target for
+//! build files parses through [`BuildFile::parse`].
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use quantize::mix::Ftype;
 use quantize::GgmlType;
 use serde::{Deserialize, Serialize};
 use verify::parity::Thresholds;
+
+use crate::{Error, Result};
 
 /// The `[model]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,15 +146,16 @@ pub struct BuildFile {
 impl BuildFile {
     /// Reads and validates `path`; relative paths become relative to its directory.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
         Self::parse(path, &text)
     }
 
     /// Parses and validates the text of the build file at `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        let mut f: BuildFile = toml::from_str(text)
-            .with_context(|| format!("{}: not a valid build file", path.display()))?;
+        let mut f: BuildFile = toml::from_str(text).map_err(|e| Error::BuildFile {
+            path: path.into(),
+            msg: format!("not a valid build file: {e}"),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -171,9 +172,14 @@ impl BuildFile {
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
-        let p = path.display();
+        // Every refusal names the build file first.
+        macro_rules! bail {
+            ($($t:tt)*) => {
+                return Err(Error::BuildFile { path: path.into(), msg: format!($($t)*) })
+            };
+        }
         if self.targets.is_empty() {
-            bail!("{p}: no [[target]]");
+            bail!("no [[target]]");
         }
         let mut names = std::collections::HashSet::new();
         for t in &self.targets {
@@ -184,29 +190,31 @@ impl BuildFile {
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 bail!(
-                    "{p}: target name {:?} must be letters, digits, '-', '_' or '.'",
+                    "target name {:?} must be letters, digits, '-', '_' or '.'",
                     t.name
                 );
             }
             if !names.insert(&t.name) {
-                bail!("{p}: two targets are called {:?}", t.name);
+                bail!("two targets are called {:?}", t.name);
             }
-            t.ftype
-                .parse::<Ftype>()
-                .map_err(|e| anyhow::anyhow!("{p}: target {}: {e}", t.name))?;
-            quantize::mix::parse_overrides(&t.tensor_types)
-                .with_context(|| format!("{p}: target {}", t.name))?;
+            if let Err(e) = t.ftype.parse::<Ftype>() {
+                bail!("target {}: {e}", t.name);
+            }
+            if let Err(e) = quantize::mix::parse_overrides(&t.tensor_types) {
+                bail!("target {}: {e}", t.name);
+            }
             for ty in [&t.output_tensor_type, &t.token_embedding_type]
                 .into_iter()
                 .flatten()
             {
-                ty.parse::<GgmlType>()
-                    .with_context(|| format!("{p}: target {}", t.name))?;
+                if let Err(e) = ty.parse::<GgmlType>() {
+                    bail!("target {}: {e}", t.name);
+                }
             }
             for m in &t.method {
                 if !METHODS.contains(&m.as_str()) {
                     bail!(
-                        "{p}: target {}: unknown method {m:?} (known: {})",
+                        "target {}: unknown method {m:?} (known: {})",
                         t.name,
                         METHODS.join(", ")
                     );
@@ -215,7 +223,7 @@ impl BuildFile {
             let methods = t.method.iter().any(|m| m != "imatrix");
             if methods && self.calibration.is_none() {
                 bail!(
-                    "{p}: target {} uses methods that measure on calibration text but there is no [calibration] section",
+                    "target {} uses methods that measure on calibration text but there is no [calibration] section",
                     t.name
                 );
             }
@@ -223,13 +231,13 @@ impl BuildFile {
                 && !t.method.iter().any(|m| m == "alloc")
             {
                 bail!(
-                    "{p}: target {}: target_size / target_bpw need method \"alloc\"",
+                    "target {}: target_size / target_bpw need method \"alloc\"",
                     t.name
                 );
             }
             if t.imatrix && self.calibration.is_none() {
                 bail!(
-                    "{p}: target {} uses an imatrix but there is no [calibration] section",
+                    "target {} uses an imatrix but there is no [calibration] section",
                     t.name
                 );
             }
@@ -237,21 +245,18 @@ impl BuildFile {
         for t in &self.targets {
             if let Some(b) = &t.baseline {
                 if b == &t.name || !self.targets.iter().any(|o| &o.name == b) {
-                    bail!(
-                        "{p}: target {}: baseline {b:?} is not another target",
-                        t.name
-                    );
+                    bail!("target {}: baseline {b:?} is not another target", t.name);
                 }
             }
         }
         if !matches!(self.evaluation.protocol.as_str(), "llama" | "full") {
             bail!(
-                "{p}: evaluation protocol {:?} (llama or full)",
+                "evaluation protocol {:?} (llama or full)",
                 self.evaluation.protocol
             );
         }
         if self.evaluation.texts.is_empty() {
-            bail!("{p}: [evaluation] names no texts");
+            bail!("[evaluation] names no texts");
         }
         for t in self
             .calibration
@@ -260,7 +265,7 @@ impl BuildFile {
             .chain(&self.evaluation.texts)
         {
             if !t.is_file() {
-                bail!("{p}: text {} does not exist", t.display());
+                bail!("text {} does not exist", t.display());
             }
         }
         Ok(())

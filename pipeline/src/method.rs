@@ -19,7 +19,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
 use calibrate::sensitivity::{self, ProfileInputs, SensitivityOptions};
 use calibrate::Imatrix;
 use convert::gguf::{GgufWriter, TensorSpec, Value};
@@ -27,9 +26,10 @@ use convert::ModelSource;
 use quantize::mix::{Ftype, MixOptions};
 use quantize::GgmlType;
 
-use super::infer::{tokenize_file, tokenizer_of};
-use super::progress::Progress;
-use super::quant::plan;
+use crate::error::bail;
+use crate::mixes::{plan, MixPlan};
+use crate::text::{tokenize_files, tokenizer_of};
+use crate::{Context, Error, Observer, Result};
 
 /// The methods asked for and their parameters (validated).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -219,7 +219,7 @@ pub fn apply(
     imatrix: Option<&Imatrix>,
     tokenizer_pre: Option<&str>,
     cache: &mut ProfileCache,
-    quiet: bool,
+    obs: &dyn Observer,
 ) -> Result<Applied> {
     let mut applied = Applied {
         overrides: Vec::new(),
@@ -249,10 +249,7 @@ pub fn apply(
     let mut calib = if spec.alloc || spec.gptq || spec.awq {
         let loaded = verify::load::load(src_path)?;
         let tok = tokenizer_of(&loaded.source, tokenizer_pre)?;
-        let mut tokens = Vec::new();
-        for t in &spec.calib_texts {
-            tokens.extend(tokenize_file(&tok, t)?);
-        }
+        let tokens = tokenize_files(&tok, &spec.calib_texts)?;
         Some((loaded, tok, tokens))
     } else {
         None
@@ -269,7 +266,12 @@ pub fn apply(
     };
     if let (true, Some((loaded, tok, tokens))) = (spec.alloc, &calib) {
         let src: &ModelSource = &loaded.source;
-        let (base, descs, n_params, _) = plan(src, ftype, mix)?;
+        let MixPlan {
+            choices: base,
+            descs,
+            n_params,
+            ..
+        } = plan(src, ftype, mix)?;
 
         let names = sensitivity::matrix_names(&loaded.model);
         let is_matrix = |n: &str| names.iter().any(|m| m == n);
@@ -300,12 +302,14 @@ pub fn apply(
         };
         let reserve = HEADER_RESERVE + record.to_string().len() as u64;
         let budget = match (spec.target_size, spec.target_bpw) {
-            (Some(size), _) => size
-                .checked_sub(fixed + header + reserve)
-                .context("--target-size is smaller than the model's header and norms")?,
+            (Some(size), _) => size.checked_sub(fixed + header + reserve).ok_or_else(|| {
+                Error::options("--target-size is smaller than the model's header and norms")
+            })?,
             (None, Some(bpw)) => ((bpw * n_params as f64 / 8.0) as u64)
                 .checked_sub(fixed)
-                .context("--target-bpw leaves nothing for the weight matrices")?,
+                .ok_or_else(|| {
+                    Error::options("--target-bpw leaves nothing for the weight matrices")
+                })?,
             (None, None) => base_matrices.saturating_sub(reserve),
         };
         let importance = |name: &str| imatrix.and_then(|m| m.importance(name));
@@ -334,11 +338,6 @@ pub fn apply(
             spec.ctx,
             spec.chunks
         );
-        let p = Progress::new(
-            "sensitivity",
-            names.len(),
-            quiet || cache.profiles.contains_key(&key),
-        );
         let prof = match cache.profiles.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => e.insert(sensitivity::profile(
@@ -350,16 +349,17 @@ pub fn apply(
                     candidates: &candidates,
                     quantizer: &quantizer,
                 },
-                |stage, d, t| p.step(d, t, stage),
+                |stage, d, t| obs.step("sensitivity", d, t, stage),
             )?),
         };
         let start: std::collections::BTreeMap<String, GgmlType> =
             base.iter().map(|c| (c.name.clone(), c.ty)).collect();
         let alloc = prof.allocate(budget, Some(&start))?;
         if let Some(p) = &spec.alloc_report {
-            convert::atomic::write_file(p, serde_json::to_string_pretty(&alloc)?.as_bytes())?;
+            let json = serde_json::to_string_pretty(&alloc).expect("an allocation serializes");
+            convert::atomic::write_file(p, json.as_bytes())?;
         }
-        p.finish();
+        obs.finish("sensitivity");
         for t in &alloc.tensors {
             let re = regex::Regex::new(&format!("^{}$", regex::escape(&t.name)))?;
             applied.overrides.push((re, t.ty));
@@ -378,17 +378,18 @@ pub fn apply(
         applied.allocation = Some(alloc);
     }
     if let (true, Some((loaded, _, _))) = (spec.awq, &mut calib) {
-        let imatrix = imatrix.context(
-            "--method awq scales channels by their activations: give it an imatrix (--imatrix)",
-        )?;
+        let imatrix = imatrix.ok_or_else(|| {
+            Error::options(
+                "--method awq scales channels by their activations: give it an imatrix (--imatrix)",
+            )
+        })?;
         // The types the artifact will have: the mix's, or the allocation's.
-        let (base, _, _, _) = plan(&loaded.source, ftype, mix)?;
+        let base = plan(&loaded.source, ftype, mix)?.choices;
         let mut types: std::collections::BTreeMap<String, GgmlType> =
             base.iter().map(|c| (c.name.clone(), c.ty)).collect();
         for t in applied.allocation.iter().flat_map(|a| &a.tensors) {
             types.insert(t.name.clone(), t.ty);
         }
-        let p = Progress::new("awq", loaded.model.layers.len() * 3, quiet);
         let folds = calibrate::awq::search(
             &loaded.model,
             &calibrate::awq::AwqInputs {
@@ -396,9 +397,9 @@ pub fn apply(
                 ty: &|n: &str| types.get(n).copied(),
                 grid: AWQ_GRID,
             },
-            |d, t| p.step(d, t, "folds"),
+            |d, t| obs.step("awq", d, t, "folds"),
         );
-        p.finish();
+        obs.finish("awq");
         folds.fold_model(&mut loaded.model)?;
         let (plain, folded): (f64, f64) = folds.iter().fold((0.0, 0.0), |(a, b), f| {
             (a + f.error_plain, b + f.error_folded)
@@ -448,7 +449,7 @@ pub fn apply(
         let (factors, n) = match cache.factors.get(&key) {
             Some(f) => f.clone(),
             None => {
-                let f = hessian_factors(spec, loaded, tok, tokens, quiet)?;
+                let f = hessian_factors(spec, loaded, tok, tokens, obs)?;
                 cache.factors.insert(key, f.clone());
                 f
             }
@@ -481,19 +482,18 @@ fn hessian_factors(
     loaded: &verify::load::Loaded,
     tok: &convert::tokenizer::Tokenizer,
     tokens: &[u32],
-    quiet: bool,
+    obs: &dyn Observer,
 ) -> Result<(std::sync::Arc<HessianFactors>, usize)> {
     let n = spec.hessian_chunks.min(tokens.len() / spec.ctx);
-    let p = Progress::new("hessians", n, quiet);
     let hs = calibrate::hessian::collect(
         &loaded.model,
         tokens,
         spec.ctx,
         spec.hessian_chunks,
         if tok.add_bos { tok.bos } else { None },
-        |d, t| p.step(d, t, "chunks"),
+        |d, t| obs.step("hessians", d, t, "chunks"),
     )?;
-    p.finish();
+    obs.finish("hessians");
     let slots: Vec<(usize, usize)> = (0..hs.n_layers())
         .flat_map(|l| (0..4).map(move |k| (l, k)))
         .collect();
@@ -501,7 +501,6 @@ fn hessian_factors(
         let m = ["attn_q", "attn_output", "ffn_gate", "ffn_down"][k];
         format!("blk.{l}.{m}.weight")
     };
-    let p = Progress::new("gptq", slots.len(), quiet);
     let done = std::sync::atomic::AtomicUsize::new(0);
     use rayon::prelude::*;
     let inverses = slots
@@ -510,12 +509,12 @@ fn hessian_factors(
             let (h, n) = hs.matrix_at(s.0, s.1)?;
             let r = quantize::gptq::HessianInverse::new(&h, n, quantize::gptq::DEFAULT_DAMP)
                 .map(|u| (s, u))
-                .with_context(|| format!("the calibration Hessian of {}", name(s)));
+                .context_with(|| format!("the calibration Hessian of {}", name(s)));
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            p.step(d, slots.len(), "inputs");
+            obs.step("gptq", d, slots.len(), "inputs");
             Some(r)
         })
         .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
-    p.finish();
+    obs.finish("gptq");
     Ok((std::sync::Arc::new(inverses), n))
 }
