@@ -8,8 +8,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use convert::testing::{write_checkpoint, TinySpec};
-
 fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("-q")
@@ -37,25 +35,7 @@ struct Setup {
 fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    write_checkpoint(
-        &dir.join("ckpt"),
-        &TinySpec {
-            hidden: 128,
-            intermediate: 256,
-            heads: 4,
-            kv_heads: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let para = "the quick brown fox jumps over the lazy dog and then it rests in the shade of a tall tree near the river. ";
-    std::fs::write(dir.join("calib.txt"), para.repeat(60)).unwrap();
-    std::fs::write(
-        dir.join("eval.txt"),
-        "a different text about the sea, the ships and the sailors who went out at dawn. "
-            .repeat(60),
-    )
-    .unwrap();
+    common::tiny_build_inputs(&dir);
     let ck = dir.join("ckpt");
     ok(&[
         "convert",

@@ -2,11 +2,12 @@
 //! `kiln` binary writes from the same inputs, reports progress to an observer, reuses finished
 //! work, and fails with typed errors naming what is wrong. Small synthetic model (fast).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use convert::testing::{write_checkpoint, TinySpec};
 use pipeline::build::{build, merge, BuildPlan};
 use pipeline::{Error, MethodSpec, Observer, Quantization, Silent};
 
@@ -55,23 +56,7 @@ impl Recorder {
 fn setup() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    write_checkpoint(
-        &dir.join("ckpt"),
-        &TinySpec {
-            hidden: 128,
-            intermediate: 256,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let para = "the quick brown fox jumps over the lazy dog and then it rests in the shade of a tall tree near the river. ";
-    std::fs::write(dir.join("calib.txt"), para.repeat(60)).unwrap();
-    std::fs::write(
-        dir.join("eval.txt"),
-        "a different text about the sea, the ships and the sailors who went out at dawn. "
-            .repeat(60),
-    )
-    .unwrap();
+    common::tiny_build_inputs(&dir);
     std::fs::write(
         dir.join("kiln.toml"),
         r#"
@@ -110,6 +95,14 @@ method = ["search"]
     (tmp, dir)
 }
 
+/// What a build of the test's build file writes that must not depend on how it was run.
+const BUILD_FILES: [&str; 4] = [
+    "tiny-q8.gguf",
+    "tiny-q4km.gguf",
+    "imatrix.gguf",
+    "manifest.json",
+];
+
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -126,7 +119,9 @@ fn a_build_plan_run_in_process_writes_the_binarys_bytes_and_reuses_its_work() {
 
     // The observer saw every stage through to its end.
     for stage in ["calibrate", "quantize", "verify"] {
-        let (d, t) = rec.last(stage).unwrap_or_else(|| panic!("no {stage} steps"));
+        let (d, t) = rec
+            .last(stage)
+            .unwrap_or_else(|| panic!("no {stage} steps"));
         assert_eq!(d, t, "{stage} ended at {d}/{t}");
         assert!(rec.finished.lock().unwrap().iter().any(|s| s == stage));
     }
@@ -137,12 +132,7 @@ fn a_build_plan_run_in_process_writes_the_binarys_bytes_and_reuses_its_work() {
     let cli = dir.join("cli");
     let o = kiln(&["build", toml.to_str().unwrap(), "-o", cli.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in [
-        "tiny-q8.gguf",
-        "tiny-q4km.gguf",
-        "imatrix.gguf",
-        "manifest.json",
-    ] {
+    for f in BUILD_FILES {
         assert!(
             read(&dir.join("lib").join(f)) == read(&cli.join(f)),
             "{f} differs between the library call and the binary"
@@ -187,12 +177,7 @@ fn a_build_plan_run_in_process_writes_the_binarys_bytes_and_reuses_its_work() {
     )
     .unwrap();
     assert_eq!(m.report.targets.len(), 2);
-    for f in [
-        "tiny-q8.gguf",
-        "tiny-q4km.gguf",
-        "imatrix.gguf",
-        "manifest.json",
-    ] {
+    for f in BUILD_FILES {
         assert!(
             read(&merged.join(f)) == read(&cli.join(f)),
             "merged {f} differs"
@@ -204,7 +189,7 @@ fn a_build_plan_run_in_process_writes_the_binarys_bytes_and_reuses_its_work() {
 fn a_quantization_run_in_process_writes_the_binarys_bytes() {
     let (_tmp, dir) = setup();
     let ck = dir.join("ckpt");
-    let mut method = MethodSpec::parse(&["search".to_string()]).unwrap();
+    let method = MethodSpec::parse(&["search".to_string()]).unwrap();
     method.validate().unwrap();
     let job = Quantization {
         input: ck.clone(),
@@ -272,7 +257,10 @@ fn pipeline_errors_are_typed_and_name_what_is_wrong() {
     match BuildPlan::load(&toml, None, &["nope".into()]) {
         Err(Error::BuildFile { path, msg }) => {
             assert_eq!(path, toml);
-            assert!(msg.contains("no target `nope`") && msg.contains("q8, q4km"), "{msg}");
+            assert!(
+                msg.contains("no target `nope`") && msg.contains("q8, q4km"),
+                "{msg}"
+            );
         }
         other => panic!("{:?}", other.map(|_| ())),
     }

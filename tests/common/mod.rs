@@ -231,3 +231,25 @@ pub fn imatrix_of(model: &kernels::Model, tokens: &[u32], chunks: usize) -> cali
     )
     .unwrap()
 }
+
+/// The small synthetic model of the fast build tests in `dir`: `ckpt/` (Llama, width 128, FFN
+/// 256, 2 layers, byte-level BPE) and two texts, `calib.txt` and `eval.txt`, 60 sentences each.
+pub fn tiny_build_inputs(dir: &Path) {
+    convert::testing::write_checkpoint(
+        &dir.join("ckpt"),
+        &convert::testing::TinySpec {
+            hidden: 128,
+            intermediate: 256,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let para = "the quick brown fox jumps over the lazy dog and then it rests in the shade of a tall tree near the river. ";
+    std::fs::write(dir.join("calib.txt"), para.repeat(60)).unwrap();
+    std::fs::write(
+        dir.join("eval.txt"),
+        "a different text about the sea, the ships and the sailors who went out at dawn. "
+            .repeat(60),
+    )
+    .unwrap();
+}
