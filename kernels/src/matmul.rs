@@ -254,6 +254,42 @@ pub fn matmul(
             dot::vec_dot_q6_k_q8_k,
             dot4!(vec_dot4_q6_k_q8_k),
         ),
+        GgmlType::Q2K => quantized::<BlockQ2K, BlockQ8K>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q2_k_q8_k,
+            Batch::none(),
+        ),
+        GgmlType::Q3K => quantized::<BlockQ3K, BlockQ8K>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_q3_k_q8_k,
+            Batch::none(),
+        ),
+        GgmlType::IQ4NL => quantized::<BlockIQ4NL, BlockQ8_0>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_iq4_nl_q8_0,
+            Batch::none(),
+        ),
+        GgmlType::IQ4XS => quantized::<BlockIQ4XS, BlockQ8K>(
+            w,
+            x,
+            n_tok,
+            out,
+            scratch,
+            dot::vec_dot_iq4_xs_q8_k,
+            Batch::none(),
+        ),
         GgmlType::Q8_1 | GgmlType::Q8K => {
             panic!("{} is an activation format, not a weight type", w.ty)
         }

@@ -11,8 +11,14 @@ use kernels::simd;
 use quantize::{dequantize, quantize, GgmlType};
 
 fn data(rel: &str) -> Vec<u8> {
+    data_in("ggml", rel)
+}
+
+/// A file of `tests/data/DIR` (`ggml`, or `ggml-lowbit` for the low-bit tier's golden set).
+fn data_in(dir: &str, rel: &str) -> Vec<u8> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/data/ggml")
+        .join("../tests/data")
+        .join(dir)
         .join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -29,41 +35,45 @@ fn abs_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
 
 #[test]
 fn dots_match_ggml_vec_dot() {
-    let m: serde_json::Value = serde_json::from_slice(&data("manifest.json")).unwrap();
-    let n = m["n_per_row"].as_u64().unwrap() as usize;
     let mut checked = 0;
     let mut failures = vec![];
-    for (name, info) in m["types"].as_object().unwrap() {
-        let ty: GgmlType = name.parse().unwrap();
-        for d in info["dots"].as_array().unwrap() {
-            let (wp, ap) = (
-                d["weight"].as_str().unwrap(),
-                d["activation"].as_str().unwrap(),
-            );
-            let w = data(&format!("{name}/{wp}.q"));
-            let a = data(&format!("{}/{ap}.act.q", ty.vec_dot_type().name()));
-            let want = d["ggml_vec_dot"]
-                .as_f64()
-                .or_else(|| d["f64_dot_of_dequantized"].as_f64())
-                .unwrap();
-            let bound = 1e-5 * abs_dot(ty, &w, &a, n);
-            for (path, force) in [("dispatched", false), ("scalar", true)] {
-                let got = if force {
-                    scalar_dot(ty, &w, &a)
-                } else {
-                    dot::vec_dot(ty, n, &w, &a).unwrap()
-                } as f64;
-                checked += 1;
-                if (got - want).abs() > bound {
-                    failures.push(format!(
-                        "{name} {wp}·{ap} ({path}): kiln {got} vs ggml {want}, |Δ| {:e} > {bound:e}",
-                        (got - want).abs()
-                    ));
+    // The weights of each golden set with the activations of `ggml/` (the low-bit set reuses
+    // them).
+    for dir in ["ggml", "ggml-lowbit"] {
+        let m: serde_json::Value = serde_json::from_slice(&data_in(dir, "manifest.json")).unwrap();
+        let n = m["n_per_row"].as_u64().unwrap() as usize;
+        for (name, info) in m["types"].as_object().unwrap() {
+            let ty: GgmlType = name.parse().unwrap();
+            for d in info["dots"].as_array().unwrap() {
+                let (wp, ap) = (
+                    d["weight"].as_str().unwrap(),
+                    d["activation"].as_str().unwrap(),
+                );
+                let w = data_in(dir, &format!("{name}/{wp}.q"));
+                let a = data(&format!("{}/{ap}.act.q", ty.vec_dot_type().name()));
+                let want = d["ggml_vec_dot"]
+                    .as_f64()
+                    .or_else(|| d["f64_dot_of_dequantized"].as_f64())
+                    .unwrap();
+                let bound = 1e-5 * abs_dot(ty, &w, &a, n);
+                for (path, force) in [("dispatched", false), ("scalar", true)] {
+                    let got = if force {
+                        scalar_dot(ty, &w, &a)
+                    } else {
+                        dot::vec_dot(ty, n, &w, &a).unwrap()
+                    } as f64;
+                    checked += 1;
+                    if (got - want).abs() > bound {
+                        failures.push(format!(
+                            "{name} {wp}·{ap} ({path}): kiln {got} vs ggml {want}, |Δ| {:e} > {bound:e}",
+                            (got - want).abs()
+                        ));
+                    }
                 }
             }
         }
     }
-    assert_eq!(checked, 8 * 16 * 2);
+    assert_eq!(checked, (8 + 4) * 16 * 2);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -78,6 +88,10 @@ fn scalar_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
         GgmlType::Q4K => scalar::vec_dot_q4_k_q8_k(&v(w), &v(a)),
         GgmlType::Q5K => scalar::vec_dot_q5_k_q8_k(&v(w), &v(a)),
         GgmlType::Q6K => scalar::vec_dot_q6_k_q8_k(&v(w), &v(a)),
+        GgmlType::Q2K => scalar::vec_dot_q2_k_q8_k(&v(w), &v(a)),
+        GgmlType::Q3K => scalar::vec_dot_q3_k_q8_k(&v(w), &v(a)),
+        GgmlType::IQ4NL => scalar::vec_dot_iq4_nl_q8_0(&v(w), &v(a)),
+        GgmlType::IQ4XS => scalar::vec_dot_iq4_xs_q8_k(&v(w), &v(a)),
         _ => unreachable!("{ty}"),
     }
 }

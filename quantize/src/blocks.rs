@@ -173,6 +173,58 @@ block_format!(BlockQ8K, GgmlType::Q8K, QK_K);
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K / Q5_K super-block.
 /// Mirrors ggml's `get_scale_min_k4`.
+/// Q2_K: 16 sub-blocks of 16 values, `x = d·sc·q − dmin·m` with 4-bit `sc` and `m` per
+/// sub-block and 2-bit `q` (2.625 bits per weight). ggml's `block_q2_K`.
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq)]
+#[repr(C)]
+pub struct BlockQ2K {
+    /// Low nibble the scale, high nibble the min, per sub-block.
+    pub scales: [u8; QK_K / 16],
+    pub qs: [u8; QK_K / 4],
+    pub d: f16,
+    pub dmin: f16,
+}
+block_format!(BlockQ2K, GgmlType::Q2K, QK_K);
+
+/// Q3_K: 16 sub-blocks of 16 values, `x = d·(sc − 32)·(q − 4)` with 6-bit `sc` and 3-bit `q`
+/// split into two low bits (`qs`) and a high bit (`hmask`) (3.4375 bits per weight). ggml's
+/// `block_q3_K`.
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq)]
+#[repr(C)]
+pub struct BlockQ3K {
+    /// The high bit of value `j` is bit `j / 32` of byte `j % 32` (set means no −4).
+    pub hmask: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 4],
+    /// Sixteen 6-bit scales: low nibbles in bytes 0–7, high two bits in bytes 8–11.
+    pub scales: [u8; K_SCALE_SIZE],
+    pub d: f16,
+}
+block_format!(BlockQ3K, GgmlType::Q3K, QK_K);
+
+/// IQ4_NL: 32 values, `x = d·kvalues_iq4nl[q]` with 4-bit indices into the non-linear grid
+/// (4.5 bits per weight). ggml's `block_iq4_nl`.
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq)]
+#[repr(C)]
+pub struct BlockIQ4NL {
+    pub d: f16,
+    pub qs: [u8; QK / 2],
+}
+block_format!(BlockIQ4NL, GgmlType::IQ4NL, QK);
+
+/// IQ4_XS: 8 blocks of 32 values, `x = d·(sc − 32)·kvalues_iq4nl[q]` with 6-bit block scales
+/// (4.25 bits per weight). ggml's `block_iq4_xs`.
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq)]
+#[repr(C)]
+pub struct BlockIQ4XS {
+    pub d: f16,
+    /// The high two bits of block `ib`'s scale at bits `2·ib`.
+    pub scales_h: u16,
+    /// The low four bits of the scales, two per byte.
+    pub scales_l: [u8; QK_K / 64],
+    pub qs: [u8; QK_K / 2],
+}
+block_format!(BlockIQ4XS, GgmlType::IQ4XS, QK_K);
+
 #[inline]
 pub fn get_scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     if j < 4 {

@@ -28,6 +28,7 @@ pub mod gptq;
 mod kquants;
 mod legacy;
 pub mod linalg;
+pub mod lowbit;
 pub mod mix;
 pub mod refine;
 pub mod search;
@@ -144,6 +145,22 @@ macro_rules! dispatch_block {
             }
             GgmlType::Q8K => {
                 type $B = BlockQ8K;
+                $body
+            }
+            GgmlType::Q2K => {
+                type $B = BlockQ2K;
+                $body
+            }
+            GgmlType::Q3K => {
+                type $B = BlockQ3K;
+                $body
+            }
+            GgmlType::IQ4NL => {
+                type $B = BlockIQ4NL;
+                $body
+            }
+            GgmlType::IQ4XS => {
+                type $B = BlockIQ4XS;
                 $body
             }
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => $fbody,

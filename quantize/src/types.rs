@@ -19,10 +19,14 @@ pub enum GgmlType {
     Q5_1 = 7,
     Q8_0 = 8,
     Q8_1 = 9,
+    Q2K = 10,
+    Q3K = 11,
     Q4K = 12,
     Q5K = 13,
     Q6K = 14,
     Q8K = 15,
+    IQ4NL = 20,
+    IQ4XS = 23,
     BF16 = 30,
 }
 
@@ -43,7 +47,7 @@ pub struct TypeInfo {
 }
 
 /// Every type in the table, in id order.
-pub const ALL_TYPES: [GgmlType; 13] = [
+pub const ALL_TYPES: [GgmlType; 17] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -52,10 +56,14 @@ pub const ALL_TYPES: [GgmlType; 13] = [
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q8_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
     GgmlType::Q8K,
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
     GgmlType::BF16,
 ];
 
@@ -88,10 +96,14 @@ impl GgmlType {
             Q5_1 => row("q5_1", 32, 24, Q8_1, true),
             Q8_0 => row("q8_0", 32, 34, Q8_0, true),
             Q8_1 => row("q8_1", 32, 36, Q8_1, false),
+            Q2K => row("q2_K", 256, 84, Q8K, true),
+            Q3K => row("q3_K", 256, 110, Q8K, true),
             Q4K => row("q4_K", 256, 144, Q8K, true),
             Q5K => row("q5_K", 256, 176, Q8K, true),
             Q6K => row("q6_K", 256, 210, Q8K, true),
             Q8K => row("q8_K", 256, 292, Q8K, false),
+            IQ4NL => row("iq4_nl", 32, 18, Q8_0, true),
+            IQ4XS => row("iq4_xs", 256, 136, Q8K, true),
         }
     }
 
@@ -153,7 +165,7 @@ impl fmt::Display for GgmlType {
 
 /// The error of parsing a type name.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown tensor type `{0}` (known: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q8_1 q4_K q5_K q6_K q8_K)")]
+#[error("unknown tensor type `{0}` (known: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q8_1 q2_K q3_K q4_K q5_K q6_K q8_K iq4_nl iq4_xs)")]
 pub struct UnknownType(pub String);
 
 impl FromStr for GgmlType {
@@ -184,7 +196,8 @@ mod tests {
             GgmlType::from_id(4).is_none(),
             "id 4 (removed q4_2) is not a kiln type"
         );
-        assert!("q3_K".parse::<GgmlType>().is_err());
+        assert!("q2_XS".parse::<GgmlType>().is_err());
+        assert_eq!("IQ4_XS".parse::<GgmlType>().unwrap(), GgmlType::IQ4XS);
     }
 
     #[test]

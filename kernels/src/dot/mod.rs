@@ -217,6 +217,27 @@ dispatch!(/// Q5_K · Q8_K.
 dispatch!(/// Q6_K · Q8_K.
     vec_dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
 
+/// The low-bit tier's dot products: the scalar kernels at every level until SIMD versions
+/// land (`scalar` is the reference those are checked against).
+macro_rules! scalar_only {
+    ($(#[$doc:meta])* $name:ident, $X:ty, $Y:ty) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name(x: &[$X], y: &[$Y]) -> f32 {
+            assert_eq!(x.len(), y.len(), "dot product of {} and {} blocks", x.len(), y.len());
+            scalar::$name(x, y)
+        }
+    };
+}
+scalar_only!(/// Q2_K · Q8_K.
+    vec_dot_q2_k_q8_k, BlockQ2K, BlockQ8K);
+scalar_only!(/// Q3_K · Q8_K.
+    vec_dot_q3_k_q8_k, BlockQ3K, BlockQ8K);
+scalar_only!(/// IQ4_NL · Q8_0.
+    vec_dot_iq4_nl_q8_0, BlockIQ4NL, BlockQ8_0);
+scalar_only!(/// IQ4_XS · Q8_K.
+    vec_dot_iq4_xs_q8_k, BlockIQ4XS, BlockQ8K);
+
 /// The error of a type-erased dot product.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DotError {
@@ -275,6 +296,10 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, DotErr
         GgmlType::Q4K => vec_dot_q4_k_q8_k(&v(w), &v(a)),
         GgmlType::Q5K => vec_dot_q5_k_q8_k(&v(w), &v(a)),
         GgmlType::Q6K => vec_dot_q6_k_q8_k(&v(w), &v(a)),
+        GgmlType::Q2K => vec_dot_q2_k_q8_k(&v(w), &v(a)),
+        GgmlType::Q3K => vec_dot_q3_k_q8_k(&v(w), &v(a)),
+        GgmlType::IQ4NL => vec_dot_iq4_nl_q8_0(&v(w), &v(a)),
+        GgmlType::IQ4XS => vec_dot_iq4_xs_q8_k(&v(w), &v(a)),
         GgmlType::Q8_1 | GgmlType::Q8K => return Err(DotError::NoKernel(ty)),
     })
 }

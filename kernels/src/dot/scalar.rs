@@ -425,3 +425,97 @@ pub fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     }
     sumf
 }
+
+/// The 2-bit quant of value `k` of a Q2_K / Q3_K super-block's `qs` (four values 32 apart per
+/// byte, 128 values per 32 bytes).
+#[inline(always)]
+fn low2(qs: &[u8; QK_K / 4], k: usize) -> i32 {
+    ((qs[32 * (k / 128) + k % 32] >> (2 * ((k % 128) / 32))) & 3) as i32
+}
+
+/// Q2_K · Q8_K: per sub-block of 16 the integer sum times its 4-bit scale; the mins through
+/// Q8_K's block sums. Mirrors `ggml_vec_dot_q2_K_q8_K_generic`.
+pub fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let mut sumi = 0i32;
+        let mut summs = 0i32;
+        for j in 0..QK_K / 16 {
+            let mut s = 0i32;
+            for i in 0..16 {
+                let k = 16 * j + i;
+                s += low2(&xb.qs, k) * yb.qs[k] as i32;
+            }
+            sumi += (xb.scales[j] & 0xF) as i32 * s;
+            summs += (xb.scales[j] >> 4) as i32 * yb.bsums[j] as i32;
+        }
+        let dall = yb.d * xb.d.to_f32();
+        let dmin = yb.d * xb.dmin.to_f32();
+        sumf += dall * sumi as f32 - dmin * summs as f32;
+    }
+    sumf
+}
+
+/// Q3_K · Q8_K: 3-bit quants (two low bits, and −4 unless the high bit is set) times the
+/// activations per sub-block of 16, times its 6-bit scale − 32. Mirrors
+/// `ggml_vec_dot_q3_K_q8_K_generic`.
+pub fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let sc = quantize::lowbit::q3k_scales(&xb.scales);
+        let mut sumi = 0i32;
+        for j in 0..QK_K / 16 {
+            let mut s = 0i32;
+            for i in 0..16 {
+                let k = 16 * j + i;
+                let hi = if xb.hmask[k % 32] >> (k / 32) & 1 != 0 {
+                    0
+                } else {
+                    4
+                };
+                s += (low2(&xb.qs, k) - hi) * yb.qs[k] as i32;
+            }
+            sumi += (sc[j] as i32 - 32) * s;
+        }
+        sumf += xb.d.to_f32() * yb.d * sumi as f32;
+    }
+    sumf
+}
+
+/// IQ4_NL · Q8_0: the grid values of the 4-bit indices times the activations. Mirrors
+/// `ggml_vec_dot_iq4_nl_q8_0_generic`.
+pub fn vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
+    let kv = &quantize::lowbit::KVALUES_IQ4NL;
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            sumi += kv[(xb.qs[j] & 0xF) as usize] as i32 * yb.qs[j] as i32;
+            sumi += kv[(xb.qs[j] >> 4) as usize] as i32 * yb.qs[j + QK / 2] as i32;
+        }
+        sumf += xb.d.to_f32() * yb.d.to_f32() * sumi as f32;
+    }
+    sumf
+}
+
+/// IQ4_XS · Q8_K: per block of 32 the grid values times the activations, times its 6-bit
+/// scale − 32. Mirrors `ggml_vec_dot_iq4_xs_q8_K_generic`.
+pub fn vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
+    let kv = &quantize::lowbit::KVALUES_IQ4NL;
+    let mut sumf = 0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let mut sumi = 0i32;
+        for ib in 0..QK_K / 32 {
+            let qs = &xb.qs[16 * ib..16 * ib + 16];
+            let a = &yb.qs[32 * ib..32 * ib + 32];
+            let mut s = 0i32;
+            for j in 0..16 {
+                s += kv[(qs[j] & 0xF) as usize] as i32 * a[j] as i32;
+                s += kv[(qs[j] >> 4) as usize] as i32 * a[j + 16] as i32;
+            }
+            sumi += (quantize::lowbit::iq4xs_scale(xb, ib) - 32) * s;
+        }
+        sumf += xb.d.to_f32() * yb.d * sumi as f32;
+    }
+    sumf
+}
