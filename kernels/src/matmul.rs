@@ -115,6 +115,37 @@ macro_rules! simd_kernel {
     }};
 }
 
+/// The kernel `$name` at the x86 SIMD levels (none elsewhere: the low-bit tier's batch
+/// kernels exist for x86-64 only).
+macro_rules! simd_kernel_x86 {
+    ($name:ident, $ty:ident) => {{
+        let k: Option<$ty<_, _>> = match crate::simd::level() {
+            #[cfg(target_arch = "x86_64")]
+            crate::simd::SimdLevel::Avx512 => Some(crate::dot::avx512::$name as $ty<_, _>),
+            #[cfg(target_arch = "x86_64")]
+            crate::simd::SimdLevel::Avx2 => Some(crate::dot::avx2::$name as $ty<_, _>),
+            _ => None,
+        };
+        k
+    }};
+}
+
+/// [`dot4!`] for kernels that exist on x86-64 only.
+macro_rules! dot4_x86 {
+    ($one:ident) => {
+        Batch {
+            one: simd_kernel_x86!($one, Dot4),
+            two: None,
+        }
+    };
+    ($one:ident, $two:ident) => {
+        Batch {
+            one: simd_kernel_x86!($one, Dot4),
+            two: simd_kernel_x86!($two, Dot4x2),
+        }
+    };
+}
+
 /// The four-token kernel `$one` and, when given, the two-row kernel `$two`.
 macro_rules! dot4 {
     ($one:ident) => {
@@ -261,7 +292,7 @@ pub fn matmul(
             out,
             scratch,
             dot::vec_dot_q2_k_q8_k,
-            Batch::none(),
+            dot4_x86!(vec_dot4_q2_k_q8_k),
         ),
         GgmlType::Q3K => quantized::<BlockQ3K, BlockQ8K>(
             w,
@@ -270,7 +301,7 @@ pub fn matmul(
             out,
             scratch,
             dot::vec_dot_q3_k_q8_k,
-            Batch::none(),
+            dot4_x86!(vec_dot4_q3_k_q8_k),
         ),
         GgmlType::IQ4NL => quantized::<BlockIQ4NL, BlockQ8_0>(
             w,
@@ -279,7 +310,7 @@ pub fn matmul(
             out,
             scratch,
             dot::vec_dot_iq4_nl_q8_0,
-            Batch::none(),
+            dot4_x86!(vec_dot4_iq4_nl_q8_0, vec_dot4x2_iq4_nl_q8_0),
         ),
         GgmlType::IQ4XS => quantized::<BlockIQ4XS, BlockQ8K>(
             w,
@@ -288,7 +319,7 @@ pub fn matmul(
             out,
             scratch,
             dot::vec_dot_iq4_xs_q8_k,
-            Batch::none(),
+            dot4_x86!(vec_dot4_iq4_xs_q8_k),
         ),
         GgmlType::Q8_1 | GgmlType::Q8K => {
             panic!("{} is an activation format, not a weight type", w.ty)

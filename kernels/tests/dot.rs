@@ -114,6 +114,10 @@ fn simd_dot(avx512: bool, ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
                     GgmlType::Q4K => k::vec_dot_q4_k_q8_k(&v(w), &v(a)),
                     GgmlType::Q5K => k::vec_dot_q5_k_q8_k(&v(w), &v(a)),
                     GgmlType::Q6K => k::vec_dot_q6_k_q8_k(&v(w), &v(a)),
+                    GgmlType::Q2K => k::vec_dot_q2_k_q8_k(&v(w), &v(a)),
+                    GgmlType::Q3K => k::vec_dot_q3_k_q8_k(&v(w), &v(a)),
+                    GgmlType::IQ4NL => k::vec_dot_iq4_nl_q8_0(&v(w), &v(a)),
+                    GgmlType::IQ4XS => k::vec_dot_iq4_xs_q8_k(&v(w), &v(a)),
                     _ => unreachable!("{ty}"),
                 }
             }
@@ -169,6 +173,10 @@ fn simd_matches_scalar_on_random_rows() {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
     ];
     for trial in 0..40 {
         let n = 256 * (1 + trial % 6);
@@ -556,8 +564,9 @@ fn f32_tiles_give_the_single_dot_bits() {
 /// single-row kernel's bits, at both x86 levels.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn k_quant_four_token_kernels_give_the_single_row_bits() {
-    use quantize::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+fn k_quant_and_low_bit_four_token_kernels_give_the_single_row_bits() {
+    use quantize::blocks::{BlockIQ4NL, BlockIQ4XS, BlockQ8_0};
+    use quantize::blocks::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
     use quantize::blocks_from_bytes as v;
     if simd::available() < simd::SimdLevel::Avx2 {
         eprintln!("no AVX2 on this CPU: nothing to compare");
@@ -609,6 +618,55 @@ fn k_quant_four_token_kernels_give_the_single_row_bits() {
         check!("q4_K", &q4, vec_dot_q4_k_q8_k, vec_dot4_q4_k_q8_k);
         check!("q5_K", &q5, vec_dot_q5_k_q8_k, vec_dot4_q5_k_q8_k);
         check!("q6_K", &q6, vec_dot_q6_k_q8_k, vec_dot4_q6_k_q8_k);
+        let (q2, q3, xs) = (
+            row(&mut rng, GgmlType::Q2K),
+            row(&mut rng, GgmlType::Q3K),
+            row(&mut rng, GgmlType::IQ4XS),
+        );
+        let (q2, q3, xs) = (v::<BlockQ2K>(&q2), v::<BlockQ3K>(&q3), v::<BlockIQ4XS>(&xs));
+        check!("q2_K", &q2, vec_dot_q2_k_q8_k, vec_dot4_q2_k_q8_k);
+        check!("q3_K", &q3, vec_dot_q3_k_q8_k, vec_dot4_q3_k_q8_k);
+        check!("iq4_xs", &xs, vec_dot_iq4_xs_q8_k, vec_dot4_iq4_xs_q8_k);
+        // IQ4_NL against Q8_0 activations: one row, four tokens, and two rows × four tokens.
+        let toks: Vec<Vec<BlockQ8_0>> = (0..4)
+            .map(|_| {
+                let x: Vec<f32> = (0..n).map(|_| rng.value(1.0)).collect();
+                v::<BlockQ8_0>(&quantize(GgmlType::Q8_0, &x, n, None).unwrap().0).into_owned()
+            })
+            .collect();
+        let y8: [&[BlockQ8_0]; 4] = std::array::from_fn(|t| &toks[t][..]);
+        let nl: Vec<_> = (0..2)
+            .map(|_| v::<BlockIQ4NL>(&row(&mut rng, GgmlType::IQ4NL)).into_owned())
+            .collect();
+        // SAFETY (all calls): the levels were checked above.
+        unsafe {
+            let mut levels = vec![(
+                "AVX2",
+                dot::avx2::vec_dot4_iq4_nl_q8_0(&nl[0], y8),
+                dot::avx2::vec_dot4x2_iq4_nl_q8_0([&nl[0], &nl[1]], y8),
+            )];
+            if zmm {
+                levels.push((
+                    "AVX-512",
+                    dot::avx512::vec_dot4_iq4_nl_q8_0(&nl[0], y8),
+                    dot::avx512::vec_dot4x2_iq4_nl_q8_0([&nl[0], &nl[1]], y8),
+                ));
+            }
+            for (level, four, two) in levels {
+                for t in 0..4 {
+                    for r in 0..2 {
+                        let one = dot::avx2::vec_dot_iq4_nl_q8_0(&nl[r], y8[t]);
+                        assert_eq!(two[r][t].to_bits(), one.to_bits(), "iq4_nl {level} 2×4");
+                    }
+                    let one = dot::avx2::vec_dot_iq4_nl_q8_0(&nl[0], y8[t]);
+                    assert_eq!(
+                        four[t].to_bits(),
+                        one.to_bits(),
+                        "iq4_nl {level} four-token"
+                    );
+                }
+            }
+        }
     }
 }
 

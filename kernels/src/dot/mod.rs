@@ -1,5 +1,6 @@
 //! Dot products of each weight type with its activation type (ggml's `vec_dot` with
-//! `vec_dot_type`): Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for Q4_K/Q5_K/Q6_K, plus
+//! `vec_dot_type`): Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL, Q8_1 for Q4_1/Q5_1, Q8_K for
+//! Q2_K/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_XS, plus
 //! f32·f32, f16·f32 and bf16·f32.
 //!
 //! [`scalar`], [`avx2`], [`avx512`] (x86-64) and [`neon`], [`dotprod`], [`i8mm`] (aarch64) hold
@@ -217,25 +218,32 @@ dispatch!(/// Q5_K · Q8_K.
 dispatch!(/// Q6_K · Q8_K.
     vec_dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
 
-/// The low-bit tier's dot products: the scalar kernels at every level until SIMD versions
-/// land (`scalar` is the reference those are checked against).
-macro_rules! scalar_only {
+/// The low-bit tier's dot products: AVX2 / AVX-512 kernels on x86-64 (bit-identical to each
+/// other), the scalar reference elsewhere (the aarch64 kernels do not cover these types yet).
+macro_rules! dispatch_x86 {
     ($(#[$doc:meta])* $name:ident, $X:ty, $Y:ty) => {
         $(#[$doc])*
         #[inline]
         pub fn $name(x: &[$X], y: &[$Y]) -> f32 {
             assert_eq!(x.len(), y.len(), "dot product of {} and {} blocks", x.len(), y.len());
-            scalar::$name(x, y)
+            // SAFETY: level() reports a level only when the CPU has its features.
+            match level() {
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx512 => unsafe { avx512::$name(x, y) },
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx2 => unsafe { avx2::$name(x, y) },
+                _ => scalar::$name(x, y),
+            }
         }
     };
 }
-scalar_only!(/// Q2_K · Q8_K.
+dispatch_x86!(/// Q2_K · Q8_K.
     vec_dot_q2_k_q8_k, BlockQ2K, BlockQ8K);
-scalar_only!(/// Q3_K · Q8_K.
+dispatch_x86!(/// Q3_K · Q8_K.
     vec_dot_q3_k_q8_k, BlockQ3K, BlockQ8K);
-scalar_only!(/// IQ4_NL · Q8_0.
+dispatch_x86!(/// IQ4_NL · Q8_0.
     vec_dot_iq4_nl_q8_0, BlockIQ4NL, BlockQ8_0);
-scalar_only!(/// IQ4_XS · Q8_K.
+dispatch_x86!(/// IQ4_XS · Q8_K.
     vec_dot_iq4_xs_q8_k, BlockIQ4XS, BlockQ8K);
 
 /// The error of a type-erased dot product.

@@ -969,6 +969,223 @@ macro_rules! x86_kernels {
                 hsum_f32_8(acc[3]),
             ]
         }
+
+        // ------------------------------------------------------------ the low-bit tier
+
+        /// IQ4_NL's and IQ4_XS's grid (`kvalues_iq4nl`) in both 128-bit lanes, for `pshufb`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn iq4_table() -> __m256i {
+            let t = _mm_loadu_si128(quantize::lowbit::KVALUES_IQ4NL.as_ptr() as *const __m128i);
+            _mm256_set_m128i(t, t)
+        }
+
+        /// 32 IQ4 indices (16 bytes: low nibbles the first 16 values) → their grid values.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn iq4_values(qs: *const u8) -> __m256i {
+            _mm256_shuffle_epi8(iq4_table(), bytes_from_nibbles_32(qs))
+        }
+
+        /// IQ4_NL's 32 values as signed bytes (grid values, |v| ≤ 127).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn iq4_nl_bytes(xb: &BlockIQ4NL) -> __m256i {
+            iq4_values(xb.qs.as_ptr())
+        }
+
+        legacy_q8_0!(
+            vec_dot_iq4_nl_q8_0,
+            vec_dot4_iq4_nl_q8_0,
+            vec_dot4x2_iq4_nl_q8_0,
+            BlockIQ4NL,
+            iq4_nl_bytes
+        );
+
+        /// Two 16-value sub-block scales as i16 pairs: `s0` for the first 128 bits (values
+        /// 0..16 of a 32-byte group after `maddubs`), `s1` for the second.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn scale_pair(s0: i32, s1: i32) -> __m256i {
+            _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16))
+        }
+
+        /// A low-bit super-block unpacked for [`lowbit_dot`]: eight 32-byte groups of values
+        /// (unsigned, or signed with `signed`), the i16 scale pairs of each group, and the
+        /// amount subtracted per group (`sub[g]·a`, Q3_K's −4 where the high bit is clear).
+        struct LowBit {
+            q: [__m256i; 8],
+            scales: [__m256i; 8],
+            sub: Option<[__m256i; 8]>,
+            signed: bool,
+            /// The block's f16 scale (and min scale, Q2_K) as f32.
+            d: f32,
+            dmin: f32,
+        }
+
+        /// The loop of Q2_K, Q3_K and IQ4_XS over one row and `T` tokens (1 for decode, 4 for
+        /// prefill): exact integer sums per super-block in eight i32 lanes, one fused
+        /// multiply-add per super-block and token, and Q2_K's min term per token in a float
+        /// (`mins`). One loop for both counts, so a token's bits do not depend on its batch.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn lowbit_dot<const T: usize>(
+            n: usize,
+            y: [&[BlockQ8K]; T],
+            unpack: impl Fn(usize) -> LowBit,
+            mins: impl Fn(usize, &BlockQ8K) -> i32,
+        ) -> [f32; T] {
+            assert!(y.iter().all(|r| r.len() >= n), "activation blocks");
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut acc_m = [0f32; T];
+            for i in 0..n {
+                let b = unpack(i);
+                for t in 0..T {
+                    let yb = &y[t][i];
+                    if b.dmin != 0.0 {
+                        acc_m[t] += b.dmin * yb.d * mins(i, yb) as f32;
+                    }
+                    let mut sumi = _mm256_setzero_si256();
+                    for g in 0..8 {
+                        let a = load32(&yb.qs[32 * g..]);
+                        let mut p16 = if b.signed {
+                            _mm256_maddubs_epi16(
+                                _mm256_sign_epi8(b.q[g], b.q[g]),
+                                _mm256_sign_epi8(a, b.q[g]),
+                            )
+                        } else {
+                            _mm256_maddubs_epi16(b.q[g], a)
+                        };
+                        if let Some(sub) = &b.sub {
+                            p16 = _mm256_sub_epi16(p16, _mm256_maddubs_epi16(sub[g], a));
+                        }
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(b.scales[g], p16));
+                    }
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(b.d * yb.d),
+                        _mm256_cvtepi32_ps(sumi),
+                        acc[t],
+                    );
+                }
+            }
+            std::array::from_fn(|t| hsum_f32_8(acc[t]) - acc_m[t])
+        }
+
+        /// The 2-bit groups of a Q2_K / Q3_K `qs`: group `4·j + s` is values `128·j + 32·s ..`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn low2_groups(qs: &[u8; QK_K / 4]) -> [__m256i; 8] {
+            let m3 = _mm256_set1_epi8(3);
+            let mut q = [_mm256_setzero_si256(); 8];
+            for j in 0..2 {
+                let bits = _mm256_loadu_si256(qs.as_ptr().add(32 * j) as *const __m256i);
+                for s in 0..4 {
+                    let sh = _mm_cvtsi32_si128(2 * s as i32);
+                    q[4 * j + s] = _mm256_and_si256(_mm256_srl_epi16(bits, sh), m3);
+                }
+            }
+            q
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn unpack_q2_k(xb: &BlockQ2K) -> LowBit {
+            let s = |j: usize| (xb.scales[j] & 0xF) as i32;
+            LowBit {
+                q: low2_groups(&xb.qs),
+                scales: std::array::from_fn(|g| scale_pair(s(2 * g), s(2 * g + 1))),
+                sub: None,
+                signed: false,
+                d: h2f(xb.d),
+                dmin: h2f(xb.dmin),
+            }
+        }
+
+        /// Q2_K's min term of block `xb` against `yb`: Σ min_j · bsum_j.
+        #[inline]
+        fn q2_k_mins(xb: &BlockQ2K, yb: &BlockQ8K) -> i32 {
+            (0..QK_K / 16)
+                .map(|j| (xb.scales[j] >> 4) as i32 * yb.bsums[j] as i32)
+                .sum()
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn unpack_q3_k(xb: &BlockQ3K) -> LowBit {
+            let sc = quantize::lowbit::q3k_scales(&xb.scales);
+            let s = |j: usize| sc[j] as i32 - 32;
+            let hbits = _mm256_loadu_si256(xb.hmask.as_ptr() as *const __m256i);
+            let four = _mm256_set1_epi8(4);
+            // 4 where value `32·g + l`'s high bit (bit g of hmask[l]) is clear, else 0.
+            let sub = std::array::from_fn(|g| {
+                let bit = _mm256_set1_epi8((1u8 << g) as i8);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), bit);
+                _mm256_andnot_si256(set, four)
+            });
+            LowBit {
+                q: low2_groups(&xb.qs),
+                scales: std::array::from_fn(|g| scale_pair(s(2 * g), s(2 * g + 1))),
+                sub: Some(sub),
+                signed: false,
+                d: h2f(xb.d),
+                dmin: 0.0,
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn unpack_iq4_xs(xb: &BlockIQ4XS) -> LowBit {
+            LowBit {
+                q: std::array::from_fn(|g| iq4_values(xb.qs.as_ptr().add(16 * g))),
+                scales: std::array::from_fn(|g| {
+                    _mm256_set1_epi16((quantize::lowbit::iq4xs_scale(xb, g) - 32) as i16)
+                }),
+                sub: None,
+                signed: true,
+                d: h2f(xb.d),
+                dmin: 0.0,
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
+            lowbit_dot(
+                x.len(),
+                [y],
+                |i| unpack_q2_k(&x[i]),
+                |i, yb| q2_k_mins(&x[i], yb),
+            )[0]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q2_k_q8_k(x: &[BlockQ2K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            lowbit_dot(
+                x.len(),
+                y,
+                |i| unpack_q2_k(&x[i]),
+                |i, yb| q2_k_mins(&x[i], yb),
+            )
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
+            lowbit_dot(x.len(), [y], |i| unpack_q3_k(&x[i]), |_, _| 0)[0]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q3_k_q8_k(x: &[BlockQ3K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            lowbit_dot(x.len(), y, |i| unpack_q3_k(&x[i]), |_, _| 0)
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
+            lowbit_dot(x.len(), [y], |i| unpack_iq4_xs(&x[i]), |_, _| 0)[0]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_iq4_xs_q8_k(x: &[BlockIQ4XS], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            lowbit_dot(x.len(), y, |i| unpack_iq4_xs(&x[i]), |_, _| 0)
+        }
     };
 }
 
