@@ -3,7 +3,8 @@ import hashlib, struct
 
 # ggml type id → (values per block, bytes per block)
 BLOCKS = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-          10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 30: (1, 2)}
+          10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 20: (32, 18),
+          23: (256, 136), 30: (1, 2)}
 
 def gguf_tensors(path):
     """(name, ggml type id, sha256 of the bytes) of every tensor of a GGUF v3 file."""

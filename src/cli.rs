@@ -204,7 +204,8 @@ pub enum Command {
         /// Output GGUF file.
         #[arg(short, long)]
         output: PathBuf,
-        /// File type: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q5_0, Q5_1, Q4_0, Q4_1, F16, BF16, F32.
+        /// File type: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, IQ4_NL, IQ4_XS, Q3_K_L, Q3_K_M,
+        /// Q3_K_S, Q2_K, Q5_0, Q5_1, Q4_0, Q4_1, F16, BF16, F32.
         #[arg(long = "type")]
         ftype: String,
         /// Importance matrix (GGUF or .dat) for the weighted quantizers.

@@ -1,7 +1,8 @@
 //! llama.cpp's reference mixes (`tests/data/smollm2/llama-quantize-reference.json`: 8 file types,
 //! without and with `imatrix-macbeth.gguf`), made by kiln from the fixture's FP32 checkpoint:
 //! the same tensor types and byte-identical tensor data, from the checkpoint directory and from
-//! kiln's F32 GGUF, with 1 and 2 threads. Also kiln's own imatrix against llama-imatrix's.
+//! kiln's F32 GGUF, with 1 and 2 threads; the low-bit tier's six file types on the fixture and on
+//! a generated 256-wide checkpoint. Also kiln's own imatrix against llama-imatrix's.
 //! Needs the fixture (`scripts/fetch-fixture.sh`); run by `.ci/run`.
 
 use std::collections::BTreeMap;
@@ -34,11 +35,23 @@ fn tensors_of(path: &Path) -> BTreeMap<String, (String, String)> {
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(data("llama-quantize-reference.json")).unwrap()).unwrap()
+    reference_in("llama-quantize-reference.json")
+}
+
+fn reference_in(file: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(data(file)).unwrap()).unwrap()
 }
 
 fn check(mix: &str, got: &BTreeMap<String, (String, String)>, what: &str) {
-    let r = reference();
+    check_in(&reference(), mix, got, what)
+}
+
+fn check_in(
+    r: &serde_json::Value,
+    mix: &str,
+    got: &BTreeMap<String, (String, String)>,
+    what: &str,
+) {
     let want = r["mixes"][mix]["tensors"]
         .as_object()
         .unwrap_or_else(|| panic!("no mix {mix}"));
@@ -108,6 +121,98 @@ fn all_reference_mixes_are_byte_identical() {
                 );
             }
         }
+    }
+}
+
+/// The low-bit tier's file types (`llama-quantize-lowbit.json`, recorded by
+/// `scripts/llamacpp-lowbit-reference.sh`), without and with the imatrix: the same tensor types
+/// (at width 576 most matrices fall back to Q4_0 / IQ4_NL) and bytes, and the same file size
+/// and `general.file_type`.
+#[test]
+#[ignore = "needs the fixture (scripts/fetch-fixture.sh)"]
+fn low_bit_mixes_are_byte_identical() {
+    let fx = fixtures();
+    let hf = fx.join("smollm2-hf");
+    let imatrix = data("imatrix-macbeth.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let r = reference_in("llama-quantize-lowbit.json");
+    let mixes: Vec<String> = r["mixes"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(mixes.len(), 12);
+    for mix in &mixes {
+        let (ty, im) = mix.split_once('-').unwrap();
+        let out = tmp.path().join(format!("{mix}.gguf"));
+        let mut args = vec![
+            "quantize",
+            hf.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+        ];
+        if im == "macbeth" {
+            args.extend(["--imatrix", imatrix.to_str().unwrap()]);
+        }
+        kiln(&args);
+        check_in(&r, mix, &tensors_of(&out), "from the checkpoint");
+        let g = GgufFile::open(&out).unwrap();
+        assert_eq!(
+            g.metadata.u64("general.file_type"),
+            r["mixes"][mix]["general.file_type"].as_u64(),
+            "{mix}"
+        );
+    }
+}
+
+/// The six low-bit file types on a generated checkpoint 256 values wide (every matrix in the
+/// tier's own types: Q2_K, Q3_K, IQ4_XS, and Q4_K / Q5_K / Q6_K where the rules say), with
+/// 4 query heads per kv head and 16 layers, without and with an imatrix: byte-identical to
+/// llama-quantize (`tests/data/synthetic-lowbit/`, recorded by
+/// `scripts/llamacpp-lowbit-reference.sh`). Needs no fixture.
+#[test]
+fn low_bit_mixes_of_a_256_wide_model_are_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ckpt");
+    convert::testing::write_checkpoint(
+        &ck,
+        &convert::testing::TinySpec {
+            hidden: 256,
+            intermediate: 768,
+            layers: 16,
+            heads: 4,
+            kv_heads: 1,
+            seed: 7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let f32 = tmp.path().join("f32.gguf");
+    let (ck_s, f32_s) = (ck.to_str().unwrap(), f32.to_str().unwrap());
+    kiln(&[
+        "convert",
+        ck_s,
+        "-o",
+        f32_s,
+        "--type",
+        "f32",
+        "--tokenizer-pre",
+        "gpt-2",
+    ]);
+    let r = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(common::data_of("synthetic-lowbit", "llama-quantize.json")).unwrap(),
+    )
+    .unwrap();
+    let imatrix = common::data_of("synthetic-lowbit", "imatrix.gguf");
+    let mixes: Vec<String> = r["mixes"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(mixes.len(), 12);
+    for mix in &mixes {
+        let (ty, im) = mix.split_once('-').unwrap();
+        let out = tmp.path().join(format!("{mix}.gguf"));
+        let mut args = vec!["quantize", f32_s, "-o", out.to_str().unwrap(), "--type", ty];
+        if im == "kiln" {
+            args.extend(["--imatrix", imatrix.to_str().unwrap()]);
+        }
+        kiln(&args);
+        check_in(&r, mix, &tensors_of(&out), "from kiln's F32 GGUF");
     }
 }
 

@@ -31,16 +31,28 @@ pub enum Ftype {
     Q5_K_S,
     Q5_K_M,
     Q6_K,
+    Q2_K,
+    Q3_K_S,
+    Q3_K_M,
+    Q3_K_L,
+    IQ4_NL,
+    IQ4_XS,
 }
 
 /// Every file type, in the order `kiln quantize --help` lists them.
-pub const ALL_FTYPES: [Ftype; 13] = [
+pub const ALL_FTYPES: [Ftype; 19] = [
     Ftype::Q8_0,
     Ftype::Q6_K,
     Ftype::Q5_K_M,
     Ftype::Q5_K_S,
     Ftype::Q4_K_M,
     Ftype::Q4_K_S,
+    Ftype::IQ4_NL,
+    Ftype::IQ4_XS,
+    Ftype::Q3_K_L,
+    Ftype::Q3_K_M,
+    Ftype::Q3_K_S,
+    Ftype::Q2_K,
     Ftype::Q5_0,
     Ftype::Q5_1,
     Ftype::Q4_0,
@@ -66,6 +78,12 @@ impl Ftype {
             Ftype::Q5_K_S => 16,
             Ftype::Q5_K_M => 17,
             Ftype::Q6_K => 18,
+            Ftype::Q2_K => 10,
+            Ftype::Q3_K_S => 11,
+            Ftype::Q3_K_M => 12,
+            Ftype::Q3_K_L => 13,
+            Ftype::IQ4_NL => 25,
+            Ftype::IQ4_XS => 30,
             Ftype::BF16 => 32,
         }
     }
@@ -84,6 +102,10 @@ impl Ftype {
             Ftype::Q4_K_S | Ftype::Q4_K_M => GgmlType::Q4K,
             Ftype::Q5_K_S | Ftype::Q5_K_M => GgmlType::Q5K,
             Ftype::Q6_K => GgmlType::Q6K,
+            Ftype::Q2_K => GgmlType::Q2K,
+            Ftype::Q3_K_S | Ftype::Q3_K_M | Ftype::Q3_K_L => GgmlType::Q3K,
+            Ftype::IQ4_NL => GgmlType::IQ4NL,
+            Ftype::IQ4_XS => GgmlType::IQ4XS,
         }
     }
 
@@ -103,6 +125,12 @@ impl Ftype {
             Ftype::Q5_K_S => "Q5_K_S",
             Ftype::Q5_K_M => "Q5_K_M",
             Ftype::Q6_K => "Q6_K",
+            Ftype::Q2_K => "Q2_K",
+            Ftype::Q3_K_S => "Q3_K_S",
+            Ftype::Q3_K_M => "Q3_K_M",
+            Ftype::Q3_K_L => "Q3_K_L",
+            Ftype::IQ4_NL => "IQ4_NL",
+            Ftype::IQ4_XS => "IQ4_XS",
         }
     }
 }
@@ -274,6 +302,8 @@ fn fallback(t: &TensorDesc, ty: GgmlType, reason: &mut String) -> GgmlType {
         return ty;
     }
     let mut new = match ty {
+        GgmlType::IQ4XS => GgmlType::IQ4NL,
+        GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q5K => GgmlType::Q5_1,
         GgmlType::Q6K => GgmlType::Q8_0,
@@ -308,6 +338,8 @@ fn get_type_impl(
 ) -> (GgmlType, String) {
     let n_layer = facts.n_layer;
     let is_70b = facts.is_llama_arch && n_layer == 80 && facts.n_head != facts.n_head_kv;
+    // llama.cpp's `n_gqa()`: query heads per key/value head (0 without kv heads).
+    let n_gqa = facts.n_head.checked_div(facts.n_head_kv).unwrap_or(0);
     let mut ty = default;
     let mut why = format!("{ftype} default");
     if cat == Category::Output || (c.tied && cat == Category::TokenEmbd) {
@@ -334,42 +366,89 @@ fn get_type_impl(
             return (e, "token embedding: --token-embedding-type".into());
         }
     } else if cat == Category::AttnV {
-        if matches!(ftype, Ftype::Q4_K_M | Ftype::Q5_K_M)
-            && use_more_bits(c.i_attention_wv, c.n_attention_wv)
-        {
-            ty = GgmlType::Q6K;
-            why = format!(
-                "attn_v #{} of {}: more bits in the first/last eighth and every third layer",
-                c.i_attention_wv, c.n_attention_wv
-            );
-        } else if ftype == Ftype::Q4_K_S && c.i_attention_wv < 4 {
-            ty = GgmlType::Q5K;
-            why = format!("attn_v #{}: Q5_K in the first 4 layers", c.i_attention_wv);
+        let (i, n) = (c.i_attention_wv, c.n_attention_wv);
+        let gqa4 = n_gqa >= 4;
+        let (t, w) = match ftype {
+            Ftype::Q2_K if gqa4 => (
+                Some(GgmlType::Q4K),
+                format!("attn_v: grouped-query ({n_gqa} heads per kv head), Q4_K"),
+            ),
+            Ftype::Q2_K => (Some(GgmlType::Q3K), "attn_v: Q3_K".to_string()),
+            Ftype::Q3_K_M if i < 2 => (
+                Some(GgmlType::Q5K),
+                format!("attn_v #{i}: Q5_K in the first 2 layers"),
+            ),
+            Ftype::Q3_K_M => (Some(GgmlType::Q4K), format!("attn_v #{i}: Q4_K")),
+            Ftype::Q3_K_L => (Some(GgmlType::Q5K), "attn_v: Q5_K".to_string()),
+            Ftype::IQ4_NL | Ftype::IQ4_XS if gqa4 => (
+                Some(GgmlType::Q5K),
+                format!("attn_v: grouped-query ({n_gqa} heads per kv head), Q5_K"),
+            ),
+            Ftype::Q4_K_M | Ftype::Q5_K_M if use_more_bits(i, n) => (
+                Some(GgmlType::Q6K),
+                format!(
+                    "attn_v #{i} of {n}: more bits in the first/last eighth and every third layer"
+                ),
+            ),
+            Ftype::Q4_K_S if i < 4 => (
+                Some(GgmlType::Q5K),
+                format!("attn_v #{i}: Q5_K in the first 4 layers"),
+            ),
+            _ => (None, String::new()),
+        };
+        if let Some(t) = t {
+            ty = t;
+            why = w;
         }
-        if is_70b && matches!(ty, GgmlType::Q4K) {
+        if is_70b && matches!(ty, GgmlType::Q3K | GgmlType::Q4K) {
             ty = GgmlType::Q5K;
             why.push_str("; 70B: attn_v is 8× smaller than attn_q, Q5_K");
         }
         c.i_attention_wv += 1;
     } else if cat == Category::FfnDown {
         let (i, n) = (c.i_ffn_down, n_layer);
-        if matches!(ftype, Ftype::Q4_K_M | Ftype::Q5_K_M) && use_more_bits(i, n) {
-            ty = GgmlType::Q6K;
-            why = format!(
-                "ffn_down #{i} of {n}: more bits in the first/last eighth and every third layer"
-            );
-        } else if ftype == Ftype::Q4_K_S && i < n / 8 {
-            ty = GgmlType::Q5K;
-            why = format!("ffn_down #{i}: Q5_K in the first eighth of layers");
-        } else if matches!(ftype, Ftype::Q4_0 | Ftype::Q5_0) && opts.has_imatrix && i < n / 8 {
-            ty = if ftype == Ftype::Q4_0 {
-                GgmlType::Q4_1
-            } else {
-                GgmlType::Q5_1
-            };
-            why = format!("ffn_down #{i}: with an imatrix, {ty} in the first eighth of layers");
+        let more = use_more_bits(i, n);
+        let (t, w) = match ftype {
+            Ftype::Q2_K => (Some(GgmlType::Q3K), "ffn_down: Q3_K".to_string()),
+            Ftype::Q3_K_M if i < n / 16 => (Some(GgmlType::Q5K), format!("ffn_down #{i}: Q5_K in the first sixteenth of layers")),
+            Ftype::Q3_K_M => (Some(GgmlType::Q4K), format!("ffn_down #{i}: Q4_K")),
+            Ftype::Q3_K_L => (Some(GgmlType::Q5K), "ffn_down: Q5_K".to_string()),
+            Ftype::Q4_K_M if more => (
+                Some(GgmlType::Q6K),
+                format!("ffn_down #{i} of {n}: more bits in the first/last eighth and every third layer"),
+            ),
+            Ftype::Q4_K_M => (None, String::new()),
+            Ftype::IQ4_NL | Ftype::IQ4_XS if i < n / 8 && !opts.has_imatrix => (
+                Some(GgmlType::Q5K),
+                format!("ffn_down #{i}: without an imatrix, Q5_K in the first eighth of layers"),
+            ),
+            Ftype::Q5_K_M if more => (
+                Some(GgmlType::Q6K),
+                format!("ffn_down #{i} of {n}: more bits in the first/last eighth and every third layer"),
+            ),
+            Ftype::Q4_K_S if i < n / 8 => (Some(GgmlType::Q5K), format!("ffn_down #{i}: Q5_K in the first eighth of layers")),
+            Ftype::Q4_0 | Ftype::Q5_0 if opts.has_imatrix && i < n / 8 => {
+                let t = if ftype == Ftype::Q4_0 { GgmlType::Q4_1 } else { GgmlType::Q5_1 };
+                (Some(t), format!("ffn_down #{i}: with an imatrix, {t} in the first eighth of layers"))
+            }
+            _ => (None, String::new()),
+        };
+        if let Some(t) = t {
+            ty = t;
+            why = w;
         }
         c.i_ffn_down += 1;
+    } else if cat == Category::AttnOutput {
+        let t = match ftype {
+            Ftype::Q2_K => Some(GgmlType::Q3K),
+            Ftype::Q3_K_M => Some(GgmlType::Q4K),
+            Ftype::Q3_K_L => Some(GgmlType::Q5K),
+            _ => None,
+        };
+        if let Some(t) = t {
+            ty = t;
+            why = format!("attn_output: {t}");
+        }
     }
     (ty, why)
 }
@@ -584,6 +663,6 @@ mod tests {
             .unwrap()
             .reason
             .contains("--tensor-type"));
-        assert!("q4_k_m".parse::<Ftype>().is_ok() && "Q3_K_M".parse::<Ftype>().is_err());
+        assert!("q4_k_m".parse::<Ftype>().is_ok() && "Q3_K_XL".parse::<Ftype>().is_err());
     }
 }
