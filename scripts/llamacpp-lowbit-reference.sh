@@ -97,3 +97,39 @@ with open(out, "w") as o:
     o.write("\n")
 print(f"wrote {out}: {len(ref['mixes'])} mixes")
 PY
+
+# llama-perplexity loads and evaluates kiln's own low-bit artifacts of SmolLM2 (ctx 512, 8 chunks
+# of hamlet, KLD against the F32 GGUF): tests/data/smollm2/llama-perplexity-lowbit.json, the
+# format of llama-perplexity-hamlet.json. tests/mixes.rs checks kiln verify's numbers against it.
+pbin=$(scripts/llamacpp-build.sh llama-perplexity)
+hamlet=.fixtures/texts/hamlet_gut.txt
+"$pbin/llama-perplexity" -m "$f32" -f "$hamlet" -c 512 --chunks 8 -t 2 \
+  --kl-divergence-base "$tmp/base.kld" >"$tmp/base.log" 2>&1 || { cat "$tmp/base.log" >&2; exit 1; }
+mkdir -p "$tmp/ppl"
+for ty in Q2_K Q3_K_S Q3_K_M Q3_K_L IQ4_NL IQ4_XS; do
+  for im in none macbeth; do
+    args=()
+    [ "$im" = macbeth ] && args=(--imatrix "$imatrix")
+    target/release/kiln -q quantize "$f32" -o "$tmp/kiln-$ty-$im.gguf" --type "$ty" "${args[@]}"
+    echo "== llama-perplexity on kiln's $ty ($im)" >&2
+    "$pbin/llama-perplexity" -m "$tmp/kiln-$ty-$im.gguf" -f "$hamlet" -c 512 --chunks 8 -t 2 \
+      --kl-divergence-base "$tmp/base.kld" --kl-divergence >"$tmp/ppl/$ty-$im.log" 2>&1 ||
+      { cat "$tmp/ppl/$ty-$im.log" >&2; exit 1; }
+  done
+done
+python3 - "$tmp/ppl" tests/data/smollm2/llama-perplexity-lowbit.json <<'PY'
+import json, os, re, sys
+logs, out = sys.argv[1:3]
+pat = {"ppl": r"Mean PPL\(Q\)\s*:\s*([\d.]+)", "kld_mean": r"Mean\s+KLD:\s*([\d.]+)",
+       "kld_median": r"Median\s+KLD:\s*([\d.]+)", "kld_p99": r"99\.0%\s+KLD:\s*([\d.]+)",
+       "kld_max": r"Maximum KLD:\s*([\d.]+)", "same_top1_pct": r"Same top p:\s*([\d.]+)"}
+ref = {"what": "llama-perplexity (llama.cpp, CPU, 2 threads) on hamlet_gut.txt, -c 512 --chunks 8, base = smollm2-f32.gguf via --kl-divergence-base, candidates = kiln's low-bit artifacts (kiln quantize of smollm2-f32.gguf, without and with imatrix-macbeth.gguf)",
+       "mixes": {}}
+for f in sorted(os.listdir(logs)):
+    text = open(os.path.join(logs, f)).read()
+    ref["mixes"][f[:-4]] = {k: float(re.search(p, text).group(1)) for k, p in pat.items()}
+with open(out, "w") as o:
+    json.dump(ref, o, indent=1)
+    o.write("\n")
+print(f"wrote {out}: {len(ref['mixes'])} mixes")
+PY

@@ -126,8 +126,9 @@ fn all_reference_mixes_are_byte_identical() {
 
 /// The low-bit tier's file types (`llama-quantize-lowbit.json`, recorded by
 /// `scripts/llamacpp-lowbit-reference.sh`), without and with the imatrix: the same tensor types
-/// (at width 576 most matrices fall back to Q4_0 / IQ4_NL) and bytes, and the same file size
-/// and `general.file_type`.
+/// (at width 576 most matrices fall back to Q4_0 / IQ4_NL), bytes and `general.file_type`.
+/// Then llama-perplexity's evaluation of kiln's artifacts (`llama-perplexity-lowbit.json`):
+/// kiln's KLD within 10 % and top-1 within a point of it on four of them.
 #[test]
 #[ignore = "needs the fixture (scripts/fetch-fixture.sh)"]
 fn low_bit_mixes_are_byte_identical() {
@@ -161,6 +162,16 @@ fn low_bit_mixes_are_byte_identical() {
             "{mix}"
         );
     }
+    verify_against(
+        "llama-perplexity-lowbit.json",
+        &[
+            "Q2_K-macbeth",
+            "Q3_K_M-none",
+            "IQ4_NL-none",
+            "IQ4_XS-macbeth",
+        ],
+        Some(tmp.path()),
+    );
 }
 
 /// The six low-bit file types on a generated checkpoint 256 values wide (every matrix in the
@@ -301,32 +312,40 @@ fn imatrix_formats_convert_without_loss() {
 #[test]
 #[ignore = "needs the fixture (scripts/fetch-fixture.sh)"]
 fn verify_reproduces_llama_perplexity_kld() {
+    verify_against(
+        "llama-perplexity-hamlet.json",
+        &["Q8_0-none", "Q6_K-macbeth", "Q4_K_M-none", "Q4_0-none"],
+        None,
+    );
+}
+
+/// Checks kiln's KLD and top-1 on `mixes` against llama-perplexity's in `file`; the artifacts
+/// `DIR/MIX.gguf` are made from the F32 GGUF unless `made` holds them already.
+fn verify_against(file: &str, mixes: &[&str], made: Option<&Path>) {
     use verify::eval::{EvalOptions, Protocol};
     let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
-    let want: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("llama-perplexity-hamlet.json")).unwrap())
-            .unwrap();
-    let mixes = ["Q8_0-none", "Q6_K-macbeth", "Q4_K_M-none", "Q4_0-none"];
+    let want = reference_in(file);
     let mut cands = Vec::new();
     for mix in mixes {
+        if let Some(dir) = made {
+            cands.push(verify::load::load_gguf(&dir.join(format!("{mix}.gguf"))).unwrap());
+            continue;
+        }
         let (ty, im) = mix.split_once('-').unwrap();
         let out = tmp.path().join(format!("{mix}.gguf"));
+        let f32 = fx.join("smollm2-f32.gguf");
+        let im_path = data("imatrix-macbeth.gguf");
         let mut args = vec![
             "quantize",
-            fx.join("smollm2-f32.gguf")
-                .to_str()
-                .unwrap()
-                .to_string()
-                .leak() as &str,
+            f32.to_str().unwrap(),
             "-o",
-            out.to_str().unwrap().to_string().leak(),
+            out.to_str().unwrap(),
             "--type",
             ty,
         ];
-        let im_path = data("imatrix-macbeth.gguf");
         if im == "macbeth" {
-            args.extend(["--imatrix", im_path.to_str().unwrap().to_string().leak()]);
+            args.extend(["--imatrix", im_path.to_str().unwrap()]);
         }
         kiln(&args);
         cands.push(verify::load::load_gguf(&out).unwrap());
