@@ -303,6 +303,8 @@ pub fn matmul(
             dot::vec_dot_q3_k_q8_k,
             dot4_x86!(vec_dot4_q3_k_q8_k),
         ),
+        #[cfg(target_arch = "x86_64")]
+        GgmlType::IQ4NL if zmm() => quantized_zmm::<BlockIQ4NL>(w, x, n_tok, out, scratch),
         GgmlType::IQ4NL => quantized::<BlockIQ4NL, BlockQ8_0>(
             w,
             x,

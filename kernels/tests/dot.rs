@@ -383,7 +383,7 @@ fn exp_is_within_two_ulp_and_zero_below_the_range() {
 fn zmm_kernels_give_the_avx2_bits() {
     use dot::packed::{pack_activations, pairs, unpack_weights, ActPair, WeightPair};
     use dot::zmm::{gemm, ZmmWeight};
-    use quantize::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
+    use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
     use quantize::blocks_from_bytes as v;
     if simd::available() != simd::SimdLevel::Avx512 {
         eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
@@ -468,6 +468,7 @@ fn zmm_kernels_give_the_avx2_bits() {
         check::<BlockQ4_0>(GgmlType::Q4_0, &mut rng, nb);
         check::<BlockQ5_0>(GgmlType::Q5_0, &mut rng, nb);
         check::<BlockQ8_0>(GgmlType::Q8_0, &mut rng, nb);
+        check::<BlockIQ4NL>(GgmlType::IQ4NL, &mut rng, nb);
     }
 }
 

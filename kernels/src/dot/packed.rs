@@ -1,4 +1,5 @@
-//! Two-block layouts for the AVX-512 kernels of Q4_0, Q5_0 and Q8_0 weights ([`super::zmm`]).
+//! Two-block layouts for the AVX-512 kernels of Q4_0, Q5_0, Q8_0 and IQ4_NL weights
+//! ([`super::zmm`]).
 //!
 //! ggml's blocks are 18–34 bytes, so two of them never fill one 64-byte register with a single
 //! load, and every block's scale is an f16 to convert. These layouts hold block pairs:
@@ -7,14 +8,14 @@
 //!   before, only rearranged): their 64 values, their scales as f32, and minus the sum of each
 //!   group of four values.
 //! - [`WeightPair`]: a pair of *weight* blocks unpacked to unsigned bytes `u = q + c` (c = 8
-//!   for Q4_0, 16 for Q5_0, 128 for Q8_0) with both scales spread over their eight lanes: the
+//!   for Q4_0, 16 for Q5_0, 128 for Q8_0 and IQ4_NL's grid values) with both scales spread over their eight lanes: the
 //!   prefill GEMM unpacks a tile of rows once and reuses it for every token.
 //!
 //! With unsigned weights a four-byte group's dot is one `vpdpbusd`, started from `−c·Σy` of
 //! the group: `Σ (u − c)·y = Σ q·y`, the same integer per group as the sign trick of the
 //! [`super::avx2`] kernels. Nothing here changes a result; it only saves instructions.
 
-use quantize::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
+use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
 
 /// Two Q8_0 activation blocks (blocks `2p` and `2p + 1` of a row); an odd row's last pair has
 /// zeros in its second half.
@@ -114,6 +115,22 @@ impl PackedWeight for BlockQ8_0 {
     }
     fn unsigned(&self) -> [u8; 32] {
         std::array::from_fn(|j| (self.qs[j] as u8) ^ 0x80)
+    }
+}
+
+impl PackedWeight for BlockIQ4NL {
+    /// The grid values `kvalues_iq4nl[i]` are in −127..113: offset by 128 as Q8_0's values.
+    const SHIFT: u32 = 7;
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+    fn unsigned(&self) -> [u8; 32] {
+        let kv = &quantize::lowbit::KVALUES_IQ4NL;
+        std::array::from_fn(|j| {
+            let b = self.qs[j % 16];
+            let i = if j < 16 { b & 0x0F } else { b >> 4 };
+            (kv[i as usize] as u8) ^ 0x80
+        })
     }
 }
 

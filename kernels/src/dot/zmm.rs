@@ -1,4 +1,4 @@
-//! Sixteen-lane AVX-512 kernels: Q4_0, Q5_0 and Q8_0 weights against Q8_0 activations (two
+//! Sixteen-lane AVX-512 kernels: Q4_0, Q5_0, Q8_0 and IQ4_NL weights against Q8_0 activations (two
 //! blocks per register, on the layouts of [`super::packed`]) and the f32 prefill tile. Each
 //! gives the bits of the AVX2 kernel it stands in for.
 //!
@@ -24,7 +24,7 @@
 use std::arch::x86_64::*;
 
 use half::f16;
-use quantize::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0};
+use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
 
 use super::avx512::hsum_f32_8;
 use super::packed::{ActPair, PackedWeight, WeightPair};
@@ -96,6 +96,17 @@ unsafe fn unsigned_q8_0(a: &BlockQ8_0, b: &BlockQ8_0) -> __m512i {
         _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i),
     );
     _mm512_xor_si512(z, _mm512_set1_epi8(0x80u8 as i8))
+}
+
+/// IQ4_NL: the grid value of each index plus 128 (`vpshufb` of the nibbles in a table
+/// repeated in every 128-bit lane).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unsigned_iq4_nl(a: &BlockIQ4NL, b: &BlockIQ4NL) -> __m512i {
+    let kv = &quantize::lowbit::KVALUES_IQ4NL;
+    let t: [u8; 16] = std::array::from_fn(|i| (kv[i] as u8) ^ 0x80);
+    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(t.as_ptr() as *const __m128i));
+    _mm512_shuffle_epi8(table, nibbles2(&a.qs, &b.qs))
 }
 
 /// An activation pair's group sums times `−c = −(1 << shift)`: the start of each group's dot.
@@ -193,6 +204,10 @@ decode!(/// Q5_0 row · one token.
     dot_q5_0, dot_q5_0_rows, BlockQ5_0, unsigned_q5_0);
 decode!(/// Q8_0 row · one token.
     dot_q8_0, dot_q8_0_rows, BlockQ8_0, unsigned_q8_0);
+unpack!(/// [`super::packed::unpack_weights`] for IQ4_NL.
+    unpack_iq4_nl, BlockIQ4NL, unsigned_iq4_nl);
+decode!(/// IQ4_NL row · one token.
+    dot_iq4_nl, dot_iq4_nl_rows, BlockIQ4NL, unsigned_iq4_nl);
 
 /// `R` unpacked weight rows × `T` tokens: `out[r][t] = w[r] · y[t]`, for weights whose
 /// offset is `1 << shift` ([`PackedWeight::SHIFT`]).
@@ -318,5 +333,16 @@ impl ZmmWeight for BlockQ8_0 {
     }
     unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
         unpack_q8_0(x, out)
+    }
+}
+impl ZmmWeight for BlockIQ4NL {
+    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
+        dot_iq4_nl(x, y)
+    }
+    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
+        dot_iq4_nl_rows::<4>(x, y)
+    }
+    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
+        unpack_iq4_nl(x, out)
     }
 }
