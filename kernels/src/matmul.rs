@@ -218,6 +218,8 @@ pub fn matmul(
             dot::vec_dot_q4_0_q8_0,
             dot4!(vec_dot4_q4_0_q8_0, vec_dot4x2_q4_0_q8_0),
         ),
+        #[cfg(target_arch = "x86_64")]
+        GgmlType::Q4_1 if zmm() => quantized_zmm::<BlockQ4_1>(w, x, n_tok, out, scratch),
         GgmlType::Q4_1 => quantized::<BlockQ4_1, BlockQ8_1>(
             w,
             x,
@@ -238,6 +240,8 @@ pub fn matmul(
             dot::vec_dot_q5_0_q8_0,
             dot4!(vec_dot4_q5_0_q8_0, vec_dot4x2_q5_0_q8_0),
         ),
+        #[cfg(target_arch = "x86_64")]
+        GgmlType::Q5_1 if zmm() => quantized_zmm::<BlockQ5_1>(w, x, n_tok, out, scratch),
         GgmlType::Q5_1 => quantized::<BlockQ5_1, BlockQ8_1>(
             w,
             x,
@@ -365,8 +369,9 @@ fn zmm() -> bool {
     crate::simd::level() == crate::simd::SimdLevel::Avx512
 }
 
-/// [`quantized`] for the AVX-512 level's Q4_0/Q5_0/Q8_0 kernels: the activations are
-/// quantized by the same reference quantizer, then rearranged into block pairs.
+/// [`quantized`] for the AVX-512 level's sixteen-lane kernels (Q4_0, Q5_0, Q8_0, IQ4_NL with
+/// Q8_0 activations; Q4_1, Q5_1 with Q8_1): the activations are quantized by the same
+/// reference quantizer, then rearranged into block pairs.
 #[cfg(target_arch = "x86_64")]
 fn quantized_zmm<W: dot::zmm::ZmmWeight>(
     w: &Weight,
@@ -375,10 +380,11 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
     out: &mut [f32],
     scratch: &mut MatmulScratch,
 ) {
-    use dot::packed::{pack_activations, pairs, ActPair};
-    let nb = w.cols / BlockQ8_0::BLOCK_SIZE;
+    use crate::quant::Activation;
+    use dot::packed::{pairs, ActPair};
+    let nb = w.cols / <W::Act as quantize::BlockFormat>::BLOCK_SIZE;
     let np = pairs(nb);
-    let arow = nb * std::mem::size_of::<BlockQ8_0>();
+    let arow = nb * std::mem::size_of::<W::Act>();
     if scratch.pairs.len() < n_tok * np {
         scratch
             .pairs
@@ -390,11 +396,11 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
         act.resize(words, 0);
     }
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut act[..words]);
-    let blocks: &mut [BlockQ8_0] = bytemuck::cast_slice_mut(&mut bytes[..arow * n_tok]);
+    let blocks: &mut [W::Act] = bytemuck::cast_slice_mut(&mut bytes[..arow * n_tok]);
     let packed = &mut all[..n_tok * np];
-    let one = |t: usize, ab: &mut [BlockQ8_0], ap: &mut [ActPair]| {
-        crate::quant::quantize_q8_0(&x[t * w.cols..(t + 1) * w.cols], ab);
-        pack_activations(ab, ap);
+    let one = |t: usize, ab: &mut [W::Act], ap: &mut [ActPair]| {
+        W::Act::quantize_activation(&x[t * w.cols..(t + 1) * w.cols], ab);
+        W::pack(ab, ap);
     };
     if n_tok >= 4 {
         let (db, dp) = (
@@ -438,7 +444,7 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
     n_tok: usize,
     out: &mut [f32],
 ) {
-    use dot::packed::WeightPair;
+    use dot::packed::{affine_term, WeightPair};
     use dot::zmm::gemm;
     let rows = w.rows;
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -448,6 +454,14 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
     let wrow = |r: usize| &wall[r * per_row..(r + 1) * per_row];
     let act = |t: usize| &acts[t * np..(t + 1) * np];
     let shift = W::SHIFT;
+    // The GEMM's value plus the affine types' mins' term (other types: the value untouched).
+    let plus_term = |v: f32, r: usize, t: usize| {
+        if W::AFFINE {
+            v + affine_term(wrow(r), act(t))
+        } else {
+            v
+        }
+    };
     let body = |c: usize| {
         let out = out_ptr;
         // SAFETY (every write): (t, r) belongs to this task's rows, which no other task
@@ -499,12 +513,31 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
                 // SAFETY (the gemm calls): run_zmm is only called at the AVX-512 level.
                 if nr == 4 {
                     let ws: [&[WeightPair]; 4] = [wt(0), wt(1), wt(2), wt(3)];
+                    // The affine types' mins, lane 4k + j = row k, for the mins' term.
+                    let nb = wrow(r).len();
+                    let mins: Vec<[f32; 16]> = if W::AFFINE {
+                        (0..nb)
+                            .map(|b| std::array::from_fn(|l| wrow(r + l / 4)[b].min()))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     while t + 4 <= n_tok {
                         let v = unsafe {
                             gemm::<4, 4>(ws, [act(t), act(t + 1), act(t + 2), act(t + 3)], shift)
                         };
+                        let term = if W::AFFINE {
+                            let s: Vec<[f32; 16]> = (0..nb)
+                                .map(|b| std::array::from_fn(|l| act(t + l % 4)[b / 2].s[b % 2]))
+                                .collect();
+                            // SAFETY: run_zmm is only called at the AVX-512 level.
+                            unsafe { dot::zmm::affine_tile(&mins, &s) }
+                        } else {
+                            [0f32; 16]
+                        };
                         for (k, row) in v.iter().enumerate() {
                             for (j, &x) in row.iter().enumerate() {
+                                let x = if W::AFFINE { x + term[4 * k + j] } else { x };
                                 put(t + j, r + k, x);
                             }
                         }
@@ -513,15 +546,14 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
                     for t in t..n_tok {
                         let v = unsafe { gemm::<4, 1>(ws, [act(t)], shift) };
                         for (k, x) in v.iter().enumerate() {
-                            put(t, r + k, x[0]);
+                            put(t, r + k, plus_term(x[0], r + k, t));
                         }
                     }
                 } else {
                     for k in 0..nr {
                         for t in 0..n_tok {
-                            put(t, r + k, unsafe {
-                                gemm::<1, 1>([wt(k)], [act(t)], shift)[0][0]
-                            });
+                            let v = unsafe { gemm::<1, 1>([wt(k)], [act(t)], shift)[0][0] };
+                            put(t, r + k, plus_term(v, r + k, t));
                         }
                     }
                 }

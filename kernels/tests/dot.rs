@@ -381,9 +381,9 @@ fn exp_is_within_two_ulp_and_zero_below_the_range() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn zmm_kernels_give_the_avx2_bits() {
-    use dot::packed::{pack_activations, pairs, unpack_weights, ActPair, WeightPair};
+    use dot::packed::{pairs, unpack_weights, ActPair, WeightPair};
     use dot::zmm::{gemm, ZmmWeight};
-    use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
+    use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
     use quantize::blocks_from_bytes as v;
     if simd::available() != simd::SimdLevel::Avx512 {
         eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
@@ -397,10 +397,11 @@ fn zmm_kernels_give_the_avx2_bits() {
                 v::<W>(&quantize(ty, &w, n, None).unwrap().0).into_owned()
             })
             .collect();
-        let acts: Vec<Vec<BlockQ8_0>> = (0..4)
+        let acts: Vec<Vec<W::Act>> = (0..4)
             .map(|_| {
                 let x: Vec<f32> = (0..n).map(|_| rng.value(1.0)).collect();
-                v::<BlockQ8_0>(&quantize(GgmlType::Q8_0, &x, n, None).unwrap().0).into_owned()
+                let (b, _) = quantize(ty.vec_dot_type(), &x, n, None).unwrap();
+                v::<W::Act>(&b).into_owned()
             })
             .collect();
         let np = pairs(nb);
@@ -408,7 +409,7 @@ fn zmm_kernels_give_the_avx2_bits() {
             .iter()
             .map(|a| {
                 let mut p = vec![bytemuck::Zeroable::zeroed(); np];
-                pack_activations(a, &mut p);
+                W::pack(a, &mut p);
                 p
             })
             .collect();
@@ -441,12 +442,19 @@ fn zmm_kernels_give_the_avx2_bits() {
         let ws: [&[WeightPair]; 4] = std::array::from_fn(|r| &unpacked[r][..]);
         let ys: [&[ActPair]; 4] = std::array::from_fn(|t| &packed[t][..]);
         // SAFETY: the level was checked above.
-        let (tile, one) = unsafe {
+        let (mut tile, mut one) = unsafe {
             (
                 gemm::<4, 4>(ws, ys, W::SHIFT),
                 gemm::<1, 1>([ws[2]], [ys[1]], W::SHIFT)[0][0],
             )
         };
+        // The affine types' mins term, added after the GEMM as the matmul does.
+        for r in 0..4 {
+            for t in 0..4 {
+                tile[r][t] += dot::packed::affine_term(&rows[r], &packed[t]);
+            }
+        }
+        one += dot::packed::affine_term(&rows[2], &packed[1]);
         for r in 0..4 {
             for t in 0..4 {
                 let want = avx2(r, t).to_bits();
@@ -469,6 +477,8 @@ fn zmm_kernels_give_the_avx2_bits() {
         check::<BlockQ5_0>(GgmlType::Q5_0, &mut rng, nb);
         check::<BlockQ8_0>(GgmlType::Q8_0, &mut rng, nb);
         check::<BlockIQ4NL>(GgmlType::IQ4NL, &mut rng, nb);
+        check::<BlockQ4_1>(GgmlType::Q4_1, &mut rng, nb);
+        check::<BlockQ5_1>(GgmlType::Q5_1, &mut rng, nb);
     }
 }
 

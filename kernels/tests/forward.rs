@@ -112,7 +112,7 @@ fn tokens(n: usize) -> Vec<u32> {
     (0..n as u32).map(|i| (i * 37 + 11) % 300).collect()
 }
 
-const ALL: [GgmlType; 11] = [
+const ALL: [GgmlType; 15] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -124,6 +124,10 @@ const ALL: [GgmlType; 11] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
 ];
 
 fn spread(v: &[f32]) -> f32 {

@@ -39,6 +39,10 @@ fn simd_and_scalar_forward_agree_on_every_weight_type() {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
     ];
     for ty in types {
         let w = |rows: usize, cols: usize, seed: u64| {

@@ -577,19 +577,20 @@ macro_rules! arm_kernels {
             ($one:ident, $four:ident, $B:ty, $bytes:ident) => {
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_1]) -> f32 {
-                    let mut acc = F8::zero();
+                    // Even and odd blocks in two accumulators, as x86's kernels.
+                    let mut acc = [F8::zero(); 2];
                     let mut summs = 0f32;
-                    for (xb, yb) in x.iter().zip(y) {
+                    for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
                         summs += h2f(xb.m) * h2f(yb.s);
                         let xy = lanes_f32($bytes(xb), load32(&yb.qs));
-                        acc = acc.fma_n(h2f(xb.d) * h2f(yb.d), xy);
+                        acc[i & 1] = acc[i & 1].fma_n(h2f(xb.d) * h2f(yb.d), xy);
                     }
-                    hsum_f32_8(acc) + summs
+                    hsum_f32_8(acc[0].add(acc[1])) + summs
                 }
 
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-                    let mut acc = [F8::zero(); 4];
+                    let mut acc = [[F8::zero(); 2]; 4];
                     let mut summs = [0f32; 4];
                     for (i, xb) in x.iter().enumerate() {
                         let qx = $bytes(xb);
@@ -598,10 +599,10 @@ macro_rules! arm_kernels {
                             let yb = &y[t][i];
                             summs[t] += mx * h2f(yb.s);
                             let xy = lanes_f32(qx, load32(&yb.qs));
-                            acc[t] = acc[t].fma_n(dx * h2f(yb.d), xy);
+                            acc[t][i & 1] = acc[t][i & 1].fma_n(dx * h2f(yb.d), xy);
                         }
                     }
-                    std::array::from_fn(|t| hsum_f32_8(acc[t]) + summs[t])
+                    std::array::from_fn(|t| hsum_f32_8(acc[t][0].add(acc[t][1])) + summs[t])
                 }
             };
         }

@@ -15,7 +15,9 @@
 //! the group: `Σ (u − c)·y = Σ q·y`, the same integer per group as the sign trick of the
 //! [`super::avx2`] kernels. Nothing here changes a result; it only saves instructions.
 
-use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
+use quantize::blocks::{
+    BlockIQ4NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+};
 
 /// Two Q8_0 activation blocks (blocks `2p` and `2p + 1` of a row); an odd row's last pair has
 /// zeros in its second half.
@@ -28,7 +30,10 @@ pub struct ActPair {
     pub neg_sums: [i16; 16],
     /// The two scales (Q8_0's f16, widened).
     pub d: [f32; 2],
-    _pad: [u8; 24],
+    /// Q8_1's `s = d·Σq` of the two blocks, widened (zero for Q8_0 activations): the mins'
+    /// term of Q4_1 / Q5_1 weights.
+    pub s: [f32; 2],
+    _pad: [u8; 16],
 }
 const _: () = assert!(std::mem::size_of::<ActPair>() == 128);
 
@@ -65,6 +70,22 @@ pub fn pack_activations(y: &[BlockQ8_0], out: &mut [ActPair]) {
     }
 }
 
+/// Rearranges one token's Q8_1 activation row (the activations of Q4_1 / Q5_1 weights) into
+/// [`ActPair`]s: the values and scales as [`pack_activations`] (Q8_1's are Q8_0's), the block
+/// sums `s`, and no group sums (these weights are unsigned, `c = 0`).
+pub fn pack_activations_q8_1(y: &[BlockQ8_1], out: &mut [ActPair]) {
+    assert_eq!(out.len(), pairs(y.len()), "activation pairs");
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = bytemuck::Zeroable::zeroed();
+        for h in 0..2 {
+            let Some(b) = y.get(2 * p + h) else { break };
+            o.qs[32 * h..32 * h + 32].copy_from_slice(&b.qs);
+            o.d[h] = b.d.to_f32();
+            o.s[h] = b.s.to_f32();
+        }
+    }
+}
+
 /// A legacy weight block the AVX-512 kernels take: its values as `q + OFFSET` in
 /// `0..=255`, in the order of the Q8_0 activation block's values.
 pub trait PackedWeight: bytemuck::Pod + Sync {
@@ -74,6 +95,12 @@ pub trait PackedWeight: bytemuck::Pod + Sync {
     fn scale(&self) -> f32;
     /// The 32 values `q + c`.
     fn unsigned(&self) -> [u8; 32];
+    /// True for the affine blocks (Q4_1, Q5_1: `x = d·q + m`), whose dot adds `Σ m·s`.
+    const AFFINE: bool = false;
+    /// The block's min `m` (affine blocks).
+    fn min(&self) -> f32 {
+        0.0
+    }
 }
 
 impl PackedWeight for BlockQ4_0 {
@@ -132,6 +159,59 @@ impl PackedWeight for BlockIQ4NL {
             (kv[i as usize] as u8) ^ 0x80
         })
     }
+}
+
+impl PackedWeight for BlockQ4_1 {
+    /// Unsigned already: no offset, no group sums.
+    const SHIFT: u32 = 0;
+    const AFFINE: bool = true;
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+    fn min(&self) -> f32 {
+        self.m.to_f32()
+    }
+    fn unsigned(&self) -> [u8; 32] {
+        std::array::from_fn(|j| {
+            let b = self.qs[j % 16];
+            if j < 16 {
+                b & 0x0F
+            } else {
+                b >> 4
+            }
+        })
+    }
+}
+
+impl PackedWeight for BlockQ5_1 {
+    const SHIFT: u32 = 0;
+    const AFFINE: bool = true;
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+    fn min(&self) -> f32 {
+        self.m.to_f32()
+    }
+    fn unsigned(&self) -> [u8; 32] {
+        let qh = u32::from_le_bytes(self.qh);
+        std::array::from_fn(|j| {
+            let b = self.qs[j % 16];
+            let nib = if j < 16 { b & 0x0F } else { b >> 4 };
+            nib | ((((qh >> j) & 1) as u8) << 4)
+        })
+    }
+}
+
+/// `Σ m·s` over the blocks of one affine weight row against one token's pairs, in block order
+/// (the term the AVX2 kernels add after their lanes' sum); 0 for the other types.
+pub fn affine_term<W: PackedWeight>(x: &[W], y: &[ActPair]) -> f32 {
+    let mut summs = 0f32;
+    if W::AFFINE {
+        for (i, b) in x.iter().enumerate() {
+            summs += b.min() * y[i / 2].s[i % 2];
+        }
+    }
+    summs
 }
 
 /// Unpacks one weight row of blocks `x` into `pairs(x.len())` [`WeightPair`]s.

@@ -496,35 +496,65 @@ macro_rules! x86_kernels {
             s
         }
 
+        /// Q4_1's 32 values (the nibbles, unsigned).
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            let mut summs = 0f32;
-            for (xb, yb) in x.iter().zip(y) {
-                summs += h2f(xb.m) * h2f(yb.s);
-                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
-                let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
-                let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
-                acc = _mm256_fmadd_ps(d, xy, acc);
-            }
-            hsum_f32_8(acc) + summs
+        unsafe fn q4_1_bytes(xb: &BlockQ4_1) -> __m256i {
+            bytes_from_nibbles_32(xb.qs.as_ptr())
         }
 
+        /// Q5_1's 32 values (the nibbles plus 16 where the fifth bit is set, unsigned).
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            let mut summs = 0f32;
-            for (xb, yb) in x.iter().zip(y) {
-                summs += h2f(xb.m) * h2f(yb.s);
-                let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
-                let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
-                let bxhi = _mm256_and_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0x10));
-                let qx = _mm256_or_si256(qx, bxhi);
-                let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
-                acc = _mm256_fmadd_ps(d, xy, acc);
-            }
-            hsum_f32_8(acc) + summs
+        unsafe fn q5_1_bytes(xb: &BlockQ5_1) -> __m256i {
+            let bxhi = _mm256_and_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0x10));
+            _mm256_or_si256(bytes_from_nibbles_32(xb.qs.as_ptr()), bxhi)
         }
+
+        // Q4_1 and Q5_1 against Q8_1: even blocks in one accumulator, odd blocks in another,
+        // the mins' term `Σ m·s` in block order, then hsum(even + odd) + that term — the order
+        // of the sixteen-lane kernels of [`super::zmm`], so decode, prefill and both levels
+        // give a token the same bits.
+
+        /// The single and four-token kernels of affine weight blocks `$B`, unpacked by `$bytes`.
+        macro_rules! legacy_q8_1 {
+            ($one:ident, $four:ident, $B:ty, $bytes:ident) => {
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $one(x: &[$B], y: &[BlockQ8_1]) -> f32 {
+                    let mut acc = [_mm256_setzero_ps(); 2];
+                    let mut summs = 0f32;
+                    for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
+                        summs += h2f(xb.m) * h2f(yb.s);
+                        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
+                        let xy = mul_sum_us8_pairs_float($bytes(xb), load32(&yb.qs));
+                        acc[i & 1] = _mm256_fmadd_ps(d, xy, acc[i & 1]);
+                    }
+                    hsum_f32_8(_mm256_add_ps(acc[0], acc[1])) + summs
+                }
+
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    let mut summs = [0f32; 4];
+                    for (i, xb) in x.iter().enumerate() {
+                        let qx = $bytes(xb);
+                        let (dx, mx) = (h2f(xb.d), h2f(xb.m));
+                        for t in 0..4 {
+                            let yb = &y[t][i];
+                            summs[t] += mx * h2f(yb.s);
+                            let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
+                            let d = _mm256_set1_ps(dx * h2f(yb.d));
+                            acc[t][i & 1] = _mm256_fmadd_ps(d, xy, acc[t][i & 1]);
+                        }
+                    }
+                    std::array::from_fn(|t| {
+                        hsum_f32_8(_mm256_add_ps(acc[t][0], acc[t][1])) + summs[t]
+                    })
+                }
+            };
+        }
+        legacy_q8_1!(vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, BlockQ4_1, q4_1_bytes);
+        legacy_q8_1!(vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, BlockQ5_1, q5_1_bytes);
 
         /// Σ over one 32-value sub-block pair of a Q4_K/Q5_K chunk: `scale · Σ q·a` in i32 lanes.
         #[inline]
@@ -766,52 +796,6 @@ macro_rules! x86_kernels {
             BlockQ8_0,
             q8_0_bytes
         );
-
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot4_q4_1_q8_1(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut summs = [0f32; 4];
-            for (i, xb) in x.iter().enumerate() {
-                let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
-                let (dx, mx) = (h2f(xb.d), h2f(xb.m));
-                for t in 0..4 {
-                    let yb = &y[t][i];
-                    summs[t] += mx * h2f(yb.s);
-                    let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), xy, acc[t]);
-                }
-            }
-            [
-                hsum_f32_8(acc[0]) + summs[0],
-                hsum_f32_8(acc[1]) + summs[1],
-                hsum_f32_8(acc[2]) + summs[2],
-                hsum_f32_8(acc[3]) + summs[3],
-            ]
-        }
-
-        #[target_feature(enable = $feat)]
-        pub unsafe fn vec_dot4_q5_1_q8_1(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut summs = [0f32; 4];
-            for (i, xb) in x.iter().enumerate() {
-                let qx = bytes_from_nibbles_32(xb.qs.as_ptr());
-                let bxhi = _mm256_and_si256(bytes_from_bits_32(&xb.qh), _mm256_set1_epi8(0x10));
-                let qx = _mm256_or_si256(qx, bxhi);
-                let (dx, mx) = (h2f(xb.d), h2f(xb.m));
-                for t in 0..4 {
-                    let yb = &y[t][i];
-                    summs[t] += mx * h2f(yb.s);
-                    let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(yb.d)), xy, acc[t]);
-                }
-            }
-            [
-                hsum_f32_8(acc[0]) + summs[0],
-                hsum_f32_8(acc[1]) + summs[1],
-                hsum_f32_8(acc[2]) + summs[2],
-                hsum_f32_8(acc[3]) + summs[3],
-            ]
-        }
 
         /// One token's share of a Q4_K/Q5_K block in [`k4_dot`]: the eight unpacked
         /// 32-value groups `q` with their scales and mins against the token's Q8_K block `yb`,

@@ -1,4 +1,5 @@
-//! Sixteen-lane AVX-512 kernels: Q4_0, Q5_0, Q8_0 and IQ4_NL weights against Q8_0 activations (two
+//! Sixteen-lane AVX-512 kernels: Q4_0, Q5_0, Q8_0 and IQ4_NL weights against Q8_0 activations,
+//! Q4_1 and Q5_1 against Q8_1 (their mins' term added after the lanes' sum, as AVX2 does; two
 //! blocks per register, on the layouts of [`super::packed`]) and the f32 prefill tile. Each
 //! gives the bits of the AVX2 kernel it stands in for.
 //!
@@ -24,10 +25,12 @@
 use std::arch::x86_64::*;
 
 use half::f16;
-use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ5_0, BlockQ8_0};
+use quantize::blocks::{
+    BlockIQ4NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+};
 
 use super::avx512::hsum_f32_8;
-use super::packed::{ActPair, PackedWeight, WeightPair};
+use super::packed::{affine_term, ActPair, PackedWeight, WeightPair};
 
 /// `[v[0]; 8] ++ [v[1]; 8]`.
 #[inline]
@@ -96,6 +99,22 @@ unsafe fn unsigned_q8_0(a: &BlockQ8_0, b: &BlockQ8_0) -> __m512i {
         _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i),
     );
     _mm512_xor_si512(z, _mm512_set1_epi8(0x80u8 as i8))
+}
+
+/// Q4_1: the nibbles (unsigned, no offset).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unsigned_q4_1(a: &BlockQ4_1, b: &BlockQ4_1) -> __m512i {
+    nibbles2(&a.qs, &b.qs)
+}
+
+/// Q5_1: the nibbles plus 16 where the fifth bit is set (unsigned, no offset).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unsigned_q5_1(a: &BlockQ5_1, b: &BlockQ5_1) -> __m512i {
+    let z = nibbles2(&a.qs, &b.qs);
+    let bits = u32::from_le_bytes(a.qh) as u64 | (u32::from_le_bytes(b.qh) as u64) << 32;
+    _mm512_mask_add_epi8(z, bits, z, _mm512_set1_epi8(16))
 }
 
 /// IQ4_NL: the grid value of each index plus 128 (`vpshufb` of the nibbles in a table
@@ -169,7 +188,13 @@ macro_rules! decode {
                     acc[r] = step(acc[r], s, u, a, scales2(b0.d, b1.d), dy);
                 }
             }
-            acc.map(|a| hsum_pairs(a))
+            let mut out = acc.map(|a| hsum_pairs(a));
+            if <$B as PackedWeight>::AFFINE {
+                for r in 0..R {
+                    out[r] += affine_term(x[r], y);
+                }
+            }
+            out
         }
     };
 }
@@ -208,6 +233,14 @@ unpack!(/// [`super::packed::unpack_weights`] for IQ4_NL.
     unpack_iq4_nl, BlockIQ4NL, unsigned_iq4_nl);
 decode!(/// IQ4_NL row · one token.
     dot_iq4_nl, dot_iq4_nl_rows, BlockIQ4NL, unsigned_iq4_nl);
+unpack!(/// [`super::packed::unpack_weights`] for Q4_1.
+    unpack_q4_1, BlockQ4_1, unsigned_q4_1);
+decode!(/// Q4_1 row · one token (Q8_1 activation pairs).
+    dot_q4_1, dot_q4_1_rows, BlockQ4_1, unsigned_q4_1);
+unpack!(/// [`super::packed::unpack_weights`] for Q5_1.
+    unpack_q5_1, BlockQ5_1, unsigned_q5_1);
+decode!(/// Q5_1 row · one token (Q8_1 activation pairs).
+    dot_q5_1, dot_q5_1_rows, BlockQ5_1, unsigned_q5_1);
 
 /// `R` unpacked weight rows × `T` tokens: `out[r][t] = w[r] · y[t]`, for weights whose
 /// offset is `1 << shift` ([`PackedWeight::SHIFT`]).
@@ -238,6 +271,24 @@ pub unsafe fn gemm<const R: usize, const T: usize>(
         }
     }
     acc.map(|row| row.map(|a| hsum_pairs(a)))
+}
+
+/// The mins' term of the affine types (Q4_1, Q5_1) for 4 rows × 4 tokens, lane `4k + j` for
+/// row `k` and token `j`: `Σ_b m[b][4k + j] · s[b][4k + j]` over the blocks in order, each
+/// product rounded and then added (no fused multiply-add) — per lane exactly the sum
+/// [`super::packed::affine_term`] and the AVX2 kernels compute. `m[b]` holds each row's min of
+/// block `b` (repeated over its four lanes), `s[b]` each token's `s`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn affine_tile(m: &[[f32; 16]], s: &[[f32; 16]]) -> [f32; 16] {
+    assert_eq!(m.len(), s.len(), "blocks");
+    let mut acc = _mm512_setzero_ps();
+    for (mb, sb) in m.iter().zip(s) {
+        let p = _mm512_mul_ps(_mm512_loadu_ps(mb.as_ptr()), _mm512_loadu_ps(sb.as_ptr()));
+        acc = _mm512_add_ps(acc, p);
+    }
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    out
 }
 
 /// A 4-row × 6-token tile of f32 dot products in sixteen-lane registers: `out[r][t] =
@@ -294,6 +345,10 @@ pub unsafe fn dot_tile_f32<const T: usize>(
 
 /// The weight types with these kernels.
 pub trait ZmmWeight: PackedWeight {
+    /// The activation blocks (Q8_0, or Q8_1 for the affine types).
+    type Act: crate::quant::Activation;
+    /// Rearranges one token's activation row into pairs.
+    fn pack(y: &[Self::Act], out: &mut [ActPair]);
     /// This type's row · one token.
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32;
     /// Four rows · one token, each as [`ZmmWeight::dot`] gives it.
@@ -303,6 +358,10 @@ pub trait ZmmWeight: PackedWeight {
 }
 
 impl ZmmWeight for BlockQ4_0 {
+    type Act = BlockQ8_0;
+    fn pack(y: &[BlockQ8_0], out: &mut [ActPair]) {
+        super::packed::pack_activations(y, out)
+    }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q4_0(x, y)
     }
@@ -314,6 +373,10 @@ impl ZmmWeight for BlockQ4_0 {
     }
 }
 impl ZmmWeight for BlockQ5_0 {
+    type Act = BlockQ8_0;
+    fn pack(y: &[BlockQ8_0], out: &mut [ActPair]) {
+        super::packed::pack_activations(y, out)
+    }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q5_0(x, y)
     }
@@ -325,6 +388,10 @@ impl ZmmWeight for BlockQ5_0 {
     }
 }
 impl ZmmWeight for BlockQ8_0 {
+    type Act = BlockQ8_0;
+    fn pack(y: &[BlockQ8_0], out: &mut [ActPair]) {
+        super::packed::pack_activations(y, out)
+    }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q8_0(x, y)
     }
@@ -336,6 +403,10 @@ impl ZmmWeight for BlockQ8_0 {
     }
 }
 impl ZmmWeight for BlockIQ4NL {
+    type Act = BlockQ8_0;
+    fn pack(y: &[BlockQ8_0], out: &mut [ActPair]) {
+        super::packed::pack_activations(y, out)
+    }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_iq4_nl(x, y)
     }
@@ -344,5 +415,35 @@ impl ZmmWeight for BlockIQ4NL {
     }
     unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
         unpack_iq4_nl(x, out)
+    }
+}
+impl ZmmWeight for BlockQ4_1 {
+    type Act = BlockQ8_1;
+    fn pack(y: &[BlockQ8_1], out: &mut [ActPair]) {
+        super::packed::pack_activations_q8_1(y, out)
+    }
+    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
+        dot_q4_1(x, y)
+    }
+    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
+        dot_q4_1_rows::<4>(x, y)
+    }
+    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
+        unpack_q4_1(x, out)
+    }
+}
+impl ZmmWeight for BlockQ5_1 {
+    type Act = BlockQ8_1;
+    fn pack(y: &[BlockQ8_1], out: &mut [ActPair]) {
+        super::packed::pack_activations_q8_1(y, out)
+    }
+    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
+        dot_q5_1(x, y)
+    }
+    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
+        dot_q5_1_rows::<4>(x, y)
+    }
+    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
+        unpack_q5_1(x, out)
     }
 }
