@@ -317,11 +317,11 @@ fn build_is_deterministic_and_reports_failures() {
 fn bad_build_files_are_errors() {
     let s = setup();
     let p = s.dir.join("bad.toml");
-    std::fs::write(&p, "[model]\npath = \"ckpt\"\n[evaluation]\ntexts = [\"nope.txt\"]\n[[target]]\nname = \"a\"\ntype = \"Q3_K_M\"\n").unwrap();
+    std::fs::write(&p, "[model]\npath = \"ckpt\"\n[evaluation]\ntexts = [\"nope.txt\"]\n[[target]]\nname = \"a\"\ntype = \"Q3_K_XL\"\n").unwrap();
     let o = kiln(&["build", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("bad.toml") && err.contains("Q3_K_M"), "{err}");
+    assert!(err.contains("bad.toml") && err.contains("Q3_K_XL"), "{err}");
 }
 
 /// `kiln build --target` as separate jobs, then `kiln build merge`: the directory one
@@ -642,8 +642,10 @@ fn methods_stay_in_budget_in_llama_cpp_types_and_are_deterministic() {
     for t in &g.tensors {
         let cols = t.dims[0] as usize;
         match t.ty {
-            F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => {}
-            Q4K | Q5K | Q6K => assert_eq!(cols % 256, 0, "{}: K-quant on {cols} columns", t.name),
+            F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4NL => {}
+            Q2K | Q3K | Q4K | Q5K | Q6K | IQ4XS => {
+                assert_eq!(cols % 256, 0, "{}: K-quant on {cols} columns", t.name)
+            }
             other => panic!("{}: {other} is not a storage type llama.cpp runs", t.name),
         }
     }

@@ -111,8 +111,8 @@ method = ["search", "awq", "gptq", "alloc"]
         use quantize::GgmlType::*;
         for x in &g.tensors {
             let ok = match x.ty {
-                F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => true,
-                Q4K | Q5K | Q6K => x.dims[0] % 256 == 0,
+                F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4NL => true,
+                Q2K | Q3K | Q4K | Q5K | Q6K | IQ4XS => x.dims[0] % 256 == 0,
                 _ => false,
             };
             assert!(ok, "{}: {} on rows of {}", x.name, x.ty, x.dims[0]);

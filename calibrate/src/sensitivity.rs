@@ -290,14 +290,16 @@ pub fn padded_bytes(ty: GgmlType, rows: usize, cols: usize) -> Option<u64> {
     Some(b.div_ceil(32) * 32)
 }
 
-/// The types kiln considers for a matrix of `cols` columns: llama.cpp's K-quants when the rows
-/// fit their 256-value super-blocks, its legacy 32-value types otherwise, and Q8_0.
+/// The types kiln considers for a matrix of `cols` columns: llama.cpp's K-quants and IQ4_XS
+/// when the rows fit their 256-value super-blocks, its 32-value types (IQ4_NL and the legacy
+/// ones) otherwise, and Q8_0. The low-bit types (Q2_K, Q3_K, IQ4_*) let a budget between 2.5
+/// and 4.5 bits per weight take the best mix of all of them.
 pub fn default_candidates(cols: usize) -> Vec<GgmlType> {
     use GgmlType::*;
     if cols.is_multiple_of(256) {
-        vec![Q4K, Q5K, Q6K, Q8_0]
+        vec![Q2K, Q3K, IQ4XS, Q4K, Q5K, Q6K, Q8_0]
     } else if cols.is_multiple_of(32) {
-        vec![Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
+        vec![IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
     } else {
         vec![]
     }
