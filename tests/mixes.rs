@@ -42,6 +42,18 @@ fn reference_in(file: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(data(file)).unwrap()).unwrap()
 }
 
+/// `kiln quantize SRC -o OUT` for mix `TYPE-SUFFIX`, with the imatrix `im.1` when the suffix
+/// is `im.0`.
+fn quantize_mix(src: &Path, mix: &str, im: (&str, &Path), out: &Path) {
+    let (ty, suffix) = mix.split_once('-').unwrap();
+    let (src, out) = (src.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec!["quantize", src, "-o", out, "--type", ty];
+    if suffix == im.0 {
+        args.extend(["--imatrix", im.1.to_str().unwrap()]);
+    }
+    kiln(&args);
+}
+
 fn check(mix: &str, got: &BTreeMap<String, (String, String)>, what: &str) {
     check_in(&reference(), mix, got, what)
 }
@@ -140,20 +152,8 @@ fn low_bit_mixes_are_byte_identical() {
     let mixes: Vec<String> = r["mixes"].as_object().unwrap().keys().cloned().collect();
     assert_eq!(mixes.len(), 12);
     for mix in &mixes {
-        let (ty, im) = mix.split_once('-').unwrap();
         let out = tmp.path().join(format!("{mix}.gguf"));
-        let mut args = vec![
-            "quantize",
-            hf.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--type",
-            ty,
-        ];
-        if im == "macbeth" {
-            args.extend(["--imatrix", imatrix.to_str().unwrap()]);
-        }
-        kiln(&args);
+        quantize_mix(&hf, mix, ("macbeth", &imatrix), &out);
         check_in(&r, mix, &tensors_of(&out), "from the checkpoint");
         let g = GgufFile::open(&out).unwrap();
         assert_eq!(
@@ -216,13 +216,8 @@ fn low_bit_mixes_of_a_256_wide_model_are_byte_identical() {
     let mixes: Vec<String> = r["mixes"].as_object().unwrap().keys().cloned().collect();
     assert_eq!(mixes.len(), 12);
     for mix in &mixes {
-        let (ty, im) = mix.split_once('-').unwrap();
         let out = tmp.path().join(format!("{mix}.gguf"));
-        let mut args = vec!["quantize", f32_s, "-o", out.to_str().unwrap(), "--type", ty];
-        if im == "kiln" {
-            args.extend(["--imatrix", imatrix.to_str().unwrap()]);
-        }
-        kiln(&args);
+        quantize_mix(&f32, mix, ("kiln", &imatrix), &out);
         check_in(&r, mix, &tensors_of(&out), "from kiln's F32 GGUF");
     }
 }
@@ -332,22 +327,9 @@ fn verify_against(file: &str, mixes: &[&str], made: Option<&Path>) {
             cands.push(verify::load::load_gguf(&dir.join(format!("{mix}.gguf"))).unwrap());
             continue;
         }
-        let (ty, im) = mix.split_once('-').unwrap();
         let out = tmp.path().join(format!("{mix}.gguf"));
-        let f32 = fx.join("smollm2-f32.gguf");
-        let im_path = data("imatrix-macbeth.gguf");
-        let mut args = vec![
-            "quantize",
-            f32.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--type",
-            ty,
-        ];
-        if im == "macbeth" {
-            args.extend(["--imatrix", im_path.to_str().unwrap()]);
-        }
-        kiln(&args);
+        let im = data("imatrix-macbeth.gguf");
+        quantize_mix(&fx.join("smollm2-f32.gguf"), mix, ("macbeth", &im), &out);
         cands.push(verify::load::load_gguf(&out).unwrap());
     }
     let reference = verify::load::load_gguf(&fx.join("smollm2-f32.gguf")).unwrap();

@@ -86,6 +86,24 @@ pub fn pack_activations_q8_1(y: &[BlockQ8_1], out: &mut [ActPair]) {
     }
 }
 
+/// 16 bytes of nibbles in value order: the low nibbles are values 0..16, the high 16..32.
+fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
+    std::array::from_fn(|j| {
+        let b = qs[j % 16];
+        if j < 16 {
+            b & 0x0F
+        } else {
+            b >> 4
+        }
+    })
+}
+
+/// Adds 16 to value `j` where bit `j` of `qh` is set (Q5_0's and Q5_1's fifth bit).
+fn with_fifth_bit(v: [u8; 32], qh: [u8; 4]) -> [u8; 32] {
+    let qh = u32::from_le_bytes(qh);
+    std::array::from_fn(|j| v[j] | ((((qh >> j) & 1) as u8) << 4))
+}
+
 /// A legacy weight block the AVX-512 kernels take: its values as `q + OFFSET` in
 /// `0..=255`, in the order of the Q8_0 activation block's values.
 pub trait PackedWeight: bytemuck::Pod + Sync {
@@ -109,14 +127,7 @@ impl PackedWeight for BlockQ4_0 {
         self.d.to_f32()
     }
     fn unsigned(&self) -> [u8; 32] {
-        std::array::from_fn(|j| {
-            let b = self.qs[j % 16];
-            if j < 16 {
-                b & 0x0F
-            } else {
-                b >> 4
-            }
-        })
+        nibbles(&self.qs)
     }
 }
 
@@ -126,12 +137,7 @@ impl PackedWeight for BlockQ5_0 {
         self.d.to_f32()
     }
     fn unsigned(&self) -> [u8; 32] {
-        let qh = u32::from_le_bytes(self.qh);
-        std::array::from_fn(|j| {
-            let b = self.qs[j % 16];
-            let nib = if j < 16 { b & 0x0F } else { b >> 4 };
-            nib | ((((qh >> j) & 1) as u8) << 4)
-        })
+        with_fifth_bit(nibbles(&self.qs), self.qh)
     }
 }
 
@@ -153,11 +159,7 @@ impl PackedWeight for BlockIQ4NL {
     }
     fn unsigned(&self) -> [u8; 32] {
         let kv = &quantize::lowbit::KVALUES_IQ4NL;
-        std::array::from_fn(|j| {
-            let b = self.qs[j % 16];
-            let i = if j < 16 { b & 0x0F } else { b >> 4 };
-            (kv[i as usize] as u8) ^ 0x80
-        })
+        nibbles(&self.qs).map(|i| (kv[i as usize] as u8) ^ 0x80)
     }
 }
 
@@ -172,14 +174,7 @@ impl PackedWeight for BlockQ4_1 {
         self.m.to_f32()
     }
     fn unsigned(&self) -> [u8; 32] {
-        std::array::from_fn(|j| {
-            let b = self.qs[j % 16];
-            if j < 16 {
-                b & 0x0F
-            } else {
-                b >> 4
-            }
-        })
+        nibbles(&self.qs)
     }
 }
 
@@ -193,12 +188,7 @@ impl PackedWeight for BlockQ5_1 {
         self.m.to_f32()
     }
     fn unsigned(&self) -> [u8; 32] {
-        let qh = u32::from_le_bytes(self.qh);
-        std::array::from_fn(|j| {
-            let b = self.qs[j % 16];
-            let nib = if j < 16 { b & 0x0F } else { b >> 4 };
-            nib | ((((qh >> j) & 1) as u8) << 4)
-        })
+        with_fifth_bit(nibbles(&self.qs), self.qh)
     }
 }
 
