@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use ::convert::lora::LoraSpec;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// kiln turns FP32 language-model checkpoints into small, verified GGUF builds.
@@ -57,6 +58,10 @@ pub enum Command {
         /// Convert even if weights hold NaN or infinity.
         #[arg(long)]
         allow_nonfinite: bool,
+        /// LoRA adapter (PEFT directory or LoRA GGUF) merged into the weights, with an optional
+        /// strength (`DIR:0.5`); repeatable, applied in order.
+        #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+        lora: Vec<LoraSpec>,
         #[command(flatten)]
         split: SplitArgs,
     },
@@ -88,6 +93,10 @@ pub enum Command {
         /// Ignore attention masks stored in the model (run dense).
         #[arg(long)]
         dense: bool,
+        /// LoRA adapter (LoRA GGUF or PEFT directory) applied at run time, with an optional
+        /// strength (`FILE:0.5`); repeatable.
+        #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+        lora: Vec<LoraSpec>,
     },
     /// Token ids of a text, as llama-tokenize prints them (`--ids`).
     Tokenize {
@@ -129,6 +138,10 @@ pub enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// LoRA adapter (LoRA GGUF or PEFT directory) applied at run time, with an optional
+        /// strength (`FILE:0.5`); repeatable.
+        #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+        lora: Vec<LoraSpec>,
     },
     /// Prefill and decode speed, with the machine's memory bandwidth measured in the same run.
     Bench {
@@ -149,6 +162,10 @@ pub enum Command {
         /// Ignore attention masks stored in the model (run dense).
         #[arg(long)]
         dense: bool,
+        /// LoRA adapter (LoRA GGUF or PEFT directory) applied at run time, with an optional
+        /// strength (`FILE:0.5`); repeatable.
+        #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+        lora: Vec<LoraSpec>,
     },
     /// Collect an importance matrix (llama-imatrix's statistics) from calibration text.
     Calibrate {
@@ -173,6 +190,10 @@ pub enum Command {
         /// that `kiln imatrix merge` sums with the others, exactly.
         #[arg(long, value_name = "i/N")]
         shard: Option<String>,
+        /// LoRA adapter (PEFT directory or LoRA GGUF) merged into the weights, with an optional
+        /// strength (`DIR:0.5`); repeatable, applied in order.
+        #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+        lora: Vec<LoraSpec>,
     },
     /// Show an importance matrix file, convert it between the GGUF and .dat formats, or merge
     /// partial ones (`kiln imatrix merge A B … -o OUT`).
@@ -263,6 +284,10 @@ pub enum Command {
         /// jobs quantizing one model; `kiln merge` (or llama.cpp, as they are) puts them together.
         #[arg(long, value_name = "i/N")]
         shard: Option<String>,
+        /// LoRA adapter (PEFT directory or LoRA GGUF) merged into the weights, with an optional
+        /// strength (`DIR:0.5`); repeatable, applied in order.
+        #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+        lora: Vec<LoraSpec>,
     },
     /// Parity of a candidate GGUF with its FP32 reference; exit 0 pass, 1 a threshold failed, 2 error.
     Verify {
@@ -302,6 +327,14 @@ pub enum Command {
         /// Ignore an attention mask stored in the candidate (run it dense).
         #[arg(long)]
         dense: bool,
+        /// LoRA adapter (LoRA GGUF or PEFT directory) the candidate runs with at run time, with
+        /// an optional strength (`FILE:0.5`); repeatable.
+        #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+        lora: Vec<LoraSpec>,
+        /// LoRA adapter merged into the reference's weights (the FP32 fine-tuned model);
+        /// repeatable, applied in order.
+        #[arg(long = "reference-lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+        reference_lora: Vec<LoraSpec>,
     },
     /// Build every target of a kiln.toml: calibrate, quantize, verify, benchmark, report.
     #[command(args_conflicts_with_subcommands = true)]
@@ -349,6 +382,21 @@ pub enum Command {
         /// Print the per-head choices as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a PEFT LoRA adapter as llama.cpp's LoRA GGUF (`llama-cli --lora`), checked
+    /// against its base model.
+    Adapter {
+        /// The PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
+        input: PathBuf,
+        /// The base model (checkpoint directory or GGUF) the adapter was trained on.
+        #[arg(long)]
+        base: PathBuf,
+        /// Output GGUF file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Type of lora_a / lora_b: f32, f16 or q8_0.
+        #[arg(long = "type", value_enum, default_value_t = OutType::F32)]
+        out_type: OutType,
     },
     /// The demo: fetch the SmolLM2 fixture if missing and build examples/smollm2.toml.
     Demo,

@@ -203,6 +203,7 @@ fn a_quantization_run_in_process_writes_the_binarys_bytes() {
         tokenizer_pre: Some("gpt-2".into()),
         method: method.clone(),
         split: None,
+        lora: Vec::new(),
     };
     let prepared = job.prepare(&Silent).unwrap();
     let plan = prepared.plan().unwrap();

@@ -12,6 +12,8 @@
 //! * [`tokenizer`]: tokenizer.json ↔ `tokenizer.ggml.*`, with llama.cpp's pre-tokenizer
 //!   detection, and kiln's text tokenizer.
 //! * [`convert`]: `kiln convert` (checkpoint → GGUF) and `kiln export` (GGUF → checkpoint).
+//! * [`lora`]: LoRA adapters (PEFT directories, llama.cpp LoRA GGUFs) checked against a base
+//!   and merged into its weights as they are read.
 //! * [`atomic`]: output files appear whole or not at all.
 //!
 //! Errors ([`Error`]) name the file, and the tensor where there is one.
@@ -24,6 +26,7 @@ pub mod convert;
 mod error;
 pub mod gguf;
 pub mod inspect;
+pub mod lora;
 pub mod mapping;
 pub mod safetensors;
 pub mod source;

@@ -11,6 +11,7 @@ use crate::arch::{TensorDef, Transform};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Metadata, Value};
+use crate::lora::{LoraSpec, LoraStack};
 use crate::mapping;
 use crate::safetensors::{self as st, Dtype, SafetensorsFile};
 
@@ -60,6 +61,8 @@ pub struct HfCheckpoint {
     pub ignored: Vec<String>,
     /// Tensors the GGUF holds that config.json implies (`rope_freqs.weight`).
     derived: HashMap<String, Vec<f32>>,
+    /// LoRA adapters merged into the weights as they are read.
+    lora: LoraStack,
 }
 
 impl HfCheckpoint {
@@ -239,6 +242,7 @@ impl HfCheckpoint {
             extra,
             ignored,
             derived,
+            lora: LoraStack::default(),
         })
     }
 
@@ -290,12 +294,15 @@ impl HfCheckpoint {
             st::to_f32(t.dtype, &data[start..start + out.len() * es], out);
             f.release_range(t.start + start, out.len() * es);
         }
+        let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
+        if self.lora.touches(name) {
+            self.lora.apply(name, &mut v, &t.shape, false)?;
+        }
         let transform = if hf_rows {
             loc.transform.elementwise()
         } else {
             loc.transform
         };
-        let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
         if let Transform::Permute(n_head) = transform {
             if rows % (2 * n_head) != 0 {
                 return Err(Error::tensor(
@@ -315,6 +322,11 @@ impl HfCheckpoint {
         self.locs
             .get(name)
             .map(|l| (l.file, &self.files[l.file].tensors[l.index]))
+    }
+
+    /// The LoRA adapters merged into the weights.
+    pub fn lora(&self) -> &LoraStack {
+        &self.lora
     }
 
     /// The file holding a tensor and its HF name (for error messages).
@@ -340,6 +352,7 @@ pub struct GgufSource {
     /// Hyper-parameters from its metadata.
     pub config: ModelConfig,
     tensors: Vec<SourceTensor>,
+    lora: LoraStack,
 }
 
 impl ModelSource {
@@ -364,7 +377,46 @@ impl ModelSource {
             file,
             config,
             tensors,
+            lora: LoraStack::default(),
         })))
+    }
+
+    /// Opens `path` with LoRA adapters merged into its weights (`W + s·B·A`, in order), each
+    /// checked against the model first.
+    pub fn open_with_lora(path: impl AsRef<Path>, lora: &[LoraSpec]) -> Result<Self> {
+        let mut src = Self::open(path)?;
+        if !lora.is_empty() {
+            let stack = LoraStack::open(lora, src.config())?;
+            for (a, _) in stack.adapters() {
+                for t in a
+                    .targets
+                    .iter()
+                    .map(|t| &t.gguf)
+                    .chain(a.saved.iter().map(|s| &s.gguf))
+                {
+                    if !src.tensors().iter().any(|s| &s.name == t) {
+                        return Err(Error::tensor(
+                            a.file_path(),
+                            t,
+                            format!("adapts a tensor {} does not hold", src.path().display()),
+                        ));
+                    }
+                }
+            }
+            match &mut src {
+                ModelSource::Hf(h) => h.lora = stack,
+                ModelSource::Gguf(g) => g.lora = stack,
+            }
+        }
+        Ok(src)
+    }
+
+    /// The LoRA adapters merged into the weights.
+    pub fn lora(&self) -> &LoraStack {
+        match self {
+            ModelSource::Hf(h) => &h.lora,
+            ModelSource::Gguf(g) => &g.lora,
+        }
     }
 
     /// The path it was opened from.
@@ -400,7 +452,12 @@ impl ModelSource {
                     .file
                     .tensor(name)
                     .ok_or_else(|| Error::format(g.file.path(), format!("no tensor `{name}`")))?;
-                g.file.tensor_f32(t)
+                let mut v = g.file.tensor_f32(t)?;
+                if g.lora.touches(name) {
+                    let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+                    g.lora.apply(name, &mut v, &shape, true)?;
+                }
+                Ok(v)
             }
         }
     }
@@ -410,20 +467,18 @@ impl ModelSource {
     /// tokenizer files and every safetensors file.
     pub fn sha256(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
-        let file_hash = |p: &Path| -> Result<String> {
-            use std::io::Read;
-            let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            Ok(crate::tokenizer::hex(&h.finalize()))
-        };
+        let base = self.base_sha256()?;
+        if self.lora().is_empty() {
+            return Ok(base);
+        }
+        // Merged adapters: the digest of the base's and the adapters' digests and scales.
+        let listing = format!("{base}  base\n{}", self.lora().digest_lines()?);
+        Ok(crate::tokenizer::hex(&Sha256::digest(listing.as_bytes())))
+    }
+
+    fn base_sha256(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let file_hash = file_sha256;
         match self {
             ModelSource::Gguf(g) if !g.file.is_split() => file_hash(g.file.path()),
             ModelSource::Gguf(g) => {
@@ -470,7 +525,7 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(g) => {
                 let t = g.file.tensor(name)?;
-                (t.ty == ty).then(|| g.file.tensor_data(t))
+                (t.ty == ty && !g.lora.touches(name)).then(|| g.file.tensor_data(t))
             }
             ModelSource::Hf(_) => None,
         }
@@ -523,4 +578,21 @@ impl ModelSource {
         }
         Ok(md)
     }
+}
+
+/// The SHA-256 of a file's bytes in hex, streamed in 1 MiB reads (constant memory).
+pub fn file_sha256(p: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(crate::tokenizer::hex(&h.finalize()))
 }

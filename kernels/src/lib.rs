@@ -23,6 +23,7 @@ pub use forward::{forward, ForwardError, ForwardOptions, Logits, NoObserver, Obs
 pub use mask::{BlockMask, HeadPattern};
 pub use matmul::MatmulMode;
 pub use model::{
-    Activation, Config, Layer, LongRope, MatKind, Model, RopeStyle, SlidingWindow, Storage, Weight,
+    Activation, Config, Layer, LongRope, LoraTerm, MatKind, Model, RopeStyle, SlidingWindow,
+    Storage, Weight,
 };
 pub use simd::{force_scalar, SimdLevel};

@@ -163,8 +163,22 @@ macro_rules! dot4 {
 }
 
 /// `out[t·rows + r] = W[r] · x[t]` for `n_tok` tokens; `x` is `[n_tok, cols]`, `out` is
-/// `[n_tok, rows]`.
+/// `[n_tok, rows]`. A weight's run-time LoRA terms are added after the product.
 pub fn matmul(
+    w: &Weight,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+    mode: MatmulMode,
+) {
+    matmul_base(w, x, n_tok, out, scratch, mode);
+    for t in &w.lora {
+        t.apply(x, w.cols, n_tok, out, w.rows);
+    }
+}
+
+fn matmul_base(
     w: &Weight,
     x: &[f32],
     n_tok: usize,
@@ -462,6 +476,18 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
             v
         }
     };
+    // The affine types' activation sums of each group of four tokens, lane 4k + j = token j,
+    // once for the whole matmul (every tile of rows reads them).
+    let svals: Vec<[f32; 16]> = if W::AFFINE && n_tok >= 4 {
+        (0..n_tok / 4 * per_row)
+            .map(|i| {
+                let (g, b) = (i / per_row, i % per_row);
+                std::array::from_fn(|l| act(4 * g + l % 4)[b / 2].s[b % 2])
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let body = |c: usize| {
         let out = out_ptr;
         // SAFETY (every write): (t, r) belongs to this task's rows, which no other task
@@ -501,6 +527,7 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
             if tile.len() < 4 * np {
                 tile.resize(4 * np, bytemuck::Zeroable::zeroed());
             }
+            let mut mins: Vec<[f32; 16]> = Vec::new();
             let mut r = r0;
             while r < r1 {
                 let nr = (r1 - r).min(4);
@@ -514,24 +541,20 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
                 if nr == 4 {
                     let ws: [&[WeightPair]; 4] = [wt(0), wt(1), wt(2), wt(3)];
                     // The affine types' mins, lane 4k + j = row k, for the mins' term.
-                    let nb = wrow(r).len();
-                    let mins: Vec<[f32; 16]> = if W::AFFINE {
-                        (0..nb)
-                            .map(|b| std::array::from_fn(|l| wrow(r + l / 4)[b].min()))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
+                    mins.clear();
+                    if W::AFFINE {
+                        mins.extend(
+                            (0..per_row).map(|b| std::array::from_fn(|l| wrow(r + l / 4)[b].min())),
+                        );
+                    }
                     while t + 4 <= n_tok {
                         let v = unsafe {
                             gemm::<4, 4>(ws, [act(t), act(t + 1), act(t + 2), act(t + 3)], shift)
                         };
                         let term = if W::AFFINE {
-                            let s: Vec<[f32; 16]> = (0..nb)
-                                .map(|b| std::array::from_fn(|l| act(t + l % 4)[b / 2].s[b % 2]))
-                                .collect();
+                            let s = &svals[t / 4 * per_row..(t / 4 + 1) * per_row];
                             // SAFETY: run_zmm is only called at the AVX-512 level.
-                            unsafe { dot::zmm::affine_tile(&mins, &s) }
+                            unsafe { dot::zmm::affine_tile(&mins, s) }
                         } else {
                             [0f32; 16]
                         };

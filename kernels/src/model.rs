@@ -227,6 +227,79 @@ pub struct Weight {
     storage: Arc<dyn Storage>,
     offset: usize,
     row_bytes: usize,
+    /// LoRA adapters applied at run time: low-rank terms added to the product.
+    pub lora: Vec<LoraTerm>,
+}
+
+/// A LoRA adapter's term of a weight, applied at run time (llama.cpp's `build_lora_mm`):
+/// rows `row0 .. row0 + rows` of `W·x` gain `scale · B[b_row0 + i] · (A·x)`.
+#[derive(Clone)]
+pub struct LoraTerm {
+    /// First output row it adds to.
+    pub row0: usize,
+    /// Output rows it adds to.
+    pub rows: usize,
+    /// Rank.
+    pub rank: usize,
+    /// `A`, `[rank, cols]` row-major.
+    pub a: Arc<[f32]>,
+    /// `B`, `[b_rows, rank]` row-major (in the weight's row order).
+    pub b: Arc<[f32]>,
+    /// First row of `B` used (a row view of a fused matrix uses a part).
+    pub b_row0: usize,
+    /// `scale · alpha / rank`.
+    pub scale: f32,
+}
+
+impl std::fmt::Debug for LoraTerm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LoraTerm(rows {}+{}, rank {}, scale {})",
+            self.row0, self.rows, self.rank, self.scale
+        )
+    }
+}
+
+impl LoraTerm {
+    /// The term of rows `start .. start + n` of its weight, renumbered from 0 (`None` when it
+    /// adds to none of them).
+    fn view(&self, start: usize, n: usize) -> Option<LoraTerm> {
+        let lo = self.row0.max(start);
+        let hi = (self.row0 + self.rows).min(start + n);
+        (lo < hi).then(|| LoraTerm {
+            row0: lo - start,
+            rows: hi - lo,
+            b_row0: self.b_row0 + (lo - self.row0),
+            ..self.clone()
+        })
+    }
+
+    /// `out[t·out_rows + row0 + i] += scale · B[b_row0 + i] · (A · x[t])` for each token, in a
+    /// fixed order (the same bits for a token alone or in a batch, on any thread count).
+    pub fn apply(&self, x: &[f32], cols: usize, n_tok: usize, out: &mut [f32], out_rows: usize) {
+        let mut ax = vec![0f32; self.rank];
+        for t in 0..n_tok {
+            let xt = &x[t * cols..(t + 1) * cols];
+            for (k, v) in ax.iter_mut().enumerate() {
+                let a = &self.a[k * cols..(k + 1) * cols];
+                let mut s = 0f32;
+                for (p, q) in a.iter().zip(xt) {
+                    s += p * q;
+                }
+                *v = s;
+            }
+            let o = &mut out[t * out_rows + self.row0..t * out_rows + self.row0 + self.rows];
+            for (i, y) in o.iter_mut().enumerate() {
+                let b = &self.b[(self.b_row0 + i) * self.rank..(self.b_row0 + i + 1) * self.rank];
+                let mut s = 0f32;
+                for (p, q) in b.iter().zip(&ax) {
+                    s += p * q;
+                }
+                *y += self.scale * s;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Weight {
@@ -277,6 +350,7 @@ impl Weight {
             storage,
             offset,
             row_bytes,
+            lora: Vec::new(),
         })
     }
 
@@ -287,6 +361,7 @@ impl Weight {
         Weight {
             rows: n,
             offset: self.offset + start * self.row_bytes,
+            lora: self.lora.iter().filter_map(|t| t.view(start, n)).collect(),
             ..self.clone()
         }
     }
@@ -303,6 +378,15 @@ impl Weight {
             return None;
         }
         let rows = parts.iter().map(|w| w.rows).sum();
+        let mut lora = Vec::new();
+        let mut row0 = 0;
+        for w in parts {
+            lora.extend(w.lora.iter().map(|t| LoraTerm {
+                row0: t.row0 + row0,
+                ..t.clone()
+            }));
+            row0 += w.rows;
+        }
         let adjacent = parts.windows(2).all(|p| {
             Arc::ptr_eq(&p[0].storage, &p[1].storage)
                 && p[0].offset + p[0].rows * p[0].row_bytes == p[1].offset
@@ -310,6 +394,7 @@ impl Weight {
         if adjacent {
             return Some(Weight {
                 rows,
+                lora,
                 ..first.clone()
             });
         }
@@ -321,6 +406,7 @@ impl Weight {
             rows,
             storage: Arc::new(bytes),
             offset: 0,
+            lora,
             ..first.clone()
         })
     }

@@ -335,6 +335,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
             let applied = crate::method::apply(
                 &spec,
                 &cfg.model.path,
+                &[],
                 ftype,
                 &opts,
                 im.map(|(m, _)| m),

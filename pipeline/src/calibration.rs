@@ -1,7 +1,9 @@
 //! The importance matrix of a model on calibration text (`kiln calibrate`), or one shard's
 //! partial of it (`--shard i/N`, summed exactly by `kiln imatrix merge`).
 
+use convert::lora::LoraSpec;
 use std::path::{Path, PathBuf};
+use verify::load::LoraLoad;
 
 use calibrate::{CalibOptions, Imatrix};
 use convert::ModelSource;
@@ -14,6 +16,8 @@ use crate::{Error, Observer, Result};
 pub struct Calibration {
     /// The FP32 model (checkpoint directory or GGUF).
     pub model: PathBuf,
+    /// LoRA adapters merged into the model first (`--lora`).
+    pub lora: Vec<LoraSpec>,
     /// Texts, tokenized one after the other.
     pub texts: Vec<PathBuf>,
     /// Tokens per chunk.
@@ -37,7 +41,13 @@ pub fn calibrate(c: &Calibration, obs: &dyn Observer) -> Result<Imatrix> {
             c.output.display()
         )));
     }
-    let (loaded, tok) = load_with_tokenizer(&c.model)?;
+    let (loaded, tok) = load_with_tokenizer(
+        &c.model,
+        &LoraLoad {
+            merge: c.lora.clone(),
+            runtime: Vec::new(),
+        },
+    )?;
     let tokens = tokenize_files(&tok, &c.texts)?;
     let opts = CalibOptions {
         ctx: c.ctx,

@@ -214,6 +214,7 @@ fn padded(ty: GgmlType, dims: &[u64]) -> u64 {
 pub fn apply(
     spec: &MethodSpec,
     src_path: &std::path::Path,
+    lora: &[convert::lora::LoraSpec],
     ftype: Ftype,
     mix: &MixOptions,
     imatrix: Option<&Imatrix>,
@@ -247,7 +248,13 @@ pub fn apply(
     // Only AWQ, GPTQ and the allocation run the model (search works tensor by tensor while
     // writing).
     let mut calib = if spec.alloc || spec.gptq || spec.awq {
-        let loaded = verify::load::load(src_path)?;
+        let loaded = verify::load::load_with(
+            src_path,
+            &verify::load::LoraLoad {
+                merge: lora.to_vec(),
+                runtime: Vec::new(),
+            },
+        )?;
         let tok = tokenizer_of(&loaded.source, tokenizer_pre)?;
         let tokens = tokenize_files(&tok, &spec.calib_texts)?;
         Some((loaded, tok, tokens))

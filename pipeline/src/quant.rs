@@ -39,6 +39,9 @@ pub struct Quantization {
     pub method: MethodSpec,
     /// Split files, or one shard of them.
     pub split: Option<SplitOptions>,
+    /// LoRA adapters merged into the input first (`--lora`): calibration methods and the
+    /// artifact see the fine-tuned model.
+    pub lora: Vec<convert::lora::LoraSpec>,
 }
 
 /// A quantization whose methods have run: the types are decided, nothing is written yet.
@@ -59,7 +62,7 @@ impl Quantization {
                 "--shard with --method is not supported: kiln's methods (search, awq, gptq, alloc) measure the whole model; quantize shards with the reference quantizers and --imatrix",
             ));
         }
-        let src = ModelSource::open(&self.input)?;
+        let src = ModelSource::open_with_lora(&self.input, &self.lora)?;
         let imatrix = self.imatrix.as_deref().map(Imatrix::read).transpose()?;
         let mut mix = MixOptions {
             has_imatrix: imatrix.is_some(),
@@ -71,6 +74,7 @@ impl Quantization {
         let applied = method::apply(
             &self.method,
             &self.input,
+            &self.lora,
             self.ftype,
             &mix,
             imatrix.as_ref(),

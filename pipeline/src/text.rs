@@ -4,13 +4,13 @@ use std::path::Path;
 
 use convert::source::ModelSource;
 use convert::tokenizer::Tokenizer;
-use verify::load::Loaded;
+use verify::load::{Loaded, LoraLoad};
 
 use crate::{Error, Result};
 
 /// Loads a model for kiln's kernel, and its tokenizer.
-pub fn load_with_tokenizer(path: &Path) -> Result<(Loaded, Tokenizer)> {
-    let loaded = verify::load::load(path)?;
+pub fn load_with_tokenizer(path: &Path, lora: &LoraLoad) -> Result<(Loaded, Tokenizer)> {
+    let loaded = verify::load::load_with(path, lora)?;
     let tok = tokenizer_of(&loaded.source, None)?;
     Ok((loaded, tok))
 }
@@ -61,21 +61,7 @@ pub fn stored_mask(loaded: &Loaded, dense: bool) -> Result<Option<kernels::Block
 
 /// The SHA-256 of a file's bytes, in hex.
 pub fn file_sha256(p: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, "cannot read", e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io(p, "cannot read", e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(convert::tokenizer::hex(&h.finalize()))
+    Ok(convert::source::file_sha256(p)?)
 }
 
 /// The last component of a path, as the reports name texts and files.

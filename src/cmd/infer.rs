@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use convert::tokenizer::Tokenizer;
 use kernels::{forward, ForwardOptions, Logits, MatmulMode, NoObserver, State};
 use verify::eval::{EvalOptions, Protocol};
+use verify::load::LoraLoad;
 
 use super::human_bytes;
 
@@ -64,10 +65,11 @@ pub struct PerplexityArgs<'a> {
     pub dequantized: bool,
     pub json: bool,
     pub dense: bool,
+    pub lora: LoraLoad,
 }
 
 pub fn perplexity_cmd(a: PerplexityArgs) -> Result<i32> {
-    let (loaded, tok) = load_with_tokenizer(a.model)?;
+    let (loaded, tok) = load_with_tokenizer(a.model, &a.lora)?;
     let tokens = tokenize_file(&tok, a.text)?;
     let opts = EvalOptions {
         ctx: a.ctx,
@@ -124,10 +126,11 @@ pub struct RunArgs<'a> {
     pub temp: f32,
     pub top_k: usize,
     pub seed: u64,
+    pub lora: LoraLoad,
 }
 
 pub fn run_cmd(a: RunArgs) -> Result<i32> {
-    let (loaded, tok) = load_with_tokenizer(a.model)?;
+    let (loaded, tok) = load_with_tokenizer(a.model, &a.lora)?;
     let model = &loaded.model;
     let prompt = tok
         .encode(a.prompt)
@@ -191,6 +194,7 @@ pub struct BenchArgs<'a> {
     pub tg: usize,
     pub reps: usize,
     pub format: &'a str,
+    pub lora: LoraLoad,
 }
 
 /// Read bandwidth of this machine, all threads, over a buffer far larger than the caches (GB/s).
@@ -213,7 +217,7 @@ pub fn memory_bandwidth() -> f64 {
 }
 
 pub fn bench_cmd(a: BenchArgs) -> Result<i32> {
-    let loaded = verify::load::load(a.model)?;
+    let loaded = verify::load::load_with(a.model, &a.lora)?;
     let model = &loaded.model;
     let threads = rayon::current_num_threads();
     let bw = memory_bandwidth();

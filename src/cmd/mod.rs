@@ -31,6 +31,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             tokenizer_pre,
             name,
             allow_nonfinite,
+            lora,
             split,
         } => {
             let opts = ::convert::convert::ConvertOptions {
@@ -40,8 +41,14 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
                 allow_nonfinite,
                 split: split_options(&split, None)?,
             };
-            convert::convert(&input, &output, &opts)
+            convert::convert(&input, &lora, &output, &opts)
         }
+        Command::Adapter {
+            input,
+            base,
+            output,
+            out_type,
+        } => convert::adapter(&input, &base, &output, out_type.ggml()),
         Command::Export {
             input,
             output,
@@ -55,9 +62,11 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             process_output,
             output,
             shard,
+            lora,
         } => quant::calibrate_cmd(
             pipeline::calibration::Calibration {
                 model,
+                lora,
                 texts: text,
                 ctx,
                 chunks,
@@ -82,7 +91,17 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             max_ppl_ratio,
             format,
             dense,
+            lora,
+            reference_lora,
         } => verify::verify_cmd(verify::VerifyArgs {
+            lora: ::verify::load::LoraLoad {
+                merge: Vec::new(),
+                runtime: lora,
+            },
+            reference_lora: ::verify::load::LoraLoad {
+                merge: reference_lora,
+                runtime: Vec::new(),
+            },
             reference: &reference,
             candidate: &candidate,
             text: &text,
@@ -186,6 +205,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             alloc_report,
             split,
             shard,
+            lora,
         } => {
             let mut method = pipeline::MethodSpec::parse(&method)?;
             method.calib_texts = calib_text;
@@ -212,6 +232,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
                 tokenizer_pre,
                 method,
                 split: split_options(&split, shard.as_deref())?,
+                lora,
             };
             quant::quantize_cmd(job, dry_run, quiet)
         }
@@ -225,7 +246,9 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             dequantized,
             json,
             dense,
+            lora,
         } => infer::perplexity_cmd(infer::PerplexityArgs {
+            lora: runtime(lora),
             model: &model,
             text: &text,
             ctx,
@@ -261,7 +284,9 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             temp,
             top_k,
             seed,
+            lora,
         } => infer::run_cmd(infer::RunArgs {
+            lora: runtime(lora),
             model: &model,
             prompt: &prompt,
             n,
@@ -276,7 +301,9 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             reps,
             format,
             dense,
+            lora,
         } => infer::bench_cmd(infer::BenchArgs {
+            lora: runtime(lora),
             dense,
             model: &model,
             pp,
@@ -288,6 +315,14 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
                 BenchFormat::Csv => "csv",
             },
         }),
+    }
+}
+
+/// Adapters applied at run time by kiln's kernel.
+fn runtime(lora: Vec<::convert::lora::LoraSpec>) -> ::verify::load::LoraLoad {
+    ::verify::load::LoraLoad {
+        merge: Vec::new(),
+        runtime: lora,
     }
 }
 

@@ -22,11 +22,15 @@ pub struct VerifyArgs<'a> {
     pub format: &'a str,
     pub dense: bool,
     pub quiet: bool,
+    /// Adapters of the candidate (run time).
+    pub lora: verify::load::LoraLoad,
+    /// Adapters merged into the reference.
+    pub reference_lora: verify::load::LoraLoad,
 }
 
 pub fn verify_cmd(a: VerifyArgs) -> Result<i32> {
-    let (reference, tok) = load_with_tokenizer(a.reference)?;
-    let candidate = verify::load::load(a.candidate)?;
+    let (reference, tok) = load_with_tokenizer(a.reference, &a.reference_lora)?;
+    let candidate = verify::load::load_with(a.candidate, &a.lora)?;
     if candidate.model.config.vocab != reference.model.config.vocab {
         anyhow::bail!(
             "{}: vocabulary of {} tokens, the reference has {}",

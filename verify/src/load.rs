@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use convert::arch::Transform;
+use convert::lora::{LoraAdapter, LoraSpec};
 use convert::source::{HfCheckpoint, ModelSource};
 use convert::{Activation, GgmlType, ModelConfig};
 use kernels::{Config, Layer, LongRope, Model, RopeStyle, SlidingWindow, Storage, Weight};
@@ -24,19 +25,26 @@ pub enum LoadError {
     Missing { path: String, tensor: String },
 }
 
-/// File `.1` of a GGUF model (one file, or one of a split model's).
-struct GgufStorage(Arc<convert::gguf::GgufFile>, usize);
-impl Storage for GgufStorage {
+/// File `.1` of a model source: of a GGUF model (one file, or one of a split model's), or a
+/// checkpoint's safetensors file.
+struct SourceStorage(Arc<ModelSource>, usize);
+impl Storage for SourceStorage {
     fn bytes(&self) -> &[u8] {
-        self.0.parts()[self.1].bytes()
+        match &*self.0 {
+            ModelSource::Gguf(g) => g.file.parts()[self.1].bytes(),
+            ModelSource::Hf(h) => h.files()[self.1].bytes(),
+        }
     }
 }
 
-struct ShardStorage(Arc<HfCheckpoint>, usize);
-impl Storage for ShardStorage {
-    fn bytes(&self) -> &[u8] {
-        self.0.files()[self.1].bytes()
-    }
+/// LoRA adapters of a load.
+#[derive(Debug, Clone, Default)]
+pub struct LoraLoad {
+    /// Merged into the weights as they are read (`W + s·B·A` in f32): the fine-tuned model
+    /// itself, as a reference.
+    pub merge: Vec<LoraSpec>,
+    /// Applied at run time to the matmuls (`W·x + s·B·(A·x)`), as llama.cpp's `--lora` does.
+    pub runtime: Vec<LoraSpec>,
 }
 
 /// The kernel's switches for a configuration, as its architecture's module set them.
@@ -99,12 +107,77 @@ pub struct Loaded {
 
 /// Loads `path` (GGUF file or checkpoint directory).
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let source = Arc::new(ModelSource::open(path)?);
-    let model = match &*source {
-        ModelSource::Gguf(_) => load_gguf(path)?,
-        ModelSource::Hf(_) => load_hf(path)?,
+    load_with(path, &LoraLoad::default())
+}
+
+/// Loads `path` with LoRA adapters merged into its weights and/or applied at run time.
+pub fn load_with(path: &Path, lora: &LoraLoad) -> Result<Loaded, LoadError> {
+    let source = Arc::new(ModelSource::open_with_lora(path, &lora.merge)?);
+    let mut model = match &*source {
+        ModelSource::Gguf(_) => gguf_model(path, &source)?,
+        ModelSource::Hf(_) => hf_model(path, &source)?,
     };
+    let gguf_layout = matches!(&*source, ModelSource::Gguf(_));
+    for spec in &lora.runtime {
+        attach(&mut model, source.config(), spec, gguf_layout)?;
+    }
     Ok(Loaded { model, source })
+}
+
+/// Adds an adapter's terms to the model's weights, to run at each matmul.
+fn attach(
+    m: &mut Model,
+    c: &ModelConfig,
+    spec: &LoraSpec,
+    gguf_layout: bool,
+) -> Result<(), LoadError> {
+    let a = LoraAdapter::open(&spec.path, c)?;
+    if !a.saved.is_empty() {
+        return Err(LoadError::Convert(convert::Error::Unsupported {
+            path: a.file_path().to_path_buf(),
+            msg: format!(
+                "replaces `{}` whole (modules_to_save), which only a merge applies (merge it with                  the model instead of at run time)",
+                a.saved[0].hf
+            ),
+        }));
+    }
+    let missing = |t: &str| LoadError::Missing {
+        path: a.path.display().to_string(),
+        tensor: t.to_string(),
+    };
+    for t in &a.targets {
+        let term = kernels::LoraTerm {
+            row0: 0,
+            rows: t.rows,
+            rank: t.rank,
+            a: a.a(t)?.into(),
+            b: a.b(t, gguf_layout)?.into(),
+            b_row0: 0,
+            scale: t.scaling * spec.scale,
+        };
+        if t.gguf == "output.weight" {
+            m.output
+                .as_mut()
+                .ok_or_else(|| missing(&t.gguf))?
+                .lora
+                .push(term);
+            continue;
+        }
+        let (layer, name) = t
+            .gguf
+            .strip_prefix("blk.")
+            .and_then(|s| s.split_once('.'))
+            .and_then(|(l, n)| Some((l.parse::<usize>().ok()?, n.strip_suffix(".weight")?)))
+            .ok_or_else(|| missing(&t.gguf))?;
+        let config = m.config.clone();
+        let l = m.layers.get_mut(layer).ok_or_else(|| missing(&t.gguf))?;
+        let mut w = l.matrix(&config, name).ok_or_else(|| missing(&t.gguf))?;
+        w.lora.push(term);
+        if !l.set_matrix(&config, name, w) {
+            return Err(missing(&t.gguf));
+        }
+    }
+    Ok(())
 }
 
 fn build(
@@ -229,20 +302,48 @@ fn build(
 
 /// Loads a GGUF file zero-copy.
 pub fn load_gguf(path: &Path) -> Result<Model, LoadError> {
-    let file = convert::gguf::GgufFile::open(path)?;
-    let c = ModelConfig::from_gguf_file(&file)?;
+    gguf_model(path, &Arc::new(ModelSource::open(path)?))
+}
+
+/// A merged tensor as an owned f32 weight.
+fn merged(
+    src: &ModelSource,
+    name: &str,
+    hf_rows: bool,
+    rows: usize,
+    cols: usize,
+) -> Result<Weight, kernels::model::WeightError> {
+    let v = match src {
+        ModelSource::Hf(h) if hf_rows => h.tensor_f32_hf_rows(name),
+        _ => src.tensor_f32(name),
+    };
+    v.map_err(|e| kernels::model::WeightError {
+        what: name.to_string(),
+        msg: e.to_string(),
+    })
+    .and_then(|v| Weight::from_f32(name, rows, cols, v))
+}
+
+fn gguf_model(path: &Path, source: &Arc<ModelSource>) -> Result<Model, LoadError> {
+    let ModelSource::Gguf(g) = &**source else {
+        unreachable!("gguf_model of a GGUF source")
+    };
+    let file = &g.file;
+    let c = &g.config;
     let rope = if c.arch.permutes_qk() {
         RopeStyle::Adjacent
     } else {
         RopeStyle::Neox
     };
-    let file = Arc::new(file);
     let storages: Vec<Arc<dyn Storage>> = (0..file.parts().len())
-        .map(|i| Arc::new(GgufStorage(file.clone(), i)) as Arc<dyn Storage>)
+        .map(|i| Arc::new(SourceStorage(source.clone(), i)) as Arc<dyn Storage>)
         .collect();
-    build(&c, rope, path, |name| {
+    build(c, rope, path, |name| {
         let t = file.tensor(name)?;
         let (rows, cols) = (t.n_rows(), t.row_len());
+        if source.lora().touches(name) {
+            return Some(merged(source, name, false, rows, cols));
+        }
         Some(Weight::new(
             name,
             t.ty,
@@ -256,13 +357,27 @@ pub fn load_gguf(path: &Path) -> Result<Model, LoadError> {
 
 /// Loads a checkpoint directory zero-copy, in Hugging Face layout.
 pub fn load_hf(path: &Path) -> Result<Model, LoadError> {
-    let ck = Arc::new(HfCheckpoint::open(path)?);
+    hf_model(
+        path,
+        &Arc::new(ModelSource::Hf(Box::new(HfCheckpoint::open(path)?))),
+    )
+}
+
+fn hf_model(path: &Path, source: &Arc<ModelSource>) -> Result<Model, LoadError> {
+    let ModelSource::Hf(ck) = &**source else {
+        unreachable!("hf_model of a checkpoint source")
+    };
     let c = ck.config.clone();
     let storages: Vec<Arc<dyn Storage>> = (0..ck.files().len())
-        .map(|i| Arc::new(ShardStorage(ck.clone(), i)) as Arc<dyn Storage>)
+        .map(|i| Arc::new(SourceStorage(source.clone(), i)) as Arc<dyn Storage>)
         .collect();
     build(&c, RopeStyle::Neox, path, |name| {
         let (fi, t) = ck.raw_tensor(name)?;
+        if ck.lora().touches(name) {
+            let rows = t.shape[0];
+            let cols = t.shape[1..].iter().product();
+            return Some(merged(source, name, true, rows, cols));
+        }
         // Values the architecture stores differently in HF (Gemma's norms: w for 1 + w) are
         // read as the kernel runs them; everything else is mapped as stored.
         if ck.transform(name).map(Transform::elementwise) != Some(Transform::None) {
