@@ -669,4 +669,309 @@ fn smollm2_adapters_match_numpy_and_llama_cpp() {
             "{name}: the adapter matters"
         );
     }
+
+    // What runs on the device, gated as CI gates it: a Q4_K_M base + kiln's r64-rslora LoRA
+    // GGUF at run time against numpy's merged FP32 model. The threshold sits between the two
+    // measured KLDs, so the gate passes with the adapter and fails without it.
+    let q4 = tmp.path().join("base-Q4_K_M.gguf");
+    common::kiln_ok(&["quantize", &s(&base), "-o", &s(&q4), "--type", "Q4_K_M"]);
+    let lora = tmp.path().join("r64-rslora-lora.gguf");
+    let gate = |extra: &[&str]| -> (i32, f64) {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "-q",
+                "verify",
+                "--reference",
+                &s(&refs.join("merged-r64-rslora")),
+                "--candidate",
+                &s(&q4),
+                "--text",
+                &s(&text),
+                "--ctx",
+                "256",
+                "--chunks",
+                "8",
+                "--max-kld",
+                "0.08",
+                "--format",
+                "json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (
+            out.status.code().unwrap(),
+            v["parity"]["kld"]["mean"].as_f64().unwrap(),
+        )
+    };
+    let (code_with, with) = gate(&["--lora", &s(&lora)]);
+    let (code_without, without) = gate(&[]);
+    eprintln!(
+        "Q4_K_M base vs the merged r64-rslora FP32 model: KLD mean {with:.5} with kiln's LoRA GGUF at run time, {without:.5} without"
+    );
+    assert_eq!(code_with, 0, "Q4_K_M + adapter passes the gate ({with})");
+    assert_eq!(code_without, 1, "Q4_K_M alone fails it ({without})");
+}
+
+/// `kiln build` with `[[adapter]]`s: one base artifact shipped with two adapter artifacts
+/// (a report row for each combination, each the same numbers `kiln verify` gives), one target
+/// with an adapter merged before calibration; reruns reuse everything; per-target jobs merge
+/// into the single build; bad adapter references are build-file errors.
+#[test]
+fn build_ships_adapters_and_verifies_every_combination() {
+    let t = tiny();
+    let ck = t.dir.join("ck");
+    write_adapter(&t.dir.join("legal"), 8, 16.0, false, 5);
+    write_adapter(&t.dir.join("support"), 16, 8.0, true, 6);
+    std::fs::write(
+        t.dir.join("text.txt"),
+        "the quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let head = r#"
+[model]
+path = "ck"
+name = "tiny"
+tokenizer_pre = "gpt-2"
+[calibration]
+texts = ["text.txt"]
+ctx = 64
+chunks = 2
+[evaluation]
+texts = ["text.txt"]
+ctx = 64
+chunks = 2
+[bench]
+pp = 16
+tg = 4
+reps = 1
+[[adapter]]
+name = "legal"
+path = "legal"
+[[adapter]]
+name = "support"
+path = "support"
+scale = 0.5
+type = "q8_0"
+"#;
+    let toml = t.dir.join("kiln.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "{head}\n[[target]]\nname = \"q8\"\ntype = \"Q8_0\"\nadapters = [\"legal\", \"support\"]\n\
+             [[target]]\nname = \"q8-legal\"\ntype = \"Q8_0\"\nimatrix = true\nlora = [\"legal\"]\n"
+        ),
+    )
+    .unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let one = t.dir.join("one");
+    let (c, e) = kiln(&["build", &s(&toml), "-o", &s(&one)]);
+    assert_eq!(c, 0, "{e}");
+
+    // One artifact per target, one file per shipped adapter, the merged model's imatrix.
+    let mut ggufs: Vec<String> = std::fs::read_dir(&one)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".gguf"))
+        .collect();
+    ggufs.sort();
+    assert_eq!(
+        ggufs,
+        [
+            "imatrix+legal.gguf",
+            "tiny-legal.lora.gguf",
+            "tiny-q8-legal.gguf",
+            "tiny-q8.gguf",
+            "tiny-support.lora.gguf"
+        ]
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(one.join("report.json")).unwrap()).unwrap();
+    let ads = report["adapters"].as_array().unwrap();
+    assert_eq!(ads.len(), 2, "{report}");
+    assert_eq!(ads[0]["ranks"], serde_json::json!([8]));
+    assert_eq!(ads[0]["type"], "F16");
+    assert_eq!(
+        ads[0]["alpha"], 16.0,
+        "PEFT alpha 16 at r 8: scaling 2 = alpha / r"
+    );
+    assert_eq!(ads[1]["ranks"], serde_json::json!([16]));
+    assert_eq!(ads[1]["type"], "Q8_0");
+    assert_eq!(
+        ads[1]["alpha"], 16.0,
+        "rsLoRA 8/√16 = 2 per unit, as alpha 32 at r 16, at scale 0.5"
+    );
+    assert_eq!(ads[0]["tensors"], 14);
+    // `kiln adapter` writes the same file (the adapter's directory names it in both).
+    let solo = t.dir.join("solo.gguf");
+    let (c, e) = kiln(&[
+        "adapter",
+        &s(&t.dir.join("legal")),
+        "--base",
+        &s(&ck),
+        "-o",
+        &s(&solo),
+        "--type",
+        "f16",
+    ]);
+    assert_eq!(c, 0, "{e}");
+    assert_eq!(
+        std::fs::read(&solo).unwrap(),
+        std::fs::read(one.join("tiny-legal.lora.gguf")).unwrap()
+    );
+
+    // Each combination row is what `kiln verify` says of the artifact + adapter file against
+    // the checkpoint with the adapter merged; without the adapter it is far off.
+    let verify = |cand: &Path, extra: &[String]| -> f64 {
+        let mut a: Vec<String> = [
+            "verify",
+            "--reference",
+            &s(&ck),
+            "--candidate",
+            &s(cand),
+            "--text",
+            &s(&t.dir.join("text.txt")),
+            "--ctx",
+            "64",
+            "--chunks",
+            "2",
+            "--format",
+            "json",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("-q")
+            .args(&a)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{a:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        v["parity"]["kld"]["mean"].as_f64().unwrap()
+    };
+    let q8 = &report["targets"][0];
+    let combos = q8["combinations"].as_array().unwrap();
+    assert_eq!(combos.len(), 2);
+    let base = one.join("tiny-q8.gguf");
+    for (c, reference_lora) in combos.iter().zip(["legal", "support:0.5"]) {
+        let name = c["adapter"].as_str().unwrap();
+        let file = one.join(c["file"].as_str().unwrap());
+        let rl = s(&t.dir.join(reference_lora));
+        let with = verify(
+            &base,
+            &[
+                "--reference-lora".into(),
+                rl.clone(),
+                "--lora".into(),
+                s(&file),
+            ],
+        );
+        let without = verify(&base, &["--reference-lora".into(), rl]);
+        let reported = c["parity"]["kld"]["mean"].as_f64().unwrap();
+        assert!(
+            (reported - with).abs() <= 1e-9 * with.max(1e-12),
+            "{name}: report {reported} vs verify {with}"
+        );
+        assert!(
+            with * 10.0 < without,
+            "{name}: base + adapter {with} vs base alone {without}"
+        );
+        assert_eq!(c["pass"], true);
+    }
+    // The merged target is verified against the merged checkpoint.
+    let merged = &report["targets"][1];
+    assert_eq!(merged["lora"], serde_json::json!(["legal"]));
+    let m = verify(
+        &one.join("tiny-q8-legal.gguf"),
+        &["--reference-lora".into(), s(&t.dir.join("legal"))],
+    );
+    let reported = merged["parity"]["kld"]["mean"].as_f64().unwrap();
+    assert!(
+        (reported - m).abs() <= 1e-9 * m.max(1e-12),
+        "{reported} vs {m}"
+    );
+    let g = convert::gguf::GgufFile::open(one.join("tiny-q8-legal.gguf")).unwrap();
+    assert_eq!(
+        g.metadata.str("kiln.lora.merged"),
+        Some("legal:1"),
+        "the merge is recorded"
+    );
+    let md = std::fs::read_to_string(one.join("report.md")).unwrap();
+    for row in ["| q8 + legal |", "| q8 + support |", "## Adapters"] {
+        assert!(md.contains(row), "{row} in\n{md}");
+    }
+
+    // A rerun reuses everything: the same bytes.
+    let snapshot = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".gguf") || n == "manifest.json")
+            .map(|n| (n.clone(), std::fs::read(d.join(&n)).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = snapshot(&one);
+    let (c, e) = kiln(&["build", &s(&toml), "-o", &s(&one)]);
+    assert_eq!(c, 0, "{e}");
+    assert!(first == snapshot(&one), "a rerun changed the build");
+
+    // Per-target jobs merge into the single build's files.
+    for (target, dir) in [("q8", "j1"), ("q8-legal", "j2")] {
+        let (c, e) = kiln(&[
+            "build",
+            &s(&toml),
+            "-o",
+            &s(&t.dir.join(dir)),
+            "--target",
+            target,
+        ]);
+        assert_eq!(c, 0, "{target}: {e}");
+    }
+    let merged_dir = t.dir.join("merged");
+    let (c, e) = kiln(&[
+        "build",
+        "merge",
+        &s(&toml),
+        &s(&t.dir.join("j1")),
+        &s(&t.dir.join("j2")),
+        "-o",
+        &s(&merged_dir),
+    ]);
+    assert_eq!(c, 0, "{e}");
+    assert!(
+        first == snapshot(&merged_dir),
+        "the merged jobs differ from the build"
+    );
+
+    // Bad references are errors naming the build file and the adapter, nothing built.
+    for (bad, what) in [
+        (
+            "[[target]]\nname = \"x\"\ntype = \"Q8_0\"\nadapters = [\"nope\"]\n",
+            "nope",
+        ),
+        (
+            "[[target]]\nname = \"x\"\ntype = \"Q8_0\"\nlora = [\"legal\"]\nadapters = [\"legal\"]\n",
+            "named twice",
+        ),
+        (
+            "[[target]]\nname = \"x\"\ntype = \"Q8_0\"\nmethod = [\"awq\"]\nadapters = [\"legal\"]\n",
+            "AWQ",
+        ),
+    ] {
+        let f = t.dir.join("bad.toml");
+        std::fs::write(&f, format!("{head}\n{bad}")).unwrap();
+        let out = t.dir.join("bad-out");
+        let (c, e) = kiln(&["build", &s(&f), "-o", &s(&out)]);
+        assert_eq!(c, 2, "{bad}: {e}");
+        assert!(e.contains("bad.toml") && e.contains(what), "{e}");
+        assert!(!out.exists(), "{bad}: nothing is written");
+    }
 }

@@ -896,13 +896,15 @@ pub struct AdapterReport {
 /// adapter's configured rank, which is PEFT's scaling for rsLoRA too (llama.cpp's converter
 /// writes `lora_alpha` and so runs an rsLoRA adapter at `√r` times its strength); a module
 /// whose own scaling differs (`alpha_pattern`, `rank_pattern` with rsLoRA) has the ratio folded
-/// into its B.
+/// into its B. `strength` (1 = as trained) multiplies the written alpha, so llama.cpp's plain
+/// `--lora FILE` runs the adapter at that strength.
 pub fn write_adapter(
     adapter: &LoraAdapter,
     base: &ModelConfig,
     out: &Path,
     ty: GgmlType,
     name: Option<&str>,
+    strength: f32,
 ) -> Result<AdapterReport> {
     use crate::gguf::{Metadata, TensorSpec, Value};
     if !adapter_type_ok(ty) {
@@ -945,7 +947,7 @@ pub fn write_adapter(
         md.set("general.base_model.0.name", Value::String(b.clone()));
     }
     md.set("adapter.type", Value::String("lora".into()));
-    md.set("adapter.lora.alpha", Value::F32(alpha));
+    md.set("adapter.lora.alpha", Value::F32(alpha * strength));
     md.set(
         "general.file_type",
         Value::U32(crate::convert::file_type_id(ty)),
@@ -1028,7 +1030,7 @@ pub fn write_adapter(
     Ok(AdapterReport {
         output: out.to_path_buf(),
         file_bytes,
-        alpha,
+        alpha: alpha * strength,
         ranks,
         modules: adapter.modules(),
         n_targets: adapter.targets.len(),

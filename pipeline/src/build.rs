@@ -8,15 +8,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use calibrate::{CalibOptions, Imatrix};
+use convert::lora::{LoraAdapter, LoraSpec};
 use convert::ModelSource;
 use quantize::mix::{Ftype, MixOptions};
 use quantize::GgmlType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use verify::eval::{EvalOptions, Protocol};
-use verify::report::{BuildReport, TargetReport, SCHEMA_VERSION};
+use verify::load::LoraLoad;
+use verify::report::{AdapterInfo, BuildReport, CombinationReport, TargetReport, SCHEMA_VERSION};
 
-use crate::buildfile::BuildFile;
+use crate::buildfile::{AdapterSection, BuildFile, TargetSection};
 use crate::method::{MethodSpec, ProfileCache, TensorQuantizer};
 use crate::quant::{write_artifact, Artifact};
 use crate::text::{file_name, file_sha256, tokenize_files, tokenizer_of};
@@ -144,8 +146,13 @@ fn compare_with_baselines(cfg: &BuildFile, mut targets: Vec<TargetReport>) -> Ve
 /// What a previous run left: keys of finished work and their results.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Cache {
-    imatrix_key: Option<String>,
+    /// Importance matrices by file ([`imatrix_file`]): their keys.
+    #[serde(default)]
+    imatrices: BTreeMap<String, String>,
     targets: BTreeMap<String, (String, TargetReport)>,
+    /// Adapter artifacts by `[[adapter]]` name: their keys and report data.
+    #[serde(default)]
+    adapters: BTreeMap<String, (String, AdapterInfo)>,
 }
 
 fn sha_of(parts: &[&str]) -> String {
@@ -156,6 +163,58 @@ fn sha_of(parts: &[&str]) -> String {
     }
     convert::tokenizer::hex(&h.finalize())
 }
+
+/// The prefix of a build's artifact names.
+fn model_name(cfg: &BuildFile) -> String {
+    cfg.model.name.clone().unwrap_or_else(|| {
+        cfg.model
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    })
+}
+
+/// The importance matrix of the model with the adapters `lora` merged.
+fn imatrix_file(lora: &[String]) -> String {
+    if lora.is_empty() {
+        "imatrix.gguf".into()
+    } else {
+        format!("imatrix+{}.gguf", lora.join("+"))
+    }
+}
+
+/// An `[[adapter]]`'s artifact.
+fn adapter_file(model: &str, adapter: &str) -> String {
+    format!("{model}-{adapter}.lora.gguf")
+}
+
+/// The files besides their artifacts that `targets` need in the output directory: the
+/// importance matrices they were quantized with and the adapters they ship with.
+fn side_files<'a>(
+    cfg: &BuildFile,
+    targets: impl IntoIterator<Item = &'a TargetSection>,
+) -> Vec<String> {
+    let model = model_name(cfg);
+    let mut files: Vec<String> = Vec::new();
+    for t in targets {
+        let mut mine = Vec::new();
+        if t.imatrix {
+            mine.push(imatrix_file(&t.lora));
+        }
+        mine.extend(t.adapters.iter().map(|a| adapter_file(&model, a)));
+        for f in mine {
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
+    files
+}
+
+/// One verification of a build: the index of a new artifact, and the shipped adapter it runs
+/// with (none: the artifact alone).
+type Unit = (usize, Option<String>);
 
 /// Runs a build: the report data and where it went. Targets that fail their thresholds are
 /// in the report (`pass` false), not an error.
@@ -175,13 +234,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let src = ModelSource::open(&cfg.model.path)?;
-    let model_name = cfg.model.name.clone().unwrap_or_else(|| {
-        cfg.model
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
+    let model_name = model_name(&cfg);
     say(format!(
         "kiln build: {} ({} targets) → {}",
         cfg.model.path.display(),
@@ -201,17 +254,64 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
     let tok = tokenizer_of(&src, cfg.model.tokenizer_pre.as_deref())?;
     let bos = if tok.add_bos { tok.bos } else { None };
 
-    // 1. Calibration, once, if any target needs it.
-    let imatrix_path = out.join("imatrix.gguf");
-    let mut imatrix_key = String::new();
-    let imatrix: Option<Imatrix> = if cfg.targets.iter().any(|t| t.imatrix) {
+    // The adapters: their sources' digests (inputs of everything that uses them).
+    let section = |n: &str| {
+        cfg.adapters
+            .iter()
+            .find(|a| a.name == n)
+            .expect("validated: targets name declared adapters")
+    };
+    let specs =
+        |names: &[String]| -> Vec<LoraSpec> { names.iter().map(|n| section(n).spec()).collect() };
+    let mut adapter_keys: BTreeMap<String, String> = BTreeMap::new();
+    let mut adapter_shas: BTreeMap<String, String> = BTreeMap::new();
+    for a in &full.adapters {
+        let sha = LoraAdapter::open(&a.path, src.config())?.sha256()?;
+        adapter_keys.insert(
+            a.name.clone(),
+            sha_of(&[version, &model_sha, &json(a), &sha]),
+        );
+        adapter_shas.insert(a.name.clone(), sha);
+    }
+    // The model each set of merged adapters makes, and its digest.
+    let mut merged: BTreeMap<Vec<String>, (ModelSource, String)> = BTreeMap::new();
+    for t in &cfg.targets {
+        if !t.lora.is_empty() && !merged.contains_key(&t.lora) {
+            let m = ModelSource::open_with_lora(&cfg.model.path, &specs(&t.lora))?;
+            let sha = m.sha256()?;
+            merged.insert(t.lora.clone(), (m, sha));
+        }
+    }
+    let source_of = |lora: &[String]| -> (&ModelSource, &str) {
+        match merged.get(lora) {
+            Some((m, sha)) => (m, sha.as_str()),
+            None => (&src, model_sha.as_str()),
+        }
+    };
+
+    // 1. Calibration, once per set of merged adapters, if any target needs it: the imatrix of
+    //    the model the target is quantized from.
+    let mut imatrices: BTreeMap<Vec<String>, (Imatrix, String, String)> = BTreeMap::new();
+    for t in cfg.targets.iter().filter(|t| t.imatrix) {
+        if imatrices.contains_key(&t.lora) {
+            continue;
+        }
         let c = cfg.calibration.as_ref().expect("validated");
-        imatrix_key = sha_of(&[version, &model_sha, &json(c), &text_hashes(&c.texts)?]);
-        if cache.imatrix_key.as_deref() == Some(imatrix_key.as_str()) && imatrix_path.exists() {
-            say("calibration: reusing imatrix.gguf".into());
-            Some(Imatrix::read(&imatrix_path)?)
+        let file = imatrix_file(&t.lora);
+        let path = out.join(&file);
+        let (_, set_sha) = source_of(&t.lora);
+        let key = sha_of(&[version, set_sha, &json(c), &text_hashes(&c.texts)?]);
+        let m = if cache.imatrices.get(&file) == Some(&key) && path.exists() {
+            say(format!("calibration: reusing {file}"));
+            Imatrix::read(&path)?
         } else {
-            let reference = verify::load::load(&cfg.model.path)?;
+            let reference = verify::load::load_with(
+                &cfg.model.path,
+                &LoraLoad {
+                    merge: specs(&t.lora),
+                    runtime: Vec::new(),
+                },
+            )?;
             let tokens = tokenize_files(&tok, &c.texts)?;
             let names = c.texts.iter().map(|t| file_name(t)).collect();
             let opts = CalibOptions {
@@ -222,20 +322,77 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                 datasets: names,
                 kv_f16: true,
             };
-            let m = calibrate::calibrate(&reference.model, &tokens, &opts, |d, t| {
-                obs.step("calibrate", d, t, "chunks")
+            let stage = if t.lora.is_empty() {
+                "calibrate".to_string()
+            } else {
+                format!("calibrate (+{})", t.lora.join(" +"))
+            };
+            let m = calibrate::calibrate(&reference.model, &tokens, &opts, |d, n| {
+                obs.step(&stage, d, n, "chunks")
             })?;
-            obs.finish("calibrate");
-            m.write(&imatrix_path)?;
-            cache.imatrix_key = Some(imatrix_key.clone());
+            obs.finish(&stage);
+            m.write(&path)?;
+            cache.imatrices.insert(file.clone(), key.clone());
             save_cache(&cache_path, &cache)?;
-            Some(m)
-        }
-    } else {
-        None
-    };
+            m
+        };
+        imatrices.insert(t.lora.clone(), (m, file, key));
+    }
 
-    // 2. Quantize each target whose work is not already done.
+    // 2. The adapter artifacts the targets ship with, each written once (with its strength
+    //    in its alpha, so llama.cpp's plain `--lora FILE` runs it as verified).
+    let shipped: Vec<&AdapterSection> = cfg
+        .adapters
+        .iter()
+        .filter(|a| cfg.targets.iter().any(|t| t.adapters.contains(&a.name)))
+        .collect();
+    for a in &shipped {
+        let file = adapter_file(&model_name, &a.name);
+        let path = out.join(&file);
+        let key = &adapter_keys[&a.name];
+        let done = cache.adapters.get(&a.name).is_some_and(|(k, r)| {
+            k == key && file_sha256(&path).map(|h| h == r.sha256).unwrap_or(false)
+        });
+        if done {
+            say(format!("adapter {}: reusing {file}", a.name));
+            continue;
+        }
+        say(format!("adapter {}: writing {file}", a.name));
+        let ty = a.ggml_type().map_err(Error::Options)?;
+        let adapter = LoraAdapter::open(&a.path, src.config())?;
+        let r = convert::lora::write_adapter(
+            &adapter,
+            src.config(),
+            &path,
+            ty,
+            Some(&a.name),
+            a.scale,
+        )?;
+        for t in &r.f16_fallbacks {
+            say(format!(
+                "adapter {}: {t} stored as F16: its rows do not fit {ty}'s blocks",
+                a.name
+            ));
+        }
+        let info = AdapterInfo {
+            name: a.name.clone(),
+            source: file_name(&a.path),
+            source_sha256: adapter_shas[&a.name].clone(),
+            scale: a.scale,
+            file: file.clone(),
+            sha256: file_sha256(&path)?,
+            bytes: r.file_bytes,
+            ty: ty.name().to_uppercase(),
+            ranks: r.ranks,
+            alpha: r.alpha,
+            modules: r.modules,
+            tensors: r.n_targets,
+        };
+        cache.adapters.insert(a.name.clone(), (key.clone(), info));
+        save_cache(&cache_path, &cache)?;
+    }
+
+    // 3. Quantize each target whose work is not already done.
     let eval = &cfg.evaluation;
     let protocol = if eval.protocol == "full" {
         Protocol::Full
@@ -251,13 +408,25 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
     for t in &cfg.targets {
         let file = format!("{model_name}-{}.gguf", t.name);
         let path = out.join(&file);
+        let (tsrc, set_sha) = source_of(&t.lora);
+        let im_key = if t.imatrix {
+            imatrices[&t.lora].2.as_str()
+        } else {
+            ""
+        };
+        let shipped_keys: Vec<&str> = t
+            .adapters
+            .iter()
+            .map(|a| adapter_keys[a].as_str())
+            .collect();
         let key = sha_of(&[
             version,
-            &model_sha,
-            if t.imatrix { &imatrix_key } else { "" },
+            set_sha,
+            im_key,
             &json(t),
             &json(&cfg.thresholds),
             &eval_key,
+            &shipped_keys.join(","),
         ]);
         keys.insert(t.name.clone(), key.clone());
         let done = cache.targets.get(&t.name).filter(|(k, r)| {
@@ -276,10 +445,23 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
             token_embedding_type: parse(&t.token_embedding_type)?,
             overrides: quantize::mix::parse_overrides(&t.tensor_types)?,
         };
+        let lora = specs(&t.lora);
         let mut extra_meta = Vec::new();
+        if !t.lora.is_empty() {
+            extra_meta.push((
+                "kiln.lora.merged".to_string(),
+                convert::gguf::Value::String(
+                    t.lora
+                        .iter()
+                        .map(|n| format!("{n}:{}", section(n).scale))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ));
+        }
         let mut mask = None;
         if let Some(ms) = &t.attention_masks {
-            let key = json(ms);
+            let key = format!("{:?} {}", t.lora, json(ms));
             if !masks_done.contains_key(&key) {
                 say(format!(
                     "{}: deriving attention masks (coverage {}, block {}, ctx {})",
@@ -288,6 +470,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                 let texts = &cfg.calibration.as_ref().expect("validated").texts;
                 let derived = crate::masks::derive_mask(
                     &cfg.model.path,
+                    &lora,
                     texts,
                     ms,
                     cfg.model.tokenizer_pre.as_deref(),
@@ -296,16 +479,23 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                 masks_done.insert(key.clone(), derived);
             }
             let (m, _) = &masks_done[&key];
-            extra_meta = calibrate::masks::to_metadata(m, ms.coverage);
+            extra_meta.extend(calibrate::masks::to_metadata(m, ms.coverage));
             mask = Some((m.clone(), *ms));
         }
         say(format!(
-            "{}: quantizing to {ftype}{}",
+            "{}: quantizing to {ftype}{}{}",
             t.name,
-            if t.imatrix { " with the imatrix" } else { "" }
+            if t.imatrix { " with the imatrix" } else { "" },
+            if t.lora.is_empty() {
+                String::new()
+            } else {
+                format!(" (merged: {})", t.lora.join(", "))
+            }
         ));
         let im = if t.imatrix {
-            imatrix.as_ref().map(|m| (m, imatrix_path.as_path()))
+            imatrices
+                .get(&t.lora)
+                .map(|(m, f, _)| (m, out.join(f), f.as_str()))
         } else {
             None
         };
@@ -335,10 +525,10 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
             let applied = crate::method::apply(
                 &spec,
                 &cfg.model.path,
-                &[],
+                &lora,
                 ftype,
                 &opts,
-                im.map(|(m, _)| m),
+                im.as_ref().map(|(m, _, _)| *m),
                 cfg.model.tokenizer_pre.as_deref(),
                 &mut profiles,
                 obs,
@@ -366,12 +556,12 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
             tq = applied.quantizer;
         }
         let q = write_artifact(
-            &src,
+            tsrc,
             Artifact {
                 out: &path,
                 ftype,
-                imatrix: im,
-                imatrix_name: Some("imatrix.gguf"),
+                imatrix: im.as_ref().map(|(m, p, _)| (*m, p.as_path())),
+                imatrix_name: im.as_ref().map(|(_, _, f)| *f),
                 mix: opts,
                 tensor_types: &t.tensor_types,
                 tokenizer_pre: cfg.model.tokenizer_pre.clone(),
@@ -384,10 +574,10 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
         todo.push((t.clone(), file, path, q, mask, method_report));
     }
 
-    // 3. Verify the new artifacts against the FP32 model (reference run once per chunk) and
-    //    benchmark them.
+    // 4. Verify the new artifacts against the FP32 model with their merged adapters, and each
+    //    artifact + shipped adapter at run time against the FP32 model with that adapter merged
+    //    too (one reference run per set of adapters), and benchmark them.
     if !todo.is_empty() {
-        let reference = verify::load::load(&cfg.model.path)?;
         let tokens = tokenize_files(&tok, &eval.texts)?;
         let opts = EvalOptions {
             ctx: eval.ctx,
@@ -396,32 +586,110 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
             bos,
             ..Default::default()
         };
+        verify::eval::n_chunks(tokens.len(), &opts)?;
         let cands: Vec<verify::load::Loaded> = todo
             .iter()
             .map(|t| verify::load::load(&t.2))
             .collect::<Result<_, _>>()?;
-        let masked: Vec<verify::eval::Masked> = cands
-            .iter()
-            .zip(&todo)
-            .map(|(c, t)| (&c.model, t.4.as_ref().map(|(m, _)| m)))
-            .collect();
-        verify::eval::n_chunks(tokens.len(), &opts)?;
-        let parities = verify::parity::compare_masked(
-            (&reference.model, None),
-            &masked,
-            &tokens,
-            &opts,
-            |d, t| obs.step("verify", d, t, "chunks"),
-        )?;
-        obs.finish("verify");
+        // (todo index, shipped adapter) by the adapters their reference merges, in first-use
+        // order.
+        let mut groups: Vec<(Vec<String>, Vec<Unit>)> = Vec::new();
+        let mut add =
+            |set: Vec<String>, unit: Unit| match groups.iter_mut().find(|(s, _)| *s == set) {
+                Some((_, u)) => u.push(unit),
+                None => groups.push((set, vec![unit])),
+            };
+        for (i, t) in todo.iter().enumerate() {
+            add(t.0.lora.clone(), (i, None));
+            for a in &t.0.adapters {
+                let mut set = t.0.lora.clone();
+                set.push(a.clone());
+                add(set, (i, Some(a.clone())));
+            }
+        }
+        let mut parities: Vec<Option<verify::parity::Parity>> = vec![None; todo.len()];
+        let mut combos: Vec<Vec<CombinationReport>> = vec![Vec::new(); todo.len()];
+        for (set, units) in &groups {
+            let reference = verify::load::load_with(
+                &cfg.model.path,
+                &LoraLoad {
+                    merge: specs(set),
+                    runtime: Vec::new(),
+                },
+            )?;
+            let with_adapter: Vec<Option<verify::load::Loaded>> = units
+                .iter()
+                .map(|(i, a)| {
+                    a.as_ref()
+                        .map(|a| {
+                            verify::load::load_with(
+                                &todo[*i].2,
+                                &LoraLoad {
+                                    merge: Vec::new(),
+                                    runtime: vec![LoraSpec {
+                                        path: out.join(adapter_file(&model_name, a)),
+                                        scale: 1.0,
+                                    }],
+                                },
+                            )
+                        })
+                        .transpose()
+                })
+                .collect::<Result<_, _>>()?;
+            let masked: Vec<verify::eval::Masked> = units
+                .iter()
+                .zip(&with_adapter)
+                .map(|((i, _), w)| {
+                    (
+                        w.as_ref().map_or(&cands[*i].model, |l| &l.model),
+                        todo[*i].4.as_ref().map(|(m, _)| m),
+                    )
+                })
+                .collect();
+            let stage = if set.is_empty() {
+                "verify".to_string()
+            } else {
+                format!("verify (+{})", set.join(" +"))
+            };
+            let got = verify::parity::compare_masked(
+                (&reference.model, None),
+                &masked,
+                &tokens,
+                &opts,
+                |d, n| obs.step(&stage, d, n, "chunks"),
+            )?;
+            obs.finish(&stage);
+            for (((i, a), w), parity) in units.iter().zip(&with_adapter).zip(got) {
+                let (Some(a), Some(w)) = (a, w) else {
+                    parities[*i] = Some(parity);
+                    continue;
+                };
+                let t = &todo[*i].0;
+                say(format!("{} + {a}: benchmarking", t.name));
+                let b = &cfg.bench;
+                let mask = todo[*i].4.as_ref().map(|(m, _)| m);
+                let bench = verify::bench::run(&w.model, mask, b.pp, b.tg, b.reps)?;
+                let checks = t.thresholds.or(&cfg.thresholds).check(&parity);
+                combos[*i].push(CombinationReport {
+                    adapter: a.clone(),
+                    file: adapter_file(&model_name, a),
+                    bytes: todo[*i].3.report.file_bytes + cache.adapters[a].1.bytes,
+                    pass: checks.iter().all(|c| c.pass),
+                    checks,
+                    parity,
+                    bench,
+                });
+            }
+        }
         let fp32_bytes: u64 = src
             .tensors()
             .iter()
             .map(|t| t.n_elements() as u64 * 4)
             .sum();
-        for (((t, file, path, q, mask, method), cand), parity) in
-            todo.into_iter().zip(&cands).zip(parities)
+        for ((((t, file, path, q, mask, method), cand), parity), combinations) in
+            todo.into_iter().zip(&cands).zip(parities).zip(combos)
         {
+            let parity = parity.expect("every artifact is verified");
             say(format!("{}: benchmarking", t.name));
             let b = &cfg.bench;
             let bench = verify::bench::run(&cand.model, None, b.pp, b.tg, b.reps)?;
@@ -467,7 +735,8 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                     })
                 }
             };
-            let errors = verify::weights::weight_errors(&src, &cand.source)?;
+            // The weights' error against the model the artifact was quantized from.
+            let errors = verify::weights::weight_errors(source_of(&t.lora).0, &cand.source)?;
             let thresholds = t.thresholds.or(&cfg.thresholds);
             let checks = thresholds.check(&parity);
             let mut types: BTreeMap<String, usize> = BTreeMap::new();
@@ -483,7 +752,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                 bytes: q.report.file_bytes,
                 bits_per_weight: q.bits_per_weight(),
                 ratio_to_fp32: q.report.file_bytes as f64 / fp32_bytes as f64,
-                pass: checks.iter().all(|c| c.pass),
+                pass: checks.iter().all(|c| c.pass) && combinations.iter().all(|c| c.pass),
                 checks,
                 parity,
                 bench,
@@ -491,6 +760,8 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                 tensor_types: types.into_iter().collect(),
                 masks,
                 method,
+                lora: t.lora.clone(),
+                combinations,
             };
             cache
                 .targets
@@ -499,7 +770,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
         }
     }
 
-    // 4. Reports and manifest, from the (possibly reused) results, in target order.
+    // 5. Reports and manifest, from the (possibly reused) results, in target order.
     let targets: Vec<TargetReport> = cfg
         .targets
         .iter()
@@ -507,6 +778,10 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
         .collect();
     let targets = compare_with_baselines(&cfg, targets);
     let pass = targets.iter().all(|t| t.pass);
+    let adapters: Vec<AdapterInfo> = shipped
+        .iter()
+        .map(|a| cache.adapters[&a.name].1.clone())
+        .collect();
     let report = BuildReport {
         schema_version: SCHEMA_VERSION,
         kiln_version: env!("CARGO_PKG_VERSION").into(),
@@ -529,6 +804,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
         ctx: eval.ctx,
         eval_chunks: targets.first().map_or(0, |t| t.parity.chunks),
         targets,
+        adapters,
         pass,
     };
     write_reports(&out, &report, &plan.reports)?;
@@ -542,12 +818,15 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
     {
         inputs.insert(file_name(t), file_sha256(t)?);
     }
+    for (name, sha) in &adapter_shas {
+        inputs.insert(format!("adapter:{name}"), sha.clone());
+    }
     let mut artifacts = BTreeMap::new();
     for t in &report.targets {
         artifacts.insert(t.file.clone(), t.sha256.clone());
     }
-    if imatrix.is_some() {
-        artifacts.insert("imatrix.gguf".to_string(), file_sha256(&imatrix_path)?);
+    for f in side_files(&cfg, &cfg.targets) {
+        artifacts.insert(f.clone(), file_sha256(&out.join(&f))?);
     }
     let mut manifest = serde_json::json!({
         "schema_version": SCHEMA_VERSION,
@@ -695,26 +974,27 @@ pub fn merge(
             file.display()
         );
     }
-    let imatrix = if cfg.targets.iter().any(|t| t.imatrix) {
+    // The importance matrices and adapter artifacts the targets need, each from the jobs
+    // holding it (all of them the same file).
+    let mut sides: Vec<(String, PathBuf, String)> = Vec::new();
+    for f in side_files(&cfg, &cfg.targets) {
         let shas: Vec<(&JobDir, String)> = jobs
             .iter()
-            .filter(|j| j.manifest["artifacts"].get("imatrix.gguf").is_some())
-            .map(|j| Ok((j, file_sha256(&j.dir.join("imatrix.gguf"))?)))
+            .filter(|j| j.manifest["artifacts"].get(&f).is_some())
+            .map(|j| Ok((j, file_sha256(&j.dir.join(&f))?)))
             .collect::<Result<_>>()?;
         let Some((first, sha)) = shas.first() else {
-            refuse!("no directory holds the imatrix.gguf the targets with `imatrix = true` used");
+            refuse!("no directory holds the {f} the targets need");
         };
         if let Some((j, _)) = shas.iter().find(|(_, s)| s != sha) {
             refuse!(
-                "{}: its imatrix.gguf differs from {}'s (a foreign job)",
+                "{}: its {f} differs from {}'s (a foreign job)",
                 j.dir.display(),
                 first.dir.display()
             );
         }
-        Some((first.dir.join("imatrix.gguf"), sha.clone()))
-    } else {
-        None
-    };
+        sides.push((f.clone(), first.dir.join(&f), sha.clone()));
+    }
 
     // Everything checked: write.
     std::fs::create_dir_all(out)
@@ -736,10 +1016,31 @@ pub fn merge(
     for t in &targets {
         artifacts.insert(t.file.clone(), t.sha256.clone());
     }
-    if let Some((p, sha)) = &imatrix {
-        copy_atomic(p, &out.join("imatrix.gguf"))?;
-        artifacts.insert("imatrix.gguf".to_string(), sha.clone());
-        cache.imatrix_key = jobs.iter().find_map(|j| j.cache.imatrix_key.clone());
+    for (f, p, sha) in &sides {
+        copy_atomic(p, &out.join(f))?;
+        artifacts.insert(f.clone(), sha.clone());
+        for j in &jobs {
+            if let Some(k) = j.cache.imatrices.get(f) {
+                cache.imatrices.insert(f.clone(), k.clone());
+            }
+        }
+    }
+    // Adapter artifacts: their report data and reuse keys, in build-file order.
+    let mut adapters = Vec::new();
+    for a in &cfg.adapters {
+        if !cfg.targets.iter().any(|t| t.adapters.contains(&a.name)) {
+            continue;
+        }
+        let Some(info) = jobs
+            .iter()
+            .find_map(|j| j.report.adapters.iter().find(|x| x.name == a.name))
+        else {
+            refuse!("no directory's report describes adapter `{}`", a.name);
+        };
+        adapters.push(info.clone());
+        if let Some(c) = jobs.iter().find_map(|j| j.cache.adapters.get(&a.name)) {
+            cache.adapters.insert(a.name.clone(), c.clone());
+        }
     }
     let targets = compare_with_baselines(&cfg, targets);
     let first = &jobs[0].report;
@@ -747,6 +1048,7 @@ pub fn merge(
     let report = BuildReport {
         eval_chunks: targets.first().map_or(0, |t| t.parity.chunks),
         targets,
+        adapters,
         pass,
         ..first.clone()
     };
@@ -799,6 +1101,9 @@ fn relative_config(cfg: &BuildFile, file: &Path) -> serde_json::Value {
         .map(|t| rel(t))
         .collect::<Vec<_>>()
         .into();
+    for (i, a) in cfg.adapters.iter().enumerate() {
+        v["adapter"][i]["path"] = rel(&a.path).into();
+    }
     v
 }
 

@@ -123,6 +123,60 @@ pub struct TargetSection {
     /// The target this one is compared with in the report (default: the target of the same
     /// type, with the imatrix and without methods, if the build has one).
     pub baseline: Option<String>,
+    /// `[[adapter]]`s merged into the model before everything else (calibration, methods,
+    /// masks, quantization): the artifact is the fine-tuned model, and its reference the FP32
+    /// model with the same adapters merged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<String>,
+    /// `[[adapter]]`s shipped beside this target's artifact and applied at run time: each is
+    /// written once as a llama.cpp LoRA GGUF, and the artifact + each adapter is verified
+    /// against the FP32 model with that adapter merged (one report row per combination).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<String>,
+}
+
+/// One `[[adapter]]`: a fine-tuning adapter targets merge (`lora = [...]`) or ship beside
+/// their artifact (`adapters = [...]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSection {
+    pub name: String,
+    /// A PEFT adapter directory or a llama.cpp LoRA GGUF.
+    pub path: PathBuf,
+    /// Strength (1 = as trained). An adapter artifact carries it in its alpha, so llama.cpp's
+    /// plain `--lora FILE` runs it as verified.
+    #[serde(default = "scale_default")]
+    pub scale: f32,
+    /// Type of the adapter artifact's tensors: f32, f16 (default) or q8_0.
+    #[serde(rename = "type", default = "adapter_type_default")]
+    pub ty: String,
+}
+
+impl AdapterSection {
+    /// What `--lora PATH:SCALE` would say.
+    pub fn spec(&self) -> convert::lora::LoraSpec {
+        convert::lora::LoraSpec {
+            path: self.path.clone(),
+            scale: self.scale,
+        }
+    }
+
+    /// The adapter artifact's tensor type.
+    pub fn ggml_type(&self) -> std::result::Result<GgmlType, String> {
+        match self.ty.to_ascii_lowercase().as_str() {
+            "f32" => Ok(GgmlType::F32),
+            "f16" => Ok(GgmlType::F16),
+            "q8_0" => Ok(GgmlType::Q8_0),
+            t => Err(format!("adapter type {t:?} (f32, f16 or q8_0)")),
+        }
+    }
+}
+
+fn scale_default() -> f32 {
+    1.0
+}
+fn adapter_type_default() -> String {
+    "f16".into()
 }
 
 /// The calibration methods kiln knows (`method = [...]` of a target, `--method`).
@@ -141,6 +195,8 @@ pub struct BuildFile {
     pub bench: BenchSection,
     #[serde(rename = "target")]
     pub targets: Vec<TargetSection>,
+    #[serde(rename = "adapter", default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterSection>,
 }
 
 impl BuildFile {
@@ -167,6 +223,7 @@ impl BuildFile {
             c.texts.iter_mut().for_each(abs);
         }
         f.evaluation.texts.iter_mut().for_each(abs);
+        f.adapters.iter_mut().for_each(|a| abs(&mut a.path));
         f.validate(path)?;
         Ok(f)
     }
@@ -242,7 +299,64 @@ impl BuildFile {
                 );
             }
         }
+        let mut anames = std::collections::HashSet::new();
+        for a in &self.adapters {
+            if a.name.is_empty()
+                || !a
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!(
+                    "adapter name {:?} must be letters, digits, '-', '_' or '.'",
+                    a.name
+                );
+            }
+            if !anames.insert(&a.name) {
+                bail!("two adapters are called {:?}", a.name);
+            }
+            if !a.scale.is_finite() {
+                bail!("adapter {}: scale {} is not finite", a.name, a.scale);
+            }
+            if let Err(e) = a.ggml_type() {
+                bail!("adapter {}: {e}", a.name);
+            }
+            if !a.path.exists() {
+                bail!("adapter {}: {} does not exist", a.name, a.path.display());
+            }
+        }
         for t in &self.targets {
+            let mut seen = std::collections::HashSet::new();
+            for n in t.lora.iter().chain(&t.adapters) {
+                if !anames.contains(n) {
+                    bail!(
+                        "target {}: no [[adapter]] is called {n:?}{}",
+                        t.name,
+                        if anames.is_empty() {
+                            String::new()
+                        } else {
+                            let mut k: Vec<&String> = anames.iter().copied().collect();
+                            k.sort();
+                            format!(
+                                " (adapters: {})",
+                                k.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                            )
+                        }
+                    );
+                }
+                if !seen.insert(n) {
+                    bail!(
+                        "target {}: adapter {n:?} is named twice (merged and shipped, or listed twice)",
+                        t.name
+                    );
+                }
+            }
+            if !t.adapters.is_empty() && t.method.iter().any(|m| m == "awq") {
+                bail!(
+                    "target {}: AWQ folds rescale the inputs a run-time adapter's lora_a reads, so                      its `adapters` would run wrong; merge them (`lora = [...]`) instead",
+                    t.name
+                );
+            }
             if let Some(b) = &t.baseline {
                 if b == &t.name || !self.targets.iter().any(|o| &o.name == b) {
                     bail!("target {}: baseline {b:?} is not another target", t.name);

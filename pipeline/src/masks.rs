@@ -15,6 +15,7 @@ use crate::{Error, Observer, Result};
 /// choice.
 pub fn derive_mask(
     model: &Path,
+    lora: &[convert::lora::LoraSpec],
     texts: &[PathBuf],
     s: &MaskSettings,
     tokenizer_pre: Option<&str>,
@@ -32,7 +33,13 @@ pub fn derive_mask(
             s.block, s.ctx
         )));
     }
-    let loaded = verify::load::load(model)?;
+    let loaded = verify::load::load_with(
+        model,
+        &verify::load::LoraLoad {
+            merge: lora.to_vec(),
+            runtime: Vec::new(),
+        },
+    )?;
     let tok = tokenizer_of(&loaded.source, tokenizer_pre)?;
     let tokens = tokenize_files(&tok, texts)?;
     if tokens.len() < s.ctx {

@@ -339,7 +339,8 @@ pub fn apply(
         // their cost, which those methods lower for every type alike, and then AWQ searches
         // its scalings for the types chosen.
         let key = format!(
-            "search={} imatrix={} ctx={} chunks={}",
+            "lora={:?} search={} imatrix={} ctx={} chunks={}",
+            lora,
             spec.search,
             imatrix.is_some(),
             spec.ctx,
@@ -448,7 +449,8 @@ pub fn apply(
             .map(|f| f.alpha.to_string())
             .collect();
         let key = format!(
-            "ctx={} chunks={} awq={}",
+            "lora={:?} ctx={} chunks={} awq={}",
+            lora,
             spec.ctx,
             spec.hessian_chunks,
             folds.join(",")

@@ -106,7 +106,7 @@ pub fn adapter(input: &Path, base: &Path, output: &Path, ty: quantize::GgmlType)
     for n in &a.notes {
         eprintln!("kiln: note: {}: {n}", a.path.display());
     }
-    let r = ::convert::lora::write_adapter(&a, base.config(), output, ty, None)?;
+    let r = ::convert::lora::write_adapter(&a, base.config(), output, ty, None, 1.0)?;
     for t in &r.f16_fallbacks {
         eprintln!("kiln: note: {t} stored as F16: its rows do not fit {ty}'s blocks");
     }

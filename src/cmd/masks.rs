@@ -20,7 +20,14 @@ pub struct MasksArgs<'a> {
 }
 
 pub fn masks_cmd(a: MasksArgs) -> Result<i32> {
-    let (mask, report) = derive_mask(a.model, a.texts, &a.settings, None, &Terminal::new(a.quiet))?;
+    let (mask, report) = derive_mask(
+        a.model,
+        &[],
+        a.texts,
+        &a.settings,
+        None,
+        &Terminal::new(a.quiet),
+    )?;
     let n_blocks = a.settings.ctx / a.settings.block;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

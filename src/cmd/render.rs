@@ -149,6 +149,24 @@ pub fn build_md(r: &BuildReport) -> String {
             t.bench.tg_tokens_per_s,
             if t.pass { "pass" } else { "**FAIL**" }
         );
+        for c in &t.combinations {
+            s += &format!(
+                "| {} + {} | {} | {} | {} | | | {:.5} | {:.4} | {:.2} % | {:.3} | {:.4} | {:.1} | {:.1} | {} |\n",
+                t.name,
+                c.adapter,
+                t.ftype,
+                if t.imatrix { "yes" } else { "no" },
+                human_bytes(c.bytes),
+                c.parity.kld.mean,
+                c.parity.kld.p99,
+                100.0 * c.parity.top1,
+                c.parity.ppl_candidate,
+                c.parity.ppl_ratio,
+                c.bench.pp_tokens_per_s,
+                c.bench.tg_tokens_per_s,
+                if c.pass { "pass" } else { "**FAIL**" }
+            );
+        }
     }
     if let Some(t) = r.targets.first() {
         s += &format!(
@@ -167,10 +185,63 @@ pub fn build_md(r: &BuildReport) -> String {
             .filter(|c| !c.pass)
             .map(|c| c.describe())
             .collect();
-        s += &format!("\n{} failed: {}\n", t.name, f.join("; "));
+        if !f.is_empty() {
+            s += &format!("\n{} failed: {}\n", t.name, f.join("; "));
+        }
+        for c in t.combinations.iter().filter(|c| !c.pass) {
+            let f: Vec<String> = c
+                .checks
+                .iter()
+                .filter(|c| !c.pass)
+                .map(|c| c.describe())
+                .collect();
+            s += &format!("\n{} + {} failed: {}\n", t.name, c.adapter, f.join("; "));
+        }
     }
+    s += &adapters_md(r);
     s += &masks_md(r);
     s += &methods_md(r);
+    s
+}
+
+/// The adapter artifacts and the targets merged with adapters. A target's rows `T + A` are
+/// its artifact with adapter `A` at run time against the FP32 model with `A` merged.
+fn adapters_md(r: &BuildReport) -> String {
+    let merged: Vec<_> = r.targets.iter().filter(|t| !t.lora.is_empty()).collect();
+    if r.adapters.is_empty() && merged.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## Adapters\n\n");
+    if !r.adapters.is_empty() {
+        s += "| adapter | source | scale | file | type | rank | alpha | modules | tensors | size |\n| --- | --- | ---: | --- | --- | ---: | ---: | --- | ---: | ---: |\n";
+        for a in &r.adapters {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                a.name,
+                a.source,
+                a.scale,
+                a.file,
+                a.ty,
+                a.ranks
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                a.alpha,
+                a.modules.join(", "),
+                a.tensors,
+                human_bytes(a.bytes)
+            );
+        }
+        s += "\nA row `target + adapter` above is the target's artifact with the adapter applied at run time, against the FP32 model with the adapter merged.\n";
+    }
+    for t in merged {
+        s += &format!(
+            "\n{} is the model with {} merged before calibration and quantization; its reference is the FP32 model with the same merge.\n",
+            t.name,
+            t.lora.join(", ")
+        );
+    }
     s
 }
 
@@ -377,8 +448,8 @@ pub fn build_html(r: &BuildReport) -> String {
     let md_rows: Vec<String> = r
         .targets
         .iter()
-        .map(|t| {
-            format!(
+        .flat_map(|t| {
+            let row = format!(
                 "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.1} %</td><td>{:.5}</td><td>{:.4}</td><td>{:.2} %</td><td>{:.3}</td><td>{:.4}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
                 if t.pass { "pass" } else { "fail" },
                 esc(&t.name),
@@ -395,7 +466,27 @@ pub fn build_html(r: &BuildReport) -> String {
                 t.bench.pp_tokens_per_s,
                 t.bench.tg_tokens_per_s,
                 if t.pass { "pass" } else { "FAIL" }
-            )
+            );
+            let combos = t.combinations.iter().map(|c| {
+                format!(
+                    "<tr class=\"{}\"><td>{} + {}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td></td><td>{:.5}</td><td>{:.4}</td><td>{:.2} %</td><td>{:.3}</td><td>{:.4}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
+                    if c.pass { "pass" } else { "fail" },
+                    esc(&t.name),
+                    esc(&c.adapter),
+                    esc(&t.ftype),
+                    if t.imatrix { "yes" } else { "no" },
+                    human_bytes(c.bytes),
+                    c.parity.kld.mean,
+                    c.parity.kld.p99,
+                    100.0 * c.parity.top1,
+                    c.parity.ppl_candidate,
+                    c.parity.ppl_ratio,
+                    c.bench.pp_tokens_per_s,
+                    c.bench.tg_tokens_per_s,
+                    if c.pass { "pass" } else { "FAIL" }
+                )
+            });
+            std::iter::once(row).chain(combos).collect::<Vec<_>>()
         })
         .collect();
     format!(
@@ -422,10 +513,14 @@ th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background:
         rows = md_rows.join("\n"),
         p1 = svg_size_kld(r),
         p2 = svg_per_layer(r),
-        n = r.targets.len(),
+        n = md_rows.len(),
         masks = {
             let m = masks_md(r);
             let mut h = if m.is_empty() { String::new() } else { format!("<h2>Block-sparse attention</h2>\n<pre>{}</pre>", esc(m.trim())) };
+            let a = adapters_md(r);
+            if !a.is_empty() {
+                h += &format!("\n<h2>Adapters</h2>\n<pre id=\"adapters\">{}</pre>", esc(a.trim_start_matches("\n## Adapters\n").trim()));
+            }
             let k = methods_md(r);
             if !k.is_empty() {
                 h += &format!("\n<h2>Calibration methods vs the llama.cpp imatrix baseline</h2>\n<pre id=\"methods\">{}</pre>", esc(k.trim()));

@@ -78,6 +78,53 @@ pub struct TargetReport {
     /// kiln's calibration methods, when the target uses any.
     #[serde(default)]
     pub method: Option<MethodReport>,
+    /// Adapters merged into this target (and into its reference).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<String>,
+    /// This artifact with each of its shipped adapters applied at run time, against the FP32
+    /// model with that adapter merged. `pass` is false when any of them fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub combinations: Vec<CombinationReport>,
+}
+
+/// A target's artifact + one adapter artifact at run time, against the FP32 model with the
+/// adapter merged: what runs on the device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CombinationReport {
+    /// The `[[adapter]]`'s name.
+    pub adapter: String,
+    /// The adapter artifact applied.
+    pub file: String,
+    /// Artifact + adapter bytes.
+    pub bytes: u64,
+    pub parity: Parity,
+    pub checks: Vec<Check>,
+    pub pass: bool,
+    pub bench: BenchResult,
+}
+
+/// An adapter artifact of a build (a llama.cpp LoRA GGUF).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdapterInfo {
+    pub name: String,
+    /// The PEFT directory or LoRA GGUF it was read from (file name).
+    pub source: String,
+    pub source_sha256: String,
+    /// Strength it was built and verified at (in the artifact's alpha).
+    pub scale: f32,
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// Tensor type (F16 …).
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Ranks present.
+    pub ranks: Vec<usize>,
+    /// `adapter.lora.alpha`.
+    pub alpha: f32,
+    /// Modules adapted (`q_proj` …) and the number of base tensors.
+    pub modules: Vec<String>,
+    pub tensors: usize,
 }
 
 /// What a target's calibration methods bought, against its llama.cpp-style baseline.
@@ -140,6 +187,9 @@ pub struct BuildReport {
     pub ctx: usize,
     pub eval_chunks: usize,
     pub targets: Vec<TargetReport>,
+    /// Adapter artifacts, in build-file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterInfo>,
     /// True when every target passed.
     pub pass: bool,
 }
