@@ -672,7 +672,8 @@ fn smollm2_adapters_match_numpy_and_llama_cpp() {
 
     // What runs on the device, gated as CI gates it: a Q4_K_M base + kiln's r64-rslora LoRA
     // GGUF at run time against numpy's merged FP32 model. The threshold sits between the two
-    // measured KLDs, so the gate passes with the adapter and fails without it.
+    // measured KLDs (0.0535 with, 0.0645 without; deterministic on any machine), so the gate
+    // passes with the adapter and fails without it.
     let q4 = tmp.path().join("base-Q4_K_M.gguf");
     common::kiln_ok(&["quantize", &s(&base), "-o", &s(&q4), "--type", "Q4_K_M"]);
     let lora = tmp.path().join("r64-rslora-lora.gguf");
@@ -692,7 +693,7 @@ fn smollm2_adapters_match_numpy_and_llama_cpp() {
                 "--chunks",
                 "8",
                 "--max-kld",
-                "0.08",
+                "0.059",
                 "--format",
                 "json",
             ])

@@ -275,29 +275,31 @@ impl LoraTerm {
         })
     }
 
-    /// `out[t·out_rows + row0 + i] += scale · B[b_row0 + i] · (A · x[t])` for each token, in a
-    /// fixed order (the same bits for a token alone or in a batch, on any thread count).
+    /// `out[t·out_rows + row0 + i] += scale · B[b_row0 + i] · (A · x[t])` for each token, with
+    /// the SIMD f32 dot product (the same bits at every SIMD level), tokens in parallel: the
+    /// same bits for a token alone or in a batch, on any thread count.
     pub fn apply(&self, x: &[f32], cols: usize, n_tok: usize, out: &mut [f32], out_rows: usize) {
-        let mut ax = vec![0f32; self.rank];
-        for t in 0..n_tok {
-            let xt = &x[t * cols..(t + 1) * cols];
+        use rayon::prelude::*;
+        let one = |xt: &[f32], o: &mut [f32], ax: &mut [f32]| {
             for (k, v) in ax.iter_mut().enumerate() {
-                let a = &self.a[k * cols..(k + 1) * cols];
-                let mut s = 0f32;
-                for (p, q) in a.iter().zip(xt) {
-                    s += p * q;
-                }
-                *v = s;
+                *v = crate::dot::vec_dot_f32(&self.a[k * cols..(k + 1) * cols], xt);
             }
-            let o = &mut out[t * out_rows + self.row0..t * out_rows + self.row0 + self.rows];
-            for (i, y) in o.iter_mut().enumerate() {
-                let b = &self.b[(self.b_row0 + i) * self.rank..(self.b_row0 + i + 1) * self.rank];
-                let mut s = 0f32;
-                for (p, q) in b.iter().zip(&ax) {
-                    s += p * q;
-                }
-                *y += self.scale * s;
+            let b0 = self.b_row0 * self.rank;
+            let b = &self.b[b0..b0 + self.rows * self.rank];
+            for (y, br) in o[self.row0..self.row0 + self.rows]
+                .iter_mut()
+                .zip(b.chunks_exact(self.rank))
+            {
+                *y += self.scale * crate::dot::vec_dot_f32(br, ax);
             }
+        };
+        let (x, out) = (&x[..n_tok * cols], &mut out[..n_tok * out_rows]);
+        if n_tok == 1 {
+            one(x, out, &mut vec![0f32; self.rank]);
+        } else {
+            out.par_chunks_mut(out_rows)
+                .zip(x.par_chunks(cols))
+                .for_each_init(|| vec![0f32; self.rank], |ax, (o, xt)| one(xt, o, ax));
         }
     }
 }
