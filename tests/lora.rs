@@ -902,6 +902,51 @@ type = "q8_0"
         Some("legal:1"),
         "the merge is recorded"
     );
+    // The merged target's imatrix is `kiln calibrate --lora`'s, not the base model's.
+    let cal = |extra: &[&str], out: &str| -> convert::gguf::GgufFile {
+        let o = t.dir.join(out);
+        let mut a = vec![
+            "calibrate".to_string(),
+            s(&ck),
+            "--text".into(),
+            s(&t.dir.join("text.txt")),
+            "--ctx".into(),
+            "64".into(),
+            "--chunks".into(),
+            "2".into(),
+            "-o".into(),
+            s(&o),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (c, e) = kiln(&a);
+        assert_eq!(c, 0, "{e}");
+        convert::gguf::GgufFile::open(o).unwrap()
+    };
+    let legal = s(&t.dir.join("legal"));
+    let (with, without) = (
+        cal(&["--lora", &legal], "cal-legal.gguf"),
+        cal(&[], "cal-base.gguf"),
+    );
+    let built = convert::gguf::GgufFile::open(one.join("imatrix+legal.gguf")).unwrap();
+    let mut differs = false;
+    for x in &built.tensors {
+        let b = built.tensor_f32(x).unwrap();
+        assert_eq!(
+            b,
+            with.tensor_f32(with.tensor(&x.name).unwrap()).unwrap(),
+            "{}",
+            x.name
+        );
+        differs |= b
+            != without
+                .tensor_f32(without.tensor(&x.name).unwrap())
+                .unwrap();
+    }
+    assert!(
+        differs,
+        "the merged model's imatrix differs from the base's"
+    );
     let md = std::fs::read_to_string(one.join("report.md")).unwrap();
     for row in ["| q8 + legal |", "| q8 + support |", "## Adapters"] {
         assert!(md.contains(row), "{row} in\n{md}");
