@@ -1,7 +1,8 @@
 //! Rendering report data: text, Markdown, JUnit XML, and the self-contained HTML build report
 //! with SVG plots.
 
-use verify::report::{BuildReport, VerifyReport};
+use verify::parity::Parity;
+use verify::report::{BenchResult, BuildReport, VerifyReport};
 
 use super::human_bytes;
 
@@ -116,6 +117,71 @@ pub fn verify_junit(r: &VerifyReport) -> String {
     s
 }
 
+/// A row of a build's targets table: a target, or a target's artifact + one of its adapters
+/// at run time (no bits per weight or share of FP32 of its own).
+struct Row<'a> {
+    name: String,
+    ftype: &'a str,
+    imatrix: bool,
+    bytes: u64,
+    /// Bits per weight and bytes / FP32 bytes.
+    size: Option<(f64, f64)>,
+    parity: &'a Parity,
+    bench: &'a BenchResult,
+    pass: bool,
+}
+
+impl Row<'_> {
+    /// The cells between the name and the result.
+    fn cells(&self) -> Vec<String> {
+        let p = self.parity;
+        vec![
+            self.ftype.to_string(),
+            if self.imatrix { "yes" } else { "no" }.to_string(),
+            human_bytes(self.bytes),
+            self.size.map_or(String::new(), |(b, _)| format!("{b:.2}")),
+            self.size
+                .map_or(String::new(), |(_, f)| format!("{:.1} %", 100.0 * f)),
+            format!("{:.5}", p.kld.mean),
+            format!("{:.4}", p.kld.p99),
+            format!("{:.2} %", 100.0 * p.top1),
+            format!("{:.3}", p.ppl_candidate),
+            format!("{:.4}", p.ppl_ratio),
+            format!("{:.1}", self.bench.pp_tokens_per_s),
+            format!("{:.1}", self.bench.tg_tokens_per_s),
+        ]
+    }
+}
+
+/// The targets table's rows: each target, then its artifact with each of its adapters.
+fn rows(r: &BuildReport) -> Vec<Row<'_>> {
+    r.targets
+        .iter()
+        .flat_map(|t| {
+            let own = Row {
+                name: t.name.clone(),
+                ftype: &t.ftype,
+                imatrix: t.imatrix,
+                bytes: t.bytes,
+                size: Some((t.bits_per_weight, t.ratio_to_fp32)),
+                parity: &t.parity,
+                bench: &t.bench,
+                pass: t.pass,
+            };
+            std::iter::once(own).chain(t.combinations.iter().map(|c| Row {
+                name: format!("{} + {}", t.name, c.adapter),
+                ftype: &t.ftype,
+                imatrix: t.imatrix,
+                bytes: c.bytes,
+                size: None,
+                parity: &c.parity,
+                bench: &c.bench,
+                pass: c.pass,
+            }))
+        })
+        .collect()
+}
+
 pub fn build_md(r: &BuildReport) -> String {
     let mut s = format!(
         "# kiln build: {}\n\nkiln {} · {} parameters · FP32 {} · calibration: {} · evaluation: {} ({} protocol, ctx {}, {} chunks)\n\n",
@@ -131,42 +197,13 @@ pub fn build_md(r: &BuildReport) -> String {
     );
     s += "| target | type | imatrix | size | bpw | vs FP32 | KLD mean | KLD p99 | top-1 | PPL | PPL ratio | prefill t/s | decode t/s | result |\n";
     s += "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
-    for t in &r.targets {
+    for row in rows(r) {
         s += &format!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} % | {:.5} | {:.4} | {:.2} % | {:.3} | {:.4} | {:.1} | {:.1} | {} |\n",
-            t.name,
-            t.ftype,
-            if t.imatrix { "yes" } else { "no" },
-            human_bytes(t.bytes),
-            t.bits_per_weight,
-            100.0 * t.ratio_to_fp32,
-            t.parity.kld.mean,
-            t.parity.kld.p99,
-            100.0 * t.parity.top1,
-            t.parity.ppl_candidate,
-            t.parity.ppl_ratio,
-            t.bench.pp_tokens_per_s,
-            t.bench.tg_tokens_per_s,
-            if t.pass { "pass" } else { "**FAIL**" }
+            "| {} | {} | {} |\n",
+            row.name,
+            row.cells().join(" | "),
+            if row.pass { "pass" } else { "**FAIL**" }
         );
-        for c in &t.combinations {
-            s += &format!(
-                "| {} + {} | {} | {} | {} | | | {:.5} | {:.4} | {:.2} % | {:.3} | {:.4} | {:.1} | {:.1} | {} |\n",
-                t.name,
-                c.adapter,
-                t.ftype,
-                if t.imatrix { "yes" } else { "no" },
-                human_bytes(c.bytes),
-                c.parity.kld.mean,
-                c.parity.kld.p99,
-                100.0 * c.parity.top1,
-                c.parity.ppl_candidate,
-                c.parity.ppl_ratio,
-                c.bench.pp_tokens_per_s,
-                c.bench.tg_tokens_per_s,
-                if c.pass { "pass" } else { "**FAIL**" }
-            );
-        }
     }
     if let Some(t) = r.targets.first() {
         s += &format!(
@@ -445,48 +482,20 @@ fn axes(w: f64, h: f64, m: f64, xl: &str, yl: &str, xr: (f64, f64), yr: (f64, f6
 /// The self-contained HTML report: targets table and the two SVG plots, no external resources.
 /// A small script marks the page as rendered (`data-ready`) after checking both plots exist.
 pub fn build_html(r: &BuildReport) -> String {
-    let md_rows: Vec<String> = r
-        .targets
+    let md_rows: Vec<String> = rows(r)
         .iter()
-        .flat_map(|t| {
-            let row = format!(
-                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.1} %</td><td>{:.5}</td><td>{:.4}</td><td>{:.2} %</td><td>{:.3}</td><td>{:.4}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
-                if t.pass { "pass" } else { "fail" },
-                esc(&t.name),
-                esc(&t.ftype),
-                if t.imatrix { "yes" } else { "no" },
-                human_bytes(t.bytes),
-                t.bits_per_weight,
-                100.0 * t.ratio_to_fp32,
-                t.parity.kld.mean,
-                t.parity.kld.p99,
-                100.0 * t.parity.top1,
-                t.parity.ppl_candidate,
-                t.parity.ppl_ratio,
-                t.bench.pp_tokens_per_s,
-                t.bench.tg_tokens_per_s,
-                if t.pass { "pass" } else { "FAIL" }
-            );
-            let combos = t.combinations.iter().map(|c| {
-                format!(
-                    "<tr class=\"{}\"><td>{} + {}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td></td><td>{:.5}</td><td>{:.4}</td><td>{:.2} %</td><td>{:.3}</td><td>{:.4}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
-                    if c.pass { "pass" } else { "fail" },
-                    esc(&t.name),
-                    esc(&c.adapter),
-                    esc(&t.ftype),
-                    if t.imatrix { "yes" } else { "no" },
-                    human_bytes(c.bytes),
-                    c.parity.kld.mean,
-                    c.parity.kld.p99,
-                    100.0 * c.parity.top1,
-                    c.parity.ppl_candidate,
-                    c.parity.ppl_ratio,
-                    c.bench.pp_tokens_per_s,
-                    c.bench.tg_tokens_per_s,
-                    if c.pass { "pass" } else { "FAIL" }
-                )
-            });
-            std::iter::once(row).chain(combos).collect::<Vec<_>>()
+        .map(|row| {
+            let cells: String = row
+                .cells()
+                .iter()
+                .map(|c| format!("<td>{}</td>", esc(c)))
+                .collect();
+            format!(
+                "<tr class=\"{}\"><td>{}</td>{cells}<td>{}</td></tr>",
+                if row.pass { "pass" } else { "fail" },
+                esc(&row.name),
+                if row.pass { "pass" } else { "FAIL" }
+            )
         })
         .collect();
     format!(
