@@ -116,6 +116,21 @@ fn logits(path: &Path, lora: &LoraLoad, tokens: &[u32]) -> Vec<f32> {
     st.logits.clone()
 }
 
+/// The mean KL divergence `kiln verify ARGS --format json` reports.
+fn verify_kld(args: &[&str]) -> f64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["-q", "verify"])
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    v["parity"]["kld"]["mean"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{v}"))
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -311,7 +326,6 @@ fn run_time_adapters_agree_with_the_merged_model() {
     let (cks, ads, qs, texts) = (s(&ck), s(&ad), s(&q), s(&text));
     let verify = |extra: &[&str]| {
         let mut a = vec![
-            "verify",
             "--reference",
             &cks,
             "--reference-lora",
@@ -324,20 +338,9 @@ fn run_time_adapters_agree_with_the_merged_model() {
             "64",
             "--chunks",
             "2",
-            "--format",
-            "json",
         ];
         a.extend_from_slice(extra);
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("-q")
-            .args(&a)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-        v["parity"]["kld"]["mean"]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{v}"))
+        verify_kld(&a)
     };
     let with = verify(&["--lora", &s(&lora)]);
     let without = verify(&[]);
@@ -827,33 +830,20 @@ type = "q8_0"
     // Each combination row is what `kiln verify` says of the artifact + adapter file against
     // the checkpoint with the adapter merged; without the adapter it is far off.
     let verify = |cand: &Path, extra: &[String]| -> f64 {
-        let mut a: Vec<String> = [
-            "verify",
-            "--reference",
-            &s(&ck),
-            "--candidate",
-            &s(cand),
-            "--text",
-            &s(&t.dir.join("text.txt")),
-            "--ctx",
-            "64",
-            "--chunks",
-            "2",
-            "--format",
-            "json",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
+        let mut a: Vec<String> = vec![
+            "--reference".into(),
+            s(&ck),
+            "--candidate".into(),
+            s(cand),
+            "--text".into(),
+            s(&t.dir.join("text.txt")),
+            "--ctx".into(),
+            "64".into(),
+            "--chunks".into(),
+            "2".into(),
+        ];
         a.extend_from_slice(extra);
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("-q")
-            .args(&a)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{a:?}: {}", String::from_utf8_lossy(&out.stderr)));
-        v["parity"]["kld"]["mean"].as_f64().unwrap()
+        verify_kld(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let q8 = &report["targets"][0];
     let combos = q8["combinations"].as_array().unwrap();

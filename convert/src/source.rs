@@ -466,14 +466,7 @@ impl ModelSource {
     /// the `sha256sum`-style listing (`<hash>  <name>` lines, names sorted) of config.json, the
     /// tokenizer files and every safetensors file.
     pub fn sha256(&self) -> Result<String> {
-        use sha2::{Digest, Sha256};
-        let base = self.base_sha256()?;
-        if self.lora().is_empty() {
-            return Ok(base);
-        }
-        // Merged adapters: the digest of the base's and the adapters' digests and scales.
-        let listing = format!("{base}  base\n{}", self.lora().digest_lines()?);
-        Ok(crate::tokenizer::hex(&Sha256::digest(listing.as_bytes())))
+        merged_sha256(&self.base_sha256()?, self.lora())
     }
 
     fn base_sha256(&self) -> Result<String> {
@@ -578,6 +571,18 @@ impl ModelSource {
         }
         Ok(md)
     }
+}
+
+/// The digest of a model with `lora` merged, from its base's digest (`base` itself when there
+/// are no adapters): the digest of the base's and the adapters' digests and scales. A caller
+/// holding the base's digest gets a merged model's without hashing the base again.
+pub fn merged_sha256(base: &str, lora: &LoraStack) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    if lora.is_empty() {
+        return Ok(base.to_string());
+    }
+    let listing = format!("{base}  base\n{}", lora.digest_lines()?);
+    Ok(crate::tokenizer::hex(&Sha256::digest(listing.as_bytes())))
 }
 
 /// The SHA-256 of a file's bytes in hex, streamed in 1 MiB reads (constant memory).

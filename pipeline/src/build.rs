@@ -278,7 +278,8 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
     for t in &cfg.targets {
         if !t.lora.is_empty() && !merged.contains_key(&t.lora) {
             let m = ModelSource::open_with_lora(&cfg.model.path, &specs(&t.lora))?;
-            let sha = m.sha256()?;
+            // The base is hashed once, above.
+            let sha = convert::source::merged_sha256(&model_sha, m.lora())?;
             merged.insert(t.lora.clone(), (m, sha));
         }
     }
@@ -305,13 +306,8 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
             say(format!("calibration: reusing {file}"));
             Imatrix::read(&path)?
         } else {
-            let reference = verify::load::load_with(
-                &cfg.model.path,
-                &LoraLoad {
-                    merge: specs(&t.lora),
-                    runtime: Vec::new(),
-                },
-            )?;
+            let reference =
+                verify::load::load_with(&cfg.model.path, &LoraLoad::merged(&specs(&t.lora)))?;
             let tokens = tokenize_files(&tok, &c.texts)?;
             let names = c.texts.iter().map(|t| file_name(t)).collect();
             let opts = CalibOptions {
@@ -610,13 +606,8 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
         let mut parities: Vec<Option<verify::parity::Parity>> = vec![None; todo.len()];
         let mut combos: Vec<Vec<CombinationReport>> = vec![Vec::new(); todo.len()];
         for (set, units) in &groups {
-            let reference = verify::load::load_with(
-                &cfg.model.path,
-                &LoraLoad {
-                    merge: specs(set),
-                    runtime: Vec::new(),
-                },
-            )?;
+            let reference =
+                verify::load::load_with(&cfg.model.path, &LoraLoad::merged(&specs(set)))?;
             let with_adapter: Vec<Option<verify::load::Loaded>> = units
                 .iter()
                 .map(|(i, a)| {
@@ -624,13 +615,10 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                         .map(|a| {
                             verify::load::load_with(
                                 &todo[*i].2,
-                                &LoraLoad {
-                                    merge: Vec::new(),
-                                    runtime: vec![LoraSpec {
-                                        path: out.join(adapter_file(&model_name, a)),
-                                        scale: 1.0,
-                                    }],
-                                },
+                                &LoraLoad::runtime(&[LoraSpec {
+                                    path: out.join(adapter_file(&model_name, a)),
+                                    scale: 1.0,
+                                }]),
                             )
                         })
                         .transpose()

@@ -182,6 +182,14 @@ fn adapter_type_default() -> String {
 /// The calibration methods kiln knows (`method = [...]` of a target, `--method`).
 pub const METHODS: [&str; 5] = ["imatrix", "search", "awq", "gptq", "alloc"];
 
+/// A target's or adapter's name, which names files: letters, digits, `-`, `_`, `.`.
+fn file_name_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// A whole kiln.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,12 +248,7 @@ impl BuildFile {
         }
         let mut names = std::collections::HashSet::new();
         for t in &self.targets {
-            if t.name.is_empty()
-                || !t
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
+            if !file_name_safe(&t.name) {
                 bail!(
                     "target name {:?} must be letters, digits, '-', '_' or '.'",
                     t.name
@@ -301,12 +304,7 @@ impl BuildFile {
         }
         let mut anames = std::collections::HashSet::new();
         for a in &self.adapters {
-            if a.name.is_empty()
-                || !a
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
+            if !file_name_safe(&a.name) {
                 bail!(
                     "adapter name {:?} must be letters, digits, '-', '_' or '.'",
                     a.name
@@ -329,19 +327,11 @@ impl BuildFile {
             let mut seen = std::collections::HashSet::new();
             for n in t.lora.iter().chain(&t.adapters) {
                 if !anames.contains(n) {
+                    let known: Vec<&str> = self.adapters.iter().map(|a| a.name.as_str()).collect();
                     bail!(
-                        "target {}: no [[adapter]] is called {n:?}{}",
+                        "target {}: no [[adapter]] is called {n:?} (adapters: {})",
                         t.name,
-                        if anames.is_empty() {
-                            String::new()
-                        } else {
-                            let mut k: Vec<&String> = anames.iter().copied().collect();
-                            k.sort();
-                            format!(
-                                " (adapters: {})",
-                                k.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                            )
-                        }
+                        known.join(", ")
                     );
                 }
                 if !seen.insert(n) {

@@ -41,13 +41,7 @@ pub fn calibrate(c: &Calibration, obs: &dyn Observer) -> Result<Imatrix> {
             c.output.display()
         )));
     }
-    let (loaded, tok) = load_with_tokenizer(
-        &c.model,
-        &LoraLoad {
-            merge: c.lora.clone(),
-            runtime: Vec::new(),
-        },
-    )?;
+    let (loaded, tok) = load_with_tokenizer(&c.model, &LoraLoad::merged(&c.lora))?;
     let tokens = tokenize_files(&tok, &c.texts)?;
     let opts = CalibOptions {
         ctx: c.ctx,

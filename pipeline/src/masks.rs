@@ -33,13 +33,7 @@ pub fn derive_mask(
             s.block, s.ctx
         )));
     }
-    let loaded = verify::load::load_with(
-        model,
-        &verify::load::LoraLoad {
-            merge: lora.to_vec(),
-            runtime: Vec::new(),
-        },
-    )?;
+    let loaded = verify::load::load_with(model, &verify::load::LoraLoad::merged(lora))?;
     let tok = tokenizer_of(&loaded.source, tokenizer_pre)?;
     let tokens = tokenize_files(&tok, texts)?;
     if tokens.len() < s.ctx {

@@ -248,13 +248,7 @@ pub fn apply(
     // Only AWQ, GPTQ and the allocation run the model (search works tensor by tensor while
     // writing).
     let mut calib = if spec.alloc || spec.gptq || spec.awq {
-        let loaded = verify::load::load_with(
-            src_path,
-            &verify::load::LoraLoad {
-                merge: lora.to_vec(),
-                runtime: Vec::new(),
-            },
-        )?;
+        let loaded = verify::load::load_with(src_path, &verify::load::LoraLoad::merged(lora))?;
         let tok = tokenizer_of(&loaded.source, tokenizer_pre)?;
         let tokens = tokenize_files(&tok, &spec.calib_texts)?;
         Some((loaded, tok, tokens))

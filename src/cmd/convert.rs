@@ -8,7 +8,7 @@ use ::convert::lora::{LoraAdapter, LoraSpec};
 use ::convert::ModelSource;
 use anyhow::Result;
 
-use super::human_bytes;
+use super::{human_bytes, ranks};
 
 pub fn convert(
     input: &Path,
@@ -118,11 +118,7 @@ pub fn adapter(input: &Path, base: &Path, output: &Path, ty: quantize::GgmlType)
     println!(
         "wrote {} (LoRA, rank {}, alpha {}, {} tensors adapted: {}; {}) in {:.2}s",
         r.output.display(),
-        r.ranks
-            .iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join("/"),
+        ranks(&r.ranks),
         r.alpha,
         r.n_targets,
         r.modules.join(", "),

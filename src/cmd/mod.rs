@@ -94,14 +94,8 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             lora,
             reference_lora,
         } => verify::verify_cmd(verify::VerifyArgs {
-            lora: ::verify::load::LoraLoad {
-                merge: Vec::new(),
-                runtime: lora,
-            },
-            reference_lora: ::verify::load::LoraLoad {
-                merge: reference_lora,
-                runtime: Vec::new(),
-            },
+            lora: ::verify::load::LoraLoad::runtime(&lora),
+            reference_lora: ::verify::load::LoraLoad::merged(&reference_lora),
             reference: &reference,
             candidate: &candidate,
             text: &text,
@@ -248,7 +242,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             dense,
             lora,
         } => infer::perplexity_cmd(infer::PerplexityArgs {
-            lora: runtime(lora),
+            lora: ::verify::load::LoraLoad::runtime(&lora),
             model: &model,
             text: &text,
             ctx,
@@ -286,7 +280,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             seed,
             lora,
         } => infer::run_cmd(infer::RunArgs {
-            lora: runtime(lora),
+            lora: ::verify::load::LoraLoad::runtime(&lora),
             model: &model,
             prompt: &prompt,
             n,
@@ -303,7 +297,7 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
             dense,
             lora,
         } => infer::bench_cmd(infer::BenchArgs {
-            lora: runtime(lora),
+            lora: ::verify::load::LoraLoad::runtime(&lora),
             dense,
             model: &model,
             pp,
@@ -315,14 +309,6 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
                 BenchFormat::Csv => "csv",
             },
         }),
-    }
-}
-
-/// Adapters applied at run time by kiln's kernel.
-fn runtime(lora: Vec<::convert::lora::LoraSpec>) -> ::verify::load::LoraLoad {
-    ::verify::load::LoraLoad {
-        merge: Vec::new(),
-        runtime: lora,
     }
 }
 
@@ -382,6 +368,14 @@ pub fn split_options(
         policy: SplitPolicy::Count(n),
         only: Some(i),
     }))
+}
+
+/// LoRA ranks as `8/16`.
+pub fn ranks(r: &[usize]) -> String {
+    r.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 pub fn human_bytes(b: u64) -> String {

@@ -1,10 +1,10 @@
 //! Rendering report data: text, Markdown, JUnit XML, and the self-contained HTML build report
 //! with SVG plots.
 
-use verify::parity::Parity;
+use verify::parity::{Check, Parity};
 use verify::report::{BenchResult, BuildReport, VerifyReport};
 
-use super::human_bytes;
+use super::{human_bytes, ranks};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -117,6 +117,16 @@ pub fn verify_junit(r: &VerifyReport) -> String {
     s
 }
 
+/// The checks that failed, described, `; `-separated.
+pub fn failed_checks(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| c.describe())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A row of a build's targets table: a target, or a target's artifact + one of its adapters
 /// at run time (no bits per weight or share of FP32 of its own).
 struct Row<'a> {
@@ -216,23 +226,16 @@ pub fn build_md(r: &BuildReport) -> String {
         );
     }
     for t in r.targets.iter().filter(|t| !t.pass) {
-        let f: Vec<String> = t
-            .checks
-            .iter()
-            .filter(|c| !c.pass)
-            .map(|c| c.describe())
-            .collect();
-        if !f.is_empty() {
-            s += &format!("\n{} failed: {}\n", t.name, f.join("; "));
+        if t.checks.iter().any(|c| !c.pass) {
+            s += &format!("\n{} failed: {}\n", t.name, failed_checks(&t.checks));
         }
         for c in t.combinations.iter().filter(|c| !c.pass) {
-            let f: Vec<String> = c
-                .checks
-                .iter()
-                .filter(|c| !c.pass)
-                .map(|c| c.describe())
-                .collect();
-            s += &format!("\n{} + {} failed: {}\n", t.name, c.adapter, f.join("; "));
+            s += &format!(
+                "\n{} + {} failed: {}\n",
+                t.name,
+                c.adapter,
+                failed_checks(&c.checks)
+            );
         }
     }
     s += &adapters_md(r);
@@ -259,11 +262,7 @@ fn adapters_md(r: &BuildReport) -> String {
                 a.scale,
                 a.file,
                 a.ty,
-                a.ranks
-                    .iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join("/"),
+                ranks(&a.ranks),
                 a.alpha,
                 a.modules.join(", "),
                 a.tensors,

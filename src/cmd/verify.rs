@@ -89,13 +89,10 @@ pub fn verify_cmd(a: VerifyArgs) -> Result<i32> {
     };
     print!("{out}");
     if !pass {
-        let failed: Vec<String> = report
-            .checks
-            .iter()
-            .filter(|c| !c.pass)
-            .map(|c| c.describe())
-            .collect();
-        eprintln!("kiln: verify failed: {}", failed.join("; "));
+        eprintln!(
+            "kiln: verify failed: {}",
+            render::failed_checks(&report.checks)
+        );
         return Ok(1);
     }
     Ok(0)

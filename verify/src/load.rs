@@ -47,6 +47,24 @@ pub struct LoraLoad {
     pub runtime: Vec<LoraSpec>,
 }
 
+impl LoraLoad {
+    /// `specs` merged into the weights, nothing at run time.
+    pub fn merged(specs: &[LoraSpec]) -> Self {
+        LoraLoad {
+            merge: specs.to_vec(),
+            runtime: Vec::new(),
+        }
+    }
+
+    /// `specs` applied at run time, nothing merged.
+    pub fn runtime(specs: &[LoraSpec]) -> Self {
+        LoraLoad {
+            merge: Vec::new(),
+            runtime: specs.to_vec(),
+        }
+    }
+}
+
 /// The kernel's switches for a configuration, as its architecture's module set them.
 pub fn kernel_config(c: &ModelConfig, rope_style: RopeStyle) -> Config {
     Config {
