@@ -361,9 +361,20 @@ pub enum Command {
         /// Calibration texts.
         #[arg(long, required = true, num_args = 1..)]
         text: Vec<PathBuf>,
-        /// Share of each head's attention mass to keep.
-        #[arg(long, default_value_t = 0.99)]
-        coverage: f64,
+        /// Quality budget: ship the sparsest mask whose mean KLD against dense attention on
+        /// the --eval-text stays within it (measures a ladder of settings of each kind).
+        #[arg(long, conflicts_with = "coverage")]
+        max_kld: Option<f64>,
+        /// Held-out text the ladder is measured on (with --max-kld; not the calibration text).
+        #[arg(long, num_args = 1..)]
+        eval_text: Vec<PathBuf>,
+        /// Expert knob instead of a budget: one mask keeping this share of each head's
+        /// attention mass [default: 0.99].
+        #[arg(long)]
+        coverage: Option<f64>,
+        /// Mask kinds: auto (both with --max-kld, static otherwise), static or content.
+        #[arg(long, default_value = "auto")]
+        kind: String,
         /// Tokens per block.
         #[arg(long, default_value_t = 64)]
         block: usize,
@@ -373,6 +384,21 @@ pub enum Command {
         /// Calibration chunks.
         #[arg(long, default_value_t = 2)]
         chunks: usize,
+        /// Context the ladder is measured at [default: --ctx].
+        #[arg(long)]
+        eval_ctx: Option<usize>,
+        /// Evaluation chunks of --eval-ctx tokens.
+        #[arg(long, default_value_t = 1)]
+        eval_chunks: usize,
+        /// Content-aware heads: leading blocks always kept.
+        #[arg(long, default_value_t = 1)]
+        sink: usize,
+        /// Content-aware heads: recent blocks always kept, counting the query's own.
+        #[arg(long, default_value_t = 2)]
+        window: usize,
+        /// Write the ladder's curve as an SVG plot.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// A GGUF to copy with the mask added (with -o).
         #[arg(long)]
         artifact: Option<PathBuf>,

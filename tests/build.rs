@@ -183,7 +183,7 @@ reps = 1
 [[target]]
 name = "q8"
 type = "Q8_0"
-attention_masks = { coverage = 0.9, block = 16, ctx = 64, chunks = 2 }
+attention_masks = { max_kld = 0.5, block = 16, ctx = 64, chunks = 2 }
 
 [[target]]
 name = "q4km"
@@ -270,6 +270,13 @@ fn build_is_deterministic_and_reports_failures() {
             && masks["vs_dense"]["n_scored"].as_u64().unwrap() > 0,
         "{masks}"
     );
+    // The budget's ladder: dense and 12 settings, one shipped within the budget.
+    let curve = masks["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 13, "{masks}");
+    let chosen: Vec<_> = curve.iter().filter(|p| p["chosen"] == true).collect();
+    assert_eq!(chosen.len(), 1);
+    assert!(chosen[0]["kld"].as_f64().unwrap() <= 0.5);
+    assert_eq!(masks["max_kld"], 0.5);
     assert!(r["targets"][1]["masks"].is_null());
     assert!(std::fs::read_to_string(a.join("report.md"))
         .unwrap()
@@ -395,6 +402,19 @@ fn per_target_jobs_merge_into_the_single_build() {
                 ] {
                     m[k] = serde_json::Value::Null;
                 }
+                for p in m["curve"].as_array_mut().into_iter().flatten() {
+                    for k in [
+                        "attention_s",
+                        "prefill_s",
+                        "selection_s",
+                        "attention_speedup",
+                        "prefill_speedup",
+                        "decode_tps",
+                        "decode_speedup",
+                    ] {
+                        p[k] = serde_json::Value::Null;
+                    }
+                }
             }
         }
         v
@@ -517,7 +537,20 @@ fn html_report_renders_in_chromium() {
     assert!(dom.contains("<table id=\"targets\">"));
     assert_eq!(dom.matches("<tr class=").count(), 3, "three target rows");
     assert!(dom.contains("id=\"plot-size-kld\"") && dom.contains("id=\"plot-per-layer\""));
+    assert!(
+        dom.contains("id=\"plot-masks-q8\""),
+        "the mask ladder's plot"
+    );
     assert!(dom.contains("<circle") && dom.contains("<polyline"));
+    // Real axes: unit-bearing axis titles and tick labels.
+    for label in [
+        "size (MiB)",
+        "mean KLD vs FP32 (nats)",
+        "layer",
+        "attention speed-up over dense (×)",
+    ] {
+        assert!(dom.contains(label), "axis label {label:?} missing");
+    }
 }
 
 fn ppl(model: &Path, text: &Path, extra: &[&str]) -> f64 {
@@ -565,7 +598,7 @@ fn attention_masks_are_stored_and_applied() {
         ]);
         // The strict reader loads it; the keys are there; the tensors are untouched.
         let g = convert::gguf::GgufFile::open(d.join(name)).unwrap();
-        assert_eq!(g.metadata.u64("kiln.attention.version"), Some(1));
+        assert_eq!(g.metadata.u64("kiln.attention.version"), Some(2));
         assert_eq!(g.metadata.u64("kiln.attention.block_size"), Some(16));
         let orig = convert::gguf::GgufFile::open(&q8).unwrap();
         for (a, b) in g.tensors.iter().zip(&orig.tensors) {
@@ -578,6 +611,86 @@ fn attention_masks_are_stored_and_applied() {
     assert_eq!(ppl(&d.join("full.gguf"), &text, &[]), dense_ppl);
     // Coverage 0.5 really masks something.
     assert_ne!(ppl(&d.join("half.gguf"), &text, &[]), dense_ppl);
+}
+
+/// `kiln masks --max-kld`: the ladder is measured on the held-out text (dense first, one point
+/// shipped, within the budget); a budget of 0 ships dense attention, bit for bit; a content-aware
+/// mask is stored as version-2 keys, really masks, runs dense with `--dense`, and its curve is
+/// the same on 1 and 2 threads.
+#[test]
+fn a_quality_budget_picks_the_sparsest_mask_within_it() {
+    let s = setup();
+    let d = &s.dir;
+    let (q8, text) = (d.join("q8.gguf"), d.join("eval.txt"));
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let dense_ppl = ppl(&q8, &text, &[]);
+    let masks = |threads: &str, budget: &str, kind: &str, out: &str| -> serde_json::Value {
+        let o = ok(&[
+            "--threads",
+            threads,
+            "masks",
+            &p("ref.gguf"),
+            "--text",
+            &p("calib.txt"),
+            "--eval-text",
+            &p("eval.txt"),
+            "--max-kld",
+            budget,
+            "--kind",
+            kind,
+            "--block",
+            "8",
+            "--ctx",
+            "128",
+            "--chunks",
+            "2",
+            "--window",
+            "1",
+            "--json",
+            "--artifact",
+            &p("q8.gguf"),
+            "-o",
+            &p(out),
+        ]);
+        serde_json::from_str(&o).unwrap()
+    };
+    let zero = masks("2", "0", "auto", "zero.gguf");
+    let curve = zero["curve"].as_array().unwrap();
+    assert_eq!(
+        curve.len(),
+        1 + 5 + 7,
+        "dense, 5 static and 7 content-aware settings"
+    );
+    assert_eq!(curve[0]["kind"], "dense");
+    assert_eq!(curve[0]["chosen"], true);
+    assert_eq!(zero["kind"], "dense");
+    assert_eq!(ppl(&d.join("zero.gguf"), &text, &[]), dense_ppl);
+
+    let v = masks("2", "100", "content", "content.gguf");
+    let curve = v["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 1 + 7);
+    let chosen: Vec<_> = curve.iter().filter(|p| p["chosen"] == true).collect();
+    assert_eq!(chosen.len(), 1);
+    let c = chosen[0];
+    assert!(c["kld"].as_f64().unwrap() <= 100.0 && c["density"].as_f64().unwrap() < 1.0);
+    for p in &curve[1..] {
+        assert!(p["density"].as_f64().unwrap() >= c["density"].as_f64().unwrap());
+    }
+    assert_eq!(v["kind"], "content");
+    let g = convert::gguf::GgufFile::open(d.join("content.gguf")).unwrap();
+    assert_eq!(g.metadata.u64("kiln.attention.version"), Some(2));
+    assert!(g.metadata.get("kiln.attention.threshold").is_some());
+    assert!(g.metadata.get("kiln.attention.max_kld").is_some());
+    let masked_ppl = ppl(&d.join("content.gguf"), &text, &[]);
+    assert_ne!(masked_ppl, dense_ppl);
+    assert_eq!(ppl(&d.join("content.gguf"), &text, &["--dense"]), dense_ppl);
+    // Selection is deterministic: the same curve (densities and KLDs) on one thread.
+    let one = masks("1", "100", "content", "content1.gguf");
+    for (a, b) in one["curve"].as_array().unwrap().iter().zip(curve) {
+        assert_eq!(a["density"], b["density"]);
+        assert_eq!(a["kld"], b["kld"]);
+    }
+    assert_eq!(ppl(&d.join("content1.gguf"), &text, &[]), masked_ppl);
 }
 
 /// `--method search,gptq,alloc`: the artifact is no larger than the llama.cpp mix it is budgeted

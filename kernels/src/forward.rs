@@ -35,9 +35,25 @@ pub trait Observer: Sync {
     fn wants_attention(&self) -> bool {
         false
     }
+    /// The block size for which [`Observer::attention`] also wants each query's Quest bounds
+    /// of the complete key blocks (content-aware mask calibration); `None`: no bounds.
+    fn attention_bounds_block(&self) -> Option<usize> {
+        None
+    }
     /// The attention probabilities of `head` in `layer` for the query at position `q_pos`:
-    /// `probs[k]` for key positions `0..=q_pos` (zero where a mask excluded the key).
-    fn attention(&self, _layer: usize, _head: usize, _q_pos: usize, _probs: &[f32]) {}
+    /// `probs[k]` for key positions `0..=q_pos` (zero where a mask excluded the key); and,
+    /// when [`Observer::attention_bounds_block`] asks, `bounds[kb]`, the scaled Quest bound
+    /// (see [`crate::mask::quest_bounds`]) of each complete key block before the query's
+    /// block (empty otherwise, and in windowed layers).
+    fn attention(
+        &self,
+        _layer: usize,
+        _head: usize,
+        _q_pos: usize,
+        _probs: &[f32],
+        _bounds: &[f32],
+    ) {
+    }
     /// The residual stream `x` (`[n_tok, dim]`) entering `layer` (`n_layers`: leaving the
     /// last layer), for [`ForwardOptions::start`].
     fn layer_input(&self, _layer: usize, _x: &[f32], _n_tok: usize) {}
@@ -143,7 +159,49 @@ pub struct State {
     /// Time spent in attention (scores, softmax, values) since the state was made; for the
     /// masked-vs-dense benchmark.
     pub attention_time: std::time::Duration,
+    /// Time spent on logits (output norm and projection) since the state was made: a
+    /// prefill's time without it is what serving a prompt costs.
+    pub output_time: std::time::Duration,
+    /// What attention computed since the state was made (density, selection cost).
+    pub attention_counts: AttentionCounts,
+    /// Per layer: the key-block summaries of content-aware masks, `[kv_head][block][2·hd]`
+    /// (maxima, minima of the cached keys), for `summary_block`-token blocks.
+    summaries: Vec<Vec<f32>>,
+    /// Per layer: how many leading blocks `summaries` holds.
+    summarized: Vec<usize>,
+    summary_block: usize,
     scratch: MatmulScratch,
+}
+
+/// Counters of the attention work (atomics: heads run in parallel).
+#[derive(Debug, Default)]
+pub struct AttentionCounts {
+    /// Key positions the queries attended to (each query's own blocks).
+    pub keys: std::sync::atomic::AtomicU64,
+    /// Key positions causal attention (with the layers' windows) would attend to.
+    pub causal_keys: std::sync::atomic::AtomicU64,
+    /// Key positions scored (the union of a query tile's blocks, per query).
+    pub computed_keys: std::sync::atomic::AtomicU64,
+    /// Nanoseconds spent choosing blocks (content-aware masks: bounds and selection).
+    pub selection_ns: std::sync::atomic::AtomicU64,
+}
+
+impl AttentionCounts {
+    /// Attended over causal keys (1 when nothing was counted).
+    pub fn density(&self) -> f64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.causal_keys.load(Relaxed);
+        if c == 0 {
+            1.0
+        } else {
+            self.keys.load(Relaxed) as f64 / c as f64
+        }
+    }
+
+    /// Seconds spent choosing blocks.
+    pub fn selection_s(&self) -> f64 {
+        self.selection_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+    }
 }
 
 /// RoPE angles of one base and scale: `cos`, `sin` of
@@ -247,6 +305,11 @@ impl State {
             layer_rope,
             logits: Vec::with_capacity(c.vocab),
             attention_time: std::time::Duration::ZERO,
+            output_time: std::time::Duration::ZERO,
+            attention_counts: AttentionCounts::default(),
+            summaries: vec![Vec::new(); c.n_layers],
+            summarized: vec![0; c.n_layers],
+            summary_block: 0,
             scratch: MatmulScratch::default(),
         }
     }
@@ -254,6 +317,7 @@ impl State {
     /// Empties the cache (the next token is at position 0).
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.summarized.fill(0);
     }
 
     /// Floats held by the key and value caches (windowed layers hold only their ring).
@@ -657,6 +721,7 @@ pub fn forward<O: Observer>(
     };
     state.logits.clear();
     if count > 0 {
+        let t_out = std::time::Instant::now();
         for t in first..n {
             let r = t - first;
             rmsnorm(
@@ -682,6 +747,7 @@ pub fn forward<O: Observer>(
                 .iter_mut()
                 .for_each(|v| *v = crate::dot::tanh_ref(*v / cap) * cap);
         }
+        state.output_time += t_out.elapsed();
     }
     Ok(())
 }
@@ -711,6 +777,8 @@ fn attention<O: Observer>(
     mask: Option<&crate::mask::BlockMask>,
     obs: &O,
 ) {
+    use crate::mask::HeadPattern;
+    use std::sync::atomic::Ordering::Relaxed;
     let c = &model.config;
     let hd = c.head_dim;
     let q_dim = c.n_heads * hd;
@@ -721,10 +789,31 @@ fn attention<O: Observer>(
     let scale = c.attention_scale();
     let window = c.window(l);
     let (off, slots) = state.caches[l];
+    let watch = obs.wants_attention();
+    // Content-aware heads (global layers only: a windowed layer keeps its window) and the
+    // calibration observer need the summaries of the key blocks completed so far.
+    let layer_selects = window.is_none()
+        && mask.is_some_and(|m| {
+            m.patterns
+                .get(l)
+                .is_some_and(|r| r.iter().any(|p| p.is_select()))
+        });
+    let summary_block = match (layer_selects, window, obs.attention_bounds_block()) {
+        (true, _, _) => mask.map(|m| m.block),
+        (false, None, Some(b)) if watch => Some(b.max(1)),
+        _ => None,
+    };
+    if let Some(b) = summary_block {
+        summarize(state, l, pos0 + n, b, c.n_kv_heads, hd);
+    }
+    let n_summary = max_ctx.div_ceil(state.summary_block.max(1));
+    let summaries = &state.summaries[l];
+    let counts = &state.attention_counts;
     let kc = &state.k_cache[off..off + kv_dim * slots];
     let vc = &state.v_cache[off..off + slots * kv_dim];
     let q = &state.q;
-    let watch = obs.wants_attention();
+    let obs_bounds =
+        watch && summary_block.is_some() && obs.attention_bounds_block() == summary_block;
     // The oldest position query `p` sees.
     let lo = |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
     // Each task owns QUERY_TILE scores rows; each head writes only its own columns of `att`.
@@ -734,13 +823,41 @@ fn attention<O: Observer>(
     let rows = |h: usize, ts: std::ops::Range<usize>, scores: &mut [f32]| {
         let att = att_ptr;
         let g = h / group;
-        // A dense pattern is no mask: the same single key range, the same bits.
+        // A dense pattern is no mask: the same single key range, the same bits. A
+        // content-aware head of a windowed layer runs as the layer does (windowed).
         let (pattern, block) = match mask {
-            Some(m) if *m.pattern(l, h) != crate::mask::HeadPattern::Dense => {
-                (Some(m.pattern(l, h)), m.block)
-            }
-            _ => (None, usize::MAX),
+            Some(m) => match m.pattern(l, h) {
+                HeadPattern::Dense => (None, usize::MAX),
+                HeadPattern::Select { .. } if !layer_selects => (None, usize::MAX),
+                p => (Some(p), m.block),
+            },
+            None => (None, usize::MAX),
         };
+        let select = match pattern {
+            Some(&HeadPattern::Select {
+                sink,
+                window,
+                threshold,
+            }) => Some((sink, window, threshold)),
+            _ => None,
+        };
+        let summary = if summary_block.is_some() {
+            &summaries[g * n_summary * 2 * hd..(g + 1) * n_summary * 2 * hd]
+        } else {
+            &summaries[..0]
+        };
+        // Per query of the tile, the key blocks it attends to (content-aware heads), and
+        // their union, which the tile's passes over keys and values cover.
+        let nb = if select.is_some() { n_summary + 1 } else { 0 };
+        let mut keep = vec![false; QUERY_TILE * nb];
+        let mut union = vec![false; nb];
+        let mut bound = vec![0f32; n_summary];
+        let mut qq = vec![0f32; 2 * hd];
+        let mut scratch = crate::mask::SelectScratch::default();
+        // Key position ranges (merged blocks, ascending): the tile's, and each query's own.
+        let mut tile_r: Vec<(usize, usize)> = Vec::new();
+        let mut own_r: Vec<Vec<(usize, usize)>> = vec![Vec::new(); QUERY_TILE];
+        let mut not_r: Vec<Vec<(usize, usize)>> = vec![Vec::new(); QUERY_TILE];
         let kt = dot::Strided {
             data: &kc[g * hd * slots..(g + 1) * hd * slots],
             stride: slots,
@@ -756,11 +873,61 @@ fn attention<O: Observer>(
             let block_end = (p0 / block).saturating_add(1).saturating_mul(block) - pos0;
             let nq = QUERY_TILE.min(ts.end - t).min(block_end - t);
             let last = p0 + nq - 1;
-            // The cache slots of the key positions `from..end` a query of the tile may see:
-            // the mask's allowed blocks (adjacent ones merged, so a dense pattern is one
-            // range), each split where the ring wraps, in position order.
+            let qb = p0 / block;
+            let merge = |out: &mut Vec<(usize, usize)>, allowed: &dyn Fn(usize) -> bool| {
+                merge_blocks(out, qb, block, allowed)
+            };
+            match (pattern, select) {
+                (None, _) => {}
+                (Some(_), Some((sink, win, threshold))) => {
+                    let t_sel = std::time::Instant::now();
+                    union[..=qb].fill(false);
+                    for j in 0..nq {
+                        let qj = &q[(t + j) * q_dim + h * hd..(t + j) * q_dim + (h + 1) * hd];
+                        crate::mask::quest_query(qj, &mut qq);
+                        crate::mask::quest_bounds(&qq, summary, qb, scale, &mut bound);
+                        let kj = &mut keep[j * nb..(j + 1) * nb];
+                        crate::mask::select_blocks(
+                            &bound,
+                            qb,
+                            sink,
+                            win,
+                            threshold,
+                            kj,
+                            &mut scratch,
+                        );
+                        for (u, &k) in union.iter_mut().zip(kj.iter()).take(qb + 1) {
+                            *u |= k;
+                        }
+                    }
+                    merge_blocks(&mut tile_r, qb, block, |kb| union[kb]);
+                    for j in 0..nq {
+                        let kj = &keep[j * nb..(j + 1) * nb];
+                        merge_blocks(&mut own_r[j], qb, block, |kb| kj[kb]);
+                        merge_blocks(&mut not_r[j], qb, block, |kb| union[kb] && !kj[kb]);
+                    }
+                    counts
+                        .selection_ns
+                        .fetch_add(t_sel.elapsed().as_nanos() as u64, Relaxed);
+                }
+                (Some(pat), None) => merge(&mut tile_r, &|kb| pat.allows(qb, kb)),
+            }
+            // Which key blocks a range walk covers.
+            #[derive(Clone, Copy)]
+            enum Set {
+                /// The tile's: what any of its queries attends to.
+                Tile,
+                /// Query `j`'s own.
+                Query(usize),
+                /// The tile's but not query `j`'s.
+                TileNotQuery(usize),
+            }
+            let (tile_r, own_r, not_r) = (&tile_r, &own_r, &not_r);
+            // The cache slots of the key positions `from..end` in `set` (adjacent blocks
+            // merged, so a dense pattern is one range), each split where the ring wraps, in
+            // position order.
             let for_each_range =
-                |from: usize, end: usize, f: &mut dyn FnMut(std::ops::Range<usize>)| {
+                |from: usize, end: usize, set: Set, f: &mut dyn FnMut(std::ops::Range<usize>)| {
                     let mut emit = |a: usize, b: usize| {
                         if a >= b {
                             return;
@@ -773,22 +940,16 @@ fn attention<O: Observer>(
                             f(0..sa + len - slots);
                         }
                     };
-                    match pattern {
-                        None => emit(from, end),
-                        Some(pat) => {
-                            let qb = p0 / block;
-                            let mut open: Option<usize> = None;
-                            for kb in 0..=qb {
-                                if pat.allows(qb, kb) {
-                                    open.get_or_insert(kb * block);
-                                } else if let Some(a) = open.take() {
-                                    emit(a.max(from), (kb * block).min(end));
-                                }
-                            }
-                            if let Some(a) = open {
-                                emit(a.max(from), end);
-                            }
-                        }
+                    let list = match (pattern, select.is_some(), set) {
+                        (None, _, Set::TileNotQuery(_)) => return,
+                        (None, _, _) => return emit(from, end),
+                        (Some(_), false, Set::TileNotQuery(_)) => return,
+                        (Some(_), false, _) | (Some(_), true, Set::Tile) => tile_r,
+                        (Some(_), true, Set::Query(j)) => &own_r[j],
+                        (Some(_), true, Set::TileNotQuery(j)) => &not_r[j],
+                    };
+                    for &(a, b) in list {
+                        emit(a.max(from), b.min(end));
                     }
                 };
             let q_tile = dot::Strided {
@@ -796,7 +957,7 @@ fn attention<O: Observer>(
                 stride: q_dim,
             };
             let first = lo(p0);
-            for_each_range(first, last + 1, &mut |keys| {
+            for_each_range(first, last + 1, Set::Tile, &mut |keys| {
                 let out = dot::StridedMut {
                     data: &mut *scores,
                     stride: max_ctx,
@@ -804,22 +965,34 @@ fn attention<O: Observer>(
                 dot::attn_scores(q_tile, nq, kt, hd, keys, scale, out);
             });
             let mut inv = [0f32; QUERY_TILE];
+            let (mut attended, mut causal, mut computed) = (0u64, 0u64, 0u64);
             for (j, inv) in inv.iter_mut().enumerate().take(nq) {
                 let p = p0 + j;
                 let row = &mut scores[j * max_ctx..(j + 1) * max_ctx];
                 let mut max = f32::NEG_INFINITY;
-                for_each_range(lo(p), p + 1, &mut |keys| {
+                for_each_range(lo(p), p + 1, Set::Query(j), &mut |keys| {
+                    attended += keys.len() as u64;
                     max = max.max(dot::max_f32(&row[keys]))
                 });
+                causal += (p + 1 - lo(p)) as u64;
+                for_each_range(lo(p), p + 1, Set::Tile, &mut |keys| {
+                    computed += keys.len() as u64
+                });
                 let mut lanes = [0f32; dot::ATT_LANES];
-                for_each_range(lo(p), p + 1, &mut |keys| {
+                for_each_range(lo(p), p + 1, Set::Query(j), &mut |keys| {
                     dot::attn_exp(row, keys, max, &mut lanes)
                 });
                 *inv = 1.0 / dot::lanes_sum(&lanes);
                 // Keys the tile covers that this query does not see weigh nothing here.
-                for_each_range(first, lo(p), &mut |keys| row[keys].fill(0.0));
-                for_each_range(p + 1, last + 1, &mut |keys| row[keys].fill(0.0));
+                for_each_range(first, lo(p), Set::Tile, &mut |keys| row[keys].fill(0.0));
+                for_each_range(p + 1, last + 1, Set::Tile, &mut |keys| row[keys].fill(0.0));
+                for_each_range(lo(p), p + 1, Set::TileNotQuery(j), &mut |keys| {
+                    row[keys].fill(0.0)
+                });
             }
+            counts.keys.fetch_add(attended, Relaxed);
+            counts.causal_keys.fetch_add(causal, Relaxed);
+            counts.computed_keys.fetch_add(computed, Relaxed);
             // SAFETY: head h writes only att[t.., h·hd .. (h+1)·hd], disjoint across heads
             // and across the tasks of one head (different tokens).
             let out_all = unsafe {
@@ -828,7 +1001,7 @@ fn attention<O: Observer>(
             for j in 0..nq {
                 out_all[j * q_dim..j * q_dim + hd].fill(0.0);
             }
-            for_each_range(first, last + 1, &mut |keys| {
+            for_each_range(first, last + 1, Set::Tile, &mut |keys| {
                 let p = dot::Strided {
                     data: &*scores,
                     stride: max_ctx,
@@ -850,7 +1023,7 @@ fn attention<O: Observer>(
                     let row = &scores[j * max_ctx..(j + 1) * max_ctx];
                     let mut probs = vec![0f32; p + 1];
                     let mut at = lo(p);
-                    for_each_range(lo(p), p + 1, &mut |keys| {
+                    for_each_range(lo(p), p + 1, Set::Query(j), &mut |keys| {
                         // Ranges come in position order; skip what the mask left out.
                         let start = keys.start;
                         let pos = position_of(start, at, slots);
@@ -859,7 +1032,16 @@ fn attention<O: Observer>(
                         }
                         at = pos + keys.len();
                     });
-                    obs.attention(l, h, p, &probs);
+                    let mut ob = Vec::new();
+                    if obs_bounds {
+                        let nqb = p / state_block(summary_block);
+                        ob = vec![0f32; nqb];
+                        let qj = &q[(t + j) * q_dim + h * hd..(t + j) * q_dim + (h + 1) * hd];
+                        let mut qq = vec![0f32; 2 * hd];
+                        crate::mask::quest_query(qj, &mut qq);
+                        crate::mask::quest_bounds(&qq, summary, nqb, scale, &mut ob);
+                    }
+                    obs.attention(l, h, p, &probs, &ob);
                 }
             }
             t += nq;
@@ -883,6 +1065,69 @@ fn attention<O: Observer>(
         let scores = unsafe { std::slice::from_raw_parts_mut(sp.0.add(i * len), len) };
         rows(h, k * per..((k + 1) * per).min(n), scores);
     });
+}
+
+/// The merged position ranges of the blocks `0..=qb` that `allowed` keeps, ascending (the last
+/// open to the end).
+#[inline]
+fn merge_blocks(
+    out: &mut Vec<(usize, usize)>,
+    qb: usize,
+    block: usize,
+    allowed: impl Fn(usize) -> bool,
+) {
+    out.clear();
+    let mut open: Option<usize> = None;
+    for kb in 0..=qb {
+        if allowed(kb) {
+            open.get_or_insert(kb * block);
+        } else if let Some(a) = open.take() {
+            out.push((a, kb * block));
+        }
+    }
+    if let Some(a) = open {
+        out.push((a, usize::MAX));
+    }
+}
+
+fn state_block(b: Option<usize>) -> usize {
+    b.unwrap_or(usize::MAX)
+}
+
+/// Brings layer `l`'s key-block summaries up to the blocks complete at position `end`: per kv
+/// head and block of `block` tokens, the maximum then the minimum of each key dimension (exact
+/// whatever the order, so the same in any batch). Global layers only (slot = position).
+fn summarize(state: &mut State, l: usize, end: usize, block: usize, n_kv: usize, hd: usize) {
+    if state.summary_block != block {
+        state.summary_block = block;
+        state.summarized.fill(0);
+        state.summaries.iter_mut().for_each(Vec::clear);
+    }
+    let n_blocks = state.max_ctx.div_ceil(block);
+    let (off, slots) = state.caches[l];
+    let s = &mut state.summaries[l];
+    if s.is_empty() {
+        s.resize(n_kv * n_blocks * 2 * hd, 0.0);
+    }
+    let kc = &state.k_cache[off..off + n_kv * hd * slots];
+    let complete = end / block;
+    for kb in state.summarized[l]..complete {
+        for g in 0..n_kv {
+            let at = (g * n_blocks + kb) * 2 * hd;
+            for d in 0..hd {
+                let keys =
+                    &kc[(g * hd + d) * slots + kb * block..(g * hd + d) * slots + (kb + 1) * block];
+                let (mn, mx) = keys
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &k| {
+                        (a.min(k), b.max(k))
+                    });
+                s[at + d] = mx;
+                s[at + hd + d] = mn;
+            }
+        }
+    }
+    state.summarized[l] = state.summarized[l].max(complete);
 }
 
 /// The key position held in `slot`, the first position at or after `from` that maps to it.

@@ -20,7 +20,7 @@ pub mod simd;
 pub mod team;
 
 pub use forward::{forward, ForwardError, ForwardOptions, Logits, NoObserver, Observer, State};
-pub use mask::{BlockMask, HeadPattern};
+pub use mask::{quest_bounds, quest_query, select_blocks, BlockMask, HeadPattern, SelectScratch};
 pub use matmul::MatmulMode;
 pub use model::{
     Activation, Config, Layer, LongRope, LoraTerm, MatKind, Model, RopeStyle, SlidingWindow,

@@ -245,6 +245,64 @@ fn a_masked_run_gives_the_same_bits_in_any_batch() {
     assert_ne!(one, run(&m, &t, MatmulMode::Quantized, None, 100));
 }
 
+fn select_mask(threshold: f32, block: usize) -> BlockMask {
+    let p = HeadPattern::Select {
+        sink: 1,
+        window: 1,
+        threshold,
+    };
+    BlockMask {
+        block,
+        patterns: vec![vec![p.clone(), HeadPattern::Dense, p.clone(), p]; 2],
+    }
+}
+
+#[test]
+fn a_content_aware_run_gives_the_same_bits_in_any_batch() {
+    // Blocks chosen per query from the key-block summaries: batches of 100, 7 and 1 (decode)
+    // see the same summaries and choose the same blocks.
+    let m = model(&ALL, RopeStyle::Neox, false);
+    let t = tokens(100);
+    let mask = select_mask(0.6, 8);
+    let one = run(&m, &t, MatmulMode::Quantized, Some(&mask), 100);
+    assert_eq!(one, run(&m, &t, MatmulMode::Quantized, Some(&mask), 7));
+    assert_eq!(one, run(&m, &t, MatmulMode::Quantized, Some(&mask), 1));
+    let dense = run(&m, &t, MatmulMode::Quantized, None, 100);
+    assert_ne!(one, dense, "a threshold of 0.6 leaves blocks out");
+    // The first two blocks have nothing to choose from.
+    assert_eq!(&one[..16 * 300], &dense[..16 * 300]);
+    // Threshold 1 keeps every block: the dense bits.
+    let all = select_mask(1.0, 8);
+    assert_eq!(run(&m, &t, MatmulMode::Quantized, Some(&all), 100), dense);
+    assert_eq!(run(&m, &t, MatmulMode::Quantized, Some(&all), 7), dense);
+}
+
+#[test]
+fn the_kernel_counts_what_a_mask_skips() {
+    let m = model(&ALL, RopeStyle::Neox, false);
+    let t = tokens(100);
+    let mut st = State::new(&m.config, 100, 100);
+    let mask = select_mask(0.5, 8);
+    let fo = ForwardOptions {
+        mask: Some(&mask),
+        ..Default::default()
+    };
+    forward(&m, &mut st, &t, Logits::Last, fo, &NoObserver).unwrap();
+    let d = st.attention_counts.density();
+    assert!(d > 0.2 && d < 1.0, "density {d}");
+    let mut st = State::new(&m.config, 100, 100);
+    forward(
+        &m,
+        &mut st,
+        &t,
+        Logits::Last,
+        ForwardOptions::default(),
+        &NoObserver,
+    )
+    .unwrap();
+    assert_eq!(st.attention_counts.density(), 1.0);
+}
+
 #[test]
 fn errors_are_reported_not_panics() {
     let m = model(&[GgmlType::F32], RopeStyle::Neox, false);

@@ -399,8 +399,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
     let mut todo = Vec::new();
     let mut keys = BTreeMap::new();
     let mut profiles = ProfileCache::default();
-    let mut masks_done: BTreeMap<String, (kernels::BlockMask, Vec<calibrate::masks::HeadChoice>)> =
-        BTreeMap::new();
+    let mut masks_done: BTreeMap<String, crate::masks::MaskOutcome> = BTreeMap::new();
     for t in &cfg.targets {
         let file = format!("{model_name}-{}.gguf", t.name);
         let path = out.join(&file);
@@ -459,24 +458,37 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
         if let Some(ms) = &t.attention_masks {
             let key = format!("{:?} {}", t.lora, json(ms));
             if !masks_done.contains_key(&key) {
-                say(format!(
-                    "{}: deriving attention masks (coverage {}, block {}, ctx {})",
-                    t.name, ms.coverage, ms.block, ms.ctx
-                ));
+                say(match ms.max_kld {
+                    Some(k) => format!(
+                        "{}: deriving attention masks (max KLD {k} at ctx {}, block {}, calibrated at ctx {})",
+                        t.name,
+                        ms.eval_ctx(),
+                        ms.block,
+                        ms.ctx
+                    ),
+                    None => format!(
+                        "{}: deriving attention masks (coverage {}, block {}, ctx {})",
+                        t.name,
+                        ms.fixed_coverage(),
+                        ms.block,
+                        ms.ctx
+                    ),
+                });
                 let texts = &cfg.calibration.as_ref().expect("validated").texts;
                 let derived = crate::masks::derive_mask(
                     &cfg.model.path,
                     &lora,
                     texts,
+                    &eval.texts,
                     ms,
                     cfg.model.tokenizer_pre.as_deref(),
                     obs,
                 )?;
                 masks_done.insert(key.clone(), derived);
             }
-            let (m, _) = &masks_done[&key];
-            extra_meta.extend(calibrate::masks::to_metadata(m, ms.coverage));
-            mask = Some((m.clone(), *ms));
+            let outcome = &masks_done[&key];
+            extra_meta.extend(outcome.metadata(ms));
+            mask = Some((outcome.clone(), *ms));
         }
         say(format!(
             "{}: quantizing to {ftype}{}{}",
@@ -630,7 +642,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                 .map(|((i, _), w)| {
                     (
                         w.as_ref().map_or(&cands[*i].model, |l| &l.model),
-                        todo[*i].4.as_ref().map(|(m, _)| m),
+                        todo[*i].4.as_ref().map(|(o, _)| &o.mask),
                     )
                 })
                 .collect();
@@ -655,7 +667,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                 let t = &todo[*i].0;
                 say(format!("{} + {a}: benchmarking", t.name));
                 let b = &cfg.bench;
-                let mask = todo[*i].4.as_ref().map(|(m, _)| m);
+                let mask = todo[*i].4.as_ref().map(|(o, _)| &o.mask);
                 let bench = verify::bench::run(&w.model, mask, b.pp, b.tg, b.reps)?;
                 let checks = t.thresholds.or(&cfg.thresholds).check(&parity);
                 combos[*i].push(CombinationReport {
@@ -683,10 +695,12 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
             let bench = verify::bench::run(&cand.model, None, b.pp, b.tg, b.reps)?;
             let masks = match &mask {
                 None => None,
-                Some((m, ms)) => {
+                Some((outcome, ms)) => {
+                    let m = &outcome.mask;
                     say(format!(
                         "{}: masked against dense, and prefill at {} tokens",
-                        t.name, ms.ctx
+                        t.name,
+                        ms.eval_ctx()
                     ));
                     let vs_dense = verify::parity::compare_masked(
                         (&cand.model, None),
@@ -697,8 +711,8 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                     )?
                     .pop()
                     .expect("one candidate");
-                    let masked = verify::bench::run(&cand.model, Some(m), ms.ctx, 0, 1)?;
-                    let dense = verify::bench::run(&cand.model, None, ms.ctx, 0, 1)?;
+                    let masked = verify::bench::run(&cand.model, Some(m), ms.eval_ctx(), 0, 1)?;
+                    let dense = verify::bench::run(&cand.model, None, ms.eval_ctx(), 0, 1)?;
                     let (pm, am) = (masked.pp_tokens_per_s, masked.pp_attention_s);
                     let (pd, ad) = (dense.pp_tokens_per_s, dense.pp_attention_s);
                     let heads = m.patterns.iter().map(|l| l.len()).sum();
@@ -709,10 +723,10 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                         .filter(|p| **p == kernels::HeadPattern::Dense)
                         .count();
                     Some(verify::report::MaskReport {
-                        coverage: ms.coverage,
+                        coverage: outcome.coverage,
                         block: ms.block,
-                        ctx: ms.ctx,
-                        density: m.density(ms.ctx.div_ceil(ms.block)),
+                        ctx: ms.eval_ctx(),
+                        density: masked.pp_density,
                         dense_heads,
                         heads,
                         vs_dense,
@@ -720,6 +734,9 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                         prefill_dense_tps: pd,
                         attention_masked_s: am,
                         attention_dense_s: ad,
+                        max_kld: ms.max_kld,
+                        kind: outcome.kind.clone(),
+                        curve: outcome.curve.clone(),
                     })
                 }
             };

@@ -1,5 +1,6 @@
-//! `kiln masks`: derive block-sparse attention masks from calibration text and store them in a
-//! copy of an artifact.
+//! `kiln masks`: derive block-sparse attention masks from calibration text — one at a coverage,
+//! or the sparsest of a measured ladder within a quality budget — and store them in a copy of
+//! an artifact.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,9 @@ use super::progress::Terminal;
 pub struct MasksArgs<'a> {
     pub model: &'a Path,
     pub texts: &'a [PathBuf],
+    pub eval_texts: &'a [PathBuf],
     pub settings: MaskSettings,
+    pub plot: Option<&'a Path>,
     pub artifact: Option<&'a Path>,
     pub output: Option<&'a Path>,
     pub json: bool,
@@ -20,46 +23,76 @@ pub struct MasksArgs<'a> {
 }
 
 pub fn masks_cmd(a: MasksArgs) -> Result<i32> {
-    let (mask, report) = derive_mask(
+    if a.artifact.is_some() != a.output.is_some() {
+        bail!("--artifact and -o go together");
+    }
+    if a.plot.is_some() && a.settings.max_kld.is_none() {
+        bail!("--plot draws the ladder measured with --max-kld");
+    }
+    let out = derive_mask(
         a.model,
         &[],
         a.texts,
+        a.eval_texts,
         &a.settings,
         None,
         &Terminal::new(a.quiet),
     )?;
-    let n_blocks = a.settings.ctx / a.settings.block;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
         println!(
-            "{:>5} {:>4}  {:>8} {:>8}  pattern",
-            "layer", "head", "coverage", "density"
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "kind": out.kind,
+                "coverage": out.coverage,
+                "heads": out.choices,
+                "curve": out.curve,
+            }))?
         );
-        for h in &report {
+    } else {
+        if !out.choices.is_empty() {
             println!(
-                "{:>5} {:>4}  {:>8.4} {:>8.3}  {}",
-                h.layer, h.head, h.coverage, h.density, h.pattern
+                "{:>5} {:>4}  {:>8} {:>8}  pattern",
+                "layer", "head", "coverage", "density"
+            );
+            for h in &out.choices {
+                println!(
+                    "{:>5} {:>4}  {:>8.4} {:>8.3}  {}",
+                    h.layer, h.head, h.coverage, h.density, h.pattern
+                );
+            }
+            let dense = out.choices.iter().filter(|h| h.pattern == "dense").count();
+            println!(
+                "\n{} mask, coverage target {}: {} of {} heads dense, block {}, calibrated at {} tokens",
+                out.kind,
+                out.coverage,
+                dense,
+                out.choices.len(),
+                a.settings.block,
+                a.settings.ctx
             );
         }
-        let dense = report.iter().filter(|h| h.pattern == "dense").count();
-        println!(
-            "\nmean density at {} tokens: {:.3} ({} of {} heads dense), block {}, coverage target {}",
-            a.settings.ctx,
-            mask.density(n_blocks),
-            dense,
-            report.len(),
-            a.settings.block,
-            a.settings.coverage
-        );
-    }
-    match (a.artifact, a.output) {
-        (Some(i), Some(o)) => {
-            write_with_mask(i, o, &mask, a.settings.coverage)?;
-            eprintln!("wrote {} with the mask", o.display());
+        if !out.curve.is_empty() {
+            println!();
+            print!("{}", super::render::mask_curve_md(&out.curve));
+            let chosen = out.curve.iter().find(|p| p.chosen).expect("one is chosen");
+            println!(
+                "\nshipped: {} {} (KLD {:.5} ≤ {} at {} tokens)",
+                chosen.kind,
+                chosen.setting,
+                chosen.kld,
+                a.settings.max_kld.unwrap_or(0.0),
+                chosen.ctx
+            );
         }
-        (None, None) => {}
-        _ => bail!("--artifact and -o go together"),
+    }
+    if let Some(p) = a.plot {
+        let svg = super::render::mask_curve_svg(&out.curve, a.settings.max_kld)?;
+        std::fs::write(p, svg).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let (Some(i), Some(o)) = (a.artifact, a.output) {
+        write_with_mask(i, o, out.metadata(&a.settings))?;
+        eprintln!("wrote {} with the mask", o.display());
     }
     Ok(0)
 }

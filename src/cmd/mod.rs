@@ -6,6 +6,7 @@ mod convert;
 mod infer;
 mod inspect;
 mod masks;
+mod plot;
 mod progress;
 mod quant;
 mod render;
@@ -144,22 +145,38 @@ pub fn run(cmd: Command, quiet: bool) -> Result<i32> {
         Command::Masks {
             model,
             text,
+            max_kld,
+            eval_text,
             coverage,
+            kind,
             block,
             ctx,
             chunks,
+            eval_ctx,
+            eval_chunks,
+            sink,
+            window,
+            plot,
             artifact,
             output,
             json,
         } => masks::masks_cmd(masks::MasksArgs {
             model: &model,
             texts: &text,
+            eval_texts: &eval_text,
             settings: masks::MaskSettings {
+                max_kld,
                 coverage,
+                kind: kind.parse().map_err(anyhow::Error::msg)?,
                 block,
                 ctx,
                 chunks,
+                eval_ctx,
+                eval_chunks,
+                sink,
+                window,
             },
+            plot: plot.as_deref(),
             artifact: artifact.as_deref(),
             output: output.as_deref(),
             json,

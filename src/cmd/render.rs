@@ -2,7 +2,7 @@
 //! with SVG plots.
 
 use verify::parity::{Check, Parity};
-use verify::report::{BenchResult, BuildReport, VerifyReport};
+use verify::report::{BenchResult, BuildReport, MaskPoint, VerifyReport};
 
 use super::{human_bytes, ranks};
 
@@ -353,129 +353,98 @@ fn masks_md(r: &BuildReport) -> String {
             m.attention_dense_s / m.attention_masked_s.max(1e-9)
         );
     }
+    for t in &r.targets {
+        if let Some(m) = t.masks.as_ref().filter(|m| !m.curve.is_empty()) {
+            s += &format!(
+                "\n### {}: the ladder on held-out text (budget: mean KLD ≤ {}; shipped: {} {})\n\n",
+                t.name,
+                m.max_kld.unwrap_or(0.0),
+                m.kind,
+                m.coverage
+            );
+            s += &mask_curve_md(&m.curve);
+        }
+    }
     s
 }
 
-/// A scatter plot of size (x) against mean KLD (y, log scale), one labelled point per target.
+/// Size (MiB) against mean KLD (log), one labelled point per target, failing ones ringed.
 fn svg_size_kld(r: &BuildReport) -> String {
-    let (w, h, m) = (520.0, 300.0, 50.0);
-    let xs: Vec<f64> = r
+    let series = r
         .targets
         .iter()
-        .map(|t| t.bytes as f64 / (1 << 20) as f64)
+        .map(|t| super::plot::Series {
+            name: format!("{} ({})", t.name, if t.pass { "pass" } else { "FAIL" }),
+            points: vec![(
+                t.bytes as f64 / (1 << 20) as f64,
+                t.parity.kld.mean.max(1e-6),
+            )],
+            labels: vec![t.name.clone()],
+            marked: vec![!t.pass],
+            line: false,
+        })
         .collect();
-    let ys: Vec<f64> = r
-        .targets
-        .iter()
-        .map(|t| t.parity.kld.mean.max(1e-6).log10())
-        .collect();
-    let (x0, x1) = bounds(&xs);
-    let (y0, y1) = bounds(&ys);
-    let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
-    let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
-    let mut s = format!("<svg id=\"plot-size-kld\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"size versus KLD\">\n");
-    s += &axes(
-        w,
-        h,
-        m,
-        "size (MiB)",
-        "mean KLD (log10)",
-        (x0, x1),
-        (y0, y1),
-    );
-    for (i, t) in r.targets.iter().enumerate() {
-        let color = if t.pass { "#2b7" } else { "#d33" };
-        s += &format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"{color}\"><title>{}: {:.1} MiB, KLD {:.5}</title></circle><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{}</text>\n",
-            px(xs[i]),
-            py(ys[i]),
-            esc(&t.name),
-            xs[i],
-            t.parity.kld.mean,
-            px(xs[i]) + 7.0,
-            py(ys[i]) - 7.0,
-            esc(&t.name)
-        );
-    }
-    s + "</svg>\n"
+    plot_or_note(super::plot::Plot {
+        id: "plot-size-kld",
+        x_label: "size (MiB)",
+        y_label: "mean KLD vs FP32 (nats)",
+        log_y: true,
+        series,
+        hline: None,
+        legend: plotters::prelude::SeriesLabelPosition::UpperRight,
+    })
 }
 
 /// Mean relative weight error per layer, one line per target.
 fn svg_per_layer(r: &BuildReport) -> String {
-    let (w, h, m) = (520.0, 300.0, 50.0);
-    let palette = ["#2b7", "#27b", "#b72", "#a3c", "#3aa", "#c33", "#777"];
-    let all: Vec<f64> = r
+    let series = r
         .targets
         .iter()
-        .flat_map(|t| t.per_layer_error.iter().map(|p| p.1))
+        .map(|t| super::plot::Series {
+            name: t.name.clone(),
+            points: t
+                .per_layer_error
+                .iter()
+                .map(|&(l, e)| (l as f64, e))
+                .collect(),
+            labels: Vec::new(),
+            marked: Vec::new(),
+            line: true,
+        })
         .collect();
-    let layers: Vec<f64> = r
-        .targets
+    plot_or_note(super::plot::Plot {
+        id: "plot-per-layer",
+        x_label: "layer",
+        y_label: "mean relative weight error",
+        log_y: false,
+        series,
+        hline: None,
+        legend: plotters::prelude::SeriesLabelPosition::UpperLeft,
+    })
+}
+
+/// The mask ladders of the targets that have one.
+fn svg_masks(r: &BuildReport) -> String {
+    r.targets
         .iter()
-        .flat_map(|t| t.per_layer_error.iter().map(|p| p.0 as f64))
-        .collect();
-    let (x0, x1) = bounds(&layers);
-    let (y0, y1) = bounds(&all);
-    let y0 = y0.min(0.0);
-    let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
-    let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
-    let mut s = format!("<svg id=\"plot-per-layer\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"per-layer weight error\">\n");
-    s += &axes(
-        w,
-        h,
-        m,
-        "layer",
-        "mean relative weight error",
-        (x0, x1),
-        (y0, y1),
-    );
-    for (i, t) in r.targets.iter().enumerate() {
-        let c = palette[i % palette.len()];
-        let pts: Vec<String> = t
-            .per_layer_error
-            .iter()
-            .map(|&(l, e)| format!("{:.1},{:.1}", px(l as f64), py(e)))
-            .collect();
-        s += &format!("<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>\n", pts.join(" "), esc(&t.name));
-        s += &format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"{c}\">{}</text>\n",
-            w - m + 4.0,
-            m + 14.0 * i as f64,
-            esc(&t.name)
-        );
-    }
-    s + "</svg>\n"
+        .filter_map(|t| t.masks.as_ref().map(|m| (t, m)))
+        .filter(|(_, m)| !m.curve.is_empty())
+        .map(|(t, m)| {
+            let id = format!("plot-masks-{}", t.name);
+            let svg = super::plot::mask_curve(&id, &m.curve, m.max_kld)
+                .unwrap_or_else(|e| format!("<p>{}</p>", esc(&e.to_string())));
+            format!(
+                "<figure><figcaption>{}: attention masks, KLD against dense over attention speed-up (ctx {})</figcaption>\n{svg}</figure>\n",
+                esc(&t.name),
+                m.ctx
+            )
+        })
+        .collect()
 }
 
-fn bounds(v: &[f64]) -> (f64, f64) {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !lo.is_finite() || !hi.is_finite() {
-        return (0.0, 1.0);
-    }
-    let pad = ((hi - lo) * 0.1).max(1e-9);
-    (lo - pad, hi + pad)
-}
-
-fn axes(w: f64, h: f64, m: f64, xl: &str, yl: &str, xr: (f64, f64), yr: (f64, f64)) -> String {
-    format!(
-        "<line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#333\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{b}\" stroke=\"#333\"/>\
-<text x=\"{cx}\" y=\"{lx}\" font-size=\"12\" text-anchor=\"middle\">{xl}</text>\
-<text x=\"14\" y=\"{cy}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 14 {cy})\">{yl}</text>\
-<text x=\"{m}\" y=\"{tx}\" font-size=\"10\">{:.3}</text><text x=\"{r}\" y=\"{tx}\" font-size=\"10\" text-anchor=\"end\">{:.3}</text>\
-<text x=\"{yl_x}\" y=\"{b}\" font-size=\"10\" text-anchor=\"end\">{:.3}</text><text x=\"{yl_x}\" y=\"{m}\" font-size=\"10\" text-anchor=\"end\">{:.3}</text>\n",
-        xr.0,
-        xr.1,
-        yr.0,
-        yr.1,
-        b = h - m,
-        r = w - m,
-        cx = w / 2.0,
-        lx = h - 10.0,
-        cy = h / 2.0,
-        tx = h - m + 14.0,
-        yl_x = m - 4.0,
-    )
+fn plot_or_note(p: super::plot::Plot) -> String {
+    p.svg()
+        .unwrap_or_else(|e| format!("<p id=\"{}\">{}</p>", p.id, esc(&e.to_string())))
 }
 
 /// The self-contained HTML report: targets table and the two SVG plots, no external resources.
@@ -506,7 +475,7 @@ th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background:
 </style>\n</head>\n<body>\n<h1>kiln build: {model}</h1>\n\
 <p>kiln {ver} · {params} parameters · FP32 {fp32} · calibration: {cal} · evaluation: {ev} ({proto} protocol, ctx {ctx}, {chunks} chunks) · result: <strong id=\"result\">{result}</strong></p>\n\
 <table id=\"targets\">\n<thead><tr><th>target</th><th>type</th><th>imatrix</th><th>size</th><th>bpw</th><th>vs FP32</th><th>KLD mean</th><th>KLD p99</th><th>top-1</th><th>PPL</th><th>PPL ratio</th><th>prefill t/s</th><th>decode t/s</th><th>result</th></tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n\
-<div class=\"plots\">\n<figure><figcaption>Size against mean KL divergence</figcaption>\n{p1}</figure>\n<figure><figcaption>Per-layer weight error</figcaption>\n{p2}</figure>\n</div>\n\
+<div class=\"plots\">\n<figure><figcaption>Size against mean KL divergence</figcaption>\n{p1}</figure>\n<figure><figcaption>Per-layer weight error</figcaption>\n{p2}</figure>\n{p3}</div>\n\
 {masks}\n<script>\n(function () {{\n  var ok = document.querySelectorAll('#targets tbody tr').length === {n} &&\n    document.getElementById('plot-size-kld') && document.getElementById('plot-per-layer');\n  document.body.setAttribute('data-ready', ok ? '1' : '0');\n}})();\n</script>\n</body>\n</html>\n",
         model = esc(&r.model),
         ver = esc(&r.kiln_version),
@@ -521,6 +490,7 @@ th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background:
         rows = md_rows.join("\n"),
         p1 = svg_size_kld(r),
         p2 = svg_per_layer(r),
+        p3 = svg_masks(r),
         n = md_rows.len(),
         masks = {
             let m = masks_md(r);
@@ -536,4 +506,37 @@ th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background:
             h
         },
     )
+}
+
+/// A mask ladder as a Markdown table: per setting, the context, measured density, KLD and top-1
+/// against dense attention, and attention, prefill and decode speed-ups over dense measured in
+/// the same run; the shipped point marked.
+pub fn mask_curve_md(curve: &[MaskPoint]) -> String {
+    let mut s = String::from("| kind | setting | ctx | density | scored | KLD vs dense | KLD p99 | top-1 | attention s | ×attention | ×prefill | selection s | decode t/s | ×decode | |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    for p in curve {
+        s += &format!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.5} | {:.4} | {:.2} % | {:.2} | {:.2}× | {:.2}× | {:.3} | {} | {} | {} |\n",
+            p.kind,
+            p.setting,
+            p.ctx,
+            p.density,
+            p.computed,
+            p.kld,
+            p.kld_p99,
+            100.0 * p.top1,
+            p.attention_s,
+            p.attention_speedup,
+            p.prefill_speedup,
+            p.selection_s,
+            p.decode_tps.map_or("-".into(), |x| format!("{x:.1}")),
+            p.decode_speedup.map_or("-".into(), |x| format!("{x:.2}×")),
+            if p.chosen { "**shipped**" } else { "" }
+        );
+    }
+    s
+}
+
+/// The ladder plot of `kiln masks --plot`.
+pub fn mask_curve_svg(curve: &[MaskPoint], max_kld: Option<f64>) -> anyhow::Result<String> {
+    super::plot::mask_curve("plot-masks", curve, max_kld)
 }

@@ -44,14 +44,18 @@ pub fn run(
         forward(model, &mut st, &tokens[..1], Logits::Last, fo, &NoObserver)?;
     }
     let (mut pps, mut tgs, mut att) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut density, mut selection) = (1.0, Vec::new());
     for _ in 0..reps.max(1) {
         if pp > 0 {
             st.reset();
             let a0 = st.attention_time;
+            st.attention_counts = Default::default();
             let t = std::time::Instant::now();
             forward(model, &mut st, &tokens, Logits::Last, fo, &NoObserver)?;
             pps.push(pp as f64 / t.elapsed().as_secs_f64());
             att.push((st.attention_time - a0).as_secs_f64());
+            density = st.attention_counts.density();
+            selection.push(st.attention_counts.selection_s());
         }
         if tg > 0 {
             st.reset();
@@ -65,6 +69,7 @@ pub fn run(
         }
     }
     let ((pm, ps), (tm, ts), (am, _)) = (mean_sd(&pps), mean_sd(&tgs), mean_sd(&att));
+    let (sm, _) = mean_sd(&selection);
     Ok(BenchResult {
         threads: rayon::current_num_threads(),
         pp_tokens: pp,
@@ -75,5 +80,7 @@ pub fn run(
         tg_stddev: ts,
         pp_attention_s: am,
         simd: kernels::simd::level().name().into(),
+        pp_density: density,
+        pp_selection_s: sm,
     })
 }

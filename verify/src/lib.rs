@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod eval;
 pub mod load;
+pub mod masks;
 pub mod parity;
 pub mod report;
 pub mod weights;

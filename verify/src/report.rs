@@ -48,6 +48,17 @@ pub struct BenchResult {
     /// The SIMD level of the measurement (`kernels::SimdLevel::name`).
     #[serde(default)]
     pub simd: String,
+    /// Keys attended over causal keys in the prefill (1 without a mask).
+    #[serde(default = "one")]
+    pub pp_density: f64,
+    /// Seconds choosing key blocks during one prefill (content-aware masks; part of
+    /// `pp_attention_s`).
+    #[serde(default)]
+    pub pp_selection_s: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// One target of a build.
@@ -170,6 +181,50 @@ pub struct MaskReport {
     /// Seconds spent in attention during that prefill, masked and dense.
     pub attention_masked_s: f64,
     pub attention_dense_s: f64,
+    /// The quality budget the mask was chosen for (mean KLD against dense), if any.
+    #[serde(default)]
+    pub max_kld: Option<f64>,
+    /// `static` or `content` (content-aware selection).
+    #[serde(default)]
+    pub kind: String,
+    /// The ladder measured on held-out text, dense first; the chosen point is marked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve: Vec<MaskPoint>,
+}
+
+/// One setting of a mask ladder measured against dense attention on held-out text.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MaskPoint {
+    /// `dense`, `static` or `content`.
+    pub kind: String,
+    /// Coverage target the mask was derived for (1 for dense).
+    pub setting: f64,
+    /// Context of every figure of this point, tokens.
+    pub ctx: usize,
+    /// Keys attended over causal keys, measured by the kernel on the evaluation text.
+    pub density: f64,
+    /// Keys scored over causal keys: a tile of four queries scores the union of their blocks.
+    #[serde(default)]
+    pub computed: f64,
+    /// KL divergence against dense attention, mean and 99th percentile.
+    pub kld: f64,
+    pub kld_p99: f64,
+    /// Share of positions whose top token is dense attention's.
+    pub top1: f64,
+    /// Seconds in attention over the evaluated prefills (selection included).
+    pub attention_s: f64,
+    /// Seconds of the prefills without the logits.
+    pub prefill_s: f64,
+    /// Seconds choosing blocks (content-aware masks), part of `attention_s`.
+    pub selection_s: f64,
+    /// Dense over this point's attention and prefill seconds, in the same run.
+    pub attention_speedup: f64,
+    pub prefill_speedup: f64,
+    /// Decode tokens/s at a filled `ctx`-token context, and dense's over it.
+    pub decode_tps: Option<f64>,
+    pub decode_speedup: Option<f64>,
+    /// The point the budget chose.
+    pub chosen: bool,
 }
 
 /// `kiln build`'s report.
