@@ -184,6 +184,8 @@ pub struct AttentionCounts {
     pub computed_keys: std::sync::atomic::AtomicU64,
     /// Nanoseconds spent choosing blocks (content-aware masks: bounds and selection).
     pub selection_ns: std::sync::atomic::AtomicU64,
+    /// Key blocks whose bound a query computed (content-aware masks).
+    pub selection_blocks: std::sync::atomic::AtomicU64,
 }
 
 impl AttentionCounts {
@@ -909,6 +911,7 @@ fn attention<O: Observer>(
                     counts
                         .selection_ns
                         .fetch_add(t_sel.elapsed().as_nanos() as u64, Relaxed);
+                    counts.selection_blocks.fetch_add((qb * nq) as u64, Relaxed);
                 }
                 (Some(pat), None) => merge(&mut tile_r, &|kb| pat.allows(qb, kb)),
             }

@@ -206,6 +206,10 @@ pub struct MaskPoint {
     /// Keys scored over causal keys: a tile of four queries scores the union of their blocks.
     #[serde(default)]
     pub computed: f64,
+    /// Scored keys plus the selection's work (blocks bounded, in key equivalents), over causal
+    /// keys: what the budget minimizes.
+    #[serde(default)]
+    pub cost: f64,
     /// KL divergence against dense attention, mean and 99th percentile.
     pub kld: f64,
     pub kld_p99: f64,
