@@ -480,6 +480,7 @@ pub fn build(plan: &BuildPlan, obs: &dyn Observer) -> Result<BuildOutcome> {
                     &lora,
                     texts,
                     &eval.texts,
+                    None,
                     ms,
                     cfg.model.tokenizer_pre.as_deref(),
                     obs,

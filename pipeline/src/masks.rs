@@ -73,13 +73,16 @@ fn check(s: &MaskSettings) -> Result<()> {
 }
 
 /// Derives a mask for `model` (the FP32 reference) from `texts`; with a budget, measures the
-/// ladder on `eval_texts` (held out: not the calibration text) and ships the sparsest setting
-/// within it.
+/// ladder on `eval_texts` (held out: not the calibration text) — on the weights of `shipped`
+/// when given (the artifact the mask goes into: its dense run is what the budget is against),
+/// else on `model`'s — and ships the cheapest setting within it.
+#[allow(clippy::too_many_arguments)]
 pub fn derive_mask(
     model: &Path,
     lora: &[convert::lora::LoraSpec],
     texts: &[PathBuf],
     eval_texts: &[PathBuf],
+    shipped: Option<&Path>,
     s: &MaskSettings,
     tokenizer_pre: Option<&str>,
     obs: &dyn Observer,
@@ -171,7 +174,9 @@ pub fn derive_mask(
         batch: 512,
         decode: DECODE_TOKENS,
     };
-    let mut curve = evaluate(m, &rungs, &eval_tokens, &opts, |d, t| {
+    let artifact = shipped.map(verify::load::load).transpose()?;
+    let em = artifact.as_ref().map_or(m, |a| &a.model);
+    let mut curve = evaluate(em, &rungs, &eval_tokens, &opts, |d, t| {
         obs.step("mask ladder", d, t, "runs")
     })
     .map_err(|e| match e {

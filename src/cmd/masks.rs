@@ -34,6 +34,7 @@ pub fn masks_cmd(a: MasksArgs) -> Result<i32> {
         &[],
         a.texts,
         a.eval_texts,
+        a.artifact,
         &a.settings,
         None,
         &Terminal::new(a.quiet),
