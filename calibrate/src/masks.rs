@@ -451,12 +451,23 @@ pub fn derive(
     target: f64,
 ) -> (BlockMask, Vec<HeadChoice>) {
     let n = stats.n_blocks;
+    each_head(stats, n_layers, |l, h| {
+        derive_head(&stats.head(l, h), n, target)
+    })
+}
+
+/// The mask and report of `choose(layer, head)` → (pattern, coverage, density) for every head.
+fn each_head(
+    stats: &AttentionStats,
+    n_layers: usize,
+    choose: impl Fn(usize, usize) -> (HeadPattern, f64, f64),
+) -> (BlockMask, Vec<HeadChoice>) {
     let mut patterns = Vec::with_capacity(n_layers);
     let mut report = Vec::new();
     for l in 0..n_layers {
         let mut row = Vec::with_capacity(stats.n_heads);
         for h in 0..stats.n_heads {
-            let (p, cov, d) = derive_head(&stats.head(l, h), n, target);
+            let (p, cov, d) = choose(l, h);
             report.push(HeadChoice {
                 layer: l,
                 head: h,
@@ -486,47 +497,25 @@ pub fn derive_select(
     target: f64,
     windowed: &dyn Fn(usize) -> bool,
 ) -> (BlockMask, Vec<HeadChoice>) {
-    let mut patterns = Vec::with_capacity(n_layers);
-    let mut report = Vec::new();
-    for l in 0..n_layers {
-        let mut row = Vec::with_capacity(stats.n_heads);
-        for h in 0..stats.n_heads {
-            let curve = stats.curve(l, h);
-            let pick = curve
-                .iter()
-                .zip(THRESHOLDS)
-                .position(|(&(cov, _), _)| cov >= target)
-                .filter(|&i| THRESHOLDS[i] < 1.0 && !windowed(l));
-            let (p, cov, d) = match pick {
-                Some(i) => (
-                    HeadPattern::Select {
-                        sink: stats.sink,
-                        window: stats.window,
-                        threshold: THRESHOLDS[i],
-                    },
-                    curve[i].0,
-                    curve[i].1,
-                ),
-                None => (HeadPattern::Dense, 1.0, 1.0),
-            };
-            report.push(HeadChoice {
-                layer: l,
-                head: h,
-                pattern: describe(&p),
-                coverage: cov,
-                density: d,
-            });
-            row.push(p);
+    each_head(stats, n_layers, |l, h| {
+        let curve = stats.curve(l, h);
+        let pick = curve
+            .iter()
+            .position(|&(cov, _)| cov >= target)
+            .filter(|&i| THRESHOLDS[i] < 1.0 && !windowed(l));
+        match pick {
+            Some(i) => (
+                HeadPattern::Select {
+                    sink: stats.sink,
+                    window: stats.window,
+                    threshold: THRESHOLDS[i],
+                },
+                curve[i].0,
+                curve[i].1,
+            ),
+            None => (HeadPattern::Dense, 1.0, 1.0),
         }
-        patterns.push(row);
-    }
-    (
-        BlockMask {
-            block: stats.block,
-            patterns,
-        },
-        report,
-    )
+    })
 }
 
 /// A short description of a pattern.
