@@ -43,6 +43,8 @@ pub struct Plot<'a> {
     pub hline: Option<HLine>,
     /// Where the legend goes (away from the data).
     pub legend: SeriesLabelPosition,
+    /// Whole-number x ticks (layers).
+    pub x_integer: bool,
 }
 
 fn range(v: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
@@ -111,8 +113,18 @@ impl Plot<'_> {
             .y_label_area_size(70)
             .build_cartesian_2d(x, y)
             .map_err(err)?;
+        let x_fmt = |v: &f64| {
+            if self.x_integer {
+                format!("{v:.0}")
+            } else {
+                // Round ticks as written by hand: 2.5, not 2.5000000000000004 or 2.500.
+                let t = format!("{v:.6}");
+                t.trim_end_matches('0').trim_end_matches('.').to_string()
+            }
+        };
         chart
             .configure_mesh()
+            .x_label_formatter(&x_fmt)
             .x_desc(self.x_label)
             .y_desc(self.y_label)
             .axis_desc_style((FONT, 14))
@@ -211,6 +223,7 @@ pub fn mask_curve(id: &str, curve: &[MaskPoint], max_kld: Option<f64>) -> anyhow
             name: format!("budget {y}"),
         }),
         legend: SeriesLabelPosition::LowerRight,
+        x_integer: false,
     }
     .svg()
 }

@@ -392,6 +392,7 @@ fn svg_size_kld(r: &BuildReport) -> String {
         series,
         hline: None,
         legend: plotters::prelude::SeriesLabelPosition::UpperRight,
+        x_integer: false,
     })
 }
 
@@ -420,6 +421,7 @@ fn svg_per_layer(r: &BuildReport) -> String {
         series,
         hline: None,
         legend: plotters::prelude::SeriesLabelPosition::UpperLeft,
+        x_integer: true,
     })
 }
 
