@@ -624,20 +624,12 @@ fn a_quality_budget_picks_the_sparsest_mask_within_it() {
     let (q8, text) = (d.join("q8.gguf"), d.join("eval.txt"));
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     let dense_ppl = ppl(&q8, &text, &[]);
-    let masks = |threads: &str, budget: &str, kind: &str, out: &str| -> serde_json::Value {
-        let o = ok(&[
-            "--threads",
-            threads,
-            "masks",
-            &p("ref.gguf"),
-            "--text",
-            &p("calib.txt"),
-            "--eval-text",
-            &p("eval.txt"),
-            "--max-kld",
-            budget,
-            "--kind",
-            kind,
+    // `kiln masks` with `choice` (a budget or a coverage, and the kinds) into `out`.
+    let derive = |threads: &str, choice: &[&str], out: &str| -> serde_json::Value {
+        let (ref_gguf, calib, q8, out) = (p("ref.gguf"), p("calib.txt"), p("q8.gguf"), p(out));
+        let mut args = vec!["--threads", threads, "masks", &ref_gguf, "--text", &calib];
+        args.extend_from_slice(choice);
+        args.extend_from_slice(&[
             "--block",
             "16",
             "--ctx",
@@ -648,11 +640,19 @@ fn a_quality_budget_picks_the_sparsest_mask_within_it() {
             "1",
             "--json",
             "--artifact",
-            &p("q8.gguf"),
+            &q8,
             "-o",
-            &p(out),
+            &out,
         ]);
-        serde_json::from_str(&o).unwrap()
+        serde_json::from_str(&ok(&args)).unwrap()
+    };
+    let eval = p("eval.txt");
+    let masks = |threads: &str, budget: &str, kind: &str, out: &str| {
+        derive(
+            threads,
+            &["--eval-text", &eval, "--max-kld", budget, "--kind", kind],
+            out,
+        )
     };
     let zero = masks("2", "0", "auto", "zero.gguf");
     let curve = zero["curve"].as_array().unwrap();
@@ -690,28 +690,11 @@ fn a_quality_budget_picks_the_sparsest_mask_within_it() {
     }
     // A content-aware mask (the expert knob): version-2 keys, really masks, `--dense` is dense.
     for threads in ["1", "2"] {
-        ok(&[
-            "--threads",
+        derive(
             threads,
-            "masks",
-            &p("ref.gguf"),
-            "--text",
-            &p("calib.txt"),
-            "--coverage",
-            "0.8",
-            "--kind",
-            "content",
-            "--block",
-            "16",
-            "--ctx",
-            "256",
-            "--window",
-            "1",
-            "--artifact",
-            &p("q8.gguf"),
-            "-o",
-            &p(&format!("content{threads}.gguf")),
-        ]);
+            &["--coverage", "0.8", "--kind", "content"],
+            &format!("content{threads}.gguf"),
+        );
     }
     let g = convert::gguf::GgufFile::open(d.join("content2.gguf")).unwrap();
     assert_eq!(g.metadata.u64("kiln.attention.version"), Some(2));

@@ -445,21 +445,25 @@ pub fn derive_head(mass: &[f64], n: usize, target: f64) -> (HeadPattern, f64, f6
 }
 
 /// Derives a mask from `stats` for `target` coverage; returns it and what was chosen per head.
+/// Heads of `windowed` layers stay dense: their window is already local.
 pub fn derive(
     stats: &AttentionStats,
     n_layers: usize,
     target: f64,
+    windowed: &dyn Fn(usize) -> bool,
 ) -> (BlockMask, Vec<HeadChoice>) {
     let n = stats.n_blocks;
-    each_head(stats, n_layers, |l, h| {
+    each_head(stats, n_layers, windowed, |l, h| {
         derive_head(&stats.head(l, h), n, target)
     })
 }
 
-/// The mask and report of `choose(layer, head)` → (pattern, coverage, density) for every head.
+/// The mask and report of `choose(layer, head)` → (pattern, coverage, density) for every head
+/// (dense for the heads of `windowed` layers).
 fn each_head(
     stats: &AttentionStats,
     n_layers: usize,
+    windowed: &dyn Fn(usize) -> bool,
     choose: impl Fn(usize, usize) -> (HeadPattern, f64, f64),
 ) -> (BlockMask, Vec<HeadChoice>) {
     let mut patterns = Vec::with_capacity(n_layers);
@@ -467,7 +471,11 @@ fn each_head(
     for l in 0..n_layers {
         let mut row = Vec::with_capacity(stats.n_heads);
         for h in 0..stats.n_heads {
-            let (p, cov, d) = choose(l, h);
+            let (p, cov, d) = if windowed(l) {
+                (HeadPattern::Dense, 1.0, 1.0)
+            } else {
+                choose(l, h)
+            };
             report.push(HeadChoice {
                 layer: l,
                 head: h,
@@ -497,12 +505,12 @@ pub fn derive_select(
     target: f64,
     windowed: &dyn Fn(usize) -> bool,
 ) -> (BlockMask, Vec<HeadChoice>) {
-    each_head(stats, n_layers, |l, h| {
+    each_head(stats, n_layers, windowed, |l, h| {
         let curve = stats.curve(l, h);
         let pick = curve
             .iter()
             .position(|&(cov, _)| cov >= target)
-            .filter(|&i| THRESHOLDS[i] < 1.0 && !windowed(l));
+            .filter(|&i| THRESHOLDS[i] < 1.0);
         match pick {
             Some(i) => (
                 HeadPattern::Select {

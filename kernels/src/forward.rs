@@ -814,8 +814,9 @@ fn attention<O: Observer>(
     let kc = &state.k_cache[off..off + kv_dim * slots];
     let vc = &state.v_cache[off..off + slots * kv_dim];
     let q = &state.q;
+    // The block size of the bounds the observer sees, if it asks for them.
     let obs_bounds =
-        watch && summary_block.is_some() && obs.attention_bounds_block() == summary_block;
+        summary_block.filter(|_| watch && obs.attention_bounds_block() == summary_block);
     // The oldest position query `p` sees.
     let lo = |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
     // Each task owns QUERY_TILE scores rows; each head writes only its own columns of `att`.
@@ -850,16 +851,18 @@ fn attention<O: Observer>(
         };
         // Per query of the tile, the key blocks it attends to (content-aware heads), and
         // their union, which the tile's passes over keys and values cover.
+        // (Empty for other heads: decode runs this for every head of every token.)
         let nb = if select.is_some() { n_summary + 1 } else { 0 };
         let mut keep = vec![false; QUERY_TILE * nb];
         let mut union = vec![false; nb];
-        let mut bound = vec![0f32; n_summary];
-        let mut qq = vec![0f32; 2 * hd];
+        let mut bound = vec![0f32; nb.saturating_sub(1)];
+        let mut qq = vec![0f32; if nb > 0 { 2 * hd } else { 0 }];
         let mut scratch = crate::mask::SelectScratch::default();
         // Key position ranges (merged blocks, ascending): the tile's, and each query's own.
         let mut tile_r: Vec<(usize, usize)> = Vec::new();
-        let mut own_r: Vec<Vec<(usize, usize)>> = vec![Vec::new(); QUERY_TILE];
-        let mut not_r: Vec<Vec<(usize, usize)>> = vec![Vec::new(); QUERY_TILE];
+        let per_query = if nb > 0 { QUERY_TILE } else { 0 };
+        let mut own_r: Vec<Vec<(usize, usize)>> = vec![Vec::new(); per_query];
+        let mut not_r: Vec<Vec<(usize, usize)>> = vec![Vec::new(); per_query];
         let kt = dot::Strided {
             data: &kc[g * hd * slots..(g + 1) * hd * slots],
             stride: slots,
@@ -876,9 +879,6 @@ fn attention<O: Observer>(
             let nq = QUERY_TILE.min(ts.end - t).min(block_end - t);
             let last = p0 + nq - 1;
             let qb = p0 / block;
-            let merge = |out: &mut Vec<(usize, usize)>, allowed: &dyn Fn(usize) -> bool| {
-                merge_blocks(out, qb, block, allowed)
-            };
             match (pattern, select) {
                 (None, _) => {}
                 (Some(_), Some((sink, win, threshold))) => {
@@ -913,7 +913,7 @@ fn attention<O: Observer>(
                         .fetch_add(t_sel.elapsed().as_nanos() as u64, Relaxed);
                     counts.selection_blocks.fetch_add((qb * nq) as u64, Relaxed);
                 }
-                (Some(pat), None) => merge(&mut tile_r, &|kb| pat.allows(qb, kb)),
+                (Some(pat), None) => merge_blocks(&mut tile_r, qb, block, |kb| pat.allows(qb, kb)),
             }
             // Which key blocks a range walk covers.
             #[derive(Clone, Copy)]
@@ -1036,8 +1036,8 @@ fn attention<O: Observer>(
                         at = pos + keys.len();
                     });
                     let mut ob = Vec::new();
-                    if obs_bounds {
-                        let nqb = p / state_block(summary_block);
+                    if let Some(b) = obs_bounds {
+                        let nqb = p / b;
                         ob = vec![0f32; nqb];
                         let qj = &q[(t + j) * q_dim + h * hd..(t + j) * q_dim + (h + 1) * hd];
                         let mut qq = vec![0f32; 2 * hd];
@@ -1091,10 +1091,6 @@ fn merge_blocks(
     if let Some(a) = open {
         out.push((a, usize::MAX));
     }
-}
-
-fn state_block(b: Option<usize>) -> usize {
-    b.unwrap_or(usize::MAX)
 }
 
 /// Brings layer `l`'s key-block summaries up to the blocks complete at position `end`: per kv

@@ -130,16 +130,7 @@ pub fn derive_mask(
         .map(|(kind, cov)| {
             let (mask, ch) = match kind {
                 MaskKind::Content => derive_select(&stats, nl, cov, &windowed),
-                _ => {
-                    let (mut mask, ch) = derive(&stats, nl, cov);
-                    // Windowed layers are already local: their heads stay as they are.
-                    for (l, row) in mask.patterns.iter_mut().enumerate() {
-                        if windowed(l) {
-                            row.fill(kernels::HeadPattern::Dense);
-                        }
-                    }
-                    (mask, ch)
-                }
+                _ => derive(&stats, nl, cov, &windowed),
             };
             (kind, cov, mask, ch)
         })
@@ -187,11 +178,9 @@ pub fn derive_mask(
     let best = choose(&curve, max_kld);
     curve[best].chosen = true;
     if best == 0 {
-        let mut mask = BlockMask::dense(s.block, nl, m.config.n_heads);
-        mask.block = s.block;
         return Ok(MaskOutcome {
             choices: Vec::new(),
-            mask,
+            mask: BlockMask::dense(s.block, nl, m.config.n_heads),
             kind: "dense".into(),
             coverage: 1.0,
             curve,
