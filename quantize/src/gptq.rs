@@ -182,13 +182,8 @@ fn gptq_tile<B: Grid>(
             for i in 0..bs {
                 let j = c0 + i;
                 let v = wr[j];
-                let li = if a[i] != 0.0 {
-                    (((v - c[i]) / a[i]).round() as i32).clamp(B::LO, B::HI)
-                } else {
-                    0i32.clamp(B::LO, B::HI)
-                };
+                let (li, y) = B::nearest(a[i], c[i], v);
                 l[i] = li;
-                let y = a[i] * li as f32 + c[i];
                 let u = hinv.row(j);
                 let e = (v - y) / u[0];
                 err[r * n + j] = e;
@@ -256,6 +251,10 @@ pub fn quantize_gptq(
         GgmlType::Q4K => rows::<BlockQ4K>(x, n_per_row, imp, hinv, search, &mut bytes),
         GgmlType::Q5K => rows::<BlockQ5K>(x, n_per_row, imp, hinv, search, &mut bytes),
         GgmlType::Q6K => rows::<BlockQ6K>(x, n_per_row, imp, hinv, search, &mut bytes),
+        GgmlType::Q2K => rows::<BlockQ2K>(x, n_per_row, imp, hinv, search, &mut bytes),
+        GgmlType::Q3K => rows::<BlockQ3K>(x, n_per_row, imp, hinv, search, &mut bytes),
+        GgmlType::IQ4NL => rows::<BlockIQ4NL>(x, n_per_row, imp, hinv, search, &mut bytes),
+        GgmlType::IQ4XS => rows::<BlockIQ4XS>(x, n_per_row, imp, hinv, search, &mut bytes),
         _ => {}
     }
     Ok((bytes, stats))
@@ -381,6 +380,10 @@ mod tests {
             GgmlType::Q4K,
             GgmlType::Q5K,
             GgmlType::Q6K,
+            GgmlType::Q2K,
+            GgmlType::Q3K,
+            GgmlType::IQ4NL,
+            GgmlType::IQ4XS,
         ] {
             let (plain, _) = crate::quantize(ty, &x, n, Some(&imp)).unwrap();
             let (ours, _) = quantize_gptq(ty, &x, n, Some(&imp), &hinv, false).unwrap();
@@ -459,13 +462,8 @@ mod tests {
             for i in 0..bs {
                 let j = b * bs + i;
                 let v = w[j];
-                let li = if a[i] != 0.0 {
-                    (((v - c[i]) / a[i]).round() as i32).clamp(B::LO, B::HI)
-                } else {
-                    0i32.clamp(B::LO, B::HI)
-                };
+                let (li, y) = B::nearest(a[i], c[i], v);
                 l[i] = li;
-                let y = a[i] * li as f32 + c[i];
                 let u = hinv.row(j);
                 let e = (v - y) / u[0];
                 for (wk, &uk) in w[j + 1..].iter_mut().zip(&u[1..]) {
@@ -515,6 +513,16 @@ mod tests {
                 (
                     GgmlType::Q8_0,
                     plain::<BlockQ8_0>(&x, n, imp, &hinv, search),
+                ),
+                (GgmlType::Q2K, plain::<BlockQ2K>(&x, n, imp, &hinv, search)),
+                (GgmlType::Q3K, plain::<BlockQ3K>(&x, n, imp, &hinv, search)),
+                (
+                    GgmlType::IQ4NL,
+                    plain::<BlockIQ4NL>(&x, n, imp, &hinv, search),
+                ),
+                (
+                    GgmlType::IQ4XS,
+                    plain::<BlockIQ4XS>(&x, n, imp, &hinv, search),
                 ),
             ] {
                 let got = quantize_gptq(ty, &x, n, imp, &hinv, search).unwrap().0;

@@ -28,7 +28,7 @@ fn h(x: f32) -> f16 {
 
 /// The 2-bit quants of a super-block into `qs`: four values 32 apart per byte, as ggml packs
 /// Q2_K's and Q3_K's low bits.
-fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
+pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
     for j in (0..QK_K).step_by(128) {
         for i in 0..32 {
             qs[j / 4 + i] =
@@ -270,7 +270,7 @@ fn make_q3_quants(n: usize, nmax: i32, x: &[f32], l_out: &mut [i8], do_rmse: boo
 
 /// Stores the 6-bit sub-block scale `l` (0..64) of sub-block `j` in Q3_K's 12-byte layout.
 #[inline(always)]
-fn q3k_put_scale(scales: &mut [u8; 12], j: usize, l: i32) {
+pub(crate) fn q3k_put_scale(scales: &mut [u8; 12], j: usize, l: i32) {
     if j < 8 {
         scales[j] = (l & 0xF) as u8;
     } else {
@@ -305,6 +305,12 @@ fn q3k_finish(x: &[f32], y: &mut BlockQ3K, l: &mut [i8; QK_K]) {
             l[16 * j + ii] = (q + 4) as i8;
         }
     }
+    q3k_pack(y, l);
+}
+
+/// Sets Q3_K's high-bit mask and packs the low bits of the quants `l` in `[0, 8)` (the tail of
+/// ggml's `quantize_row_q3_K_ref`).
+pub(crate) fn q3k_pack(y: &mut BlockQ3K, l: &[i8; QK_K]) {
     y.hmask = [0; QK_K / 8];
     let mut m = 0;
     let mut hm = 1u8;
@@ -456,7 +462,7 @@ pub const KVALUES_IQ4NL: [i8; 16] = [
 
 /// The index of the level nearest `x` (ties to the lower). Mirrors ggml's `best_index_int8`.
 #[inline(always)]
-fn best_index_int8(values: &[i8; 16], x: f32) -> u8 {
+pub(crate) fn best_index_int8(values: &[i8; 16], x: f32) -> u8 {
     if x <= values[0] as f32 {
         return 0;
     }

@@ -17,6 +17,11 @@
 //!   of each sub-block's 6-bit scale and min (±2) with its integers re-chosen — the refinement
 //!   of the super-block scales ggml does not do after quantizing the sub-block scales.
 //! * Q6_K: the same with `d` and the 16 signed 8-bit sub-block scales.
+//! * The low-bit tier (`refine/lowbit.rs`): Q2_K as Q4_K (sixteen 4-bit scales and mins);
+//!   Q3_K and IQ4_XS as Q6_K, with every 6-bit sub-block scale searched over its whole range
+//!   and the refit of `d` free to take either sign, IQ4_XS on ggml's non-linear levels;
+//!   IQ4_NL's one scale per 32 values searched at both ends of the grid with least-squares
+//!   refits (ggml searches 15 points at one end).
 //!
 //! Deterministic: per-block work in a fixed order; rows in parallel write disjoint blocks.
 
@@ -298,16 +303,23 @@ fn refine_affine<B: Affine>(b: &mut B, x: &[f32], w: &[f32]) {
 
 // ---- K-quants with 6-bit scales and mins ------------------------------------------------
 
-/// Integers, scales and mins of a Q4_K / Q5_K super-block in plain arrays.
+/// Integers, scales and mins of a Q4_K / Q5_K / Q2_K super-block in plain arrays (the first
+/// `NSUB` entries used).
 struct KBlock {
     d: f32,
     dmin: f32,
-    sc: [i32; 8],
-    mn: [i32; 8],
+    sc: [i32; 16],
+    mn: [i32; 16],
 }
 
+/// Affine super-blocks `y = (d·sc)·l − dmin·m` with unsigned sub-block scales and mins.
 trait KQuant: Quantize + Copy {
+    /// The largest integer.
     const HI: i32;
+    /// Sub-blocks per super-block, their length, and the largest scale or min.
+    const NSUB: usize;
+    const SUB: usize;
+    const SMAX: i32;
     fn parts(&self) -> KBlock;
     fn encode(k: &KBlock, l: &[i32; QK_K]) -> Self;
 }
@@ -326,8 +338,8 @@ fn unpack_scales(scales: &[u8; K_SCALE_SIZE], d: f16, dmin: f16) -> KBlock {
     let mut k = KBlock {
         d: d.to_f32(),
         dmin: dmin.to_f32(),
-        sc: [0; 8],
-        mn: [0; 8],
+        sc: [0; 16],
+        mn: [0; 16],
     };
     for j in 0..8 {
         let (s, m) = get_scale_min_k4(j, scales);
@@ -339,6 +351,9 @@ fn unpack_scales(scales: &[u8; K_SCALE_SIZE], d: f16, dmin: f16) -> KBlock {
 
 impl KQuant for BlockQ4K {
     const HI: i32 = 15;
+    const NSUB: usize = 8;
+    const SUB: usize = 32;
+    const SMAX: i32 = 63;
     fn parts(&self) -> KBlock {
         unpack_scales(&self.scales, self.d, self.dmin)
     }
@@ -360,6 +375,9 @@ impl KQuant for BlockQ4K {
 
 impl KQuant for BlockQ5K {
     const HI: i32 = 31;
+    const NSUB: usize = 8;
+    const SUB: usize = 32;
+    const SMAX: i32 = 63;
     fn parts(&self) -> KBlock {
         unpack_scales(&self.scales, self.d, self.dmin)
     }
@@ -383,40 +401,42 @@ impl KQuant for BlockQ5K {
     }
 }
 
-/// Integers of sub-block `j` for the current scales; returns its weighted error.
-fn k_sub(k: &KBlock, j: usize, x: &[f32], w: &[f32], hi: i32, l: &mut [i32]) -> f64 {
-    // As ggml's dequantize_row_q4_K: d1 = d·sc, m1 = dmin·m, y = d1·q − m1.
+/// Integers of sub-block `j` (length `sub`) for the current scales; returns its weighted
+/// error.
+fn k_sub(k: &KBlock, j: usize, sub: usize, x: &[f32], w: &[f32], hi: i32, l: &mut [i32]) -> f64 {
+    // As ggml's dequantize_row_q4_K / q2_K: d1 = d·sc, m1 = dmin·m, y = d1·q − m1.
     let s = k.d * k.sc[j] as f32;
     let o = k.dmin * k.mn[j] as f32;
     let mut e = 0f64;
-    for i in 0..32 {
-        let v = x[32 * j + i];
+    for i in 0..sub {
+        let v = x[sub * j + i];
         l[i] = q(v + o, s, 0, hi);
         let y = s * l[i] as f32 - o;
         let dd = (v - y) as f64;
-        e += w[32 * j + i] as f64 * dd * dd;
+        e += w[sub * j + i] as f64 * dd * dd;
     }
     e
 }
 
 fn refine_k<B: KQuant>(b: &mut B, x: &[f32], w: &[f32]) {
+    let (ns, sub) = (B::NSUB, B::SUB);
     let mut best = block_err(b, x, w);
     let mut k = b.parts();
     let mut l = [0i32; QK_K];
     let (mut u, mut v) = ([0f32; QK_K], [0f32; QK_K]);
     for _ in 0..3 {
         // (b) each sub-block's scale and min, ±2, with its integers re-chosen.
-        for j in 0..8 {
+        for j in 0..ns {
             let (s0, m0) = (k.sc[j], k.mn[j]);
             let mut be = f64::INFINITY;
             let mut bl = [0i32; 32];
             let mut bsm = (s0, m0);
-            for s in (s0 - 2).max(0)..=(s0 + 2).min(63) {
-                for m in (m0 - 2).max(0)..=(m0 + 2).min(63) {
+            for s in (s0 - 2).max(0)..=(s0 + 2).min(B::SMAX) {
+                for m in (m0 - 2).max(0)..=(m0 + 2).min(B::SMAX) {
                     k.sc[j] = s;
                     k.mn[j] = m;
                     let mut lt = [0i32; 32];
-                    let e = k_sub(&k, j, x, w, B::HI, &mut lt);
+                    let e = k_sub(&k, j, sub, x, w, B::HI, &mut lt);
                     if e < be {
                         be = e;
                         bl = lt;
@@ -426,7 +446,7 @@ fn refine_k<B: KQuant>(b: &mut B, x: &[f32], w: &[f32]) {
             }
             k.sc[j] = bsm.0;
             k.mn[j] = bsm.1;
-            l[32 * j..32 * j + 32].copy_from_slice(&bl);
+            l[sub * j..sub * j + sub].copy_from_slice(&bl[..sub]);
         }
         let c = B::encode(&k, &l);
         let e = block_err(&c, x, w);
@@ -435,10 +455,10 @@ fn refine_k<B: KQuant>(b: &mut B, x: &[f32], w: &[f32]) {
             *b = c;
         }
         // (a) d and dmin by weighted least squares given scales, mins and integers.
-        for j in 0..8 {
-            for i in 0..32 {
-                u[32 * j + i] = (k.sc[j] * l[32 * j + i]) as f32;
-                v[32 * j + i] = -(k.mn[j] as f32);
+        for j in 0..ns {
+            for i in 0..sub {
+                u[sub * j + i] = (k.sc[j] * l[sub * j + i]) as f32;
+                v[sub * j + i] = -(k.mn[j] as f32);
             }
         }
         match ls2(x, &u, &v, w) {
@@ -451,7 +471,35 @@ fn refine_k<B: KQuant>(b: &mut B, x: &[f32], w: &[f32]) {
     }
 }
 
-// ---- Q6_K ---------------------------------------------------------------------------------
+// ---- symmetric super-blocks with signed sub-block scales (Q6_K, Q3_K, IQ4_XS) --------------
+
+/// Symmetric super-blocks `y = (d·sc)·level(l)`: one f16 scale `d`, `NSUB` signed integer
+/// sub-block scales in `SLO..=SHI`, and per value an integer whose level is linear (Q6_K, Q3_K)
+/// or ggml's non-linear `kvalues_iq4nl` (IQ4_XS).
+trait Scaled: Quantize + Copy {
+    /// The integers' range.
+    const LO: i32;
+    const HI: i32;
+    const NSUB: usize;
+    const SUB: usize;
+    const SLO: i32;
+    const SHI: i32;
+    /// Whether the refit of `d` may take either sign (ggml writes negative `d` as often as
+    /// positive). Q6_K keeps its first rule, refits to positive `d` only, so that its
+    /// `--method search` bytes stay those of earlier kiln versions.
+    const ANY_SIGN: bool;
+    /// How far each sub-block scale is searched around its current value (the low-bit
+    /// formats search their whole 6-bit range: it is cheap, and their few levels make the
+    /// error uneven in the scale).
+    const RADIUS: i32;
+    /// The integer whose level times `step` is nearest `v`.
+    fn nearest(v: f32, step: f32) -> i32;
+    /// The value of integer `l`, as the dequantizer converts it.
+    fn level(l: i32) -> f32;
+    /// `d` and the signed sub-block scales.
+    fn parts(&self) -> (f32, [i32; 16]);
+    fn encode(d: f32, sc: &[i32; 16], l: &[i32; QK_K]) -> Self;
+}
 
 fn q6k_encode(d: f32, sc: &[i32; 16], l: &[i32; QK_K]) -> BlockQ6K {
     let mut b = BlockQ6K {
@@ -479,28 +527,54 @@ fn q6k_encode(d: f32, sc: &[i32; 16], l: &[i32; QK_K]) -> BlockQ6K {
     b
 }
 
-fn refine_q6k(b: &mut BlockQ6K, x: &[f32], w: &[f32]) {
-    let mut best = block_err(b, x, w);
-    let mut d = b.d.to_f32();
-    let mut sc = [0i32; 16];
-    for j in 0..16 {
-        sc[j] = b.scales[j] as i32;
+impl Scaled for BlockQ6K {
+    const LO: i32 = -32;
+    const HI: i32 = 31;
+    const NSUB: usize = 16;
+    const SUB: usize = 16;
+    const SLO: i32 = -128;
+    const SHI: i32 = 127;
+    const ANY_SIGN: bool = false;
+    const RADIUS: i32 = 2;
+    fn nearest(v: f32, step: f32) -> i32 {
+        q(v, step, <Self as Scaled>::LO, <Self as Scaled>::HI)
     }
+    fn level(l: i32) -> f32 {
+        l as f32
+    }
+    fn parts(&self) -> (f32, [i32; 16]) {
+        let mut sc = [0i32; 16];
+        for (s, &v) in sc.iter_mut().zip(&self.scales) {
+            *s = v as i32;
+        }
+        (self.d.to_f32(), sc)
+    }
+    fn encode(d: f32, sc: &[i32; 16], l: &[i32; QK_K]) -> Self {
+        q6k_encode(d, sc, l)
+    }
+}
+
+/// Alternates (a) a search of each sub-block scale (±`RADIUS`) with its integers re-chosen and (b) a
+/// weighted least-squares refit of `d` given the scales and integers; keeps the best block.
+fn refine_scaled<B: Scaled>(b: &mut B, x: &[f32], w: &[f32]) {
+    let (ns, sub) = (B::NSUB, B::SUB);
+    let mut best = block_err(b, x, w);
+    let (mut d, mut sc) = b.parts();
     let mut l = [0i32; QK_K];
     let mut u = [0f32; QK_K];
     for _ in 0..3 {
-        for j in 0..16 {
+        for j in 0..ns {
             let s0 = sc[j];
             let mut be = f64::INFINITY;
             let mut bs = s0;
-            for s in (s0 - 2).max(-128)..=(s0 + 2).min(127) {
+            for s in (s0 - B::RADIUS).max(B::SLO)..=(s0 + B::RADIUS).min(B::SHI) {
                 let step = d * s as f32;
                 let mut e = 0f64;
-                for i in 0..16 {
-                    let v = x[16 * j + i];
-                    let li = q(v, step, -32, 31);
-                    let dd = (v - step * li as f32) as f64;
-                    e += w[16 * j + i] as f64 * dd * dd;
+                for i in 0..sub {
+                    let v = x[sub * j + i];
+                    let li = B::nearest(v, step);
+                    let dd = (v - step * B::level(li)) as f64;
+                    e += w[sub * j + i] as f64 * dd * dd;
                 }
                 if e < be {
                     be = e;
@@ -509,19 +583,19 @@ fn refine_q6k(b: &mut BlockQ6K, x: &[f32], w: &[f32]) {
             }
             sc[j] = bs;
             let step = d * bs as f32;
-            for i in 0..16 {
-                l[16 * j + i] = q(x[16 * j + i], step, -32, 31);
+            for i in 0..sub {
+                l[sub * j + i] = B::nearest(x[sub * j + i], step);
             }
         }
-        let c = q6k_encode(d, &sc, &l);
+        let c = B::encode(d, &sc, &l);
         let e = block_err(&c, x, w);
         if e < best {
             best = e;
             *b = c;
         }
-        for j in 0..16 {
-            for i in 0..16 {
-                u[16 * j + i] = (sc[j] * l[16 * j + i]) as f32;
+        for j in 0..ns {
+            for i in 0..sub {
+                u[sub * j + i] = sc[j] as f32 * B::level(l[sub * j + i]);
             }
         }
         // Weighted least squares of the one scale `d`.
@@ -534,7 +608,7 @@ fn refine_q6k(b: &mut BlockQ6K, x: &[f32], w: &[f32]) {
             break;
         }
         let nd = (sxu / suu) as f32;
-        if nd <= 0.0 {
+        if nd == 0.0 || (nd < 0.0 && !B::ANY_SIGN) {
             break;
         }
         d = f16r(nd);
@@ -546,12 +620,24 @@ fn refine_q6k(b: &mut BlockQ6K, x: &[f32], w: &[f32]) {
 /// A block whose scales are fixed and whose integers can be chosen one value at a time: what
 /// [`crate::gptq`] needs. `grid` gives, per position, `(a, c)` with the decoded value
 /// `a·l + c` computed exactly as the dequantizer does (same operations, same order) for the
-/// integer `l` in `LO..=HI` (the convention of the block's encoder).
+/// integer `l` in `LO..=HI` (the convention of the block's encoder); non-linear grids
+/// (IQ4_NL, IQ4_XS: `a·kvalues[l]`) say so through `nearest`.
 pub(crate) trait Grid: Quantize + Copy {
     const LO: i32;
     const HI: i32;
     /// Scale and offset of every position.
     fn grid(&self, a: &mut [f32], c: &mut [f32]);
+    /// The integer nearest `v` at a position of scale `a` and offset `c`, and its decoded
+    /// value. Linear grids round `(v − c)/a`; non-linear ones override.
+    #[inline]
+    fn nearest(a: f32, c: f32, v: f32) -> (i32, f32) {
+        let l = if a != 0.0 {
+            (((v - c) / a).round() as i32).clamp(Self::LO, Self::HI)
+        } else {
+            0i32.clamp(Self::LO, Self::HI)
+        };
+        (l, a * l as f32 + c)
+    }
     /// This block's scales with the integers `l`.
     fn with_ints(&self, l: &[i32]) -> Self;
     /// `--method search`'s refinement of this block for values `x`, importance `w`.
@@ -613,11 +699,12 @@ macro_rules! grid_k {
             const LO: i32 = 0;
             const HI: i32 = <$b as KQuant>::HI;
             fn grid(&self, a: &mut [f32], c: &mut [f32]) {
-                // dequantize_row_q4_K / q5_K: d1 = d·sc, m1 = dmin·m, y = d1·l − m1.
+                // dequantize_row_q4_K / q5_K / q2_K: d1 = d·sc, m1 = dmin·m, y = d1·l − m1.
                 let k = self.parts();
-                for j in 0..QK_K / 32 {
-                    a[32 * j..32 * j + 32].fill(k.d * k.sc[j] as f32);
-                    c[32 * j..32 * j + 32].fill(-(k.dmin * k.mn[j] as f32));
+                let sub = <$b as KQuant>::SUB;
+                for j in 0..<$b as KQuant>::NSUB {
+                    a[sub * j..sub * j + sub].fill(k.d * k.sc[j] as f32);
+                    c[sub * j..sub * j + sub].fill(-(k.dmin * k.mn[j] as f32));
                 }
             }
             fn with_ints(&self, l: &[i32]) -> Self {
@@ -631,29 +718,41 @@ macro_rules! grid_k {
 }
 grid_k!(BlockQ4K);
 grid_k!(BlockQ5K);
+grid_k!(BlockQ2K);
 
-impl Grid for BlockQ6K {
-    const LO: i32 = -32;
-    const HI: i32 = 31;
-    fn grid(&self, a: &mut [f32], c: &mut [f32]) {
-        // dequantize_row_q6_K: y = d·sc·l.
-        let d = self.d.to_f32();
-        for j in 0..QK_K / 16 {
-            a[16 * j..16 * j + 16].fill(d * self.scales[j] as f32);
+macro_rules! grid_scaled {
+    ($b:ty) => {
+        impl Grid for $b {
+            const LO: i32 = <$b as Scaled>::LO;
+            const HI: i32 = <$b as Scaled>::HI;
+            fn grid(&self, a: &mut [f32], c: &mut [f32]) {
+                // y = (d·sc)·level(l), as the dequantizer computes the sub-block's step.
+                let (d, sc) = <$b as Scaled>::parts(self);
+                let sub = <$b as Scaled>::SUB;
+                for j in 0..<$b as Scaled>::NSUB {
+                    a[sub * j..sub * j + sub].fill(d * sc[j] as f32);
+                }
+                c.fill(0.0);
+            }
+            fn nearest(a: f32, _c: f32, v: f32) -> (i32, f32) {
+                let l = <$b as Scaled>::nearest(v, a);
+                (l, a * <$b as Scaled>::level(l))
+            }
+            fn with_ints(&self, l: &[i32]) -> Self {
+                let (d, sc) = <$b as Scaled>::parts(self);
+                <$b as Scaled>::encode(d, &sc, l.try_into().expect("one block"))
+            }
+            fn search(&mut self, x: &[f32], w: &[f32]) {
+                refine_scaled(self, x, w)
+            }
         }
-        c.fill(0.0);
-    }
-    fn with_ints(&self, l: &[i32]) -> Self {
-        let mut sc = [0i32; 16];
-        for (s, &v) in sc.iter_mut().zip(&self.scales) {
-            *s = v as i32;
-        }
-        q6k_encode(self.d.to_f32(), &sc, l.try_into().expect("one block"))
-    }
-    fn search(&mut self, x: &[f32], w: &[f32]) {
-        refine_q6k(self, x, w)
-    }
+    };
 }
+grid_scaled!(BlockQ6K);
+grid_scaled!(BlockQ3K);
+grid_scaled!(BlockIQ4XS);
+
+mod lowbit;
 
 // ---- driver -------------------------------------------------------------------------------
 
@@ -697,7 +796,11 @@ pub fn refine(ty: GgmlType, bytes: &mut [u8], x: &[f32], n_per_row: usize, imp: 
         GgmlType::Q5_1 => rows::<BlockQ5_1>(bytes, x, n_per_row, imp, refine_affine),
         GgmlType::Q4K => rows::<BlockQ4K>(bytes, x, n_per_row, imp, refine_k),
         GgmlType::Q5K => rows::<BlockQ5K>(bytes, x, n_per_row, imp, refine_k),
-        GgmlType::Q6K => rows::<BlockQ6K>(bytes, x, n_per_row, imp, refine_q6k),
+        GgmlType::Q6K => rows::<BlockQ6K>(bytes, x, n_per_row, imp, refine_scaled),
+        GgmlType::Q2K => rows::<BlockQ2K>(bytes, x, n_per_row, imp, refine_k),
+        GgmlType::Q3K => rows::<BlockQ3K>(bytes, x, n_per_row, imp, refine_scaled),
+        GgmlType::IQ4XS => rows::<BlockIQ4XS>(bytes, x, n_per_row, imp, refine_scaled),
+        GgmlType::IQ4NL => rows::<BlockIQ4NL>(bytes, x, n_per_row, imp, lowbit::refine_iq4nl),
         _ => {}
     }
 }
@@ -754,6 +857,10 @@ mod tests {
             GgmlType::Q4K,
             GgmlType::Q5K,
             GgmlType::Q6K,
+            GgmlType::Q2K,
+            GgmlType::Q3K,
+            GgmlType::IQ4NL,
+            GgmlType::IQ4XS,
         ] {
             let (base, _) = crate::quantize(ty, &x, n, Some(&w)).unwrap();
             let (ours, _) = quantize_searched(ty, &x, n, Some(&w)).unwrap();
@@ -839,12 +946,61 @@ mod tests {
         }
     }
 
+    /// Reading a ggml block's integers off its grid (`Grid::grid` + `nearest` on the decoded
+    /// values) and encoding them again gives ggml's bytes: the grids and encoders are exact.
+    fn grid_roundtrip<B: Grid + PartialEq + std::fmt::Debug>(ty: GgmlType) {
+        let n = 512;
+        let x = data(n * 8, 21);
+        let w: Vec<f32> = data(n, 4).iter().map(|v| v * v + 0.01).collect();
+        for imp in [None, Some(&w[..])] {
+            let (bytes, _) = crate::quantize(ty, &x, n, imp).unwrap();
+            let blocks: &[B] = bytemuck::cast_slice(&bytes);
+            let bs = B::BLOCK_SIZE;
+            let (mut a, mut c, mut y) = (vec![0f32; bs], vec![0f32; bs], vec![0f32; bs]);
+            let mut checked = 0;
+            for blk in blocks {
+                blk.grid(&mut a, &mut c);
+                B::dequantize_row(std::slice::from_ref(blk), &mut y);
+                let mut l = vec![0i32; bs];
+                for i in 0..bs {
+                    let (li, yi) = B::nearest(a[i], c[i], y[i]);
+                    // Equal as numbers (the grid's `a·l + c` may give +0 where ggml gives −0).
+                    assert_eq!(yi, y[i], "{ty}: value {i} off its grid");
+                    l[i] = li;
+                }
+                // ggml leaves stale integers under a zero sub-block scale; those blocks can
+                // only be compared by value (checked above).
+                if a.iter().all(|&v| v != 0.0) {
+                    assert_eq!(&blk.with_ints(&l), blk, "{ty}: encoder");
+                    checked += 1;
+                }
+            }
+            assert!(
+                checked > blocks.len() / 2,
+                "{ty}: {checked} blocks compared"
+            );
+        }
+    }
+
+    #[test]
+    fn grids_and_encoders_give_ggml_bytes() {
+        grid_roundtrip::<BlockQ4_0>(GgmlType::Q4_0);
+        grid_roundtrip::<BlockQ5_1>(GgmlType::Q5_1);
+        grid_roundtrip::<BlockQ4K>(GgmlType::Q4K);
+        grid_roundtrip::<BlockQ5K>(GgmlType::Q5K);
+        grid_roundtrip::<BlockQ6K>(GgmlType::Q6K);
+        grid_roundtrip::<BlockQ2K>(GgmlType::Q2K);
+        grid_roundtrip::<BlockQ3K>(GgmlType::Q3K);
+        grid_roundtrip::<BlockIQ4NL>(GgmlType::IQ4NL);
+        grid_roundtrip::<BlockIQ4XS>(GgmlType::IQ4XS);
+    }
+
     #[test]
     fn deterministic_across_thread_counts() {
         let n = 576;
         let x = data(n * 24, 11);
         let w: Vec<f32> = data(n, 5).iter().map(|v| v * v).collect();
-        for ty in [GgmlType::Q5_0, GgmlType::Q4_1] {
+        for ty in [GgmlType::Q5_0, GgmlType::Q4_1, GgmlType::IQ4NL] {
             let one = rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
                 .build()
