@@ -7,7 +7,8 @@
 #      next level down, and that a name of another architecture is refused (exit 2);
 #   4. kernel_digest: every kernel path's bits on each CPU model equal the host's (x86);
 #   5. byte identity: the aarch64 kiln writes the x86 kiln's imatrix and its Q8_0, Q4_K_M,
-#      Q5_K_M (with that imatrix) and `--method search,gptq` artifacts, byte for byte, on a
+#      Q5_K_M, Q3_K_M, IQ4_XS (with that imatrix) and `--method search,gptq` artifacts (Q4_K_M,
+#      Q3_K_M, IQ4_XS), byte for byte, on a
 #      generated Qwen2.5-config checkpoint; and the real SmolLM2's imatrix (short text);
 #   6. the real model under emulation: SmolLM2's perplexity on a short text equals the x86
 #      figure (within 1e-4 relative; it is expected to be equal), SIMD vs scalar within 1e-4
@@ -93,10 +94,21 @@ for who in x86 arm; do
   done
   "${run[@]}" -q quantize "$tmp/fam" -o "$tmp/gptq-$who.gguf" --type Q4_K_M --method search,gptq \
     --calib-text "$tmp/calib.txt" --hessian-chunks 2 --tokenizer-pre "$pre"
+  # The low-bit tier: llama.cpp's mixes with the imatrix, and kiln's grids under GPTQ.
+  for ty in Q3_K_M IQ4_XS; do
+    "${run[@]}" -q quantize "$tmp/fam" -o "$tmp/$ty-$who.gguf" --type $ty --imatrix "$tmp/imx-x86.gguf" \
+      --tokenizer-pre "$pre"
+    "${run[@]}" -q quantize "$tmp/fam" -o "$tmp/gptq-$ty-$who.gguf" --type $ty --method search,gptq \
+      --imatrix "$tmp/imx-x86.gguf" --calib-text "$tmp/calib.txt" --hessian-chunks 2 --tokenizer-pre "$pre"
+  done
 done
 same "$tmp/imx-x86.gguf" "$tmp/imx-arm.gguf" "imatrix"
 for ty in Q8_0 Q4_K_M Q5_K_M; do same "$tmp/$ty-x86.gguf" "$tmp/$ty-arm.gguf" "$ty with imatrix"; done
 same "$tmp/gptq-x86.gguf" "$tmp/gptq-arm.gguf" "Q4_K_M --method search,gptq"
+for ty in Q3_K_M IQ4_XS; do
+  same "$tmp/$ty-x86.gguf" "$tmp/$ty-arm.gguf" "$ty with imatrix"
+  same "$tmp/gptq-$ty-x86.gguf" "$tmp/gptq-$ty-arm.gguf" "$ty --method search,gptq"
+done
 
 smol=.fixtures/smollm2-f32.gguf
 [ -f "$smol" ] || fail "$smol is missing: run scripts/fetch-fixture.sh first"

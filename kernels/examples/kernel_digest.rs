@@ -18,7 +18,7 @@ use kernels::{
 };
 use quantize::GgmlType;
 
-const TYPES: [GgmlType; 11] = [
+const TYPES: [GgmlType; 15] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -30,6 +30,10 @@ const TYPES: [GgmlType; 11] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
 ];
 
 /// Roughly normal values with occasional outliers, from a xorshift generator.

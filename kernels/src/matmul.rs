@@ -115,37 +115,6 @@ macro_rules! simd_kernel {
     }};
 }
 
-/// The kernel `$name` at the x86 SIMD levels (none elsewhere: the low-bit tier's batch
-/// kernels exist for x86-64 only).
-macro_rules! simd_kernel_x86 {
-    ($name:ident, $ty:ident) => {{
-        let k: Option<$ty<_, _>> = match crate::simd::level() {
-            #[cfg(target_arch = "x86_64")]
-            crate::simd::SimdLevel::Avx512 => Some(crate::dot::avx512::$name as $ty<_, _>),
-            #[cfg(target_arch = "x86_64")]
-            crate::simd::SimdLevel::Avx2 => Some(crate::dot::avx2::$name as $ty<_, _>),
-            _ => None,
-        };
-        k
-    }};
-}
-
-/// [`dot4!`] for kernels that exist on x86-64 only.
-macro_rules! dot4_x86 {
-    ($one:ident) => {
-        Batch {
-            one: simd_kernel_x86!($one, Dot4),
-            two: None,
-        }
-    };
-    ($one:ident, $two:ident) => {
-        Batch {
-            one: simd_kernel_x86!($one, Dot4),
-            two: simd_kernel_x86!($two, Dot4x2),
-        }
-    };
-}
-
 /// The four-token kernel `$one` and, when given, the two-row kernel `$two`.
 macro_rules! dot4 {
     ($one:ident) => {
@@ -310,7 +279,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_q2_k_q8_k,
-            dot4_x86!(vec_dot4_q2_k_q8_k),
+            dot4!(vec_dot4_q2_k_q8_k),
         ),
         GgmlType::Q3K => quantized::<BlockQ3K, BlockQ8K>(
             w,
@@ -319,7 +288,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_q3_k_q8_k,
-            dot4_x86!(vec_dot4_q3_k_q8_k),
+            dot4!(vec_dot4_q3_k_q8_k),
         ),
         #[cfg(target_arch = "x86_64")]
         GgmlType::IQ4NL if zmm() => quantized_zmm::<BlockIQ4NL>(w, x, n_tok, out, scratch),
@@ -330,7 +299,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_iq4_nl_q8_0,
-            dot4_x86!(vec_dot4_iq4_nl_q8_0, vec_dot4x2_iq4_nl_q8_0),
+            dot4!(vec_dot4_iq4_nl_q8_0, vec_dot4x2_iq4_nl_q8_0),
         ),
         GgmlType::IQ4XS => quantized::<BlockIQ4XS, BlockQ8K>(
             w,
@@ -339,7 +308,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_iq4_xs_q8_k,
-            dot4_x86!(vec_dot4_iq4_xs_q8_k),
+            dot4!(vec_dot4_iq4_xs_q8_k),
         ),
         GgmlType::Q8_1 | GgmlType::Q8K => {
             panic!("{} is an activation format, not a weight type", w.ty)

@@ -69,7 +69,7 @@ macro_rules! with_module {
     };
 }
 
-const TYPES: [GgmlType; 8] = [
+const TYPES: [GgmlType; 12] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -78,6 +78,10 @@ const TYPES: [GgmlType; 8] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
 ];
 
 fn abs_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
@@ -263,6 +267,35 @@ fn batch_kernels_give_the_single_row_bits() {
             BlockQ8K,
             vec_dot_q6_k_q8_k,
             vec_dot4_q6_k_q8_k
+        );
+        check!(
+            GgmlType::Q2K,
+            BlockQ2K,
+            BlockQ8K,
+            vec_dot_q2_k_q8_k,
+            vec_dot4_q2_k_q8_k
+        );
+        check!(
+            GgmlType::Q3K,
+            BlockQ3K,
+            BlockQ8K,
+            vec_dot_q3_k_q8_k,
+            vec_dot4_q3_k_q8_k
+        );
+        check!(
+            GgmlType::IQ4XS,
+            BlockIQ4XS,
+            BlockQ8K,
+            vec_dot_iq4_xs_q8_k,
+            vec_dot4_iq4_xs_q8_k
+        );
+        check!(
+            GgmlType::IQ4NL,
+            BlockIQ4NL,
+            BlockQ8_0,
+            vec_dot_iq4_nl_q8_0,
+            vec_dot4_iq4_nl_q8_0,
+            vec_dot4x2_iq4_nl_q8_0
         );
     }
 }

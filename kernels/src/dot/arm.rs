@@ -104,7 +104,7 @@ macro_rules! arm_kernels {
         use half::f16;
         use quantize::blocks::*;
 
-        use super::scalar::{k4_min_term, k4_scales_mins};
+        use super::scalar::{k4_min_term, k4_scales_mins, q2k_min_term};
 
         /// Eight float lanes, x86's one `__m256`: lanes 0..4 in `.0`, 4..8 in `.1`.
         #[derive(Clone, Copy)]
@@ -716,6 +716,182 @@ macro_rules! arm_kernels {
         #[target_feature(enable = $feat)]
         pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
             k4_dot(x.len(), y, |i| unpack_q5_k(&x[i]))
+        }
+
+        // ------------------------------------------------------------ the low-bit tier
+
+        /// 32 IQ4 grid indices (16 bytes: low nibbles the first 16 values) → their values in
+        /// ggml's `kvalues_iq4nl` (`tbl`, as x86 uses `pshufb`).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn iq4_values(qs: &[u8; 16]) -> B32 {
+            let t = vld1q_s8(quantize::lowbit::KVALUES_IQ4NL.as_ptr());
+            let (lo, hi) = nibbles(qs);
+            (vqtbl1q_s8(t, lo), vqtbl1q_s8(t, hi))
+        }
+
+        /// IQ4_NL's 32 values as signed bytes (grid values, |v| ≤ 127).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn iq4_nl_bytes(xb: &BlockIQ4NL) -> B32 {
+            iq4_values(&xb.qs)
+        }
+
+        legacy_q8_0!(
+            vec_dot_iq4_nl_q8_0,
+            vec_dot4_iq4_nl_q8_0,
+            vec_dot4x2_iq4_nl_q8_0,
+            BlockIQ4NL,
+            iq4_nl_bytes
+        );
+
+        /// A Q2_K / Q3_K / IQ4_XS super-block unpacked for [`lowbit_dot`]: eight 32-value
+        /// groups as signed bytes, the scales of each group's two sixteen-value halves, and
+        /// the f16 scale (and Q2_K's min scale) as f32.
+        struct LowBit {
+            q: [B32; 8],
+            sc: [[i32; 2]; 8],
+            d: f32,
+            dmin: f32,
+        }
+
+        /// As x86's `lowbit_dot`: per super-block and token the exact integer sums of the
+        /// eight four-byte lanes (each group's halves times their scales), one fused
+        /// multiply-add of the lanes, Q2_K's min term in a float.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn lowbit_dot<const T: usize>(
+            n: usize,
+            y: [&[BlockQ8K]; T],
+            unpack: impl Fn(usize) -> LowBit,
+            mins: impl Fn(usize, &BlockQ8K) -> i32,
+        ) -> [f32; T] {
+            assert!(y.iter().all(|r| r.len() >= n), "activation blocks");
+            let mut acc = [F8::zero(); T];
+            let mut acc_m = [0f32; T];
+            let z = vdupq_n_s32(0);
+            for i in 0..n {
+                let b = unpack(i);
+                for t in 0..T {
+                    let yb = &y[t][i];
+                    if b.dmin != 0.0 {
+                        acc_m[t] += b.dmin * yb.d * mins(i, yb) as f32;
+                    }
+                    let (mut s0, mut s1) = (z, z);
+                    for g in 0..8 {
+                        let a = load32(&yb.qs[32 * g..]);
+                        s0 = vmlaq_n_s32(s0, $dot4(z, b.q[g].0, a.0), b.sc[g][0]);
+                        s1 = vmlaq_n_s32(s1, $dot4(z, b.q[g].1, a.1), b.sc[g][1]);
+                    }
+                    acc[t] = acc[t].fma_n(b.d * yb.d, F8(vcvtq_f32_s32(s0), vcvtq_f32_s32(s1)));
+                }
+            }
+            std::array::from_fn(|t| hsum_f32_8(acc[t]) - acc_m[t])
+        }
+
+        /// The 2-bit groups of a Q2_K / Q3_K `qs`: group `4·j + s` is values `128·j + 32·s ..`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn low2_groups(qs: &[u8; QK_K / 4]) -> [(uint8x16_t, uint8x16_t); 8] {
+            let m3 = vdupq_n_u8(3);
+            let z = vdupq_n_u8(0);
+            let mut q = [(z, z); 8];
+            for j in 0..2 {
+                let p = qs.as_ptr().add(32 * j);
+                let (b0, b1) = (vld1q_u8(p), vld1q_u8(p.add(16)));
+                for s in 0..4 {
+                    let sh = vdupq_n_s8(-2 * s as i8);
+                    q[4 * j + s] = (
+                        vandq_u8(vshlq_u8(b0, sh), m3),
+                        vandq_u8(vshlq_u8(b1, sh), m3),
+                    );
+                }
+            }
+            q
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn unpack_q2_k(xb: &BlockQ2K) -> LowBit {
+            let s = |j: usize| (xb.scales[j] & 0xF) as i32;
+            let q = low2_groups(&xb.qs);
+            LowBit {
+                q: q.map(|(a, b)| (s8(a), s8(b))),
+                sc: std::array::from_fn(|g| [s(2 * g), s(2 * g + 1)]),
+                d: h2f(xb.d),
+                dmin: h2f(xb.dmin),
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn unpack_q3_k(xb: &BlockQ3K) -> LowBit {
+            let sc = quantize::lowbit::q3k_scales(&xb.scales);
+            let s = |j: usize| sc[j] as i32 - 32;
+            let (h0, h1) = (vld1q_u8(xb.hmask.as_ptr()), vld1q_u8(xb.hmask.as_ptr().add(16)));
+            let four = vdupq_n_u8(4);
+            let low = low2_groups(&xb.qs);
+            // Value `32·g + l` loses 4 where its high bit (bit g of hmask[l]) is clear.
+            let q = std::array::from_fn(|g| {
+                let bit = vdupq_n_u8(1u8 << g);
+                let (a, b) = low[g];
+                (
+                    vsubq_s8(s8(a), s8(vbicq_u8(four, vtstq_u8(h0, bit)))),
+                    vsubq_s8(s8(b), s8(vbicq_u8(four, vtstq_u8(h1, bit)))),
+                )
+            });
+            LowBit {
+                q,
+                sc: std::array::from_fn(|g| [s(2 * g), s(2 * g + 1)]),
+                d: h2f(xb.d),
+                dmin: 0.0,
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn unpack_iq4_xs(xb: &BlockIQ4XS) -> LowBit {
+            LowBit {
+                q: std::array::from_fn(|g| {
+                    iq4_values(xb.qs[16 * g..16 * g + 16].try_into().expect("16 bytes"))
+                }),
+                sc: std::array::from_fn(|g| {
+                    let s = quantize::lowbit::iq4xs_scale(xb, g) - 32;
+                    [s, s]
+                }),
+                d: h2f(xb.d),
+                dmin: 0.0,
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
+            lowbit_dot(x.len(), [y], |i| unpack_q2_k(&x[i]), |i, yb| q2k_min_term(&x[i], yb))[0]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q2_k_q8_k(x: &[BlockQ2K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            lowbit_dot(x.len(), y, |i| unpack_q2_k(&x[i]), |i, yb| q2k_min_term(&x[i], yb))
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
+            lowbit_dot(x.len(), [y], |i| unpack_q3_k(&x[i]), |_, _| 0)[0]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_q3_k_q8_k(x: &[BlockQ3K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            lowbit_dot(x.len(), y, |i| unpack_q3_k(&x[i]), |_, _| 0)
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
+            lowbit_dot(x.len(), [y], |i| unpack_iq4_xs(&x[i]), |_, _| 0)[0]
+        }
+
+        #[target_feature(enable = $feat)]
+        pub unsafe fn vec_dot4_iq4_xs_q8_k(x: &[BlockIQ4XS], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+            lowbit_dot(x.len(), y, |i| unpack_iq4_xs(&x[i]), |_, _| 0)
         }
 
         /// A Q6_K block's 256 values minus 32, as eight 32-value groups in x86's order

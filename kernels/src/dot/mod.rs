@@ -218,32 +218,13 @@ dispatch!(/// Q5_K · Q8_K.
 dispatch!(/// Q6_K · Q8_K.
     vec_dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
 
-/// The low-bit tier's dot products: AVX2 / AVX-512 kernels on x86-64 (bit-identical to each
-/// other), the scalar reference elsewhere (the aarch64 kernels do not cover these types yet).
-macro_rules! dispatch_x86 {
-    ($(#[$doc:meta])* $name:ident, $X:ty, $Y:ty) => {
-        $(#[$doc])*
-        #[inline]
-        pub fn $name(x: &[$X], y: &[$Y]) -> f32 {
-            assert_eq!(x.len(), y.len(), "dot product of {} and {} blocks", x.len(), y.len());
-            // SAFETY: level() reports a level only when the CPU has its features.
-            match level() {
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx512 => unsafe { avx512::$name(x, y) },
-                #[cfg(target_arch = "x86_64")]
-                SimdLevel::Avx2 => unsafe { avx2::$name(x, y) },
-                _ => scalar::$name(x, y),
-            }
-        }
-    };
-}
-dispatch_x86!(/// Q2_K · Q8_K.
+dispatch!(/// Q2_K · Q8_K.
     vec_dot_q2_k_q8_k, BlockQ2K, BlockQ8K);
-dispatch_x86!(/// Q3_K · Q8_K.
+dispatch!(/// Q3_K · Q8_K.
     vec_dot_q3_k_q8_k, BlockQ3K, BlockQ8K);
-dispatch_x86!(/// IQ4_NL · Q8_0.
+dispatch!(/// IQ4_NL · Q8_0.
     vec_dot_iq4_nl_q8_0, BlockIQ4NL, BlockQ8_0);
-dispatch_x86!(/// IQ4_XS · Q8_K.
+dispatch!(/// IQ4_XS · Q8_K.
     vec_dot_iq4_xs_q8_k, BlockIQ4XS, BlockQ8K);
 
 /// The error of a type-erased dot product.

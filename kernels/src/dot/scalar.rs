@@ -350,6 +350,14 @@ pub(crate) fn k4_min_term(mins: &[i32; 8], bsums: &[i16; 16]) -> i32 {
         .sum()
 }
 
+/// Q2_K's min term of block `xb` against `yb`: Σ_j min_j · bsum_j.
+#[inline(always)]
+pub(crate) fn q2k_min_term(xb: &BlockQ2K, yb: &BlockQ8K) -> i32 {
+    (0..QK_K / 16)
+        .map(|j| (xb.scales[j] >> 4) as i32 * yb.bsums[j] as i32)
+        .sum()
+}
+
 pub fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     let mut sumf = 0f32;
     for (xb, yb) in x.iter().zip(y) {

@@ -22,7 +22,7 @@ macro_rules! x86_kernels {
         use half::f16;
         use quantize::blocks::*;
 
-        use super::scalar::{k4_min_term, k4_scales_mins};
+        use super::scalar::{k4_min_term, k4_scales_mins, q2k_min_term};
 
         /// f16 → f32 with F16C, inlined (the `half` crate's conversion is an out-of-line call that
         /// re-checks CPU features, a measurable cost once per block).
@@ -1085,14 +1085,6 @@ macro_rules! x86_kernels {
             }
         }
 
-        /// Q2_K's min term of block `xb` against `yb`: Σ min_j · bsum_j.
-        #[inline]
-        fn q2_k_mins(xb: &BlockQ2K, yb: &BlockQ8K) -> i32 {
-            (0..QK_K / 16)
-                .map(|j| (xb.scales[j] >> 4) as i32 * yb.bsums[j] as i32)
-                .sum()
-        }
-
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn unpack_q3_k(xb: &BlockQ3K) -> LowBit {
@@ -1137,7 +1129,7 @@ macro_rules! x86_kernels {
                 x.len(),
                 [y],
                 |i| unpack_q2_k(&x[i]),
-                |i, yb| q2_k_mins(&x[i], yb),
+                |i, yb| q2k_min_term(&x[i], yb),
             )[0]
         }
 
@@ -1147,7 +1139,7 @@ macro_rules! x86_kernels {
                 x.len(),
                 y,
                 |i| unpack_q2_k(&x[i]),
-                |i, yb| q2_k_mins(&x[i], yb),
+                |i, yb| q2k_min_term(&x[i], yb),
             )
         }
 
