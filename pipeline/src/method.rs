@@ -243,6 +243,7 @@ pub fn apply(
         record["search"] = serde_json::json!({
             "objective": "importance-weighted squared error of the decoded block",
             "legacy_scales": 32, "affine_trims": 16, "k_rounds": 3, "k_radius": 2,
+            "lowbit_scale_radius": 63, "iq4nl_scales": 48,
         });
     }
     // Only AWQ, GPTQ and the allocation run the model (search works tensor by tensor while
