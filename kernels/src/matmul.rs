@@ -35,6 +35,9 @@ pub struct MatmulScratch {
     /// The same activations as block pairs, for the AVX-512 kernels of Q4_0/Q5_0/Q8_0.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pairs: Vec<dot::packed::ActPair>,
+    /// The prefill GEMM's per-pair starts and scales ([`dot::packed::PairMeta`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    metas: Vec<dot::packed::PairMeta>,
 }
 
 impl MatmulScratch {
@@ -67,6 +70,11 @@ unsafe impl<A> Sync for SharedBlocks<A> {}
 
 /// Weight rows per tile.
 const TILE: usize = 16;
+
+/// Tokens per block of the AVX-512 prefill GEMM: a block's activations (256 bytes per block
+/// pair and token) and a task's unpacked rows stay in L2 together.
+#[cfg(target_arch = "x86_64")]
+const GEMM_TOKENS: usize = 32;
 
 /// How many rows ahead of the one being read the matmul prefetches.
 const PREFETCH_ROWS: usize = 8;
@@ -364,7 +372,7 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
     scratch: &mut MatmulScratch,
 ) {
     use crate::quant::Activation;
-    use dot::packed::{pairs, ActPair};
+    use dot::packed::{pairs, ActPair, PairMeta};
     let nb = w.cols / <W::Act as quantize::BlockFormat>::BLOCK_SIZE;
     let np = pairs(nb);
     let arow = nb * std::mem::size_of::<W::Act>();
@@ -373,7 +381,16 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
             .pairs
             .resize(n_tok * np, bytemuck::Zeroable::zeroed());
     }
-    let MatmulScratch { act, pairs: all } = scratch;
+    // The GEMM's metas, for batches (decode reads the pairs alone).
+    let n_meta = if n_tok >= 4 { n_tok * np } else { 0 };
+    if scratch.metas.len() < n_meta {
+        scratch.metas.resize(n_meta, bytemuck::Zeroable::zeroed());
+    }
+    let MatmulScratch {
+        act,
+        pairs: all,
+        metas,
+    } = scratch;
     let words = (arow * n_tok).div_ceil(8);
     if act.len() < words {
         act.resize(words, 0);
@@ -381,32 +398,38 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut act[..words]);
     let blocks: &mut [W::Act] = bytemuck::cast_slice_mut(&mut bytes[..arow * n_tok]);
     let packed = &mut all[..n_tok * np];
-    let one = |t: usize, ab: &mut [W::Act], ap: &mut [ActPair]| {
+    let metas = &mut metas[..n_meta];
+    let one = |t: usize, ab: &mut [W::Act], ap: &mut [ActPair], am: &mut [PairMeta]| {
         W::Act::quantize_activation(&x[t * w.cols..(t + 1) * w.cols], ab);
         W::pack(ab, ap);
+        for (m, a) in am.iter_mut().zip(ap.iter()) {
+            *m = PairMeta::new(a, W::SHIFT);
+        }
     };
     if n_tok >= 4 {
-        let (db, dp) = (
+        let (db, dp, dm) = (
             SharedBlocks(blocks.as_mut_ptr()),
             SharedBlocks(packed.as_mut_ptr()),
+            SharedBlocks(metas.as_mut_ptr()),
         );
         crate::team::for_each(n_tok, &|t| {
-            let (b, p) = (db, dp); // the whole wrappers, not their raw fields
-                                   // SAFETY: token t writes only its own rows of blocks and pairs, inside the buffers.
-            let (ab, ap) = unsafe {
+            let (b, p, m) = (db, dp, dm); // the whole wrappers, not their raw fields
+                                          // SAFETY: token t writes only its own rows of blocks, pairs and metas, inside the buffers.
+            let (ab, ap, am) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(b.0.add(t * nb), nb),
                     std::slice::from_raw_parts_mut(p.0.add(t * np), np),
+                    std::slice::from_raw_parts_mut(m.0.add(t * np), np),
                 )
             };
-            one(t, ab, ap);
+            one(t, ab, ap, am);
         });
     } else {
         for (t, (ab, ap)) in blocks.chunks_mut(nb).zip(packed.chunks_mut(np)).enumerate() {
-            one(t, ab, ap);
+            one(t, ab, ap, &mut []);
         }
     }
-    run_zmm::<W>(w, packed, np, n_tok, out);
+    run_zmm::<W>(w, packed, metas, np, n_tok, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -417,12 +440,14 @@ thread_local! {
 }
 
 /// The threaded loop of the AVX-512 Q4_0/Q5_0/Q8_0 kernels. A single token (decode) reads
-/// each weight row straight from the file's blocks; a batch unpacks four rows at a time and
-/// runs them against every token in 4 × 4 register tiles. Both give the same bits.
+/// each weight row straight from the file's blocks; a batch unpacks a task's rows once and
+/// runs them, block of [`GEMM_TOKENS`] tokens by block, in 4 × 4 register tiles. Both give the
+/// same bits.
 #[cfg(target_arch = "x86_64")]
 fn run_zmm<W: dot::zmm::ZmmWeight>(
     w: &Weight,
     acts: &[dot::packed::ActPair],
+    metas: &[dot::packed::PairMeta],
     np: usize,
     n_tok: usize,
     out: &mut [f32],
@@ -436,7 +461,7 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
     let per_row = w.row_bytes() / std::mem::size_of::<W>();
     let wrow = |r: usize| &wall[r * per_row..(r + 1) * per_row];
     let act = |t: usize| &acts[t * np..(t + 1) * np];
-    let shift = W::SHIFT;
+    let meta = |t: usize| &metas[t * np..(t + 1) * np];
     // The GEMM's value plus the affine types' mins' term (other types: the value untouched).
     let plus_term = |v: f32, r: usize, t: usize| {
         if W::AFFINE {
@@ -492,64 +517,76 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
             return;
         }
         WEIGHT_TILE.with(|tile| {
+            // The task's rows are unpacked once; then, per block of tokens small enough to stay
+            // in L2 with them, every 4-row tile runs against the block's tokens. The order only
+            // decides what is in cache: each output is one GEMM entry, the same bits in any order.
             let mut tile = tile.borrow_mut();
-            if tile.len() < 4 * np {
-                tile.resize(4 * np, bytemuck::Zeroable::zeroed());
+            let n = r1 - r0;
+            if tile.len() < n * np {
+                tile.resize(n * np, bytemuck::Zeroable::zeroed());
             }
-            let mut mins: Vec<[f32; 16]> = Vec::new();
-            let mut r = r0;
-            while r < r1 {
-                let nr = (r1 - r).min(4);
-                for k in 0..nr {
-                    // SAFETY: run_zmm is only called at the AVX-512 level.
-                    unsafe { W::unpack(wrow(r + k), &mut tile[k * np..(k + 1) * np]) };
-                }
-                let wt = |k: usize| &tile[k * np..(k + 1) * np];
-                let mut t = 0;
-                // SAFETY (the gemm calls): run_zmm is only called at the AVX-512 level.
-                if nr == 4 {
-                    let ws: [&[WeightPair]; 4] = [wt(0), wt(1), wt(2), wt(3)];
-                    // The affine types' mins, lane 4k + j = row k, for the mins' term.
-                    mins.clear();
-                    if W::AFFINE {
-                        mins.extend(
-                            (0..per_row).map(|b| std::array::from_fn(|l| wrow(r + l / 4)[b].min())),
-                        );
-                    }
-                    while t + 4 <= n_tok {
+            for k in 0..n {
+                // SAFETY: run_zmm is only called at the AVX-512 level.
+                unsafe { W::unpack(wrow(r0 + k), &mut tile[k * np..(k + 1) * np]) };
+            }
+            let wt = |k: usize| &tile[k * np..(k + 1) * np];
+            let full = n / 4 * 4;
+            let t4 = n_tok / 4 * 4;
+            // The affine types' mins of each 4-row tile, lane 4k + j = row k, for the mins' term.
+            let mins: Vec<[f32; 16]> = if W::AFFINE {
+                (0..full / 4)
+                    .flat_map(|i| {
+                        (0..per_row).map(move |b| {
+                            std::array::from_fn(|l| wrow(r0 + 4 * i + l / 4)[b].min())
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // SAFETY (the gemm calls): run_zmm is only called at the AVX-512 level.
+            for tb in (0..t4).step_by(GEMM_TOKENS) {
+                for k in (0..full).step_by(4) {
+                    let ws: [&[WeightPair]; 4] = [wt(k), wt(k + 1), wt(k + 2), wt(k + 3)];
+                    for t in (tb..(tb + GEMM_TOKENS).min(t4)).step_by(4) {
                         let v = unsafe {
-                            gemm::<4, 4>(ws, [act(t), act(t + 1), act(t + 2), act(t + 3)], shift)
+                            gemm::<4, 4>(
+                                ws,
+                                [act(t), act(t + 1), act(t + 2), act(t + 3)],
+                                [meta(t), meta(t + 1), meta(t + 2), meta(t + 3)],
+                            )
                         };
                         let term = if W::AFFINE {
                             let s = &svals[t / 4 * per_row..(t / 4 + 1) * per_row];
+                            let m = &mins[k / 4 * per_row..(k / 4 + 1) * per_row];
                             // SAFETY: run_zmm is only called at the AVX-512 level.
-                            unsafe { dot::zmm::affine_tile(&mins, s) }
+                            unsafe { dot::zmm::affine_tile(m, s) }
                         } else {
                             [0f32; 16]
                         };
-                        for (k, row) in v.iter().enumerate() {
+                        for (i, row) in v.iter().enumerate() {
                             for (j, &x) in row.iter().enumerate() {
-                                let x = if W::AFFINE { x + term[4 * k + j] } else { x };
-                                put(t + j, r + k, x);
+                                let x = if W::AFFINE { x + term[4 * i + j] } else { x };
+                                put(t + j, r0 + k + i, x);
                             }
-                        }
-                        t += 4;
-                    }
-                    for t in t..n_tok {
-                        let v = unsafe { gemm::<4, 1>(ws, [act(t)], shift) };
-                        for (k, x) in v.iter().enumerate() {
-                            put(t, r + k, plus_term(x[0], r + k, t));
-                        }
-                    }
-                } else {
-                    for k in 0..nr {
-                        for t in 0..n_tok {
-                            let v = unsafe { gemm::<1, 1>([wt(k)], [act(t)], shift)[0][0] };
-                            put(t, r + k, plus_term(v, r + k, t));
                         }
                     }
                 }
-                r += nr;
+            }
+            for k in (0..full).step_by(4) {
+                let ws: [&[WeightPair]; 4] = [wt(k), wt(k + 1), wt(k + 2), wt(k + 3)];
+                for t in t4..n_tok {
+                    let v = unsafe { gemm::<4, 1>(ws, [act(t)], [meta(t)]) };
+                    for (i, x) in v.iter().enumerate() {
+                        put(t, r0 + k + i, plus_term(x[0], r0 + k + i, t));
+                    }
+                }
+            }
+            for k in full..n {
+                for t in 0..n_tok {
+                    let v = unsafe { gemm::<1, 1>([wt(k)], [act(t)], [meta(t)])[0][0] };
+                    put(t, r0 + k, plus_term(v, r0 + k, t));
+                }
             }
         });
     };

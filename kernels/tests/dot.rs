@@ -381,7 +381,7 @@ fn exp_is_within_two_ulp_and_zero_below_the_range() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn zmm_kernels_give_the_avx2_bits() {
-    use dot::packed::{pairs, unpack_weights, ActPair, WeightPair};
+    use dot::packed::{pairs, unpack_weights, ActPair, PairMeta, WeightPair};
     use dot::zmm::{gemm, ZmmWeight};
     use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
     use quantize::blocks_from_bytes as v;
@@ -441,11 +441,16 @@ fn zmm_kernels_give_the_avx2_bits() {
         }
         let ws: [&[WeightPair]; 4] = std::array::from_fn(|r| &unpacked[r][..]);
         let ys: [&[ActPair]; 4] = std::array::from_fn(|t| &packed[t][..]);
+        let metas: Vec<Vec<PairMeta>> = packed
+            .iter()
+            .map(|p| p.iter().map(|a| PairMeta::new(a, W::SHIFT)).collect())
+            .collect();
+        let ms: [&[PairMeta]; 4] = std::array::from_fn(|t| &metas[t][..]);
         // SAFETY: the level was checked above.
         let (mut tile, mut one) = unsafe {
             (
-                gemm::<4, 4>(ws, ys, W::SHIFT),
-                gemm::<1, 1>([ws[2]], [ys[1]], W::SHIFT)[0][0],
+                gemm::<4, 4>(ws, ys, ms),
+                gemm::<1, 1>([ws[2]], [ys[1]], [ms[1]])[0][0],
             )
         };
         // The affine types' mins term, added after the GEMM as the matmul does.

@@ -48,6 +48,31 @@ pub struct WeightPair {
 }
 const _: () = assert!(std::mem::size_of::<WeightPair>() == 128);
 
+/// What the prefill GEMM ([`super::zmm::gemm`]) reads of one token's block pair besides its
+/// values, computed once per matmul instead of once per tile of weight rows: each lane's
+/// starting integer `−c·Σy` of its group of four (for the weight type's `c = 1 << shift`), and
+/// the two scales spread over their eight lanes. The same numbers the decode kernels derive
+/// from an [`ActPair`] on the fly, so both paths give the same bits.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+pub struct PairMeta {
+    /// `−c·Σ` of each group of four values, lane `j` for `qs[4j..4j + 4]`.
+    pub start: [i32; 16],
+    /// The first block's scale in lanes 0..8, the second's in lanes 8..16.
+    pub dy: [f32; 16],
+}
+const _: () = assert!(std::mem::size_of::<PairMeta>() == 128);
+
+impl PairMeta {
+    /// The meta of activation pair `a` for weights whose offset is `1 << shift`.
+    pub fn new(a: &ActPair, shift: u32) -> Self {
+        PairMeta {
+            start: std::array::from_fn(|j| (a.neg_sums[j] as i32) << shift),
+            dy: std::array::from_fn(|j| a.d[j / 8]),
+        }
+    }
+}
+
 /// Block pairs of a row of `nb` blocks.
 pub fn pairs(nb: usize) -> usize {
     nb.div_ceil(2)

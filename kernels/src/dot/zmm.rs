@@ -30,7 +30,7 @@ use quantize::blocks::{
 };
 
 use super::avx512::hsum_f32_8;
-use super::packed::{affine_term, ActPair, PackedWeight, WeightPair};
+use super::packed::{affine_term, ActPair, PackedWeight, PairMeta, WeightPair};
 
 /// `[v[0]; 8] ++ [v[1]; 8]`.
 #[inline]
@@ -242,31 +242,36 @@ unpack!(/// [`super::packed::unpack_weights`] for Q5_1.
 decode!(/// Q5_1 row · one token (Q8_1 activation pairs).
     dot_q5_1, dot_q5_1_rows, BlockQ5_1, unsigned_q5_1);
 
-/// `R` unpacked weight rows × `T` tokens: `out[r][t] = w[r] · y[t]`, for weights whose
-/// offset is `1 << shift` ([`PackedWeight::SHIFT`]).
+/// `R` unpacked weight rows × `T` tokens: `out[r][t] = w[r] · y[t]`, with each token's
+/// [`PairMeta`]s (made for this weight type's offset) beside its pairs. The lanes' start and
+/// scales come from memory, so the 4 × 4 tile's sixteen accumulators, one weight pair and its
+/// scales are all the registers the loop holds.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn gemm<const R: usize, const T: usize>(
     w: [&[WeightPair]; R],
     y: [&[ActPair]; T],
-    shift: u32,
+    m: [&[PairMeta]; T],
 ) -> [[f32; T]; R] {
     let np = w.first().map_or(0, |r| r.len());
-    assert!(w.iter().all(|r| r.len() == np) && y.iter().all(|a| a.len() == np));
+    assert!(
+        w.iter().all(|r| r.len() == np)
+            && y.iter().all(|a| a.len() == np)
+            && m.iter().all(|a| a.len() == np)
+    );
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     for p in 0..np {
-        let mut starts = [_mm512_setzero_si512(); T];
-        let mut dys = [_mm512_setzero_ps(); T];
-        for t in 0..T {
-            let a = y[t].get_unchecked(p);
-            starts[t] = start(a, shift);
-            dys[t] = act_scales(a);
-        }
         for r in 0..R {
             let wp = w[r].get_unchecked(p);
             let u = _mm512_load_si512(wp.u.as_ptr() as *const __m512i);
             let dx = _mm512_load_ps(wp.d.as_ptr());
             for t in 0..T {
-                acc[r][t] = step(acc[r][t], starts[t], u, y[t].get_unchecked(p), dx, dys[t]);
+                let mt = m[t].get_unchecked(p);
+                let s = _mm512_load_si512(mt.start.as_ptr() as *const __m512i);
+                let yv = _mm512_load_si512(y[t].get_unchecked(p).qs.as_ptr() as *const __m512i);
+                let l = _mm512_dpbusd_epi32(s, u, yv);
+                let dy = _mm512_load_ps(mt.dy.as_ptr());
+                acc[r][t] =
+                    _mm512_fmadd_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(l), acc[r][t]);
             }
         }
     }
