@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use kernels::dot::{self, scalar};
 use kernels::simd;
-use quantize::{dequantize, quantize, GgmlType};
+#[cfg(target_arch = "x86_64")]
+use quantize::quantize;
+use quantize::{dequantize, GgmlType};
 
 fn data(rel: &str) -> Vec<u8> {
     data_in("ggml", rel)
