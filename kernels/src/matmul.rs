@@ -373,6 +373,7 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
 ) {
     use crate::quant::Activation;
     use dot::packed::{pairs, ActPair, PairMeta};
+
     let nb = w.cols / <W::Act as quantize::BlockFormat>::BLOCK_SIZE;
     let np = pairs(nb);
     let arow = nb * std::mem::size_of::<W::Act>();
@@ -401,10 +402,8 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
     let metas = &mut metas[..n_meta];
     let one = |t: usize, ab: &mut [W::Act], ap: &mut [ActPair], am: &mut [PairMeta]| {
         W::Act::quantize_activation(&x[t * w.cols..(t + 1) * w.cols], ab);
-        W::pack(ab, ap);
-        for (m, a) in am.iter_mut().zip(ap.iter()) {
-            *m = PairMeta::new(a, W::SHIFT);
-        }
+        // SAFETY: quantized_zmm is only called at the AVX-512 level.
+        unsafe { W::pack(ab, ap, am) };
     };
     if n_tok >= 4 {
         let (db, dp, dm) = (

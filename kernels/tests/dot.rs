@@ -407,14 +407,35 @@ fn zmm_kernels_give_the_avx2_bits() {
             })
             .collect();
         let np = pairs(nb);
+        // The portable packing, and the SIMD one (with the GEMM's metas) checked against it.
         let packed: Vec<Vec<ActPair>> = acts
             .iter()
             .map(|a| {
                 let mut p = vec![bytemuck::Zeroable::zeroed(); np];
-                W::pack(a, &mut p);
+                if W::AFFINE {
+                    dot::packed::pack_activations_q8_1(bytemuck::cast_slice(a), &mut p);
+                } else {
+                    dot::packed::pack_activations(bytemuck::cast_slice(a), &mut p);
+                }
                 p
             })
             .collect();
+        for (a, want) in acts.iter().zip(&packed) {
+            let mut p = vec![bytemuck::Zeroable::zeroed(); np];
+            let mut m = vec![bytemuck::Zeroable::zeroed(); np];
+            // SAFETY: the level was checked above.
+            unsafe { W::pack(a, &mut p, &mut m) };
+            let bytes = |x: &[ActPair]| bytemuck::cast_slice::<_, u8>(x).to_vec();
+            assert_eq!(
+                bytes(&p),
+                bytes(want),
+                "{ty} nb {nb}: SIMD activation pairs"
+            );
+            for (m, a) in m.iter().zip(want) {
+                let r = PairMeta::new(a, W::SHIFT);
+                assert!(m.start == r.start && m.dy.map(f32::to_bits) == r.dy.map(f32::to_bits));
+            }
+        }
         let unpacked: Vec<Vec<WeightPair>> = rows
             .iter()
             .map(|r| {

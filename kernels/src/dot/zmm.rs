@@ -348,12 +348,51 @@ pub unsafe fn dot_tile_f32<const T: usize>(
     out
 }
 
+/// [`super::packed::pack_activations`] in sixteen lanes, and, unless `meta` is empty, each
+/// pair's [`PairMeta`] for weights offset by `1 << shift` (the same numbers as
+/// [`PairMeta::new`]): a group's sum of four values is one `vpdpbusd` of the values with ones.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn pack_q8_0(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta], shift: u32) {
+    assert_eq!(out.len(), super::packed::pairs(y.len()), "activation pairs");
+    assert!(meta.is_empty() || meta.len() == out.len(), "pair metas");
+    let pad: BlockQ8_0 = bytemuck::Zeroable::zeroed();
+    let ones = _mm512_set1_epi8(1);
+    let sh = _mm_cvtsi32_si128(shift as i32);
+    for (p, o) in out.iter_mut().enumerate() {
+        let b0 = &y[2 * p];
+        let b1 = y.get(2 * p + 1).unwrap_or(&pad);
+        let lo = _mm256_loadu_si256(b0.qs.as_ptr() as *const __m256i);
+        let hi = _mm256_loadu_si256(b1.qs.as_ptr() as *const __m256i);
+        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let neg = _mm512_sub_epi32(
+            _mm512_setzero_si512(),
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, v),
+        );
+        *o = bytemuck::Zeroable::zeroed();
+        _mm512_store_si512(o.qs.as_mut_ptr() as *mut __m512i, v);
+        _mm256_store_si256(
+            o.neg_sums.as_mut_ptr() as *mut __m256i,
+            _mm512_cvtepi32_epi16(neg),
+        );
+        let dy = scales2(b0.d, b1.d);
+        o.d = [b0.d.to_f32(), b1.d.to_f32()];
+        if let Some(m) = meta.get_mut(p) {
+            _mm512_store_si512(
+                m.start.as_mut_ptr() as *mut __m512i,
+                _mm512_sll_epi32(neg, sh),
+            );
+            _mm512_store_ps(m.dy.as_mut_ptr(), dy);
+        }
+    }
+}
+
 /// The weight types with these kernels.
 pub trait ZmmWeight: PackedWeight {
     /// The activation blocks (Q8_0, or Q8_1 for the affine types).
     type Act: crate::quant::Activation;
-    /// Rearranges one token's activation row into pairs.
-    fn pack(y: &[Self::Act], out: &mut [ActPair]);
+    /// Rearranges one token's activation row into pairs and, unless `meta` is empty (decode),
+    /// their [`PairMeta`]s for this type's offset.
+    unsafe fn pack(y: &[Self::Act], out: &mut [ActPair], meta: &mut [PairMeta]);
     /// This type's row · one token.
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32;
     /// Four rows · one token, each as [`ZmmWeight::dot`] gives it.
@@ -364,8 +403,8 @@ pub trait ZmmWeight: PackedWeight {
 
 impl ZmmWeight for BlockQ4_0 {
     type Act = BlockQ8_0;
-    fn pack(y: &[BlockQ8_0], out: &mut [ActPair]) {
-        super::packed::pack_activations(y, out)
+    unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta]) {
+        pack_q8_0(y, out, meta, Self::SHIFT)
     }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q4_0(x, y)
@@ -379,8 +418,8 @@ impl ZmmWeight for BlockQ4_0 {
 }
 impl ZmmWeight for BlockQ5_0 {
     type Act = BlockQ8_0;
-    fn pack(y: &[BlockQ8_0], out: &mut [ActPair]) {
-        super::packed::pack_activations(y, out)
+    unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta]) {
+        pack_q8_0(y, out, meta, Self::SHIFT)
     }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q5_0(x, y)
@@ -394,8 +433,8 @@ impl ZmmWeight for BlockQ5_0 {
 }
 impl ZmmWeight for BlockQ8_0 {
     type Act = BlockQ8_0;
-    fn pack(y: &[BlockQ8_0], out: &mut [ActPair]) {
-        super::packed::pack_activations(y, out)
+    unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta]) {
+        pack_q8_0(y, out, meta, Self::SHIFT)
     }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q8_0(x, y)
@@ -409,8 +448,8 @@ impl ZmmWeight for BlockQ8_0 {
 }
 impl ZmmWeight for BlockIQ4NL {
     type Act = BlockQ8_0;
-    fn pack(y: &[BlockQ8_0], out: &mut [ActPair]) {
-        super::packed::pack_activations(y, out)
+    unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta]) {
+        pack_q8_0(y, out, meta, Self::SHIFT)
     }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_iq4_nl(x, y)
@@ -424,8 +463,11 @@ impl ZmmWeight for BlockIQ4NL {
 }
 impl ZmmWeight for BlockQ4_1 {
     type Act = BlockQ8_1;
-    fn pack(y: &[BlockQ8_1], out: &mut [ActPair]) {
-        super::packed::pack_activations_q8_1(y, out)
+    unsafe fn pack(y: &[BlockQ8_1], out: &mut [ActPair], meta: &mut [PairMeta]) {
+        super::packed::pack_activations_q8_1(y, out);
+        for (m, a) in meta.iter_mut().zip(out.iter()) {
+            *m = PairMeta::new(a, Self::SHIFT);
+        }
     }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q4_1(x, y)
@@ -439,8 +481,11 @@ impl ZmmWeight for BlockQ4_1 {
 }
 impl ZmmWeight for BlockQ5_1 {
     type Act = BlockQ8_1;
-    fn pack(y: &[BlockQ8_1], out: &mut [ActPair]) {
-        super::packed::pack_activations_q8_1(y, out)
+    unsafe fn pack(y: &[BlockQ8_1], out: &mut [ActPair], meta: &mut [PairMeta]) {
+        super::packed::pack_activations_q8_1(y, out);
+        for (m, a) in meta.iter_mut().zip(out.iter()) {
+            *m = PairMeta::new(a, Self::SHIFT);
+        }
     }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q5_1(x, y)
