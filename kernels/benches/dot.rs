@@ -8,17 +8,8 @@ use kernels::dot::{self, scalar};
 use kernels::simd;
 use quantize::{blocks_from_bytes as v, quantize, GgmlType};
 
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-        })
-        .collect()
-}
+mod common;
+use common::values;
 
 fn bench(c: &mut Criterion) {
     let n = 4096;
