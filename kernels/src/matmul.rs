@@ -373,7 +373,6 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
 ) {
     use crate::quant::Activation;
     use dot::packed::{pairs, ActPair, PairMeta};
-
     let nb = w.cols / <W::Act as quantize::BlockFormat>::BLOCK_SIZE;
     let np = pairs(nb);
     let arow = nb * std::mem::size_of::<W::Act>();
@@ -433,7 +432,7 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// Unpacked weight rows of the prefill GEMM (one tile of four rows per thread).
+    /// Unpacked weight rows of the prefill GEMM (one task's rows per thread).
     static WEIGHT_TILE: std::cell::RefCell<Vec<dot::packed::WeightPair>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
