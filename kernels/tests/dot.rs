@@ -407,7 +407,8 @@ fn zmm_kernels_give_the_avx2_bits() {
             })
             .collect();
         let np = pairs(nb);
-        // The portable packing, and the SIMD one (with the GEMM's metas) checked against it.
+        // The portable packing, and the SIMD one (with the GEMM's metas) checked against it
+        // (Q8_0 activations; the affine types' Q8_1 packing is the portable one itself).
         let packed: Vec<Vec<ActPair>> = acts
             .iter()
             .map(|a| {

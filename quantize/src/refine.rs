@@ -1029,11 +1029,6 @@ mod tests {
             assert_eq!(a, b);
         }
     }
-}
-
-#[cfg(test)]
-mod round_tests {
-    use super::round_i32;
 
     /// `round_i32` is `f32::round` then `as i32` on every kind of value: halves of both signs,
     /// the float just below a half, the edges of exactness and of i32, infinities and NaN.

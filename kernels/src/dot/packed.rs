@@ -71,6 +71,14 @@ impl PairMeta {
             dy: std::array::from_fn(|j| a.d[j / 8]),
         }
     }
+
+    /// `meta[p] = PairMeta::new(&pairs[p], shift)` for as many pairs as `meta` holds (none for
+    /// decode, which passes an empty slice).
+    pub fn fill(pairs: &[ActPair], meta: &mut [PairMeta], shift: u32) {
+        for (m, a) in meta.iter_mut().zip(pairs) {
+            *m = PairMeta::new(a, shift);
+        }
+    }
 }
 
 /// Block pairs of a row of `nb` blocks.
@@ -78,7 +86,8 @@ pub fn pairs(nb: usize) -> usize {
     nb.div_ceil(2)
 }
 
-/// Rearranges one token's Q8_0 activation row into `pairs(y.len())` [`ActPair`]s.
+/// Rearranges one token's Q8_0 activation row into `pairs(y.len())` [`ActPair`]s: the portable
+/// definition that [`super::zmm::pack_q8_0`] (what the matmul runs) is tested against.
 pub fn pack_activations(y: &[BlockQ8_0], out: &mut [ActPair]) {
     assert_eq!(out.len(), pairs(y.len()), "activation pairs");
     for (p, o) in out.iter_mut().enumerate() {

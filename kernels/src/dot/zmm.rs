@@ -44,8 +44,15 @@ unsafe fn spread2(v: __m128) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn scales2(d0: f16, d1: f16) -> __m512 {
+    spread2(widen2(d0, d1))
+}
+
+/// Two f16 scales widened by F16C in one conversion, in lanes 0 and 1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn widen2(d0: f16, d1: f16) -> __m128 {
     let bits = d0.to_bits() as u32 | (d1.to_bits() as u32) << 16;
-    spread2(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
 }
 
 /// The sum of the sixteen lanes as the AVX2 kernels sum their two accumulators: lanes 0..8
@@ -374,14 +381,15 @@ pub unsafe fn pack_q8_0(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMe
             o.neg_sums.as_mut_ptr() as *mut __m256i,
             _mm512_cvtepi32_epi16(neg),
         );
-        let dy = scales2(b0.d, b1.d);
-        o.d = [b0.d.to_f32(), b1.d.to_f32()];
+        // Both scales widened at once (not `half`'s out-of-line call per scale).
+        let d = widen2(b0.d, b1.d);
+        _mm_store_sd(o.d.as_mut_ptr() as *mut f64, _mm_castps_pd(d));
         if let Some(m) = meta.get_mut(p) {
             _mm512_store_si512(
                 m.start.as_mut_ptr() as *mut __m512i,
                 _mm512_sll_epi32(neg, sh),
             );
-            _mm512_store_ps(m.dy.as_mut_ptr(), dy);
+            _mm512_store_ps(m.dy.as_mut_ptr(), spread2(d));
         }
     }
 }
@@ -465,9 +473,7 @@ impl ZmmWeight for BlockQ4_1 {
     type Act = BlockQ8_1;
     unsafe fn pack(y: &[BlockQ8_1], out: &mut [ActPair], meta: &mut [PairMeta]) {
         super::packed::pack_activations_q8_1(y, out);
-        for (m, a) in meta.iter_mut().zip(out.iter()) {
-            *m = PairMeta::new(a, Self::SHIFT);
-        }
+        PairMeta::fill(out, meta, Self::SHIFT);
     }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q4_1(x, y)
@@ -483,9 +489,7 @@ impl ZmmWeight for BlockQ5_1 {
     type Act = BlockQ8_1;
     unsafe fn pack(y: &[BlockQ8_1], out: &mut [ActPair], meta: &mut [PairMeta]) {
         super::packed::pack_activations_q8_1(y, out);
-        for (m, a) in meta.iter_mut().zip(out.iter()) {
-            *m = PairMeta::new(a, Self::SHIFT);
-        }
+        PairMeta::fill(out, meta, Self::SHIFT);
     }
     unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
         dot_q5_1(x, y)
