@@ -1,6 +1,7 @@
 //! Prefill matmul throughput per weight type on SmolLM2's shapes (576 → 1536 and 1536 → 576,
 //! 512 tokens), in GMAC/s (weights × tokens per second), at the SIMD level in use; one thread
-//! unless `KILN_BENCH_THREADS` says otherwise. A benchmark, not a test: speed figures come
+//! unless `KILN_BENCH_THREADS` says otherwise; `KILN_BENCH_TOKENS` sets the token count (1 for
+//! the decode path). A benchmark, not a test: speed figures come
 //! from here and `kiln bench`, never from timed tests.
 //!
 //! `cargo bench -p kernels --bench matmul [-- FILTER]`
@@ -24,7 +25,11 @@ fn bench(c: &mut Criterion) {
         .num_threads(threads)
         .build_global()
         .unwrap();
-    let n_tok = 512;
+    // KILN_BENCH_TOKENS=1 measures the decode path (one token) instead of a 512-token prefill.
+    let n_tok = std::env::var("KILN_BENCH_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
     let types = [
         GgmlType::Q4_0,
         GgmlType::Q5_0,
@@ -36,7 +41,7 @@ fn bench(c: &mut Criterion) {
     ];
     let mut g = c.benchmark_group("matmul");
     g.sample_size(10);
-    for (rows, cols) in [(1536usize, 576usize), (576, 1536)] {
+    for (rows, cols) in [(1536usize, 576usize), (576, 1536), (49152, 576)] {
         let x = values(n_tok * cols, 2, 2.0);
         let mut out = vec![0f32; n_tok * rows];
         for ty in types {

@@ -32,12 +32,10 @@ pub enum MatmulMode {
 #[derive(Debug, Default)]
 pub struct MatmulScratch {
     act: Vec<u64>,
-    /// The same activations as block pairs, for the AVX-512 kernels of Q4_0/Q5_0/Q8_0.
+    /// The same activations with their scales and starts, for the AVX-512 kernels of the
+    /// legacy types ([`dot::packed::ActBlock`]).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pairs: Vec<dot::packed::ActPair>,
-    /// The prefill GEMM's per-pair starts and scales ([`dot::packed::PairMeta`]).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    metas: Vec<dot::packed::PairMeta>,
+    blocks: Vec<dot::packed::ActBlock>,
 }
 
 impl MatmulScratch {
@@ -71,8 +69,8 @@ unsafe impl<A> Sync for SharedBlocks<A> {}
 /// Weight rows per tile.
 const TILE: usize = 16;
 
-/// Tokens per block of the AVX-512 prefill GEMM: a block's activations (256 bytes per block
-/// pair and token) and a task's unpacked rows stay in L2 together.
+/// Tokens per block of the AVX-512 prefill GEMM: a block's activations (48 bytes per block
+/// and token) and a task's unpacked rows stay in L2 together.
 #[cfg(target_arch = "x86_64")]
 const GEMM_TOKENS: usize = 32;
 
@@ -362,7 +360,7 @@ fn zmm() -> bool {
 
 /// [`quantized`] for the AVX-512 level's sixteen-lane kernels (Q4_0, Q5_0, Q8_0, IQ4_NL with
 /// Q8_0 activations; Q4_1, Q5_1 with Q8_1): the activations are quantized by the same
-/// reference quantizer, then rearranged into block pairs.
+/// reference quantizer, then given their scales and starts ([`dot::packed::ActBlock`]).
 #[cfg(target_arch = "x86_64")]
 fn quantized_zmm<W: dot::zmm::ZmmWeight>(
     w: &Weight,
@@ -372,114 +370,88 @@ fn quantized_zmm<W: dot::zmm::ZmmWeight>(
     scratch: &mut MatmulScratch,
 ) {
     use crate::quant::Activation;
-    use dot::packed::{pairs, ActPair, PairMeta};
+    use dot::packed::ActBlock;
     let nb = w.cols / <W::Act as quantize::BlockFormat>::BLOCK_SIZE;
-    let np = pairs(nb);
     let arow = nb * std::mem::size_of::<W::Act>();
-    if scratch.pairs.len() < n_tok * np {
+    if scratch.blocks.len() < n_tok * nb {
         scratch
-            .pairs
-            .resize(n_tok * np, bytemuck::Zeroable::zeroed());
+            .blocks
+            .resize(n_tok * nb, bytemuck::Zeroable::zeroed());
     }
-    // The GEMM's metas, for batches (decode reads the pairs alone).
-    let n_meta = if n_tok >= 4 { n_tok * np } else { 0 };
-    if scratch.metas.len() < n_meta {
-        scratch.metas.resize(n_meta, bytemuck::Zeroable::zeroed());
-    }
-    let MatmulScratch {
-        act,
-        pairs: all,
-        metas,
-    } = scratch;
+    let MatmulScratch { act, blocks: all } = scratch;
     let words = (arow * n_tok).div_ceil(8);
     if act.len() < words {
         act.resize(words, 0);
     }
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut act[..words]);
     let blocks: &mut [W::Act] = bytemuck::cast_slice_mut(&mut bytes[..arow * n_tok]);
-    let packed = &mut all[..n_tok * np];
-    let metas = &mut metas[..n_meta];
-    let one = |t: usize, ab: &mut [W::Act], ap: &mut [ActPair], am: &mut [PairMeta]| {
+    let packed = &mut all[..n_tok * nb];
+    let one = |t: usize, ab: &mut [W::Act], ap: &mut [ActBlock]| {
         W::Act::quantize_activation(&x[t * w.cols..(t + 1) * w.cols], ab);
         // SAFETY: quantized_zmm is only called at the AVX-512 level.
-        unsafe { W::pack(ab, ap, am) };
+        unsafe { W::pack(ab, ap) };
     };
     if n_tok >= 4 {
-        let (db, dp, dm) = (
+        let (db, dp) = (
             SharedBlocks(blocks.as_mut_ptr()),
             SharedBlocks(packed.as_mut_ptr()),
-            SharedBlocks(metas.as_mut_ptr()),
         );
         crate::team::for_each(n_tok, &|t| {
-            let (b, p, m) = (db, dp, dm); // the whole wrappers, not their raw fields
-                                          // SAFETY: token t writes only its own rows of blocks, pairs and metas, inside the buffers.
-            let (ab, ap, am) = unsafe {
+            let (b, p) = (db, dp); // the whole wrappers, not their raw fields
+                                   // SAFETY: token t writes only its own rows of both buffers, inside them.
+            let (ab, ap) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(b.0.add(t * nb), nb),
-                    std::slice::from_raw_parts_mut(p.0.add(t * np), np),
-                    std::slice::from_raw_parts_mut(m.0.add(t * np), np),
+                    std::slice::from_raw_parts_mut(p.0.add(t * nb), nb),
                 )
             };
-            one(t, ab, ap, am);
+            one(t, ab, ap);
         });
     } else {
-        for (t, (ab, ap)) in blocks.chunks_mut(nb).zip(packed.chunks_mut(np)).enumerate() {
-            one(t, ab, ap, &mut []);
+        for (t, (ab, ap)) in blocks.chunks_mut(nb).zip(packed.chunks_mut(nb)).enumerate() {
+            one(t, ab, ap);
         }
     }
-    run_zmm::<W>(w, packed, metas, np, n_tok, out);
+    run_zmm::<W>(w, blocks, packed, nb, n_tok, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
     /// Unpacked weight rows of the prefill GEMM (one task's rows per thread).
-    static WEIGHT_TILE: std::cell::RefCell<Vec<dot::packed::WeightPair>> =
+    static WEIGHT_TILE: std::cell::RefCell<Vec<dot::packed::WeightTile>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The threaded loop of the AVX-512 Q4_0/Q5_0/Q8_0 kernels. A single token (decode) reads
-/// each weight row straight from the file's blocks; a batch unpacks a task's rows once and
-/// runs them, block of [`GEMM_TOKENS`] tokens by block, in 4 × 4 register tiles. Both give the
-/// same bits.
+/// The threaded loop of the AVX-512 legacy-type kernels. A single token (decode) reads
+/// sixteen weight rows at a time straight from the file's blocks; a batch unpacks a task's
+/// rows into [`dot::packed::WeightTile`]s once and runs them, block of [`GEMM_TOKENS`] tokens
+/// by block, eight tokens per call. Every output is the same chain, so all give the same bits.
 #[cfg(target_arch = "x86_64")]
 fn run_zmm<W: dot::zmm::ZmmWeight>(
     w: &Weight,
-    acts: &[dot::packed::ActPair],
-    metas: &[dot::packed::PairMeta],
-    np: usize,
+    raw: &[W::Act],
+    acts: &[dot::packed::ActBlock],
+    nb: usize,
     n_tok: usize,
     out: &mut [f32],
 ) {
-    use dot::packed::{affine_term, WeightPair};
-    use dot::zmm::gemm;
+    use dot::packed::TILE_ROWS;
+    use dot::zmm::{dot_rows16, gemm, unpack_tiles};
     let rows = w.rows;
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let chunk_rows = chunk_rows(w, n_tok);
-    let wall = quantize::blocks_from_bytes::<W>(w.bytes());
-    let per_row = w.row_bytes() / std::mem::size_of::<W>();
-    let wrow = |r: usize| &wall[r * per_row..(r + 1) * per_row];
-    let act = |t: usize| &acts[t * np..(t + 1) * np];
-    let meta = |t: usize| &metas[t * np..(t + 1) * np];
-    // The GEMM's value plus the affine types' mins' term (other types: the value untouched).
-    let plus_term = |v: f32, r: usize, t: usize| {
-        if W::AFFINE {
-            v + affine_term(wrow(r), act(t))
-        } else {
-            v
-        }
-    };
-    // The affine types' activation sums of each group of four tokens, lane 4k + j = token j,
-    // once for the whole matmul (every tile of rows reads them).
-    let svals: Vec<[f32; 16]> = if W::AFFINE && n_tok >= 4 {
-        (0..n_tok / 4 * per_row)
-            .map(|i| {
-                let (g, b) = (i / per_row, i % per_row);
-                std::array::from_fn(|l| act(4 * g + l % 4)[b / 2].s[b % 2])
-            })
-            .collect()
+    // Decode: fewer, larger tasks than the float paths take, each a whole number of
+    // sixteen-row groups — every task's first group starts cold (nothing prefetched it).
+    let chunk_rows = if n_tok < 4 {
+        rows.div_ceil(2 * crate::team::threads())
+            .next_multiple_of(TILE_ROWS)
+            .max(TILE_ROWS)
     } else {
-        Vec::new()
+        chunk_rows(w, n_tok)
     };
+    let wall = quantize::blocks_from_bytes::<W>(w.bytes());
+    assert_eq!(w.row_bytes(), nb * std::mem::size_of::<W>(), "weight row");
+    let wrows = |r: usize, n: usize| &wall[r * nb..(r + n) * nb];
+    let act = |t: usize| &acts[t * nb..(t + 1) * nb];
     let body = |c: usize| {
         let out = out_ptr;
         // SAFETY (every write): (t, r) belongs to this task's rows, which no other task
@@ -488,102 +460,82 @@ fn run_zmm<W: dot::zmm::ZmmWeight>(
         let r0 = c * chunk_rows;
         let r1 = (r0 + chunk_rows).min(rows);
         if n_tok < 4 {
-            let fetch = |r: usize| {
-                if r + PREFETCH_ROWS < r1 {
-                    crate::simd::prefetch(bytemuck::cast_slice(wrow(r + PREFETCH_ROWS)));
-                }
-            };
+            // The task's first group, which no earlier group prefetched.
+            crate::simd::prefetch(bytemuck::cast_slice(wrows(r0, (r1 - r0).min(TILE_ROWS))));
             let mut r = r0;
-            while r + 4 <= r1 {
-                (r..r + 4).for_each(fetch);
+            while r + TILE_ROWS <= r1 {
+                // The next group's rows, prefetched while this one is read.
+                let next = wrows(r + TILE_ROWS, (r1 - r - TILE_ROWS).min(TILE_ROWS));
                 for t in 0..n_tok {
                     // SAFETY: run_zmm is only called at the AVX-512 level.
-                    let v = unsafe {
-                        W::dot4([wrow(r), wrow(r + 1), wrow(r + 2), wrow(r + 3)], act(t))
-                    };
-                    (0..4).for_each(|k| put(t, r + k, v[k]));
+                    let ahead = if t == 0 { next } else { &[] };
+                    let v = unsafe { dot_rows16(wrows(r, TILE_ROWS), nb, act(t), ahead) };
+                    (0..TILE_ROWS).for_each(|k| put(t, r + k, v[k]));
                 }
-                r += 4;
+                r += TILE_ROWS;
             }
             for r in r..r1 {
-                fetch(r);
                 for t in 0..n_tok {
-                    // SAFETY: run_zmm is only called at the AVX-512 level.
-                    put(t, r, unsafe { W::dot(wrow(r), act(t)) });
+                    // SAFETY: as above.
+                    put(t, r, unsafe {
+                        W::dot(wrows(r, 1), &raw[t * nb..(t + 1) * nb])
+                    });
                 }
             }
             return;
         }
         WEIGHT_TILE.with(|tile| {
             // The task's rows are unpacked once; then, per block of tokens small enough to stay
-            // in L2 with them, every 4-row tile runs against the block's tokens. The order only
-            // decides what is in cache: each output is one GEMM entry, the same bits in any order.
+            // in L2 with them, every group of sixteen rows runs against the block's tokens. The
+            // order only decides what is in cache: each output is one chain, the same bits in
+            // any order.
             let mut tile = tile.borrow_mut();
-            let n = r1 - r0;
-            if tile.len() < n * np {
-                tile.resize(n * np, bytemuck::Zeroable::zeroed());
+            let groups = (r1 - r0).div_ceil(TILE_ROWS);
+            if tile.len() < groups * nb {
+                tile.resize(groups * nb, bytemuck::Zeroable::zeroed());
             }
-            for k in 0..n {
+            for g in 0..groups {
+                let ra = r0 + g * TILE_ROWS;
+                let n = TILE_ROWS.min(r1 - ra);
                 // SAFETY: run_zmm is only called at the AVX-512 level.
-                unsafe { W::unpack(wrow(r0 + k), &mut tile[k * np..(k + 1) * np]) };
+                unsafe { unpack_tiles(wrows(ra, n), nb, &mut tile[g * nb..(g + 1) * nb]) };
             }
-            let wt = |k: usize| &tile[k * np..(k + 1) * np];
-            let full = n / 4 * 4;
-            let t4 = n_tok / 4 * 4;
-            // The affine types' mins of each 4-row tile, lane 4k + j = row k, for the mins' term.
-            let mins: Vec<[f32; 16]> = if W::AFFINE {
-                (0..full / 4)
-                    .flat_map(|i| {
-                        (0..per_row).map(move |b| {
-                            std::array::from_fn(|l| wrow(r0 + 4 * i + l / 4)[b].min())
-                        })
-                    })
-                    .collect()
-            } else {
-                Vec::new()
+            let write = |g: usize, t: usize, v: &[f32; 16]| {
+                let ra = r0 + g * TILE_ROWS;
+                for (k, &x) in v.iter().enumerate().take(TILE_ROWS.min(r1 - ra)) {
+                    put(t, ra + k, x);
+                }
             };
             // SAFETY (the gemm calls): run_zmm is only called at the AVX-512 level.
-            for tb in (0..t4).step_by(GEMM_TOKENS) {
-                for k in (0..full).step_by(4) {
-                    let ws: [&[WeightPair]; 4] = [wt(k), wt(k + 1), wt(k + 2), wt(k + 3)];
-                    for t in (tb..(tb + GEMM_TOKENS).min(t4)).step_by(4) {
+            for tb in (0..n_tok).step_by(GEMM_TOKENS) {
+                let te = (tb + GEMM_TOKENS).min(n_tok);
+                for g in 0..groups {
+                    let wt = &tile[g * nb..(g + 1) * nb];
+                    let mut t = tb;
+                    while t + 8 <= te {
+                        let ys: [&[dot::packed::ActBlock]; 8] = std::array::from_fn(|j| act(t + j));
                         let v = unsafe {
-                            gemm::<4, 4>(
-                                ws,
-                                [act(t), act(t + 1), act(t + 2), act(t + 3)],
-                                [meta(t), meta(t + 1), meta(t + 2), meta(t + 3)],
-                            )
-                        };
-                        let term = if W::AFFINE {
-                            let s = &svals[t / 4 * per_row..(t / 4 + 1) * per_row];
-                            let m = &mins[k / 4 * per_row..(k / 4 + 1) * per_row];
-                            // SAFETY: run_zmm is only called at the AVX-512 level.
-                            unsafe { dot::zmm::affine_tile(m, s) }
-                        } else {
-                            [0f32; 16]
-                        };
-                        for (i, row) in v.iter().enumerate() {
-                            for (j, &x) in row.iter().enumerate() {
-                                let x = if W::AFFINE { x + term[4 * i + j] } else { x };
-                                put(t + j, r0 + k + i, x);
+                            if W::AFFINE {
+                                gemm::<8, true>(wt, ys)
+                            } else {
+                                gemm::<8, false>(wt, ys)
                             }
+                        };
+                        for (j, vj) in v.iter().enumerate() {
+                            write(g, t + j, vj);
                         }
+                        t += 8;
                     }
-                }
-            }
-            for k in (0..full).step_by(4) {
-                let ws: [&[WeightPair]; 4] = [wt(k), wt(k + 1), wt(k + 2), wt(k + 3)];
-                for t in t4..n_tok {
-                    let v = unsafe { gemm::<4, 1>(ws, [act(t)], [meta(t)]) };
-                    for (i, x) in v.iter().enumerate() {
-                        put(t, r0 + k + i, plus_term(x[0], r0 + k + i, t));
+                    for t in t..te {
+                        let v = unsafe {
+                            if W::AFFINE {
+                                gemm::<1, true>(wt, [act(t)])
+                            } else {
+                                gemm::<1, false>(wt, [act(t)])
+                            }
+                        };
+                        write(g, t, &v[0]);
                     }
-                }
-            }
-            for k in full..n {
-                for t in 0..n_tok {
-                    let v = unsafe { gemm::<1, 1>([wt(k)], [act(t)], [meta(t)])[0][0] };
-                    put(t, r0 + k, plus_term(v, r0 + k, t));
                 }
             }
         });

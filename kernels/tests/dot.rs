@@ -196,6 +196,14 @@ fn simd_matches_scalar_on_random_rows() {
                 ((s - v) as f64).abs() <= bound,
                 "{ty} trial {trial}: scalar {s} vs avx2 {v} (bound {bound:e})"
             );
+            // The legacy types run the scalar kernel's own chain.
+            if ty.vec_dot_type() != GgmlType::Q8K {
+                assert_eq!(
+                    s.to_bits(),
+                    v.to_bits(),
+                    "{ty} trial {trial}: scalar {s} vs avx2 {v}"
+                );
+            }
             if avx512 {
                 let v512 = simd_dot(true, ty, &wq, &aq);
                 assert_eq!(
@@ -378,137 +386,198 @@ fn exp_is_within_two_ulp_and_zero_below_the_range() {
     }
 }
 
-/// The sixteen-lane AVX-512 kernels (decode on the file's blocks, the GEMM on unpacked rows)
-/// give the AVX2 kernels' bits, for even and odd block counts and every tile shape.
+/// The legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) give the scalar kernel's bits on
+/// every x86 kernel: the single dot, four tokens and two rows × four tokens at both levels,
+/// and the sixteen-lane AVX-512 ones (decode on the file's blocks, the GEMM on unpacked
+/// tiles, with full and partial groups of rows), for even and odd block counts. The SIMD
+/// packing and unpacking give the portable definitions' bytes.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn zmm_kernels_give_the_avx2_bits() {
-    use dot::packed::{pairs, unpack_weights, ActPair, PairMeta, WeightPair};
-    use dot::zmm::{gemm, ZmmWeight};
+fn legacy_kernels_give_the_scalar_bits() {
+    use dot::packed::{unpack_tiles, ActBlock, WeightTile};
+    use dot::zmm::{dot_rows16, gemm, ZmmWeight};
     use quantize::blocks::{BlockIQ4NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
     use quantize::blocks_from_bytes as v;
-    if simd::available() != simd::SimdLevel::Avx512 {
-        eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+    if simd::available() < simd::SimdLevel::Avx2 {
+        eprintln!("skipped: no AVX2 on this CPU, nothing to compare");
         return;
     }
-    fn check<W: ZmmWeight>(ty: GgmlType, rng: &mut Rng, nb: usize) {
-        let n = 32 * nb;
-        let rows: Vec<Vec<W>> = (0..4)
-            .map(|_| {
-                let w: Vec<f32> = (0..n).map(|_| rng.value(0.05)).collect();
-                v::<W>(&quantize(ty, &w, n, None).unwrap().0).into_owned()
-            })
-            .collect();
-        let acts: Vec<Vec<W::Act>> = (0..4)
-            .map(|_| {
-                let x: Vec<f32> = (0..n).map(|_| rng.value(1.0)).collect();
-                let (b, _) = quantize(ty.vec_dot_type(), &x, n, None).unwrap();
-                v::<W::Act>(&b).into_owned()
-            })
-            .collect();
-        let np = pairs(nb);
-        // The portable packing, and the SIMD one (with the GEMM's metas) checked against it
-        // (Q8_0 activations; the affine types' Q8_1 packing is the portable one itself).
-        let packed: Vec<Vec<ActPair>> = acts
-            .iter()
-            .map(|a| {
-                let mut p = vec![bytemuck::Zeroable::zeroed(); np];
-                if W::AFFINE {
-                    dot::packed::pack_activations_q8_1(bytemuck::cast_slice(a), &mut p);
+    let zmm = simd::available() == simd::SimdLevel::Avx512;
+    if !zmm {
+        eprintln!("skipped the AVX-512 kernels: no AVX-512 VNNI on this CPU");
+    }
+    const ROWS: usize = 19; // a full group of sixteen and three left over
+    const TOKS: usize = 9; // eight tokens per GEMM call and one left over
+    macro_rules! check {
+        ($ty:expr, $W:ty, $A:ty, $one:ident, $four:ident $(, $two:ident)?) => {{
+            let ty: GgmlType = $ty;
+            let mut rng = Rng(0xD1B54A32D192ED03 ^ ty as u64);
+            for nb in [1usize, 2, 7, 18, 48] {
+                let n = 32 * nb;
+                let rows: Vec<Vec<$W>> = (0..ROWS)
+                    .map(|_| {
+                        let w: Vec<f32> = (0..n).map(|_| rng.value(0.05)).collect();
+                        v::<$W>(&quantize(ty, &w, n, None).unwrap().0).into_owned()
+                    })
+                    .collect();
+                let acts: Vec<Vec<$A>> = (0..TOKS)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.value(1.0)).collect();
+                        v::<$A>(&quantize(ty.vec_dot_type(), &x, n, None).unwrap().0).into_owned()
+                    })
+                    .collect();
+                let want: Vec<Vec<u32>> = rows
+                    .iter()
+                    .map(|r| acts.iter().map(|a| scalar::$one(r, a).to_bits()).collect())
+                    .collect();
+                // SAFETY (the AVX2 and AVX-512 calls): the levels were checked above.
+                let levels: Vec<(&str, bool)> = if zmm {
+                    vec![("avx2", false), ("avx512", true)]
                 } else {
-                    dot::packed::pack_activations(bytemuck::cast_slice(a), &mut p);
+                    vec![("avx2", false)]
+                };
+                for (name, l) in levels {
+                    for r in 0..ROWS {
+                        for t in 0..4 {
+                            let y: [&[$A]; 4] = std::array::from_fn(|k| &acts[t + k][..]);
+                            let (one, four) = unsafe {
+                                if l {
+                                    (dot::avx512::$one(&rows[r], &acts[t]), dot::avx512::$four(&rows[r], y))
+                                } else {
+                                    (dot::avx2::$one(&rows[r], &acts[t]), dot::avx2::$four(&rows[r], y))
+                                }
+                            };
+                            assert_eq!(one.to_bits(), want[r][t], "{ty} {name} nb {nb}: one ({r}, {t})");
+                            for k in 0..4 {
+                                assert_eq!(four[k].to_bits(), want[r][t + k], "{ty} {name} nb {nb}: four ({r}, {})", t + k);
+                            }
+                            $(
+                                if r + 1 < ROWS {
+                                    let two = unsafe {
+                                        if l {
+                                            dot::avx512::$two([&rows[r], &rows[r + 1]], y)
+                                        } else {
+                                            dot::avx2::$two([&rows[r], &rows[r + 1]], y)
+                                        }
+                                    };
+                                    for (i, row) in two.iter().enumerate() {
+                                        for k in 0..4 {
+                                            assert_eq!(row[k].to_bits(), want[r + i][t + k],
+                                                "{ty} {name} nb {nb}: two rows ({}, {})", r + i, t + k);
+                                        }
+                                    }
+                                }
+                            )?
+                        }
+                    }
                 }
-                p
-            })
-            .collect();
-        for (a, want) in acts.iter().zip(&packed) {
-            let mut p = vec![bytemuck::Zeroable::zeroed(); np];
-            let mut m = vec![bytemuck::Zeroable::zeroed(); np];
-            // SAFETY: the level was checked above.
-            unsafe { W::pack(a, &mut p, &mut m) };
-            let bytes = |x: &[ActPair]| bytemuck::cast_slice::<_, u8>(x).to_vec();
-            assert_eq!(
-                bytes(&p),
-                bytes(want),
-                "{ty} nb {nb}: SIMD activation pairs"
-            );
-            for (m, a) in m.iter().zip(want) {
-                let r = PairMeta::new(a, W::SHIFT);
-                assert!(m.start == r.start && m.dy.map(f32::to_bits) == r.dy.map(f32::to_bits));
+                if !zmm {
+                    continue;
+                }
+                // The activation blocks: SIMD packing = the portable one.
+                let packed: Vec<Vec<ActBlock>> = acts
+                    .iter()
+                    .map(|a| {
+                        let mut p = vec![bytemuck::Zeroable::zeroed(); nb];
+                        // SAFETY: the level was checked above.
+                        unsafe { <$W as ZmmWeight>::pack(a, &mut p) };
+                        p
+                    })
+                    .collect();
+                for (a, p) in acts.iter().zip(&packed) {
+                    let mut want = vec![bytemuck::Zeroable::zeroed(); nb];
+                    if <$W as dot::packed::PackedWeight>::AFFINE {
+                        dot::packed::pack_activations_q8_1(bytemuck::cast_slice(a), &mut want);
+                    } else {
+                        let shift = <$W as dot::packed::PackedWeight>::SHIFT;
+                        dot::packed::pack_activations(bytemuck::cast_slice(a), shift, &mut want);
+                    }
+                    assert_eq!(p, &want, "{ty} nb {nb}: SIMD activation blocks");
+                }
+                let flat: Vec<$W> = rows.iter().flatten().copied().collect();
+                for (r0, k) in [(0usize, 16usize), (16, 3)] {
+                    let x = &flat[r0 * nb..(r0 + k) * nb];
+                    let mut tiles = vec![bytemuck::Zeroable::zeroed(); nb];
+                    let mut portable: Vec<WeightTile> = vec![bytemuck::Zeroable::zeroed(); nb];
+                    unsafe { dot::zmm::unpack_tiles(x, nb, &mut tiles) };
+                    unpack_tiles(x, nb, &mut portable);
+                    assert!(
+                        bytemuck::cast_slice::<_, u8>(&tiles) == bytemuck::cast_slice::<_, u8>(&portable),
+                        "{ty} nb {nb}: SIMD unpack of {k} rows differs from the portable one"
+                    );
+                    let ys: [&[ActBlock]; 8] = std::array::from_fn(|t| &packed[t][..]);
+                    let affine = <$W as dot::packed::PackedWeight>::AFFINE;
+                    let (eight, last) = unsafe {
+                        if affine {
+                            (gemm::<8, true>(&tiles, ys), gemm::<1, true>(&tiles, [&packed[8]]))
+                        } else {
+                            (gemm::<8, false>(&tiles, ys), gemm::<1, false>(&tiles, [&packed[8]]))
+                        }
+                    };
+                    for r in 0..k {
+                        for t in 0..TOKS {
+                            let got = if t < 8 { eight[t][r] } else { last[0][r] };
+                            assert_eq!(got.to_bits(), want[r0 + r][t], "{ty} nb {nb}: gemm ({}, {t})", r0 + r);
+                        }
+                    }
+                    if k == 16 {
+                        for t in 0..TOKS {
+                            let d = unsafe { dot_rows16(x, nb, &packed[t], &[]) };
+                            for r in 0..16 {
+                                assert_eq!(d[r].to_bits(), want[r][t], "{ty} nb {nb}: decode ({r}, {t})");
+                            }
+                        }
+                    }
+                }
             }
-        }
-        let unpacked: Vec<Vec<WeightPair>> = rows
-            .iter()
-            .map(|r| {
-                let mut p = vec![bytemuck::Zeroable::zeroed(); np];
-                unpack_weights(r, &mut p);
-                p
-            })
-            .collect();
-        let avx2 = |r: usize, t: usize| {
-            simd_dot(
-                false,
-                ty,
-                bytemuck::cast_slice(&rows[r]),
-                bytemuck::cast_slice(&acts[t]),
-            )
-        };
-        for (r, u) in rows.iter().zip(&unpacked) {
-            let mut z = vec![bytemuck::Zeroable::zeroed(); np];
-            // SAFETY: the level was checked above.
-            unsafe { W::unpack(r, &mut z) };
-            let same = bytemuck::cast_slice::<_, u8>(&z) == bytemuck::cast_slice::<_, u8>(u);
-            assert!(
-                same,
-                "{ty} nb {nb}: SIMD unpack differs from the portable one"
-            );
-        }
-        let ws: [&[WeightPair]; 4] = std::array::from_fn(|r| &unpacked[r][..]);
-        let ys: [&[ActPair]; 4] = std::array::from_fn(|t| &packed[t][..]);
-        let metas: Vec<Vec<PairMeta>> = packed
-            .iter()
-            .map(|p| p.iter().map(|a| PairMeta::new(a, W::SHIFT)).collect())
-            .collect();
-        let ms: [&[PairMeta]; 4] = std::array::from_fn(|t| &metas[t][..]);
-        // SAFETY: the level was checked above.
-        let (mut tile, mut one) = unsafe {
-            (
-                gemm::<4, 4>(ws, ys, ms),
-                gemm::<1, 1>([ws[2]], [ys[1]], [ms[1]])[0][0],
-            )
-        };
-        // The affine types' mins term, added after the GEMM as the matmul does.
-        for r in 0..4 {
-            for t in 0..4 {
-                tile[r][t] += dot::packed::affine_term(&rows[r], &packed[t]);
-            }
-        }
-        one += dot::packed::affine_term(&rows[2], &packed[1]);
-        for r in 0..4 {
-            for t in 0..4 {
-                let want = avx2(r, t).to_bits();
-                let dec = unsafe { W::dot(&rows[r], &packed[t]) };
-                let four = unsafe { W::dot4(std::array::from_fn(|k| &rows[k][..]), &packed[t]) };
-                assert_eq!(
-                    four[r].to_bits(),
-                    want,
-                    "{ty} nb {nb}: four-row decode ({r}, {t})"
-                );
-                assert_eq!(dec.to_bits(), want, "{ty} nb {nb}: decode ({r}, {t})");
-                assert_eq!(tile[r][t].to_bits(), want, "{ty} nb {nb}: gemm ({r}, {t})");
-            }
-        }
-        assert_eq!(one.to_bits(), avx2(2, 1).to_bits(), "{ty} nb {nb}: 1 x 1");
+        }};
     }
-    let mut rng = Rng(0xD1B54A32D192ED03);
-    for nb in [1, 2, 7, 18, 48] {
-        check::<BlockQ4_0>(GgmlType::Q4_0, &mut rng, nb);
-        check::<BlockQ5_0>(GgmlType::Q5_0, &mut rng, nb);
-        check::<BlockQ8_0>(GgmlType::Q8_0, &mut rng, nb);
-        check::<BlockIQ4NL>(GgmlType::IQ4NL, &mut rng, nb);
-        check::<BlockQ4_1>(GgmlType::Q4_1, &mut rng, nb);
-        check::<BlockQ5_1>(GgmlType::Q5_1, &mut rng, nb);
-    }
+    check!(
+        GgmlType::Q4_0,
+        BlockQ4_0,
+        BlockQ8_0,
+        vec_dot_q4_0_q8_0,
+        vec_dot4_q4_0_q8_0,
+        vec_dot4x2_q4_0_q8_0
+    );
+    check!(
+        GgmlType::Q5_0,
+        BlockQ5_0,
+        BlockQ8_0,
+        vec_dot_q5_0_q8_0,
+        vec_dot4_q5_0_q8_0,
+        vec_dot4x2_q5_0_q8_0
+    );
+    check!(
+        GgmlType::Q8_0,
+        BlockQ8_0,
+        BlockQ8_0,
+        vec_dot_q8_0_q8_0,
+        vec_dot4_q8_0_q8_0,
+        vec_dot4x2_q8_0_q8_0
+    );
+    check!(
+        GgmlType::IQ4NL,
+        BlockIQ4NL,
+        BlockQ8_0,
+        vec_dot_iq4_nl_q8_0,
+        vec_dot4_iq4_nl_q8_0,
+        vec_dot4x2_iq4_nl_q8_0
+    );
+    check!(
+        GgmlType::Q4_1,
+        BlockQ4_1,
+        quantize::blocks::BlockQ8_1,
+        vec_dot_q4_1_q8_1,
+        vec_dot4_q4_1_q8_1
+    );
+    check!(
+        GgmlType::Q5_1,
+        BlockQ5_1,
+        quantize::blocks::BlockQ8_1,
+        vec_dot_q5_1_q8_1,
+        vec_dot4_q5_1_q8_1
+    );
 }
 
 /// Every f32 kernel of the x86 levels (the single dot, the AVX2 4 × 3 tile, the AVX-512

@@ -20,10 +20,12 @@
 //!
 //! The integer sums are exact (every product of these formats fits its lane), so the choice
 //! of instruction cannot change a lane's value, only the partition into lanes could, and that
-//! is kept. At the i8mm level the two-row × four-token legacy kernels use `smmla` (ggml's
-//! `ggml_vec_dot_q8_0_q8_0` with `__ARM_FEATURE_MATMUL_INT8`, two rows × two columns of eight
-//! bytes per instruction) with each token's eight bytes split into two four-byte halves, so
-//! every output of the 2 × 2 product is one x86 lane (see [`mmla_lanes`]).
+//! is kept. The legacy types (Q4_0 … Q8_0, IQ4_NL) need no lanes kept: each block is reduced
+//! to its exact integer sum and the scalar kernel's chain ([`super::scalar::block_step`]) runs
+//! with tokens (or rows) in the lanes, as on x86. At the i8mm level their two-row ×
+//! four-token kernel takes the block sums from `smmla` (ggml's `ggml_vec_dot_q8_0_q8_0` with
+//! `__ARM_FEATURE_MATMUL_INT8`: two rows × two tokens of eight bytes per instruction, four
+//! instructions per block).
 //!
 //! `vdotq_s32` and `vmmlaq_s32` are not yet stable in Rust (`stdarch_neon_dotprod`,
 //! `stdarch_neon_i8mm`), so `sdot` and `smmla` are written as inline assembly, as are the
@@ -73,25 +75,6 @@ pub(crate) unsafe fn smmla(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x
         options(pure, nomem, nostack)
     );
     acc
-}
-
-/// The `smmla` right operands of one token's sixteen bytes `t`, for 4-byte lanes: for the
-/// eight-byte half `k`, row 0 keeps bytes `8k .. 8k+4` and row 1 bytes `8k+4 .. 8k+8`, the
-/// rest zero. Against the left operand `[w0[8k..8k+8], w1[8k..8k+8]]` the 2 × 2 product is
-/// then `[w0 lane 2k, w0 lane 2k+1, w1 lane 2k, w1 lane 2k+1]`: each output is the sum of
-/// the same four products as the x86 lane.
-#[inline]
-#[target_feature(enable = "neon,dotprod,i8mm")]
-pub(crate) unsafe fn mmla_lanes(t: int8x16_t) -> [int8x16_t; 2] {
-    const MASK: [u8; 16] = [
-        0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
-    ];
-    let m = vld1q_u8(MASK.as_ptr());
-    let t64 = vreinterpretq_u64_s8(t);
-    [
-        vreinterpretq_s8_u8(vandq_u8(vreinterpretq_u8_u64(vdupq_laneq_u64::<0>(t64)), m)),
-        vreinterpretq_s8_u8(vandq_u8(vreinterpretq_u8_u64(vdupq_laneq_u64::<1>(t64)), m)),
-    ]
 }
 
 /// The kernels, for the target features `$feat`, with `$dot4` summing four-byte groups and
@@ -174,17 +157,6 @@ macro_rules! arm_kernels {
             let s = vaddq_f32(x.1, x.0);
             let t = vadd_f32(vget_low_f32(s), vget_high_f32(s));
             vget_lane_f32::<0>(t) + vget_lane_f32::<1>(t)
-        }
-
-        /// The eight 4-byte-group sums of a 32-value group as floats.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn lanes_f32(x: B32, y: B32) -> F8 {
-            let z = vdupq_n_s32(0);
-            F8(
-                vcvtq_f32_s32($dot4(z, x.0, y.0)),
-                vcvtq_f32_s32($dot4(z, x.1, y.1)),
-            )
         }
 
         #[inline]
@@ -430,33 +402,78 @@ macro_rules! arm_kernels {
             out
         }
 
-        // Q4_0, Q5_0 and Q8_0 against Q8_0: even and odd blocks in two eight-lane sums, then
-        // hsum(even + odd), as on x86.
+        // Q4_0, Q5_0, Q8_0 and IQ4_NL against Q8_0: per block the exact integer sum, then
+        // [`super::scalar::block_step`]'s chain — tokens (and rows) in lanes for the batch
+        // kernels — as at every x86 level: the scalar kernel's bits.
+
+        /// A block's four partial sums of `x·y` (each over eight bytes; exact).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn block_parts(x: B32, y: B32) -> int32x4_t {
+            $dot4($dot4(vdupq_n_s32(0), x.0, y.0), x.1, y.1)
+        }
+
+        /// `[Σa, Σb, Σc, Σd]` of four vectors' lanes (exact).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn sums4(v: [int32x4_t; 4]) -> int32x4_t {
+            vpaddq_s32(vpaddq_s32(v[0], v[1]), vpaddq_s32(v[2], v[3]))
+        }
+
+        /// Four tokens' scales of block `i`, widened.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn scales4<A: ActScale>(y: &[&[A]; 4], i: usize) -> float32x4_t {
+            let d = [h2f(y[0][i].scale()), h2f(y[1][i].scale()), h2f(y[2][i].scale()), h2f(y[3][i].scale())];
+            vld1q_f32(d.as_ptr())
+        }
+
+        /// The activation blocks' f16 scale.
+        trait ActScale {
+            fn scale(&self) -> f16;
+        }
+        impl ActScale for BlockQ8_0 {
+            fn scale(&self) -> f16 {
+                self.d
+            }
+        }
+        impl ActScale for BlockQ8_1 {
+            fn scale(&self) -> f16 {
+                self.d
+            }
+        }
+
+        /// `acc + dx·dy[t]·s[t]` per token lane, the scale products rounded first.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn chain4(acc: float32x4_t, dx: f32, dy: float32x4_t, s: int32x4_t) -> float32x4_t {
+            vfmaq_f32(acc, vmulq_f32(vdupq_n_f32(dx), dy), vcvtq_f32_s32(s))
+        }
+
         macro_rules! legacy_q8_0 {
             ($one:ident, $four:ident, $twok:ident, $B:ty, $bytes:ident) => {
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_0]) -> f32 {
-                    let mut acc = [F8::zero(); 2];
-                    for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
-                        let q = lanes_f32($bytes(xb), load32(&yb.qs));
-                        acc[i & 1] = acc[i & 1].fma_n(h2f(xb.d) * h2f(yb.d), q);
+                    let mut acc = 0f32;
+                    for (xb, yb) in x.iter().zip(y) {
+                        let s = vaddvq_s32(block_parts($bytes(xb), load32(&yb.qs)));
+                        acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
                     }
-                    hsum_f32_8(acc[0].add(acc[1]))
+                    acc
                 }
 
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-                    let mut acc = [[F8::zero(); 2]; 4];
+                    let mut acc = vdupq_n_f32(0.0);
                     for (i, xb) in x.iter().enumerate() {
                         let qx = $bytes(xb);
-                        let dx = h2f(xb.d);
-                        for t in 0..4 {
-                            let yb = &y[t][i];
-                            let q = lanes_f32(qx, load32(&yb.qs));
-                            acc[t][i & 1] = acc[t][i & 1].fma_n(dx * h2f(yb.d), q);
-                        }
+                        let v: [int32x4_t; 4] =
+                            std::array::from_fn(|t| block_parts(qx, load32(&y[t][i].qs)));
+                        acc = chain4(acc, h2f(xb.d), scales4(&y, i), sums4(v));
                     }
-                    acc.map(|a| hsum_f32_8(a[0].add(a[1])))
+                    let mut out = [0f32; 4];
+                    vst1q_f32(out.as_mut_ptr(), acc);
+                    out
                 }
 
                 legacy_two!($two, $twok, $B, $bytes);
@@ -467,84 +484,63 @@ macro_rules! arm_kernels {
             (plain, $twok:ident, $B:ty, $bytes:ident) => {
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $twok(x: [&[$B]; 2], y: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 2] {
-                    let mut acc = [[[F8::zero(); 2]; 4]; 2];
+                    let mut acc = [vdupq_n_f32(0.0); 2];
                     for i in 0..x[0].len().min(x[1].len()) {
                         let (b0, b1) = (&x[0][i], &x[1][i]);
                         let (q0, q1) = ($bytes(b0), $bytes(b1));
-                        let (d0, d1) = (h2f(b0.d), h2f(b1.d));
-                        let k = i & 1;
-                        for t in 0..4 {
-                            let yb = &y[t][i];
-                            let yv = load32(&yb.qs);
-                            let dy = h2f(yb.d);
-                            acc[0][t][k] = acc[0][t][k].fma_n(d0 * dy, lanes_f32(q0, yv));
-                            acc[1][t][k] = acc[1][t][k].fma_n(d1 * dy, lanes_f32(q1, yv));
-                        }
+                        let yv: [B32; 4] = std::array::from_fn(|t| load32(&y[t][i].qs));
+                        let dy = scales4(&y, i);
+                        let v0: [int32x4_t; 4] = std::array::from_fn(|t| block_parts(q0, yv[t]));
+                        let v1: [int32x4_t; 4] = std::array::from_fn(|t| block_parts(q1, yv[t]));
+                        acc[0] = chain4(acc[0], h2f(b0.d), dy, sums4(v0));
+                        acc[1] = chain4(acc[1], h2f(b1.d), dy, sums4(v1));
                     }
-                    acc.map(|r| r.map(|a| hsum_f32_8(a[0].add(a[1]))))
+                    let mut out = [[0f32; 4]; 2];
+                    vst1q_f32(out[0].as_mut_ptr(), acc[0]);
+                    vst1q_f32(out[1].as_mut_ptr(), acc[1]);
+                    out
                 }
             };
             (mmla, $twok:ident, $B:ty, $bytes:ident) => {
-                /// Two rows × four tokens with `smmla`: per token and sixteen-byte half, two
-                /// instructions give both rows' four lanes ([`super::arm::mmla_lanes`]). The
-                /// float sums are kept in the product's order, `[r0 L2k, r0 L2k+1, r1 L2k,
-                /// r1 L2k+1]`, each lane with its own row's scale, and put back in lane order
-                /// at the end: every lane sees the x86 kernel's operations.
+                /// Two rows × four tokens with `smmla`: per block and pair of tokens, four
+                /// instructions (one per eight bytes) give the four block sums `[r0·ta, r0·tb,
+                /// r1·ta, r1·tb]`; the sums are exact, and the chain is the other kernels'.
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $twok(x: [&[$B]; 2], y: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 2] {
-                    use super::arm::{mmla_lanes, smmla};
-                    // acc[t][parity][h][k]: token t, block parity, half h, eight-byte part k.
-                    let z = vdupq_n_f32(0.0);
-                    let mut acc = [[[[z; 2]; 2]; 2]; 4];
+                    use super::arm::smmla;
+                    // [a bytes 8k..8k+8, b bytes 8k..8k+8] for k = 0..4.
+                    let pack = |a: B32, b: B32| {
+                        let z = |a: int8x16_t, b: int8x16_t, hi: bool| {
+                            let (a, b) = (vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b));
+                            vreinterpretq_s8_s64(if hi { vzip2q_s64(a, b) } else { vzip1q_s64(a, b) })
+                        };
+                        [z(a.0, b.0, false), z(a.0, b.0, true), z(a.1, b.1, false), z(a.1, b.1, true)]
+                    };
+                    let mut acc = [vdupq_n_f32(0.0); 2];
                     let zi = vdupq_n_s32(0);
                     for i in 0..x[0].len().min(x[1].len()) {
                         let (b0, b1) = (&x[0][i], &x[1][i]);
-                        let (q0, q1) = ($bytes(b0), $bytes(b1));
-                        let (d0, d1) = (h2f(b0.d), h2f(b1.d));
-                        // Left operands: [row 0 bytes 8k..8k+8, row 1 bytes 8k..8k+8].
-                        let pack = |a: int8x16_t, b: int8x16_t| {
-                            let (a, b) = (vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b));
-                            [
-                                vreinterpretq_s8_s64(vzip1q_s64(a, b)),
-                                vreinterpretq_s8_s64(vzip2q_s64(a, b)),
-                            ]
-                        };
-                        let w = [pack(q0.0, q1.0), pack(q0.1, q1.1)];
-                        let par = i & 1;
-                        for t in 0..4 {
-                            let yb = &y[t][i];
-                            let yv = load32(&yb.qs);
-                            let dy = h2f(yb.d);
-                            let dv = vcombine_f32(vdup_n_f32(d0 * dy), vdup_n_f32(d1 * dy));
-                            for (h, yh) in [yv.0, yv.1].into_iter().enumerate() {
-                                let bl = mmla_lanes(yh);
-                                for k in 0..2 {
-                                    let c = vcvtq_f32_s32(smmla(zi, w[h][k], bl[k]));
-                                    acc[t][par][h][k] = vfmaq_f32(acc[t][par][h][k], dv, c);
-                                }
+                        let w = pack($bytes(b0), $bytes(b1));
+                        let yv: [B32; 4] = std::array::from_fn(|t| load32(&y[t][i].qs));
+                        // p[j]: [r0·t2j, r0·t2j+1, r1·t2j, r1·t2j+1].
+                        let p: [int32x4_t; 2] = std::array::from_fn(|j| {
+                            let r = pack(yv[2 * j], yv[2 * j + 1]);
+                            let mut s = zi;
+                            for k in 0..4 {
+                                s = smmla(s, w[k], r[k]);
                             }
-                        }
+                            s
+                        });
+                        let (p0, p1) = (vreinterpretq_s64_s32(p[0]), vreinterpretq_s64_s32(p[1]));
+                        let s0 = vreinterpretq_s32_s64(vzip1q_s64(p0, p1));
+                        let s1 = vreinterpretq_s32_s64(vzip2q_s64(p0, p1));
+                        let dy = scales4(&y, i);
+                        acc[0] = chain4(acc[0], h2f(b0.d), dy, s0);
+                        acc[1] = chain4(acc[1], h2f(b1.d), dy, s1);
                     }
                     let mut out = [[0f32; 4]; 2];
-                    for t in 0..4 {
-                        let s = acc[t];
-                        // even + odd, then back to lane order per row.
-                        let e = |h: usize, k: usize| vaddq_f32(s[0][h][k], s[1][h][k]);
-                        let row = |r: usize| {
-                            let half = |h: usize| {
-                                let (a, b) =
-                                    (vreinterpretq_u64_f32(e(h, 0)), vreinterpretq_u64_f32(e(h, 1)));
-                                vreinterpretq_f32_u64(if r == 0 {
-                                    vzip1q_u64(a, b)
-                                } else {
-                                    vzip2q_u64(a, b)
-                                })
-                            };
-                            F8(half(0), half(1))
-                        };
-                        out[0][t] = hsum_f32_8(row(0));
-                        out[1][t] = hsum_f32_8(row(1));
-                    }
+                    vst1q_f32(out[0].as_mut_ptr(), acc[0]);
+                    vst1q_f32(out[1].as_mut_ptr(), acc[1]);
                     out
                 }
             };
@@ -572,37 +568,34 @@ macro_rules! arm_kernels {
             q8_0_bytes
         );
 
-        // Q4_1 and Q5_1 against Q8_1: one eight-lane sum, the min term in a scalar.
+        // Q4_1 and Q5_1 against Q8_1: [`super::scalar::affine_step`]'s chain.
         macro_rules! legacy_q8_1 {
             ($one:ident, $four:ident, $B:ty, $bytes:ident) => {
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_1]) -> f32 {
-                    // Even and odd blocks in two accumulators, as x86's kernels.
-                    let mut acc = [F8::zero(); 2];
-                    let mut summs = 0f32;
-                    for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
-                        summs += h2f(xb.m) * h2f(yb.s);
-                        let xy = lanes_f32($bytes(xb), load32(&yb.qs));
-                        acc[i & 1] = acc[i & 1].fma_n(h2f(xb.d) * h2f(yb.d), xy);
+                    let mut acc = 0f32;
+                    for (xb, yb) in x.iter().zip(y) {
+                        let s = vaddvq_s32(block_parts($bytes(xb), load32(&yb.qs)));
+                        acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
+                        acc = h2f(xb.m).mul_add(h2f(yb.s), acc);
                     }
-                    hsum_f32_8(acc[0].add(acc[1])) + summs
+                    acc
                 }
 
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-                    let mut acc = [[F8::zero(); 2]; 4];
-                    let mut summs = [0f32; 4];
+                    let mut acc = vdupq_n_f32(0.0);
                     for (i, xb) in x.iter().enumerate() {
                         let qx = $bytes(xb);
-                        let (dx, mx) = (h2f(xb.d), h2f(xb.m));
-                        for t in 0..4 {
-                            let yb = &y[t][i];
-                            summs[t] += mx * h2f(yb.s);
-                            let xy = lanes_f32(qx, load32(&yb.qs));
-                            acc[t][i & 1] = acc[t][i & 1].fma_n(dx * h2f(yb.d), xy);
-                        }
+                        let v: [int32x4_t; 4] =
+                            std::array::from_fn(|t| block_parts(qx, load32(&y[t][i].qs)));
+                        acc = chain4(acc, h2f(xb.d), scales4(&y, i), sums4(v));
+                        let sy = [h2f(y[0][i].s), h2f(y[1][i].s), h2f(y[2][i].s), h2f(y[3][i].s)];
+                        acc = vfmaq_f32(acc, vdupq_n_f32(h2f(xb.m)), vld1q_f32(sy.as_ptr()));
                     }
-                    std::array::from_fn(|t| hsum_f32_8(acc[t][0].add(acc[t][1])) + summs[t])
+                    let mut out = [0f32; 4];
+                    vst1q_f32(out.as_mut_ptr(), acc);
+                    out
                 }
             };
         }

@@ -1,122 +1,96 @@
-//! Two-block layouts for the AVX-512 kernels of Q4_0, Q5_0, Q8_0 and IQ4_NL weights
-//! ([`super::zmm`]).
+//! Layouts for the sixteen-lane AVX-512 kernels of the legacy weight types (Q4_0, Q5_0, Q8_0,
+//! IQ4_NL against Q8_0 activations; Q4_1, Q5_1 against Q8_1) in [`super::zmm`].
 //!
-//! ggml's blocks are 18–34 bytes, so two of them never fill one 64-byte register with a single
-//! load, and every block's scale is an f16 to convert. These layouts hold block pairs:
+//! Their dot is [`super::scalar::block_step`]'s chain: per block the exact integer sum `Σq·y`,
+//! then `acc = fma(dx·dy, sum, acc)` in block order. The kernels put sixteen *outputs* in the
+//! sixteen lanes — rows of the weight — so a block costs one float step per sixteen rows:
 //!
-//! - [`ActPair`]: a pair of Q8_0 *activation* blocks (quantized by the reference quantizer as
-//!   before, only rearranged): their 64 values, their scales as f32, and minus the sum of each
-//!   group of four values.
-//! - [`WeightPair`]: a pair of *weight* blocks unpacked to unsigned bytes `u = q + c` (c = 8
-//!   for Q4_0, 16 for Q5_0, 128 for Q8_0 and IQ4_NL's grid values) with both scales spread over their eight lanes: the
-//!   prefill GEMM unpacks a tile of rows once and reuses it for every token.
+//! - [`WeightTile`]: one block of sixteen weight rows, unpacked to unsigned bytes `u = q + c`
+//!   (c = 8 for Q4_0, 16 for Q5_0, 128 for Q8_0 and IQ4_NL's grid values, 0 for the affine
+//!   types) and interleaved so that register `k` holds values `4k..4k + 4` of every row (lane
+//!   `r` = row `r`); with the rows' scales (and mins). The prefill GEMM unpacks a task's rows
+//!   into tiles once and reuses them for every token: a block is eight `vpdpbusd`, each with
+//!   four of the token's values broadcast.
+//! - [`ActBlock`]: one activation block (quantized by the reference quantizer as before, only
+//!   rearranged) with its scale as f32 and its start `−c·Σy`, so that `start + Σu·y = Σq·y`.
 //!
-//! With unsigned weights a four-byte group's dot is one `vpdpbusd`, started from `−c·Σy` of
-//! the group: `Σ (u − c)·y = Σ q·y`, the same integer per group as the sign trick of the
-//! [`super::avx2`] kernels. Nothing here changes a result; it only saves instructions.
+//! Nothing here changes a result: every path computes the same integers and the same chain.
 
 use quantize::blocks::{
     BlockIQ4NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
 };
 
-/// Two Q8_0 activation blocks (blocks `2p` and `2p + 1` of a row); an odd row's last pair has
-/// zeros in its second half.
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
-pub struct ActPair {
-    /// The 64 quantized values.
-    pub qs: [i8; 64],
-    /// `−Σ` of each group of four values (`qs[4j..4j + 4]`), lanes in register order.
-    pub neg_sums: [i16; 16],
-    /// The two scales (Q8_0's f16, widened).
-    pub d: [f32; 2],
-    /// Q8_1's `s = d·Σq` of the two blocks, widened (zero for Q8_0 activations): the mins'
-    /// term of Q4_1 / Q5_1 weights.
-    pub s: [f32; 2],
-    _pad: [u8; 16],
-}
-const _: () = assert!(std::mem::size_of::<ActPair>() == 128);
+/// Rows per [`WeightTile`]: one per lane.
+pub const TILE_ROWS: usize = 16;
 
-/// Two weight blocks of one row, unpacked.
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
-pub struct WeightPair {
-    /// The values as unsigned bytes `q + c`.
-    pub u: [u8; 64],
-    /// The first block's scale in lanes 0..8, the second's in lanes 8..16.
-    pub d: [f32; 16],
+/// One token's activation block.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable, bytemuck::Pod)]
+pub struct ActBlock {
+    /// The 32 quantized values.
+    pub qs: [i8; 32],
+    /// `−c·Σqs` for the weight type's offset `c = 1 << shift` (0 for Q8_1 activations).
+    pub start: i32,
+    /// The scale (the f16, widened).
+    pub d: f32,
+    /// Q8_1's `s = d·Σq`, widened (zero for Q8_0): the affine types' mins' term.
+    pub s: f32,
+    _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<WeightPair>() == 128);
+const _: () = assert!(std::mem::size_of::<ActBlock>() == 48);
 
-/// What the prefill GEMM ([`super::zmm::gemm`]) reads of one token's block pair besides its
-/// values, computed once per matmul instead of once per tile of weight rows: each lane's
-/// starting integer `−c·Σy` of its group of four (for the weight type's `c = 1 << shift`), and
-/// the two scales spread over their eight lanes. The same numbers the decode kernels derive
-/// from an [`ActPair`] on the fly, so both paths give the same bits.
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
-pub struct PairMeta {
-    /// `−c·Σ` of each group of four values, lane `j` for `qs[4j..4j + 4]`.
-    pub start: [i32; 16],
-    /// The first block's scale in lanes 0..8, the second's in lanes 8..16.
-    pub dy: [f32; 16],
-}
-const _: () = assert!(std::mem::size_of::<PairMeta>() == 128);
-
-impl PairMeta {
-    /// The meta of activation pair `a` for weights whose offset is `1 << shift`.
-    pub fn new(a: &ActPair, shift: u32) -> Self {
-        PairMeta {
-            start: std::array::from_fn(|j| (a.neg_sums[j] as i32) << shift),
-            dy: std::array::from_fn(|j| a.d[j / 8]),
+impl ActBlock {
+    /// Q8_0 block `b` for weights offset by `1 << shift`.
+    pub fn from_q8_0(b: &BlockQ8_0, shift: u32) -> Self {
+        let sum: i32 = b.qs.iter().map(|&v| v as i32).sum();
+        ActBlock {
+            qs: b.qs,
+            start: -(sum << shift),
+            d: b.d.to_f32(),
+            s: 0.0,
+            _pad: 0,
         }
     }
 
-    /// `meta[p] = PairMeta::new(&pairs[p], shift)` for as many pairs as `meta` holds (none for
-    /// decode, which passes an empty slice).
-    pub fn fill(pairs: &[ActPair], meta: &mut [PairMeta], shift: u32) {
-        for (m, a) in meta.iter_mut().zip(pairs) {
-            *m = PairMeta::new(a, shift);
+    /// Q8_1 block `b` (the activations of the unsigned affine types: no start).
+    pub fn from_q8_1(b: &BlockQ8_1) -> Self {
+        ActBlock {
+            qs: b.qs,
+            start: 0,
+            d: b.d.to_f32(),
+            s: b.s.to_f32(),
+            _pad: 0,
         }
     }
 }
 
-/// Block pairs of a row of `nb` blocks.
-pub fn pairs(nb: usize) -> usize {
-    nb.div_ceil(2)
+/// Sixteen weight rows' block `b`, unpacked and interleaved.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+pub struct WeightTile {
+    /// `u[k][r]`: values `4k..4k + 4` of row `r` as unsigned bytes `q + c`, little-endian.
+    pub u: [[u32; TILE_ROWS]; 8],
+    /// Each row's scale.
+    pub d: [f32; TILE_ROWS],
+    /// Each row's min (affine types; zero otherwise).
+    pub m: [f32; TILE_ROWS],
 }
+const _: () = assert!(std::mem::size_of::<WeightTile>() == 640);
 
-/// Rearranges one token's Q8_0 activation row into `pairs(y.len())` [`ActPair`]s: the portable
-/// definition that [`super::zmm::pack_q8_0`] (what the matmul runs) is tested against.
-pub fn pack_activations(y: &[BlockQ8_0], out: &mut [ActPair]) {
-    assert_eq!(out.len(), pairs(y.len()), "activation pairs");
-    for (p, o) in out.iter_mut().enumerate() {
-        *o = bytemuck::Zeroable::zeroed();
-        for h in 0..2 {
-            let Some(b) = y.get(2 * p + h) else { break };
-            o.qs[32 * h..32 * h + 32].copy_from_slice(&b.qs);
-            o.d[h] = b.d.to_f32();
-            for j in 0..8 {
-                let s: i32 = b.qs[4 * j..4 * j + 4].iter().map(|&v| v as i32).sum();
-                o.neg_sums[8 * h + j] = -s as i16;
-            }
-        }
+/// Rearranges one token's Q8_0 activation row for weights offset by `1 << shift`: the portable
+/// definition [`super::zmm::pack_q8_0`] (what the matmul runs) is tested against.
+pub fn pack_activations(y: &[BlockQ8_0], shift: u32, out: &mut [ActBlock]) {
+    assert_eq!(out.len(), y.len(), "activation blocks");
+    for (o, b) in out.iter_mut().zip(y) {
+        *o = ActBlock::from_q8_0(b, shift);
     }
 }
 
-/// Rearranges one token's Q8_1 activation row (the activations of Q4_1 / Q5_1 weights) into
-/// [`ActPair`]s: the values and scales as [`pack_activations`] (Q8_1's are Q8_0's), the block
-/// sums `s`, and no group sums (these weights are unsigned, `c = 0`).
-pub fn pack_activations_q8_1(y: &[BlockQ8_1], out: &mut [ActPair]) {
-    assert_eq!(out.len(), pairs(y.len()), "activation pairs");
-    for (p, o) in out.iter_mut().enumerate() {
-        *o = bytemuck::Zeroable::zeroed();
-        for h in 0..2 {
-            let Some(b) = y.get(2 * p + h) else { break };
-            o.qs[32 * h..32 * h + 32].copy_from_slice(&b.qs);
-            o.d[h] = b.d.to_f32();
-            o.s[h] = b.s.to_f32();
-        }
+/// Rearranges one token's Q8_1 activation row (the activations of Q4_1 / Q5_1 weights).
+pub fn pack_activations_q8_1(y: &[BlockQ8_1], out: &mut [ActBlock]) {
+    assert_eq!(out.len(), y.len(), "activation blocks");
+    for (o, b) in out.iter_mut().zip(y) {
+        *o = ActBlock::from_q8_1(b);
     }
 }
 
@@ -226,29 +200,26 @@ impl PackedWeight for BlockQ5_1 {
     }
 }
 
-/// `Σ m·s` over the blocks of one affine weight row against one token's pairs, in block order
-/// (the term the AVX2 kernels add after their lanes' sum); 0 for the other types.
-pub fn affine_term<W: PackedWeight>(x: &[W], y: &[ActPair]) -> f32 {
-    let mut summs = 0f32;
-    if W::AFFINE {
-        for (i, b) in x.iter().enumerate() {
-            summs += b.min() * y[i / 2].s[i % 2];
-        }
-    }
-    summs
-}
-
-/// Unpacks one weight row of blocks `x` into `pairs(x.len())` [`WeightPair`]s.
-pub fn unpack_weights<W: PackedWeight>(x: &[W], out: &mut [WeightPair]) {
-    assert_eq!(out.len(), pairs(x.len()), "weight pairs");
-    // An odd row's last pair is completed with an all-zero block (scale 0), as the SIMD
-    // unpack does.
-    let pad = W::zeroed();
-    for (p, o) in out.iter_mut().enumerate() {
-        for h in 0..2 {
-            let b = x.get(2 * p + h).unwrap_or(&pad);
-            o.u[32 * h..32 * h + 32].copy_from_slice(&b.unsigned());
-            o.d[8 * h..8 * h + 8].fill(b.scale());
+/// Unpacks up to sixteen weight rows of `nb` blocks each (`x` holds them one after another)
+/// into `nb` [`WeightTile`]s; lanes past the last row are zero. The portable definition
+/// [`super::zmm::unpack_tiles`] is tested against.
+pub fn unpack_tiles<W: PackedWeight>(x: &[W], nb: usize, out: &mut [WeightTile]) {
+    let rows = x.len() / nb.max(1);
+    assert!(
+        rows <= TILE_ROWS && x.len() == rows * nb && out.len() == nb,
+        "weight tiles"
+    );
+    for (b, o) in out.iter_mut().enumerate() {
+        *o = bytemuck::Zeroable::zeroed();
+        for r in 0..rows {
+            let blk = &x[r * nb + b];
+            let u = blk.unsigned();
+            for k in 0..8 {
+                o.u[k][r] =
+                    u32::from_le_bytes([u[4 * k], u[4 * k + 1], u[4 * k + 2], u[4 * k + 3]]);
+            }
+            o.d[r] = blk.scale();
+            o.m[r] = blk.min();
         }
     }
 }
@@ -264,35 +235,37 @@ mod tests {
             .collect()
     }
 
-    /// `u − c` gives back each format's signed values (as its scalar dot product reads them).
+    /// `u − c` gives back each format's signed values (as its scalar dot product reads them),
+    /// in the lanes of their rows.
     #[test]
     fn unsigned_values_are_offset_signed_values() {
-        let x = row(96, 7);
-        let mut q5 = vec![<BlockQ5_0 as bytemuck::Zeroable>::zeroed(); 3];
+        let x: Vec<f32> = (0..3).flat_map(|r| row(96, 7 + r)).collect();
+        let mut q5 = vec![<BlockQ5_0 as bytemuck::Zeroable>::zeroed(); 9];
         BlockQ5_0::quantize_row_ref(&x, &mut q5);
-        let mut deq = vec![0f32; 96];
+        let mut deq = vec![0f32; 3 * 96];
         BlockQ5_0::dequantize_row(&q5, &mut deq);
-        let mut w = vec![<WeightPair as bytemuck::Zeroable>::zeroed(); 2];
-        unpack_weights(&q5, &mut w);
+        let mut w = vec![<WeightTile as bytemuck::Zeroable>::zeroed(); 3];
+        unpack_tiles(&q5, 3, &mut w);
         for (i, &v) in deq.iter().enumerate() {
-            let (p, k) = (i / 64, i % 64);
-            let q = w[p].u[k] as i32 - 16;
-            assert_eq!(q as f32 * w[p].d[(k / 32) * 8], v, "value {i}");
+            let (r, b, j) = (i / 96, i % 96 / 32, i % 32);
+            let u = w[b].u[j / 4][r].to_le_bytes()[j % 4];
+            assert_eq!((u as i32 - 16) as f32 * w[b].d[r], v, "value {i}");
         }
-        // The odd last block is paired with a zero block.
-        assert!(w[1].u[32..].iter().all(|&u| u == 0) && w[1].d[8..].iter().all(|&d| d == 0.0));
+        // Lanes past the third row are empty.
+        assert!(w.iter().all(|t| t.d[3..].iter().all(|&d| d == 0.0)
+            && t.u.iter().all(|k| k[3..].iter().all(|&u| u == 0))));
     }
 
     #[test]
-    fn activation_pairs_hold_values_scales_and_group_sums() {
+    fn activation_blocks_hold_values_scales_and_starts() {
         let x = row(96, 3);
         let mut y = vec![<BlockQ8_0 as bytemuck::Zeroable>::zeroed(); 3];
         BlockQ8_0::quantize_row_ref(&x, &mut y);
-        let mut a = vec![<ActPair as bytemuck::Zeroable>::zeroed(); 2];
-        pack_activations(&y, &mut a);
-        assert_eq!(a[0].qs[32..], y[1].qs);
-        assert_eq!(a[1].d, [y[2].d.to_f32(), 0.0]);
-        let s: i32 = y[1].qs[8..12].iter().map(|&v| v as i32).sum();
-        assert_eq!(a[0].neg_sums[10] as i32, -s);
+        let mut a = vec![<ActBlock as bytemuck::Zeroable>::zeroed(); 3];
+        pack_activations(&y, 3, &mut a);
+        assert_eq!(a[1].qs, y[1].qs);
+        assert_eq!(a[2].d, y[2].d.to_f32());
+        let s: i32 = y[1].qs.iter().map(|&v| v as i32).sum();
+        assert_eq!(a[1].start, -8 * s);
     }
 }

@@ -250,6 +250,25 @@ pub fn vec_dot_bf16_f32(x: &[u16], y: &[f32]) -> f32 {
     s
 }
 
+/// One block of the legacy types (Q4_0, Q5_0, Q8_0, IQ4_NL against Q8_0): `acc + (dx·dy)·Σq·y`,
+/// the scale product rounded once and the block's exact integer sum added by one fused
+/// multiply-add. A row's dot is this step over its blocks in order from zero — one chain per
+/// output, which every SIMD level runs with outputs (rows or tokens) in its lanes, so they all
+/// give these bits. (ggml's generic kernels round the product and the sum separately, and its
+/// AVX2 kernels keep eight lanes per block; both agree with this to within rounding.)
+#[inline(always)]
+pub fn block_step(acc: f32, dx: f16, dy: f16, sumi: i32) -> f32 {
+    (dx.to_f32() * dy.to_f32()).mul_add(sumi as f32, acc)
+}
+
+/// [`block_step`] for the affine types (Q4_1, Q5_1 against Q8_1), then their mins' term
+/// `m·s` (Q8_1's `s = d·Σy`) by a second fused multiply-add, in the same chain.
+#[inline(always)]
+pub fn affine_step(acc: f32, dx: f16, dy: f16, sumi: i32, m: f16, s: f16) -> f32 {
+    m.to_f32()
+        .mul_add(s.to_f32(), block_step(acc, dx, dy, sumi))
+}
+
 pub fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut sumf = 0f32;
     for (xb, yb) in x.iter().zip(y) {
@@ -259,7 +278,7 @@ pub fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
             let v1 = (xb.qs[j] >> 4) as i32 - 8;
             sumi += v0 * yb.qs[j] as i32 + v1 * yb.qs[j + QK / 2] as i32;
         }
-        sumf += sumi as f32 * (xb.d.to_f32() * yb.d.to_f32());
+        sumf = block_step(sumf, xb.d, yb.d, sumi);
     }
     sumf
 }
@@ -273,7 +292,7 @@ pub fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
             let v1 = (xb.qs[j] >> 4) as i32;
             sumi += v0 * yb.qs[j] as i32 + v1 * yb.qs[j + QK / 2] as i32;
         }
-        sumf += (xb.d.to_f32() * yb.d.to_f32()) * sumi as f32 + xb.m.to_f32() * yb.s.to_f32();
+        sumf = affine_step(sumf, xb.d, yb.d, sumi, xb.m, yb.s);
     }
     sumf
 }
@@ -297,7 +316,7 @@ pub fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
             let (v0, v1) = q5_values(&xb.qs, &xb.qh, j);
             sumi += (v0 - 16) * yb.qs[j] as i32 + (v1 - 16) * yb.qs[j + QK / 2] as i32;
         }
-        sumf += sumi as f32 * (xb.d.to_f32() * yb.d.to_f32());
+        sumf = block_step(sumf, xb.d, yb.d, sumi);
     }
     sumf
 }
@@ -310,7 +329,7 @@ pub fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
             let (v0, v1) = q5_values(&xb.qs, &xb.qh, j);
             sumi += v0 * yb.qs[j] as i32 + v1 * yb.qs[j + QK / 2] as i32;
         }
-        sumf += (xb.d.to_f32() * yb.d.to_f32()) * sumi as f32 + xb.m.to_f32() * yb.s.to_f32();
+        sumf = affine_step(sumf, xb.d, yb.d, sumi, xb.m, yb.s);
     }
     sumf
 }
@@ -324,7 +343,7 @@ pub fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
             .zip(&yb.qs)
             .map(|(&a, &b)| a as i32 * b as i32)
             .sum();
-        sumf += sumi as f32 * (xb.d.to_f32() * yb.d.to_f32());
+        sumf = block_step(sumf, xb.d, yb.d, sumi);
     }
     sumf
 }
@@ -501,7 +520,7 @@ pub fn vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
             sumi += kv[(xb.qs[j] & 0xF) as usize] as i32 * yb.qs[j] as i32;
             sumi += kv[(xb.qs[j] >> 4) as usize] as i32 * yb.qs[j + QK / 2] as i32;
         }
-        sumf += xb.d.to_f32() * yb.d.to_f32() * sumi as f32;
+        sumf = block_step(sumf, xb.d, yb.d, sumi);
     }
     sumf
 }

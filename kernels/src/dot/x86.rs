@@ -3,9 +3,11 @@
 //!
 //! The integer work follows ggml's x86 kernels in `ggml/src/ggml-cpu/arch/x86/quants.c`
 //! (`bytes_from_nibbles_32`, `bytes_from_bits_32`, `mul_sum_i8_pairs_float`, the
-//! `maddubs`/`madd` chains of `ggml_vec_dot_q4_K_q8_K` …): exact integer sums per block, then
-//! one fused multiply-add per block into eight float lanes. Results differ from the scalar
-//! kernels only in the order of the per-block float additions.
+//! `maddubs`/`madd` chains of `ggml_vec_dot_q4_K_q8_K` …): exact integer sums per block. The
+//! K-quant and IQ4_XS kernels then add one fused multiply-add per block into eight float
+//! lanes, and differ from the scalar kernels only in the order of those additions; the legacy
+//! types (Q4_0 … Q8_0, IQ4_NL) reduce each block to its integer sum and run the scalar
+//! kernel's own chain ([`super::scalar::block_step`]), so they give the scalar bits.
 //!
 //! With `vnni` (ggml's `__AVX512VNNI__ && __AVX512VL__` branch of `mul_sum_us8_pairs_float`)
 //! an unsigned×signed byte dot is one `vpdpbusd` instead of `vpmaddubsw` + `vpmaddwd`, and
@@ -70,18 +72,6 @@ macro_rules! x86_kernels {
             _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
         }
 
-        /// Unsigned × signed byte pairs, summed to 8 f32 lanes.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
-            if $vnni {
-                _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy))
-            } else {
-                let dot = _mm256_maddubs_epi16(ax, sy);
-                _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
-            }
-        }
-
         /// Q4_0's 32 values as signed bytes (nibble − 8).
         #[inline]
         #[target_feature(enable = $feat)]
@@ -112,13 +102,62 @@ macro_rules! x86_kernels {
             }
         }
 
-        /// Signed × signed byte pairs, summed to 8 f32 lanes (sign moved onto y).
+        /// Signed × signed byte pairs, summed to 8 i32 lanes (sign moved onto y).
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+        unsafe fn mul_sum_i8_pairs_int(x: __m256i, y: __m256i) -> __m256i {
             let ax = _mm256_sign_epi8(x, x);
             let sy = _mm256_sign_epi8(y, x);
-            mul_sum_us8_pairs_float(ax, sy)
+            mul_sum_us8_pairs_int(ax, sy)
+        }
+
+        /// Unsigned × signed byte pairs, summed to 8 i32 lanes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn mul_sum_us8_pairs_int(ax: __m256i, sy: __m256i) -> __m256i {
+            if $vnni {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+            } else {
+                _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy))
+            }
+        }
+
+        /// The sum of eight i32 lanes (exact, any order).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01));
+            _mm_cvtsi128_si32(s)
+        }
+
+        /// The lane sums of four vectors, `[Σv0, Σv1, Σv2, Σv3]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn reduce4(v: [__m256i; 4]) -> __m128i {
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+        }
+
+        /// The lane sums of eight vectors, `[Σv0, …, Σv7]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn reduce8(v: [__m256i; 8]) -> __m256i {
+            let a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            let b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+            _mm256_add_epi32(
+                _mm256_permute2x128_si256(a, b, 0x20),
+                _mm256_permute2x128_si256(a, b, 0x31),
+            )
+        }
+
+        /// Four f16 → four f32 (F16C, exact).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn h2f4(h: [f16; 4]) -> __m128 {
+            let bits = h.map(|v| v.to_bits());
+            _mm_cvtph_ps(_mm_loadl_epi64(bits.as_ptr() as *const __m128i))
         }
 
         #[inline]
@@ -511,45 +550,40 @@ macro_rules! x86_kernels {
             _mm256_or_si256(bytes_from_nibbles_32(xb.qs.as_ptr()), bxhi)
         }
 
-        // Q4_1 and Q5_1 against Q8_1: even blocks in one accumulator, odd blocks in another,
-        // the mins' term `Σ m·s` in block order, then hsum(even + odd) + that term — the order
-        // of the sixteen-lane kernels of [`super::zmm`], so decode, prefill and both levels
-        // give a token the same bits.
+        // Q4_1 and Q5_1 against Q8_1: per block the exact integer sum, then the chain of
+        // [`super::scalar::affine_step`] (scale product · sum, then the mins' term `m·s`, both
+        // fused), tokens in lanes.
 
         /// The single and four-token kernels of affine weight blocks `$B`, unpacked by `$bytes`.
         macro_rules! legacy_q8_1 {
             ($one:ident, $four:ident, $B:ty, $bytes:ident) => {
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_1]) -> f32 {
-                    let mut acc = [_mm256_setzero_ps(); 2];
-                    let mut summs = 0f32;
-                    for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
-                        summs += h2f(xb.m) * h2f(yb.s);
-                        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
-                        let xy = mul_sum_us8_pairs_float($bytes(xb), load32(&yb.qs));
-                        acc[i & 1] = _mm256_fmadd_ps(d, xy, acc[i & 1]);
+                    let mut acc = 0f32;
+                    for (xb, yb) in x.iter().zip(y) {
+                        let s = hsum_i32_8(mul_sum_us8_pairs_int($bytes(xb), load32(&yb.qs)));
+                        acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
+                        acc = h2f(xb.m).mul_add(h2f(yb.s), acc);
                     }
-                    hsum_f32_8(_mm256_add_ps(acc[0], acc[1])) + summs
+                    acc
                 }
 
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                    let mut summs = [0f32; 4];
+                    let mut acc = _mm_setzero_ps();
                     for (i, xb) in x.iter().enumerate() {
                         let qx = $bytes(xb);
-                        let (dx, mx) = (h2f(xb.d), h2f(xb.m));
-                        for t in 0..4 {
-                            let yb = &y[t][i];
-                            summs[t] += mx * h2f(yb.s);
-                            let xy = mul_sum_us8_pairs_float(qx, load32(&yb.qs));
-                            let d = _mm256_set1_ps(dx * h2f(yb.d));
-                            acc[t][i & 1] = _mm256_fmadd_ps(d, xy, acc[t][i & 1]);
-                        }
+                        let v: [__m256i; 4] =
+                            std::array::from_fn(|t| mul_sum_us8_pairs_int(qx, load32(&y[t][i].qs)));
+                        let dy = h2f4([y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d]);
+                        let sy = h2f4([y[0][i].s, y[1][i].s, y[2][i].s, y[3][i].s]);
+                        let d = _mm_mul_ps(_mm_set1_ps(h2f(xb.d)), dy);
+                        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
+                        acc = _mm_fmadd_ps(_mm_set1_ps(h2f(xb.m)), sy, acc);
                     }
-                    std::array::from_fn(|t| {
-                        hsum_f32_8(_mm256_add_ps(acc[t][0], acc[t][1])) + summs[t]
-                    })
+                    let mut out = [0f32; 4];
+                    _mm_storeu_ps(out.as_mut_ptr(), acc);
+                    out
                 }
             };
         }
@@ -721,60 +755,63 @@ macro_rules! x86_kernels {
         // which take two blocks per register. So a token gets the same bits alone, in a batch,
         // and at either SIMD level.
 
-        /// The single, four-token and 2 × 4 kernels of weight blocks `$B`, unpacked by `$bytes`.
+        /// The single, four-token and 2 × 4 kernels of weight blocks `$B`, unpacked by `$bytes`:
+        /// per block the exact integer sum, then [`super::scalar::block_step`]'s chain, tokens
+        /// (and rows) in lanes — the scalar kernel's bits.
         macro_rules! legacy_q8_0 {
             ($one:ident, $four:ident, $two:ident, $B:ty, $bytes:ident) => {
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_0]) -> f32 {
-                    let mut acc = [_mm256_setzero_ps(); 2];
-                    for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
-                        let d = _mm256_set1_ps(h2f(xb.d) * h2f(yb.d));
-                        let q = mul_sum_i8_pairs_float($bytes(xb), load32(&yb.qs));
-                        acc[i & 1] = _mm256_fmadd_ps(d, q, acc[i & 1]);
+                    let mut acc = 0f32;
+                    for (xb, yb) in x.iter().zip(y) {
+                        let s = hsum_i32_8(mul_sum_i8_pairs_int($bytes(xb), load32(&yb.qs)));
+                        acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
                     }
-                    hsum_f32_8(_mm256_add_ps(acc[0], acc[1]))
+                    acc
                 }
 
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    let mut acc = _mm_setzero_ps();
                     for (i, xb) in x.iter().enumerate() {
                         let qx = $bytes(xb);
-                        let dx = h2f(xb.d);
-                        for t in 0..4 {
-                            let yb = &y[t][i];
-                            let q = mul_sum_i8_pairs_float(qx, load32(&yb.qs));
-                            let d = _mm256_set1_ps(dx * h2f(yb.d));
-                            acc[t][i & 1] = _mm256_fmadd_ps(d, q, acc[t][i & 1]);
-                        }
+                        let v: [__m256i; 4] =
+                            std::array::from_fn(|t| mul_sum_i8_pairs_int(qx, load32(&y[t][i].qs)));
+                        let dy = h2f4([y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d]);
+                        let d = _mm_mul_ps(_mm_set1_ps(h2f(xb.d)), dy);
+                        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
                     }
-                    acc.map(|a| hsum_f32_8(_mm256_add_ps(a[0], a[1])))
+                    let mut out = [0f32; 4];
+                    _mm_storeu_ps(out.as_mut_ptr(), acc);
+                    out
                 }
 
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $two(x: [&[$B]; 2], y: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 2] {
-                    let mut acc = [[[_mm256_setzero_ps(); 2]; 4]; 2];
+                    // Lanes 0..4: row 0 × tokens 0..4; lanes 4..8: row 1.
+                    let mut acc = _mm256_setzero_ps();
                     for i in 0..x[0].len().min(x[1].len()) {
                         let (b0, b1) = (&x[0][i], &x[1][i]);
                         let (q0, q1) = ($bytes(b0), $bytes(b1));
-                        let (d0, d1) = (h2f(b0.d), h2f(b1.d));
-                        let k = i & 1;
+                        let mut v = [_mm256_setzero_si256(); 8];
                         for t in 0..4 {
-                            let yb = &y[t][i];
-                            let yv = load32(&yb.qs);
-                            let dy = h2f(yb.d);
-                            let p0 = mul_sum_i8_pairs_float(q0, yv);
-                            let p1 = mul_sum_i8_pairs_float(q1, yv);
-                            acc[0][t][k] =
-                                _mm256_fmadd_ps(_mm256_set1_ps(d0 * dy), p0, acc[0][t][k]);
-                            acc[1][t][k] =
-                                _mm256_fmadd_ps(_mm256_set1_ps(d1 * dy), p1, acc[1][t][k]);
+                            let yv = load32(&y[t][i].qs);
+                            v[t] = mul_sum_i8_pairs_int(q0, yv);
+                            v[4 + t] = mul_sum_i8_pairs_int(q1, yv);
                         }
+                        let dy = h2f4([y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d]);
+                        let dx = _mm256_set_m128(_mm_set1_ps(h2f(b1.d)), _mm_set1_ps(h2f(b0.d)));
+                        let d = _mm256_mul_ps(dx, _mm256_set_m128(dy, dy));
+                        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(reduce8(v)), acc);
                     }
-                    acc.map(|r| r.map(|a| hsum_f32_8(_mm256_add_ps(a[0], a[1]))))
+                    let mut out = [[0f32; 4]; 2];
+                    _mm_storeu_ps(out[0].as_mut_ptr(), _mm256_castps256_ps128(acc));
+                    _mm_storeu_ps(out[1].as_mut_ptr(), _mm256_extractf128_ps(acc, 1));
+                    out
                 }
             };
         }
+
         legacy_q8_0!(
             vec_dot_q4_0_q8_0,
             vec_dot4_q4_0_q8_0,

@@ -1,22 +1,21 @@
 //! Sixteen-lane AVX-512 kernels: Q4_0, Q5_0, Q8_0 and IQ4_NL weights against Q8_0 activations,
-//! Q4_1 and Q5_1 against Q8_1 (their mins' term added after the lanes' sum, as AVX2 does; two
-//! blocks per register, on the layouts of [`super::packed`]) and the f32 prefill tile. Each
-//! gives the bits of the AVX2 kernel it stands in for.
+//! Q4_1 and Q5_1 against Q8_1, on the layouts of [`super::packed`], and the f32 prefill tile.
 //!
-//! - [`dot_q4_0`], [`dot_q5_0`], [`dot_q8_0`]: one weight row (ggml's blocks, unpacked on the
-//!   fly) · one token's [`ActPair`]s — the decode path.
-//! - [`gemm`]: `R` pre-unpacked weight rows × `T` tokens in registers — the prefill path;
-//!   unpacking a row once for every token takes the nibble and fifth-bit work out of the loop,
-//!   and a block pair costs one `vpdpbusd`, one conversion, one multiply and one FMA.
-//! - [`dot_q4_0_rows`] and its kin: four rows · one token, one activation load for all four.
+//! The legacy types' dot is [`super::scalar::block_step`]'s chain (per block the exact integer
+//! sum, then one fused multiply-add of the scale product), which these kernels run with sixteen
+//! weight rows in the sixteen lanes, so every output has the scalar kernel's bits:
+//!
+//! - [`gemm`]: a [`WeightTile`] run of sixteen rows × `T` tokens — the prefill path. A block is
+//!   eight `vpdpbusd` per token (four activation bytes broadcast against four bytes of each
+//!   row), one conversion, one multiply and one FMA for sixteen outputs. (The layout follows
+//!   llama.cpp's repacked GEMMs, `ggml-cpu/repack.cpp`: interleaved rows, the float work once
+//!   per block.)
+//! - [`dot_rows16`]: sixteen rows straight from the file's blocks · one token — the decode
+//!   path: per row and block pair one `vpdpbusd` into sixteen group sums, a transpose-and-add
+//!   tree turns sixteen rows' group sums into two registers of block sums (lane = row), and
+//!   the rows' scales come in by one gather.
 //! - [`dot_tile_f32`]: 4 f32 rows × `T` tokens, chain A of the AVX2 dot in lanes 0..8 and
 //!   chain B in lanes 8..16 (see [`super::avx2::vec_dot_f32`]).
-//!
-//! For the legacy types, per (row, token) both compute exactly what [`super::avx2`]'s kernels
-//! compute: the same integer per group of four values (see [`super::packed`]), the same scale
-//! products `dx · dy`, even blocks accumulated in lanes 0..8 and odd blocks in lanes 8..16 (the
-//! AVX2 kernels' two accumulators), and the same final sum. Their results are bit-identical
-//! (tested), so decode, prefill and the AVX2 level agree to the bit.
 //!
 //! Every function is `unsafe`: the caller must have checked for [`crate::simd::SimdLevel::Avx512`].
 
@@ -30,30 +29,7 @@ use quantize::blocks::{
 };
 
 use super::avx512::hsum_f32_8;
-use super::packed::{affine_term, ActPair, PackedWeight, PairMeta, WeightPair};
-
-/// `[v[0]; 8] ++ [v[1]; 8]`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn spread2(v: __m128) -> __m512 {
-    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
-}
-
-/// Two f16 scales, widened and spread over their blocks' lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn scales2(d0: f16, d1: f16) -> __m512 {
-    spread2(widen2(d0, d1))
-}
-
-/// Two f16 scales widened by F16C in one conversion, in lanes 0 and 1.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn widen2(d0: f16, d1: f16) -> __m128 {
-    let bits = d0.to_bits() as u32 | (d1.to_bits() as u32) << 16;
-    _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
-}
+use super::packed::{ActBlock, PackedWeight, WeightTile, TILE_ROWS};
 
 /// The sum of the sixteen lanes as the AVX2 kernels sum their two accumulators: lanes 0..8
 /// plus lanes 8..16, then [`hsum_f32_8`].
@@ -63,6 +39,13 @@ unsafe fn hsum_pairs(acc: __m512) -> f32 {
     let lo = _mm512_castps512_ps256(acc);
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
     hsum_f32_8(_mm256_add_ps(lo, hi))
+}
+
+/// f16 → f32 with F16C, inlined.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn h2f(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
 }
 
 /// The 64 nibbles of two blocks' 16 packed bytes each, in value order: block `a`'s low
@@ -135,171 +118,196 @@ unsafe fn unsigned_iq4_nl(a: &BlockIQ4NL, b: &BlockIQ4NL) -> __m512i {
     _mm512_shuffle_epi8(table, nibbles2(&a.qs, &b.qs))
 }
 
-/// An activation pair's group sums times `−c = −(1 << shift)`: the start of each group's dot.
+/// The block sums of sixteen rows from their group sums: `z[r]` holds row `r`'s sixteen
+/// four-value sums of a block pair (lanes 0..8 the first block); the result is the first
+/// block's sums and the second's, lane `r` = row `r` (integers, exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn start(a: &ActPair, shift: u32) -> __m512i {
-    let s = _mm512_cvtepi16_epi32(_mm256_load_si256(a.neg_sums.as_ptr() as *const __m256i));
-    _mm512_sll_epi32(s, _mm_cvtsi32_si128(shift as i32))
+unsafe fn block_sums16(z: [__m512i; 16]) -> (__m512i, __m512i) {
+    // Each 128-bit lane of a row holds four groups. Pairs of rows: per 128-bit lane
+    // [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
+    let t: [__m512i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (z[2 * i], z[2 * i + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+    });
+    // Quads: per 128-bit lane the four rows' sums of that lane's four groups.
+    let q: [__m512i; 4] = std::array::from_fn(|i| {
+        let (a, b) = (t[2 * i], t[2 * i + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+    });
+    // Octets: 128-bit lanes [block 0 rows 0..4, block 1 rows 0..4, block 0 rows 4..8, block 1
+    // rows 4..8] (the two 128-bit lanes of a block added).
+    let o: [__m512i; 2] = std::array::from_fn(|i| {
+        let (a, b) = (q[2 * i], q[2 * i + 1]);
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0x88>(a, b),
+            _mm512_shuffle_i32x4::<0xDD>(a, b),
+        )
+    });
+    (
+        _mm512_shuffle_i32x4::<0x88>(o[0], o[1]),
+        _mm512_shuffle_i32x4::<0xDD>(o[0], o[1]),
+    )
 }
 
-/// An activation pair's scales, spread over their lanes.
+/// Sixteen f16 → f32 from the low halves of sixteen dwords (`HIGH`: the high halves).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn act_scales(a: &ActPair) -> __m512 {
-    spread2(_mm_castpd_ps(_mm_load_sd(a.d.as_ptr() as *const f64)))
+unsafe fn halves_f32<const HIGH: bool>(g: __m512i) -> __m512 {
+    let g = if HIGH { _mm512_srli_epi32::<16>(g) } else { g };
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g))
 }
 
-/// `acc + (dx · dy) · Σ (u − c)·y` per lane, for one block pair.
-#[inline]
+/// Sixteen rows (`x`: rows of `nb` blocks, one after another) · one token: `out[r]` is row
+/// `r`'s dot, [`super::scalar::block_step`]'s chain (and [`super::scalar::affine_step`]'s for
+/// the affine types) with the rows in the lanes.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn step(
-    acc: __m512,
-    start: __m512i,
-    u: __m512i,
-    a: &ActPair,
-    dx: __m512,
-    dy: __m512,
-) -> __m512 {
-    let y = _mm512_load_si512(a.qs.as_ptr() as *const __m512i);
-    let l = _mm512_dpbusd_epi32(start, u, y);
-    _mm512_fmadd_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(l), acc)
-}
-
-macro_rules! decode {
-    ($(#[$doc:meta])* $name:ident, $rows:ident, $B:ty, $unsigned:ident) => {
-        $(#[$doc])*
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub unsafe fn $name(x: &[$B], y: &[ActPair]) -> f32 {
-            $rows::<1>([x], y)[0]
-        }
-
-        /// `R` rows · one token, each row exactly as one row alone: the activation pair is
-        /// loaded once for all rows, and the rows' chains run side by side.
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub unsafe fn $rows<const R: usize>(x: [&[$B]; R], y: &[ActPair]) -> [f32; R] {
-            let nb = x.first().map_or(0, |r| r.len());
-            assert!(x.iter().all(|r| r.len() == nb), "rows of one length");
-            assert_eq!(y.len(), super::packed::pairs(nb), "activation pairs");
-            let pad: $B = bytemuck::Zeroable::zeroed();
-            let shift = <$B as PackedWeight>::SHIFT;
-            let mut acc = [_mm512_setzero_ps(); R];
-            for (p, a) in y.iter().enumerate() {
-                let s = start(a, shift);
-                let dy = act_scales(a);
-                let full = 2 * p + 1 < nb;
-                for r in 0..R {
-                    let b0 = x[r].get_unchecked(2 * p);
-                    let b1 = if full { x[r].get_unchecked(2 * p + 1) } else { &pad };
-                    let u = $unsigned(b0, b1);
-                    acc[r] = step(acc[r], s, u, a, scales2(b0.d, b1.d), dy);
-                }
-            }
-            let mut out = acc.map(|a| hsum_pairs(a));
-            if <$B as PackedWeight>::AFFINE {
-                for r in 0..R {
-                    out[r] += affine_term(x[r], y);
-                }
-            }
-            out
-        }
-    };
-}
-
-macro_rules! unpack {
-    ($(#[$doc:meta])* $name:ident, $B:ty, $unsigned:ident) => {
-        $(#[$doc])*
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub unsafe fn $name(x: &[$B], out: &mut [WeightPair]) {
-            assert_eq!(out.len(), super::packed::pairs(x.len()), "weight pairs");
-            let pad: $B = bytemuck::Zeroable::zeroed();
-            for (p, o) in out.iter_mut().enumerate() {
-                let b0 = &x[2 * p];
-                let b1 = x.get(2 * p + 1).unwrap_or(&pad);
-                _mm512_store_si512(o.u.as_mut_ptr() as *mut __m512i, $unsigned(b0, b1));
-                _mm512_store_ps(o.d.as_mut_ptr(), scales2(b0.d, b1.d));
-            }
-        }
-    };
-}
-
-unpack!(/// [`super::packed::unpack_weights`] for Q4_0.
-    unpack_q4_0, BlockQ4_0, unsigned_q4_0);
-unpack!(/// [`super::packed::unpack_weights`] for Q5_0.
-    unpack_q5_0, BlockQ5_0, unsigned_q5_0);
-unpack!(/// [`super::packed::unpack_weights`] for Q8_0.
-    unpack_q8_0, BlockQ8_0, unsigned_q8_0);
-
-decode!(/// Q4_0 row · one token.
-    dot_q4_0, dot_q4_0_rows, BlockQ4_0, unsigned_q4_0);
-decode!(/// Q5_0 row · one token.
-    dot_q5_0, dot_q5_0_rows, BlockQ5_0, unsigned_q5_0);
-decode!(/// Q8_0 row · one token.
-    dot_q8_0, dot_q8_0_rows, BlockQ8_0, unsigned_q8_0);
-unpack!(/// [`super::packed::unpack_weights`] for IQ4_NL.
-    unpack_iq4_nl, BlockIQ4NL, unsigned_iq4_nl);
-decode!(/// IQ4_NL row · one token.
-    dot_iq4_nl, dot_iq4_nl_rows, BlockIQ4NL, unsigned_iq4_nl);
-unpack!(/// [`super::packed::unpack_weights`] for Q4_1.
-    unpack_q4_1, BlockQ4_1, unsigned_q4_1);
-decode!(/// Q4_1 row · one token (Q8_1 activation pairs).
-    dot_q4_1, dot_q4_1_rows, BlockQ4_1, unsigned_q4_1);
-unpack!(/// [`super::packed::unpack_weights`] for Q5_1.
-    unpack_q5_1, BlockQ5_1, unsigned_q5_1);
-decode!(/// Q5_1 row · one token (Q8_1 activation pairs).
-    dot_q5_1, dot_q5_1_rows, BlockQ5_1, unsigned_q5_1);
-
-/// `R` unpacked weight rows × `T` tokens: `out[r][t] = w[r] · y[t]`, with each token's
-/// [`PairMeta`]s (made for this weight type's offset) beside its pairs. The lanes' start and
-/// scales come from memory, so the 4 × 4 tile's sixteen accumulators, one weight pair and its
-/// scales are all the registers the loop holds.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemm<const R: usize, const T: usize>(
-    w: [&[WeightPair]; R],
-    y: [&[ActPair]; T],
-    m: [&[PairMeta]; T],
-) -> [[f32; T]; R] {
-    let np = w.first().map_or(0, |r| r.len());
+///
+/// `ahead` (rows read next, or empty) is prefetched into L2 a slice per block pair: sixteen
+/// streams are more than the hardware prefetcher follows, and one burst of prefetches for a
+/// whole group overflows the queue (measured: 30 MB of Q8_0 rows at 14 GMAC/s with a burst
+/// per group, 21 without one as with this spread).
+pub unsafe fn dot_rows16<W: ZmmWeight>(
+    x: &[W],
+    nb: usize,
+    y: &[ActBlock],
+    ahead: &[W],
+) -> [f32; 16] {
     assert!(
-        w.iter().all(|r| r.len() == np)
-            && y.iter().all(|a| a.len() == np)
-            && m.iter().all(|a| a.len() == np)
+        x.len() == TILE_ROWS * nb && y.len() == nb,
+        "sixteen rows of {nb} blocks"
     );
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let pad: W = bytemuck::Zeroable::zeroed();
+    let stride = (nb * std::mem::size_of::<W>()) as i32;
+    assert!(
+        (stride as i64) * 16 < i32::MAX as i64,
+        "row too long for a gather"
+    );
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(stride),
+    );
+    let zero = _mm512_setzero_si512();
+    let mut acc = _mm512_setzero_ps();
+    let np = nb.div_ceil(2);
+    let lines = std::mem::size_of_val(ahead).div_ceil(64);
+    let per_pair = lines.div_ceil(np.max(1));
     for p in 0..np {
-        for r in 0..R {
-            let wp = w[r].get_unchecked(p);
-            let u = _mm512_load_si512(wp.u.as_ptr() as *const __m512i);
-            let dx = _mm512_load_ps(wp.d.as_ptr());
-            for t in 0..T {
-                let mt = m[t].get_unchecked(p);
-                let s = _mm512_load_si512(mt.start.as_ptr() as *const __m512i);
-                let yv = _mm512_load_si512(y[t].get_unchecked(p).qs.as_ptr() as *const __m512i);
-                let l = _mm512_dpbusd_epi32(s, u, yv);
-                let dy = _mm512_load_ps(mt.dy.as_ptr());
-                acc[r][t] =
-                    _mm512_fmadd_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(l), acc[r][t]);
+        for l in p * per_pair..((p + 1) * per_pair).min(lines) {
+            let a = (ahead.as_ptr() as *const i8).add(64 * l);
+            _mm_prefetch::<_MM_HINT_T0>(a);
+        }
+        let (b0, b1) = (2 * p, 2 * p + 1);
+        let full = b1 < nb;
+        let y0 = _mm256_loadu_si256(y.get_unchecked(b0).qs.as_ptr() as *const __m256i);
+        let y1 = if full {
+            _mm256_loadu_si256(y.get_unchecked(b1).qs.as_ptr() as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
+        };
+        let yv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(y0), y1);
+        let z: [__m512i; 16] = std::array::from_fn(|r| {
+            let row = x.get_unchecked(r * nb..(r + 1) * nb);
+            let second = if full { row.get_unchecked(b1) } else { &pad };
+            _mm512_dpbusd_epi32(zero, W::unsigned2(row.get_unchecked(b0), second), yv)
+        });
+        let (s0, s1) = block_sums16(z);
+        for (b, sums) in [(b0, s0), (b1, s1)] {
+            if b >= nb {
+                break;
+            }
+            let yb = y.get_unchecked(b);
+            // Each row's block starts with its f16 scale (and the affine types' min after it).
+            let g = _mm512_i32gather_epi32::<1>(offsets, x.as_ptr().add(b) as *const i32);
+            let isum = _mm512_add_epi32(sums, _mm512_set1_epi32(yb.start));
+            let d = _mm512_mul_ps(halves_f32::<false>(g), _mm512_set1_ps(yb.d));
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), acc);
+            if W::AFFINE {
+                acc = _mm512_fmadd_ps(halves_f32::<true>(g), _mm512_set1_ps(yb.s), acc);
             }
         }
-    }
-    acc.map(|row| row.map(|a| hsum_pairs(a)))
-}
-
-/// The mins' term of the affine types (Q4_1, Q5_1) for 4 rows × 4 tokens, lane `4k + j` for
-/// row `k` and token `j`: `Σ_b m[b][4k + j] · s[b][4k + j]` over the blocks in order, each
-/// product rounded and then added (no fused multiply-add) — per lane exactly the sum
-/// [`super::packed::affine_term`] and the AVX2 kernels compute. `m[b]` holds each row's min of
-/// block `b` (repeated over its four lanes), `s[b]` each token's `s`.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn affine_tile(m: &[[f32; 16]], s: &[[f32; 16]]) -> [f32; 16] {
-    assert_eq!(m.len(), s.len(), "blocks");
-    let mut acc = _mm512_setzero_ps();
-    for (mb, sb) in m.iter().zip(s) {
-        let p = _mm512_mul_ps(_mm512_loadu_ps(mb.as_ptr()), _mm512_loadu_ps(sb.as_ptr()));
-        acc = _mm512_add_ps(acc, p);
     }
     let mut out = [0f32; 16];
     _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+/// Up to sixteen rows of `nb` blocks (`x`, one after another) unpacked into `nb`
+/// [`WeightTile`]s, as [`super::packed::unpack_tiles`] does.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn unpack_tiles<W: ZmmWeight>(x: &[W], nb: usize, out: &mut [WeightTile]) {
+    let rows = x.len() / nb.max(1);
+    assert!(
+        rows <= TILE_ROWS && x.len() == rows * nb && out.len() == nb,
+        "weight tiles"
+    );
+    let pad: W = bytemuck::Zeroable::zeroed();
+    for o in out.iter_mut() {
+        *o = bytemuck::Zeroable::zeroed();
+    }
+    let mut buf = [0u32; 16];
+    for r in 0..rows {
+        let row = &x[r * nb..(r + 1) * nb];
+        for p in 0..nb.div_ceil(2) {
+            let (b0, b1) = (2 * p, 2 * p + 1);
+            let second = row.get(b1).unwrap_or(&pad);
+            _mm512_storeu_si512(
+                buf.as_mut_ptr() as *mut __m512i,
+                W::unsigned2(&row[b0], second),
+            );
+            for (h, b) in [b0, b1].into_iter().enumerate() {
+                let Some(t) = out.get_mut(b) else { break };
+                for k in 0..8 {
+                    t.u[k][r] = buf[8 * h + k];
+                }
+                let blk = &row[b];
+                t.d[r] = h2f(blk.scale_f16());
+                if W::AFFINE {
+                    t.m[r] = h2f(blk.min_f16());
+                }
+            }
+        }
+    }
+}
+
+/// Sixteen rows (their [`WeightTile`]s, one per block) × `T` tokens: `out[t][r]` is row `r`'s
+/// dot with token `t` — per block eight `vpdpbusd` per token from the start `−c·Σy`, then
+/// [`super::scalar::block_step`] (and the affine types' mins' term) with the rows in the lanes.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn gemm<const T: usize, const AFFINE: bool>(
+    w: &[WeightTile],
+    y: [&[ActBlock]; T],
+) -> [[f32; 16]; T] {
+    let nb = w.len();
+    assert!(y.iter().all(|a| a.len() == nb), "activation blocks");
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (b, tile) in w.iter().enumerate() {
+        let mut isum: [__m512i; T] =
+            std::array::from_fn(|t| _mm512_set1_epi32(y[t].get_unchecked(b).start));
+        for k in 0..8 {
+            let wk = _mm512_load_si512(tile.u[k].as_ptr() as *const __m512i);
+            for t in 0..T {
+                let q = (y[t].get_unchecked(b).qs.as_ptr() as *const i32)
+                    .add(k)
+                    .read_unaligned();
+                isum[t] = _mm512_dpbusd_epi32(isum[t], wk, _mm512_set1_epi32(q));
+            }
+        }
+        let dx = _mm512_load_ps(tile.d.as_ptr());
+        for t in 0..T {
+            let yb = y[t].get_unchecked(b);
+            let d = _mm512_mul_ps(dx, _mm512_set1_ps(yb.d));
+            acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum[t]), acc[t]);
+            if AFFINE {
+                let m = _mm512_load_ps(tile.m.as_ptr());
+                acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(yb.s), acc[t]);
+            }
+        }
+    }
+    let mut out = [[0f32; 16]; T];
+    for t in 0..T {
+        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
     out
 }
 
@@ -355,42 +363,17 @@ pub unsafe fn dot_tile_f32<const T: usize>(
     out
 }
 
-/// [`super::packed::pack_activations`] in sixteen lanes, and, unless `meta` is empty, each
-/// pair's [`PairMeta`] for weights offset by `1 << shift` (the same numbers as
-/// [`PairMeta::new`]): a group's sum of four values is one `vpdpbusd` of the values with ones.
+/// [`super::packed::pack_activations`] with the scales widened by F16C (not `half`'s
+/// out-of-line call per block).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn pack_q8_0(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta], shift: u32) {
-    assert_eq!(out.len(), super::packed::pairs(y.len()), "activation pairs");
-    assert!(meta.is_empty() || meta.len() == out.len(), "pair metas");
-    let pad: BlockQ8_0 = bytemuck::Zeroable::zeroed();
-    let ones = _mm512_set1_epi8(1);
-    let sh = _mm_cvtsi32_si128(shift as i32);
-    for (p, o) in out.iter_mut().enumerate() {
-        let b0 = &y[2 * p];
-        let b1 = y.get(2 * p + 1).unwrap_or(&pad);
-        let lo = _mm256_loadu_si256(b0.qs.as_ptr() as *const __m256i);
-        let hi = _mm256_loadu_si256(b1.qs.as_ptr() as *const __m256i);
-        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-        let neg = _mm512_sub_epi32(
-            _mm512_setzero_si512(),
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, v),
-        );
+pub unsafe fn pack_q8_0(y: &[BlockQ8_0], shift: u32, out: &mut [ActBlock]) {
+    assert_eq!(out.len(), y.len(), "activation blocks");
+    for (o, b) in out.iter_mut().zip(y) {
+        let sum: i32 = b.qs.iter().map(|&v| v as i32).sum();
         *o = bytemuck::Zeroable::zeroed();
-        _mm512_store_si512(o.qs.as_mut_ptr() as *mut __m512i, v);
-        _mm256_store_si256(
-            o.neg_sums.as_mut_ptr() as *mut __m256i,
-            _mm512_cvtepi32_epi16(neg),
-        );
-        // Both scales widened at once (not `half`'s out-of-line call per scale).
-        let d = widen2(b0.d, b1.d);
-        _mm_store_sd(o.d.as_mut_ptr() as *mut f64, _mm_castps_pd(d));
-        if let Some(m) = meta.get_mut(p) {
-            _mm512_store_si512(
-                m.start.as_mut_ptr() as *mut __m512i,
-                _mm512_sll_epi32(neg, sh),
-            );
-            _mm512_store_ps(m.dy.as_mut_ptr(), spread2(d));
-        }
+        o.qs = b.qs;
+        o.start = -(sum << shift);
+        o.d = h2f(b.d);
     }
 }
 
@@ -398,106 +381,64 @@ pub unsafe fn pack_q8_0(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMe
 pub trait ZmmWeight: PackedWeight {
     /// The activation blocks (Q8_0, or Q8_1 for the affine types).
     type Act: crate::quant::Activation;
-    /// Rearranges one token's activation row into pairs and, unless `meta` is empty (decode),
-    /// their [`PairMeta`]s for this type's offset.
-    unsafe fn pack(y: &[Self::Act], out: &mut [ActPair], meta: &mut [PairMeta]);
-    /// This type's row · one token.
-    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32;
-    /// Four rows · one token, each as [`ZmmWeight::dot`] gives it.
-    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4];
-    /// [`super::packed::unpack_weights`], sixteen lanes at a time.
-    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]);
+    /// Rearranges one token's activation row for this type's offset.
+    unsafe fn pack(y: &[Self::Act], out: &mut [ActBlock]);
+    /// This type's row · one token on the file's blocks (the AVX-512 level's single dot): the
+    /// rows [`dot_rows16`] leaves over.
+    unsafe fn dot(x: &[Self], y: &[Self::Act]) -> f32;
+    /// Two blocks' values as unsigned bytes `q + c`, in value order.
+    unsafe fn unsigned2(a: &Self, b: &Self) -> __m512i;
+    /// The block's scale, as stored.
+    fn scale_f16(&self) -> f16;
+    /// The block's min, as stored (affine types).
+    fn min_f16(&self) -> f16 {
+        f16::ZERO
+    }
 }
 
-impl ZmmWeight for BlockQ4_0 {
-    type Act = BlockQ8_0;
-    unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta]) {
-        pack_q8_0(y, out, meta, Self::SHIFT)
-    }
-    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
-        dot_q4_0(x, y)
-    }
-    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
-        dot_q4_0_rows::<4>(x, y)
-    }
-    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
-        unpack_q4_0(x, out)
-    }
+macro_rules! zmm_weight {
+    ($B:ty, Q8_0, $dot:ident, $unsigned:ident) => {
+        impl ZmmWeight for $B {
+            type Act = BlockQ8_0;
+            unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActBlock]) {
+                pack_q8_0(y, Self::SHIFT, out)
+            }
+            unsafe fn dot(x: &[Self], y: &[BlockQ8_0]) -> f32 {
+                super::avx512::$dot(x, y)
+            }
+            unsafe fn unsigned2(a: &Self, b: &Self) -> __m512i {
+                $unsigned(a, b)
+            }
+            fn scale_f16(&self) -> f16 {
+                self.d
+            }
+        }
+    };
+    ($B:ty, Q8_1, $dot:ident, $unsigned:ident) => {
+        impl ZmmWeight for $B {
+            type Act = BlockQ8_1;
+            unsafe fn pack(y: &[BlockQ8_1], out: &mut [ActBlock]) {
+                super::packed::pack_activations_q8_1(y, out)
+            }
+            unsafe fn dot(x: &[Self], y: &[BlockQ8_1]) -> f32 {
+                super::avx512::$dot(x, y)
+            }
+            unsafe fn unsigned2(a: &Self, b: &Self) -> __m512i {
+                $unsigned(a, b)
+            }
+            fn scale_f16(&self) -> f16 {
+                self.d
+            }
+            fn min_f16(&self) -> f16 {
+                self.m
+            }
+        }
+    };
 }
-impl ZmmWeight for BlockQ5_0 {
-    type Act = BlockQ8_0;
-    unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta]) {
-        pack_q8_0(y, out, meta, Self::SHIFT)
-    }
-    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
-        dot_q5_0(x, y)
-    }
-    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
-        dot_q5_0_rows::<4>(x, y)
-    }
-    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
-        unpack_q5_0(x, out)
-    }
-}
-impl ZmmWeight for BlockQ8_0 {
-    type Act = BlockQ8_0;
-    unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta]) {
-        pack_q8_0(y, out, meta, Self::SHIFT)
-    }
-    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
-        dot_q8_0(x, y)
-    }
-    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
-        dot_q8_0_rows::<4>(x, y)
-    }
-    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
-        unpack_q8_0(x, out)
-    }
-}
-impl ZmmWeight for BlockIQ4NL {
-    type Act = BlockQ8_0;
-    unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActPair], meta: &mut [PairMeta]) {
-        pack_q8_0(y, out, meta, Self::SHIFT)
-    }
-    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
-        dot_iq4_nl(x, y)
-    }
-    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
-        dot_iq4_nl_rows::<4>(x, y)
-    }
-    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
-        unpack_iq4_nl(x, out)
-    }
-}
-impl ZmmWeight for BlockQ4_1 {
-    type Act = BlockQ8_1;
-    unsafe fn pack(y: &[BlockQ8_1], out: &mut [ActPair], meta: &mut [PairMeta]) {
-        super::packed::pack_activations_q8_1(y, out);
-        PairMeta::fill(out, meta, Self::SHIFT);
-    }
-    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
-        dot_q4_1(x, y)
-    }
-    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
-        dot_q4_1_rows::<4>(x, y)
-    }
-    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
-        unpack_q4_1(x, out)
-    }
-}
-impl ZmmWeight for BlockQ5_1 {
-    type Act = BlockQ8_1;
-    unsafe fn pack(y: &[BlockQ8_1], out: &mut [ActPair], meta: &mut [PairMeta]) {
-        super::packed::pack_activations_q8_1(y, out);
-        PairMeta::fill(out, meta, Self::SHIFT);
-    }
-    unsafe fn dot(x: &[Self], y: &[ActPair]) -> f32 {
-        dot_q5_1(x, y)
-    }
-    unsafe fn dot4(x: [&[Self]; 4], y: &[ActPair]) -> [f32; 4] {
-        dot_q5_1_rows::<4>(x, y)
-    }
-    unsafe fn unpack(x: &[Self], out: &mut [WeightPair]) {
-        unpack_q5_1(x, out)
-    }
-}
+
+zmm_weight!(BlockQ4_0, Q8_0, vec_dot_q4_0_q8_0, unsigned_q4_0);
+zmm_weight!(BlockQ5_0, Q8_0, vec_dot_q5_0_q8_0, unsigned_q5_0);
+zmm_weight!(BlockQ8_0, Q8_0, vec_dot_q8_0_q8_0, unsigned_q8_0);
+zmm_weight!(BlockIQ4NL, Q8_0, vec_dot_iq4_nl_q8_0, unsigned_iq4_nl);
+zmm_weight!(BlockQ4_1, Q8_1, vec_dot_q4_1_q8_1, unsigned_q4_1);
+zmm_weight!(BlockQ5_1, Q8_1, vec_dot_q5_1_q8_1, unsigned_q5_1);
