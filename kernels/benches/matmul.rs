@@ -1,8 +1,8 @@
-//! Prefill matmul throughput per weight type on SmolLM2's shapes (576 → 1536 and 1536 → 576,
-//! 512 tokens), in GMAC/s (weights × tokens per second), at the SIMD level in use; one thread
-//! unless `KILN_BENCH_THREADS` says otherwise; `KILN_BENCH_TOKENS` sets the token count (1 for
-//! the decode path). A benchmark, not a test: speed figures come
-//! from here and `kiln bench`, never from timed tests.
+//! Matmul throughput per weight type on SmolLM2's shapes (576 → 1536, 1536 → 576 and the
+//! 49,152-row output projection), 512 tokens, in GMAC/s (weights × tokens per second), at the
+//! SIMD level in use; one thread unless `KILN_BENCH_THREADS` says otherwise;
+//! `KILN_BENCH_TOKENS=1` measures the decode path instead. A benchmark, not a test: speed
+//! figures come from here and `kiln bench`, never from timed tests.
 //!
 //! `cargo bench -p kernels --bench matmul [-- FILTER]`
 
