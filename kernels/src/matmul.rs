@@ -84,12 +84,17 @@ type Dot4<W, A> = unsafe fn(&[W], [&[A]; 4]) -> [f32; 4];
 /// Two weight rows × four tokens (see `dot::avx2::vec_dot4x2_*`); unsafe as [`Dot4`].
 type Dot4x2<W, A> = unsafe fn([&[W]; 2], [&[A]; 4]) -> [[f32; 4]; 2];
 
+/// Four weight rows × one token (see `dot::avx2::vec_dot_rows4_*`); unsafe as [`Dot4`].
+type Rows4<W, A> = unsafe fn([&[W]; 4], &[A]) -> [f32; 4];
+
 /// The batch kernels of a weight type at the SIMD level in use.
 struct Batch<W, A> {
     /// One row × four tokens.
     one: Option<Dot4<W, A>>,
     /// Two rows × four tokens.
     two: Option<Dot4x2<W, A>>,
+    /// Four rows × one token (decode).
+    rows: Option<Rows4<W, A>>,
 }
 
 impl<W, A> Batch<W, A> {
@@ -97,6 +102,7 @@ impl<W, A> Batch<W, A> {
         Batch {
             one: None,
             two: None,
+            rows: None,
         }
     }
 }
@@ -121,18 +127,28 @@ macro_rules! simd_kernel {
     }};
 }
 
-/// The four-token kernel `$one` and, when given, the two-row kernel `$two`.
+/// The four-token kernel `$one` and, when given, the two-row kernel `$two` and the four-row
+/// decode kernel `$rows`.
 macro_rules! dot4 {
     ($one:ident) => {
         Batch {
             one: simd_kernel!($one, Dot4),
             two: None,
+            rows: None,
         }
     };
-    ($one:ident, $two:ident) => {
+    ($one:ident; $rows:ident) => {
+        Batch {
+            one: simd_kernel!($one, Dot4),
+            two: None,
+            rows: simd_kernel!($rows, Rows4),
+        }
+    };
+    ($one:ident, $two:ident; $rows:ident) => {
         Batch {
             one: simd_kernel!($one, Dot4),
             two: simd_kernel!($two, Dot4x2),
+            rows: simd_kernel!($rows, Rows4),
         }
     };
 }
@@ -205,7 +221,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_q4_0_q8_0,
-            dot4!(vec_dot4_q4_0_q8_0, vec_dot4x2_q4_0_q8_0),
+            dot4!(vec_dot4_q4_0_q8_0, vec_dot4x2_q4_0_q8_0; vec_dot_rows4_q4_0_q8_0),
         ),
         #[cfg(target_arch = "x86_64")]
         GgmlType::Q4_1 if zmm() => quantized_zmm::<BlockQ4_1>(w, x, n_tok, out, scratch),
@@ -216,7 +232,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_q4_1_q8_1,
-            dot4!(vec_dot4_q4_1_q8_1),
+            dot4!(vec_dot4_q4_1_q8_1; vec_dot_rows4_q4_1_q8_1),
         ),
         #[cfg(target_arch = "x86_64")]
         GgmlType::Q5_0 if zmm() => quantized_zmm::<BlockQ5_0>(w, x, n_tok, out, scratch),
@@ -227,7 +243,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_q5_0_q8_0,
-            dot4!(vec_dot4_q5_0_q8_0, vec_dot4x2_q5_0_q8_0),
+            dot4!(vec_dot4_q5_0_q8_0, vec_dot4x2_q5_0_q8_0; vec_dot_rows4_q5_0_q8_0),
         ),
         #[cfg(target_arch = "x86_64")]
         GgmlType::Q5_1 if zmm() => quantized_zmm::<BlockQ5_1>(w, x, n_tok, out, scratch),
@@ -238,7 +254,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_q5_1_q8_1,
-            dot4!(vec_dot4_q5_1_q8_1),
+            dot4!(vec_dot4_q5_1_q8_1; vec_dot_rows4_q5_1_q8_1),
         ),
         #[cfg(target_arch = "x86_64")]
         GgmlType::Q8_0 if zmm() => quantized_zmm::<BlockQ8_0>(w, x, n_tok, out, scratch),
@@ -249,7 +265,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_q8_0_q8_0,
-            dot4!(vec_dot4_q8_0_q8_0, vec_dot4x2_q8_0_q8_0),
+            dot4!(vec_dot4_q8_0_q8_0, vec_dot4x2_q8_0_q8_0; vec_dot_rows4_q8_0_q8_0),
         ),
         GgmlType::Q4K => quantized::<BlockQ4K, BlockQ8K>(
             w,
@@ -305,7 +321,7 @@ fn matmul_base(
             out,
             scratch,
             dot::vec_dot_iq4_nl_q8_0,
-            dot4!(vec_dot4_iq4_nl_q8_0, vec_dot4x2_iq4_nl_q8_0),
+            dot4!(vec_dot4_iq4_nl_q8_0, vec_dot4x2_iq4_nl_q8_0; vec_dot_rows4_iq4_nl_q8_0),
         ),
         GgmlType::IQ4XS => quantized::<BlockIQ4XS, BlockQ8K>(
             w,
@@ -624,7 +640,21 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
             }
             for t in first..n_tok {
                 let a = &acts[t * per_tok..(t + 1) * per_tok];
-                for r in t0..t1 {
+                let mut r = t0;
+                if let Some(rows4) = f4.rows {
+                    while r + 4 <= t1 {
+                        (r..r + 4).for_each(|r| fetch(r, t + 1 == n_tok));
+                        let w = [wrow(r), wrow(r + 1), wrow(r + 2), wrow(r + 3)];
+                        // SAFETY: the kernels are only given for a level the CPU has.
+                        let v = unsafe { rows4(w, a) };
+                        for (k, &vk) in v.iter().enumerate() {
+                            // SAFETY: as below.
+                            unsafe { *out.0.add(t * rows + r + k) = vk };
+                        }
+                        r += 4;
+                    }
+                }
+                for r in r..t1 {
                     fetch(r, t + 1 == n_tok);
                     let v = f(wrow(r), a);
                     // SAFETY: each (t, r) is written by exactly one thread (rows are split

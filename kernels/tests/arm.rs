@@ -195,7 +195,7 @@ fn batch_kernels_give_the_single_row_bits() {
         let rows: Vec<Vec<f32>> = (0..2).map(|_| rng.row(n, 0.05)).collect();
         let toks: Vec<Vec<f32>> = (0..4).map(|_| rng.row(n, 1.0)).collect();
         macro_rules! check {
-            ($ty:expr, $W:ty, $A:ty, $one:ident, $four:ident $(, $two:ident)?) => {{
+            ($ty:expr, $W:ty, $A:ty, $one:ident, $four:ident $(, $two:ident)? $(; $rows:ident)?) => {{
                 let w: Vec<Vec<u8>> = rows.iter().map(|r| quantize::quantize($ty, r, n, None).unwrap().0).collect();
                 let a: Vec<Vec<u8>> = toks.iter().map(|t| dot::quantize_activation($ty, t)).collect();
                 let wb: Vec<std::borrow::Cow<[$W]>> = w.iter().map(|b| v::<$W>(b)).collect();
@@ -213,6 +213,14 @@ fn batch_kernels_give_the_single_row_bits() {
                                 assert_eq!(single.map(f32::to_bits), two[r].map(f32::to_bits),
                                     "{} {}: two rows × four tokens, {nb} blocks", $ty, l.name());
                             )?
+                            $(
+                                // Four rows (the two, twice) × one token: the decode kernel.
+                                let t = r + 1;
+                                let four_rows = k::$rows([&wb[0], &wb[1], &wb[1], &wb[0]], y[t]);
+                                let want = [0, 1, 1, 0].map(|i| k::$one(&wb[i], y[t]).to_bits());
+                                assert_eq!(four_rows.map(f32::to_bits), want,
+                                    "{} {}: four rows × one token, {nb} blocks", $ty, l.name());
+                            )?
                         }
                     });
                 }
@@ -224,7 +232,8 @@ fn batch_kernels_give_the_single_row_bits() {
             BlockQ8_0,
             vec_dot_q4_0_q8_0,
             vec_dot4_q4_0_q8_0,
-            vec_dot4x2_q4_0_q8_0
+            vec_dot4x2_q4_0_q8_0;
+            vec_dot_rows4_q4_0_q8_0
         );
         check!(
             GgmlType::Q5_0,
@@ -232,7 +241,8 @@ fn batch_kernels_give_the_single_row_bits() {
             BlockQ8_0,
             vec_dot_q5_0_q8_0,
             vec_dot4_q5_0_q8_0,
-            vec_dot4x2_q5_0_q8_0
+            vec_dot4x2_q5_0_q8_0;
+            vec_dot_rows4_q5_0_q8_0
         );
         check!(
             GgmlType::Q8_0,
@@ -240,21 +250,24 @@ fn batch_kernels_give_the_single_row_bits() {
             BlockQ8_0,
             vec_dot_q8_0_q8_0,
             vec_dot4_q8_0_q8_0,
-            vec_dot4x2_q8_0_q8_0
+            vec_dot4x2_q8_0_q8_0;
+            vec_dot_rows4_q8_0_q8_0
         );
         check!(
             GgmlType::Q4_1,
             BlockQ4_1,
             BlockQ8_1,
             vec_dot_q4_1_q8_1,
-            vec_dot4_q4_1_q8_1
+            vec_dot4_q4_1_q8_1;
+            vec_dot_rows4_q4_1_q8_1
         );
         check!(
             GgmlType::Q5_1,
             BlockQ5_1,
             BlockQ8_1,
             vec_dot_q5_1_q8_1,
-            vec_dot4_q5_1_q8_1
+            vec_dot4_q5_1_q8_1;
+            vec_dot_rows4_q5_1_q8_1
         );
         check!(
             GgmlType::Q4K,
@@ -304,7 +317,8 @@ fn batch_kernels_give_the_single_row_bits() {
             BlockQ8_0,
             vec_dot_iq4_nl_q8_0,
             vec_dot4_iq4_nl_q8_0,
-            vec_dot4x2_iq4_nl_q8_0
+            vec_dot4x2_iq4_nl_q8_0;
+            vec_dot_rows4_iq4_nl_q8_0
         );
     }
 }

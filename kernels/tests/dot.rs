@@ -409,7 +409,7 @@ fn legacy_kernels_give_the_scalar_bits() {
     const ROWS: usize = 19; // a full group of sixteen and three left over
     const TOKS: usize = 9; // eight tokens per GEMM call and one left over
     macro_rules! check {
-        ($ty:expr, $W:ty, $A:ty, $one:ident, $four:ident $(, $two:ident)?) => {{
+        ($ty:expr, $W:ty, $A:ty, $one:ident, $four:ident, $rows:ident $(, $two:ident)?) => {{
             let ty: GgmlType = $ty;
             let mut rng = Rng(0xD1B54A32D192ED03 ^ ty as u64);
             for nb in [1usize, 2, 7, 18, 48] {
@@ -448,6 +448,19 @@ fn legacy_kernels_give_the_scalar_bits() {
                                 }
                             };
                             assert_eq!(one.to_bits(), want[r][t], "{ty} {name} nb {nb}: one ({r}, {t})");
+                            if r + 4 <= ROWS {
+                                let x: [&[$W]; 4] = std::array::from_fn(|k| &rows[r + k][..]);
+                                let four_rows = unsafe {
+                                    if l {
+                                        dot::avx512::$rows(x, &acts[t])
+                                    } else {
+                                        dot::avx2::$rows(x, &acts[t])
+                                    }
+                                };
+                                for k in 0..4 {
+                                    assert_eq!(four_rows[k].to_bits(), want[r + k][t], "{ty} {name} nb {nb}: four rows ({}, {t})", r + k);
+                                }
+                            }
                             for k in 0..4 {
                                 assert_eq!(four[k].to_bits(), want[r][t + k], "{ty} {name} nb {nb}: four ({r}, {})", t + k);
                             }
@@ -538,6 +551,7 @@ fn legacy_kernels_give_the_scalar_bits() {
         BlockQ8_0,
         vec_dot_q4_0_q8_0,
         vec_dot4_q4_0_q8_0,
+        vec_dot_rows4_q4_0_q8_0,
         vec_dot4x2_q4_0_q8_0
     );
     check!(
@@ -546,6 +560,7 @@ fn legacy_kernels_give_the_scalar_bits() {
         BlockQ8_0,
         vec_dot_q5_0_q8_0,
         vec_dot4_q5_0_q8_0,
+        vec_dot_rows4_q5_0_q8_0,
         vec_dot4x2_q5_0_q8_0
     );
     check!(
@@ -554,6 +569,7 @@ fn legacy_kernels_give_the_scalar_bits() {
         BlockQ8_0,
         vec_dot_q8_0_q8_0,
         vec_dot4_q8_0_q8_0,
+        vec_dot_rows4_q8_0_q8_0,
         vec_dot4x2_q8_0_q8_0
     );
     check!(
@@ -562,6 +578,7 @@ fn legacy_kernels_give_the_scalar_bits() {
         BlockQ8_0,
         vec_dot_iq4_nl_q8_0,
         vec_dot4_iq4_nl_q8_0,
+        vec_dot_rows4_iq4_nl_q8_0,
         vec_dot4x2_iq4_nl_q8_0
     );
     check!(
@@ -569,14 +586,16 @@ fn legacy_kernels_give_the_scalar_bits() {
         BlockQ4_1,
         quantize::blocks::BlockQ8_1,
         vec_dot_q4_1_q8_1,
-        vec_dot4_q4_1_q8_1
+        vec_dot4_q4_1_q8_1,
+        vec_dot_rows4_q4_1_q8_1
     );
     check!(
         GgmlType::Q5_1,
         BlockQ5_1,
         quantize::blocks::BlockQ8_1,
         vec_dot_q5_1_q8_1,
-        vec_dot4_q5_1_q8_1
+        vec_dot4_q5_1_q8_1,
+        vec_dot_rows4_q5_1_q8_1
     );
 }
 

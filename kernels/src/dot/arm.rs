@@ -450,8 +450,33 @@ macro_rules! arm_kernels {
             vfmaq_f32(acc, vmulq_f32(vdupq_n_f32(dx), dy), vcvtq_f32_s32(s))
         }
 
+        /// Four f16 → four f32.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn h2f4(h: [f16; 4]) -> float32x4_t {
+            let d = h.map(|v| h2f(v));
+            vld1q_f32(d.as_ptr())
+        }
+
         macro_rules! legacy_q8_0 {
-            ($one:ident, $four:ident, $twok:ident, $B:ty, $bytes:ident) => {
+            ($one:ident, $four:ident, $twok:ident, $rows:ident, $B:ty, $bytes:ident) => {
+                /// Four rows · one token (decode), the rows in lanes: each as [`$one`] gives it.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $rows(x: [&[$B]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
+                    assert!(x.iter().all(|r| r.len() == y.len()), "rows of the token's length");
+                    let mut acc = vdupq_n_f32(0.0);
+                    for (i, yb) in y.iter().enumerate() {
+                        let yv = load32(&yb.qs);
+                        let b = x.map(|r| r.get_unchecked(i));
+                        let v = b.map(|xb| block_parts($bytes(xb), yv));
+                        let d = vmulq_f32(h2f4(b.map(|xb| xb.d)), vdupq_n_f32(h2f(yb.d)));
+                        acc = vfmaq_f32(acc, d, vcvtq_f32_s32(sums4(v)));
+                    }
+                    let mut out = [0f32; 4];
+                    vst1q_f32(out.as_mut_ptr(), acc);
+                    out
+                }
+
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_0]) -> f32 {
                     let mut acc = 0f32;
@@ -550,6 +575,7 @@ macro_rules! arm_kernels {
             vec_dot_q4_0_q8_0,
             vec_dot4_q4_0_q8_0,
             vec_dot4x2_q4_0_q8_0,
+            vec_dot_rows4_q4_0_q8_0,
             BlockQ4_0,
             q4_0_bytes
         );
@@ -557,6 +583,7 @@ macro_rules! arm_kernels {
             vec_dot_q5_0_q8_0,
             vec_dot4_q5_0_q8_0,
             vec_dot4x2_q5_0_q8_0,
+            vec_dot_rows4_q5_0_q8_0,
             BlockQ5_0,
             q5_0_bytes
         );
@@ -564,13 +591,32 @@ macro_rules! arm_kernels {
             vec_dot_q8_0_q8_0,
             vec_dot4_q8_0_q8_0,
             vec_dot4x2_q8_0_q8_0,
+            vec_dot_rows4_q8_0_q8_0,
             BlockQ8_0,
             q8_0_bytes
         );
 
         // Q4_1 and Q5_1 against Q8_1: [`super::scalar::affine_step`]'s chain.
         macro_rules! legacy_q8_1 {
-            ($one:ident, $four:ident, $B:ty, $bytes:ident) => {
+            ($one:ident, $four:ident, $rows:ident, $B:ty, $bytes:ident) => {
+                /// Four rows · one token (decode), the rows in lanes: each as [`$one`] gives it.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $rows(x: [&[$B]; 4], y: &[BlockQ8_1]) -> [f32; 4] {
+                    assert!(x.iter().all(|r| r.len() == y.len()), "rows of the token's length");
+                    let mut acc = vdupq_n_f32(0.0);
+                    for (i, yb) in y.iter().enumerate() {
+                        let yv = load32(&yb.qs);
+                        let b = x.map(|r| r.get_unchecked(i));
+                        let v = b.map(|xb| block_parts($bytes(xb), yv));
+                        let d = vmulq_f32(h2f4(b.map(|xb| xb.d)), vdupq_n_f32(h2f(yb.d)));
+                        acc = vfmaq_f32(acc, d, vcvtq_f32_s32(sums4(v)));
+                        acc = vfmaq_f32(acc, h2f4(b.map(|xb| xb.m)), vdupq_n_f32(h2f(yb.s)));
+                    }
+                    let mut out = [0f32; 4];
+                    vst1q_f32(out.as_mut_ptr(), acc);
+                    out
+                }
+
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_1]) -> f32 {
                     let mut acc = 0f32;
@@ -599,8 +645,8 @@ macro_rules! arm_kernels {
                 }
             };
         }
-        legacy_q8_1!(vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, BlockQ4_1, q4_1_bytes);
-        legacy_q8_1!(vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, BlockQ5_1, q5_1_bytes);
+        legacy_q8_1!(vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, vec_dot_rows4_q4_1_q8_1, BlockQ4_1, q4_1_bytes);
+        legacy_q8_1!(vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, vec_dot_rows4_q5_1_q8_1, BlockQ5_1, q5_1_bytes);
 
         /// One token's share of a Q4_K/Q5_K block: eight 32-value groups with their scales
         /// and mins against the token's Q8_K block, as x86's `k4_accumulate`.
@@ -734,6 +780,7 @@ macro_rules! arm_kernels {
             vec_dot_iq4_nl_q8_0,
             vec_dot4_iq4_nl_q8_0,
             vec_dot4x2_iq4_nl_q8_0,
+            vec_dot_rows4_iq4_nl_q8_0,
             BlockIQ4NL,
             iq4_nl_bytes
         );

@@ -556,7 +556,29 @@ macro_rules! x86_kernels {
 
         /// The single and four-token kernels of affine weight blocks `$B`, unpacked by `$bytes`.
         macro_rules! legacy_q8_1 {
-            ($one:ident, $four:ident, $B:ty, $bytes:ident) => {
+            ($one:ident, $four:ident, $rows:ident, $B:ty, $bytes:ident) => {
+                /// Four rows · one token (decode), the rows in lanes: each as [`$one`] gives it.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $rows(x: [&[$B]; 4], y: &[BlockQ8_1]) -> [f32; 4] {
+                    assert!(
+                        x.iter().all(|r| r.len() == y.len()),
+                        "rows of the token's length"
+                    );
+                    let mut acc = _mm_setzero_ps();
+                    for (i, yb) in y.iter().enumerate() {
+                        let yv = load32(&yb.qs);
+                        let b = x.map(|r| r.get_unchecked(i));
+                        let v = b.map(|xb| mul_sum_us8_pairs_int($bytes(xb), yv));
+                        let dx = h2f4(b.map(|xb| xb.d));
+                        let d = _mm_mul_ps(dx, _mm_set1_ps(h2f(yb.d)));
+                        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
+                        acc = _mm_fmadd_ps(h2f4(b.map(|xb| xb.m)), _mm_set1_ps(h2f(yb.s)), acc);
+                    }
+                    let mut out = [0f32; 4];
+                    _mm_storeu_ps(out.as_mut_ptr(), acc);
+                    out
+                }
+
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_1]) -> f32 {
                     let mut acc = 0f32;
@@ -587,8 +609,20 @@ macro_rules! x86_kernels {
                 }
             };
         }
-        legacy_q8_1!(vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, BlockQ4_1, q4_1_bytes);
-        legacy_q8_1!(vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, BlockQ5_1, q5_1_bytes);
+        legacy_q8_1!(
+            vec_dot_q4_1_q8_1,
+            vec_dot4_q4_1_q8_1,
+            vec_dot_rows4_q4_1_q8_1,
+            BlockQ4_1,
+            q4_1_bytes
+        );
+        legacy_q8_1!(
+            vec_dot_q5_1_q8_1,
+            vec_dot4_q5_1_q8_1,
+            vec_dot_rows4_q5_1_q8_1,
+            BlockQ5_1,
+            q5_1_bytes
+        );
 
         /// Σ over one 32-value sub-block pair of a Q4_K/Q5_K chunk: `scale · Σ q·a` in i32 lanes.
         #[inline]
@@ -759,7 +793,27 @@ macro_rules! x86_kernels {
         /// per block the exact integer sum, then [`super::scalar::block_step`]'s chain, tokens
         /// (and rows) in lanes — the scalar kernel's bits.
         macro_rules! legacy_q8_0 {
-            ($one:ident, $four:ident, $two:ident, $B:ty, $bytes:ident) => {
+            ($one:ident, $four:ident, $two:ident, $rows:ident, $B:ty, $bytes:ident) => {
+                /// Four rows · one token (decode), the rows in lanes: each as [`$one`] gives it.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn $rows(x: [&[$B]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
+                    assert!(
+                        x.iter().all(|r| r.len() == y.len()),
+                        "rows of the token's length"
+                    );
+                    let mut acc = _mm_setzero_ps();
+                    for (i, yb) in y.iter().enumerate() {
+                        let yv = load32(&yb.qs);
+                        let b = x.map(|r| r.get_unchecked(i));
+                        let v = b.map(|xb| mul_sum_i8_pairs_int($bytes(xb), yv));
+                        let d = _mm_mul_ps(h2f4(b.map(|xb| xb.d)), _mm_set1_ps(h2f(yb.d)));
+                        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
+                    }
+                    let mut out = [0f32; 4];
+                    _mm_storeu_ps(out.as_mut_ptr(), acc);
+                    out
+                }
+
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $one(x: &[$B], y: &[BlockQ8_0]) -> f32 {
                     let mut acc = 0f32;
@@ -816,6 +870,7 @@ macro_rules! x86_kernels {
             vec_dot_q4_0_q8_0,
             vec_dot4_q4_0_q8_0,
             vec_dot4x2_q4_0_q8_0,
+            vec_dot_rows4_q4_0_q8_0,
             BlockQ4_0,
             q4_0_bytes
         );
@@ -823,6 +878,7 @@ macro_rules! x86_kernels {
             vec_dot_q5_0_q8_0,
             vec_dot4_q5_0_q8_0,
             vec_dot4x2_q5_0_q8_0,
+            vec_dot_rows4_q5_0_q8_0,
             BlockQ5_0,
             q5_0_bytes
         );
@@ -830,6 +886,7 @@ macro_rules! x86_kernels {
             vec_dot_q8_0_q8_0,
             vec_dot4_q8_0_q8_0,
             vec_dot4x2_q8_0_q8_0,
+            vec_dot_rows4_q8_0_q8_0,
             BlockQ8_0,
             q8_0_bytes
         );
@@ -1019,6 +1076,7 @@ macro_rules! x86_kernels {
             vec_dot_iq4_nl_q8_0,
             vec_dot4_iq4_nl_q8_0,
             vec_dot4x2_iq4_nl_q8_0,
+            vec_dot_rows4_iq4_nl_q8_0,
             BlockIQ4NL,
             iq4_nl_bytes
         );
