@@ -5,11 +5,13 @@
 //!
 //! [`scalar`], [`avx2`], [`avx512`] (x86-64) and [`neon`], [`dotprod`], [`i8mm`] (aarch64) hold
 //! the same function names; the functions here pick one at run time through
-//! [`crate::simd::level`]. The aarch64 kernels give the x86 kernels' bits ([`arm`]). At the AVX-512 level the matmul runs Q4_0/Q5_0/Q8_0
-//! weights through [`zmm`]'s two-blocks-per-register kernels on [`packed`]'s layouts instead,
-//! bit-identical to [`avx2`]'s. Agreement: SIMD and scalar sum the same exact integer
-//! block products and differ only in the order of per-block float additions, so they agree to
-//! within 1e-5 × Σ|w·a| (tested on random rows of every type).
+//! [`crate::simd::level`]. The aarch64 kernels give the x86 kernels' bits ([`arm`]). At the
+//! AVX-512 level the matmul runs the legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) through
+//! [`zmm`]'s sixteen-row kernels on [`packed`]'s layouts instead. Agreement: the legacy types
+//! are one chain of per-block steps ([`scalar::block_step`]) that every level runs, so they give
+//! the scalar bits everywhere; for the K-quants and IQ4_XS, SIMD and scalar sum the same exact
+//! integer block products and differ only in the order of per-block float additions, so they
+//! agree to within 1e-5 × Σ|w·a| (tested on random rows of every type).
 
 #[cfg(target_arch = "aarch64")]
 mod arm;

@@ -781,15 +781,15 @@ macro_rules! x86_kernels {
             out
         }
 
-        // Q4_0, Q5_0 and Q8_0 against Q8_0 activations: one row, four tokens (each weight block
-        // unpacked once for four activation rows) and two rows × four tokens (each activation
-        // block and scale also loaded once for both rows). Every (row, token) pair accumulates
-        // its blocks alternately into two eight-lane sums (even blocks, odd blocks) and returns
-        // hsum(even + odd): the order of the sixteen-lane AVX-512 kernels of [`super::zmm`],
-        // which take two blocks per register. So a token gets the same bits alone, in a batch,
-        // and at either SIMD level.
+        // Q4_0, Q5_0, Q8_0 and IQ4_NL against Q8_0 activations: one row, four tokens (each
+        // weight block unpacked once for four activation rows), two rows × four tokens (each
+        // activation block also loaded once for both rows) and four rows × one token (decode).
+        // Every (row, token) pair is one chain of per-block steps, so a token gets the same
+        // bits alone, in a batch, at either SIMD level and in the sixteen-lane kernels of
+        // [`super::zmm`].
 
-        /// The single, four-token and 2 × 4 kernels of weight blocks `$B`, unpacked by `$bytes`:
+        /// The single, four-token, 2 × 4 and four-row kernels of weight blocks `$B`, unpacked by
+        /// `$bytes`:
         /// per block the exact integer sum, then [`super::scalar::block_step`]'s chain, tokens
         /// (and rows) in lanes — the scalar kernel's bits.
         macro_rules! legacy_q8_0 {
