@@ -88,6 +88,7 @@ macro_rules! arm_kernels {
         use quantize::blocks::*;
 
         use super::scalar::{k4_min_term, k4_scales_mins, q2k_min_term};
+        use super::{ActSum, LegacyMin};
 
         /// Eight float lanes, x86's one `__m256`: lanes 0..4 in `.0`, 4..8 in `.1`.
         #[derive(Clone, Copy)]
@@ -420,29 +421,6 @@ macro_rules! arm_kernels {
             vpaddq_s32(vpaddq_s32(v[0], v[1]), vpaddq_s32(v[2], v[3]))
         }
 
-        /// Four tokens' scales of block `i`, widened.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        unsafe fn scales4<A: ActScale>(y: &[&[A]; 4], i: usize) -> float32x4_t {
-            let d = [h2f(y[0][i].scale()), h2f(y[1][i].scale()), h2f(y[2][i].scale()), h2f(y[3][i].scale())];
-            vld1q_f32(d.as_ptr())
-        }
-
-        /// The activation blocks' f16 scale.
-        trait ActScale {
-            fn scale(&self) -> f16;
-        }
-        impl ActScale for BlockQ8_0 {
-            fn scale(&self) -> f16 {
-                self.d
-            }
-        }
-        impl ActScale for BlockQ8_1 {
-            fn scale(&self) -> f16 {
-                self.d
-            }
-        }
-
         /// `acc + dx·dy[t]·s[t]` per token lane, the scale products rounded first.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -458,11 +436,15 @@ macro_rules! arm_kernels {
             vld1q_f32(d.as_ptr())
         }
 
-        macro_rules! legacy_q8_0 {
-            ($one:ident, $four:ident, $twok:ident, $rows:ident, $B:ty, $bytes:ident) => {
+        /// The single, four-token and four-row kernels of weight blocks `$B` against activation
+        /// blocks `$A`, unpacked by `$bytes`: per block the exact integer sum, then
+        /// [`super::scalar::block_step`]'s chain (for the affine types
+        /// [`super::scalar::affine_step`]'s), tokens or rows in lanes — the scalar kernel's bits.
+        macro_rules! legacy {
+            ($one:ident, $four:ident, $rows:ident, $B:ty, $A:ty, $bytes:ident) => {
                 /// Four rows · one token (decode), the rows in lanes: each as [`$one`] gives it.
                 #[target_feature(enable = $feat)]
-                pub unsafe fn $rows(x: [&[$B]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
+                pub unsafe fn $rows(x: [&[$B]; 4], y: &[$A]) -> [f32; 4] {
                     assert!(x.iter().all(|r| r.len() == y.len()), "rows of the token's length");
                     let mut acc = vdupq_n_f32(0.0);
                     for (i, yb) in y.iter().enumerate() {
@@ -471,6 +453,10 @@ macro_rules! arm_kernels {
                         let v = b.map(|xb| block_parts($bytes(xb), yv));
                         let d = vmulq_f32(h2f4(b.map(|xb| xb.d)), vdupq_n_f32(h2f(yb.d)));
                         acc = vfmaq_f32(acc, d, vcvtq_f32_s32(sums4(v)));
+                        if <$B as super::LegacyMin>::AFFINE {
+                            let m = h2f4(b.map(|xb| xb.min_f16()));
+                            acc = vfmaq_f32(acc, m, vdupq_n_f32(h2f(yb.sum_f16())));
+                        }
                     }
                     let mut out = [0f32; 4];
                     vst1q_f32(out.as_mut_ptr(), acc);
@@ -478,32 +464,39 @@ macro_rules! arm_kernels {
                 }
 
                 #[target_feature(enable = $feat)]
-                pub unsafe fn $one(x: &[$B], y: &[BlockQ8_0]) -> f32 {
+                pub unsafe fn $one(x: &[$B], y: &[$A]) -> f32 {
                     let mut acc = 0f32;
                     for (xb, yb) in x.iter().zip(y) {
                         let s = vaddvq_s32(block_parts($bytes(xb), load32(&yb.qs)));
                         acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
+                        if <$B as super::LegacyMin>::AFFINE {
+                            acc = h2f(xb.min_f16()).mul_add(h2f(yb.sum_f16()), acc);
+                        }
                     }
                     acc
                 }
 
                 #[target_feature(enable = $feat)]
-                pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                pub unsafe fn $four(x: &[$B], y: [&[$A]; 4]) -> [f32; 4] {
                     let mut acc = vdupq_n_f32(0.0);
                     for (i, xb) in x.iter().enumerate() {
                         let qx = $bytes(xb);
                         let v: [int32x4_t; 4] =
                             std::array::from_fn(|t| block_parts(qx, load32(&y[t][i].qs)));
-                        acc = chain4(acc, h2f(xb.d), scales4(&y, i), sums4(v));
+                        let dy = h2f4(std::array::from_fn(|t| y[t][i].d));
+                        acc = chain4(acc, h2f(xb.d), dy, sums4(v));
+                        if <$B as super::LegacyMin>::AFFINE {
+                            let sy = h2f4(std::array::from_fn(|t| y[t][i].sum_f16()));
+                            acc = vfmaq_f32(acc, vdupq_n_f32(h2f(xb.min_f16())), sy);
+                        }
                     }
                     let mut out = [0f32; 4];
                     vst1q_f32(out.as_mut_ptr(), acc);
                     out
                 }
-
-                legacy_two!($two, $twok, $B, $bytes);
             };
         }
+
 
         macro_rules! legacy_two {
             (plain, $twok:ident, $B:ty, $bytes:ident) => {
@@ -514,7 +507,7 @@ macro_rules! arm_kernels {
                         let (b0, b1) = (&x[0][i], &x[1][i]);
                         let (q0, q1) = ($bytes(b0), $bytes(b1));
                         let yv: [B32; 4] = std::array::from_fn(|t| load32(&y[t][i].qs));
-                        let dy = scales4(&y, i);
+                        let dy = h2f4(std::array::from_fn(|t| y[t][i].d));
                         let v0: [int32x4_t; 4] = std::array::from_fn(|t| block_parts(q0, yv[t]));
                         let v1: [int32x4_t; 4] = std::array::from_fn(|t| block_parts(q1, yv[t]));
                         acc[0] = chain4(acc[0], h2f(b0.d), dy, sums4(v0));
@@ -559,7 +552,7 @@ macro_rules! arm_kernels {
                         let (p0, p1) = (vreinterpretq_s64_s32(p[0]), vreinterpretq_s64_s32(p[1]));
                         let s0 = vreinterpretq_s32_s64(vzip1q_s64(p0, p1));
                         let s1 = vreinterpretq_s32_s64(vzip2q_s64(p0, p1));
-                        let dy = scales4(&y, i);
+                        let dy = h2f4(std::array::from_fn(|t| y[t][i].d));
                         acc[0] = chain4(acc[0], h2f(b0.d), dy, s0);
                         acc[1] = chain4(acc[1], h2f(b1.d), dy, s1);
                     }
@@ -571,82 +564,15 @@ macro_rules! arm_kernels {
             };
         }
 
-        legacy_q8_0!(
-            vec_dot_q4_0_q8_0,
-            vec_dot4_q4_0_q8_0,
-            vec_dot4x2_q4_0_q8_0,
-            vec_dot_rows4_q4_0_q8_0,
-            BlockQ4_0,
-            q4_0_bytes
-        );
-        legacy_q8_0!(
-            vec_dot_q5_0_q8_0,
-            vec_dot4_q5_0_q8_0,
-            vec_dot4x2_q5_0_q8_0,
-            vec_dot_rows4_q5_0_q8_0,
-            BlockQ5_0,
-            q5_0_bytes
-        );
-        legacy_q8_0!(
-            vec_dot_q8_0_q8_0,
-            vec_dot4_q8_0_q8_0,
-            vec_dot4x2_q8_0_q8_0,
-            vec_dot_rows4_q8_0_q8_0,
-            BlockQ8_0,
-            q8_0_bytes
-        );
+        legacy!(vec_dot_q4_0_q8_0, vec_dot4_q4_0_q8_0, vec_dot_rows4_q4_0_q8_0, BlockQ4_0, BlockQ8_0, q4_0_bytes);
+        legacy_two!($two, vec_dot4x2_q4_0_q8_0, BlockQ4_0, q4_0_bytes);
+        legacy!(vec_dot_q5_0_q8_0, vec_dot4_q5_0_q8_0, vec_dot_rows4_q5_0_q8_0, BlockQ5_0, BlockQ8_0, q5_0_bytes);
+        legacy_two!($two, vec_dot4x2_q5_0_q8_0, BlockQ5_0, q5_0_bytes);
+        legacy!(vec_dot_q8_0_q8_0, vec_dot4_q8_0_q8_0, vec_dot_rows4_q8_0_q8_0, BlockQ8_0, BlockQ8_0, q8_0_bytes);
+        legacy_two!($two, vec_dot4x2_q8_0_q8_0, BlockQ8_0, q8_0_bytes);
 
-        // Q4_1 and Q5_1 against Q8_1: [`super::scalar::affine_step`]'s chain.
-        macro_rules! legacy_q8_1 {
-            ($one:ident, $four:ident, $rows:ident, $B:ty, $bytes:ident) => {
-                /// Four rows · one token (decode), the rows in lanes: each as [`$one`] gives it.
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $rows(x: [&[$B]; 4], y: &[BlockQ8_1]) -> [f32; 4] {
-                    assert!(x.iter().all(|r| r.len() == y.len()), "rows of the token's length");
-                    let mut acc = vdupq_n_f32(0.0);
-                    for (i, yb) in y.iter().enumerate() {
-                        let yv = load32(&yb.qs);
-                        let b = x.map(|r| r.get_unchecked(i));
-                        let v = b.map(|xb| block_parts($bytes(xb), yv));
-                        let d = vmulq_f32(h2f4(b.map(|xb| xb.d)), vdupq_n_f32(h2f(yb.d)));
-                        acc = vfmaq_f32(acc, d, vcvtq_f32_s32(sums4(v)));
-                        acc = vfmaq_f32(acc, h2f4(b.map(|xb| xb.m)), vdupq_n_f32(h2f(yb.s)));
-                    }
-                    let mut out = [0f32; 4];
-                    vst1q_f32(out.as_mut_ptr(), acc);
-                    out
-                }
-
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $one(x: &[$B], y: &[BlockQ8_1]) -> f32 {
-                    let mut acc = 0f32;
-                    for (xb, yb) in x.iter().zip(y) {
-                        let s = vaddvq_s32(block_parts($bytes(xb), load32(&yb.qs)));
-                        acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
-                        acc = h2f(xb.m).mul_add(h2f(yb.s), acc);
-                    }
-                    acc
-                }
-
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-                    let mut acc = vdupq_n_f32(0.0);
-                    for (i, xb) in x.iter().enumerate() {
-                        let qx = $bytes(xb);
-                        let v: [int32x4_t; 4] =
-                            std::array::from_fn(|t| block_parts(qx, load32(&y[t][i].qs)));
-                        acc = chain4(acc, h2f(xb.d), scales4(&y, i), sums4(v));
-                        let sy = [h2f(y[0][i].s), h2f(y[1][i].s), h2f(y[2][i].s), h2f(y[3][i].s)];
-                        acc = vfmaq_f32(acc, vdupq_n_f32(h2f(xb.m)), vld1q_f32(sy.as_ptr()));
-                    }
-                    let mut out = [0f32; 4];
-                    vst1q_f32(out.as_mut_ptr(), acc);
-                    out
-                }
-            };
-        }
-        legacy_q8_1!(vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, vec_dot_rows4_q4_1_q8_1, BlockQ4_1, q4_1_bytes);
-        legacy_q8_1!(vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, vec_dot_rows4_q5_1_q8_1, BlockQ5_1, q5_1_bytes);
+        legacy!(vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, vec_dot_rows4_q4_1_q8_1, BlockQ4_1, BlockQ8_1, q4_1_bytes);
+        legacy!(vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, vec_dot_rows4_q5_1_q8_1, BlockQ5_1, BlockQ8_1, q5_1_bytes);
 
         /// One token's share of a Q4_K/Q5_K block: eight 32-value groups with their scales
         /// and mins against the token's Q8_K block, as x86's `k4_accumulate`.
@@ -776,14 +702,8 @@ macro_rules! arm_kernels {
             iq4_values(&xb.qs)
         }
 
-        legacy_q8_0!(
-            vec_dot_iq4_nl_q8_0,
-            vec_dot4_iq4_nl_q8_0,
-            vec_dot4x2_iq4_nl_q8_0,
-            vec_dot_rows4_iq4_nl_q8_0,
-            BlockIQ4NL,
-            iq4_nl_bytes
-        );
+        legacy!(vec_dot_iq4_nl_q8_0, vec_dot4_iq4_nl_q8_0, vec_dot_rows4_iq4_nl_q8_0, BlockIQ4NL, BlockQ8_0, iq4_nl_bytes);
+        legacy_two!($two, vec_dot4x2_iq4_nl_q8_0, BlockIQ4NL, iq4_nl_bytes);
 
         /// A Q2_K / Q3_K / IQ4_XS super-block unpacked for [`lowbit_dot`]: eight 32-value
         /// groups as signed bytes, the scales of each group's two sixteen-value halves, and

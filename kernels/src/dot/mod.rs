@@ -40,6 +40,44 @@ use quantize::{GgmlType, Quantize};
 
 use crate::simd::{level, SimdLevel};
 
+/// The legacy weight blocks' min `m` (the affine types Q4_1 and Q5_1; zero and unused for the
+/// others), so one kernel body serves all six.
+pub(crate) trait LegacyMin {
+    const AFFINE: bool = false;
+    fn min_f16(&self) -> f16 {
+        f16::ZERO
+    }
+}
+impl LegacyMin for BlockQ4_0 {}
+impl LegacyMin for BlockQ5_0 {}
+impl LegacyMin for BlockQ8_0 {}
+impl LegacyMin for BlockIQ4NL {}
+impl LegacyMin for BlockQ4_1 {
+    const AFFINE: bool = true;
+    fn min_f16(&self) -> f16 {
+        self.m
+    }
+}
+impl LegacyMin for BlockQ5_1 {
+    const AFFINE: bool = true;
+    fn min_f16(&self) -> f16 {
+        self.m
+    }
+}
+
+/// An activation block's `s = d·Σq` (Q8_1's; zero and unused for Q8_0).
+pub(crate) trait ActSum {
+    fn sum_f16(&self) -> f16 {
+        f16::ZERO
+    }
+}
+impl ActSum for BlockQ8_0 {}
+impl ActSum for BlockQ8_1 {
+    fn sum_f16(&self) -> f16 {
+        self.s
+    }
+}
+
 /// `$f($args)` from the SIMD module of the level in use, or `$fallback` at the scalar level.
 macro_rules! by_level {
     ($f:ident ( $($a:expr),* ), $fallback:expr) => {

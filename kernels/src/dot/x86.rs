@@ -25,6 +25,7 @@ macro_rules! x86_kernels {
         use quantize::blocks::*;
 
         use super::scalar::{k4_min_term, k4_scales_mins, q2k_min_term};
+        use super::{ActSum, LegacyMin};
 
         /// f16 → f32 with F16C, inlined (the `half` crate's conversion is an out-of-line call that
         /// re-checks CPU features, a measurable cost once per block).
@@ -550,80 +551,6 @@ macro_rules! x86_kernels {
             _mm256_or_si256(bytes_from_nibbles_32(xb.qs.as_ptr()), bxhi)
         }
 
-        // Q4_1 and Q5_1 against Q8_1: per block the exact integer sum, then the chain of
-        // [`super::scalar::affine_step`] (scale product · sum, then the mins' term `m·s`, both
-        // fused), tokens in lanes.
-
-        /// The single and four-token kernels of affine weight blocks `$B`, unpacked by `$bytes`.
-        macro_rules! legacy_q8_1 {
-            ($one:ident, $four:ident, $rows:ident, $B:ty, $bytes:ident) => {
-                /// Four rows · one token (decode), the rows in lanes: each as [`$one`] gives it.
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $rows(x: [&[$B]; 4], y: &[BlockQ8_1]) -> [f32; 4] {
-                    assert!(
-                        x.iter().all(|r| r.len() == y.len()),
-                        "rows of the token's length"
-                    );
-                    let mut acc = _mm_setzero_ps();
-                    for (i, yb) in y.iter().enumerate() {
-                        let yv = load32(&yb.qs);
-                        let b = x.map(|r| r.get_unchecked(i));
-                        let v = b.map(|xb| mul_sum_us8_pairs_int($bytes(xb), yv));
-                        let dx = h2f4(b.map(|xb| xb.d));
-                        let d = _mm_mul_ps(dx, _mm_set1_ps(h2f(yb.d)));
-                        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
-                        acc = _mm_fmadd_ps(h2f4(b.map(|xb| xb.m)), _mm_set1_ps(h2f(yb.s)), acc);
-                    }
-                    let mut out = [0f32; 4];
-                    _mm_storeu_ps(out.as_mut_ptr(), acc);
-                    out
-                }
-
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $one(x: &[$B], y: &[BlockQ8_1]) -> f32 {
-                    let mut acc = 0f32;
-                    for (xb, yb) in x.iter().zip(y) {
-                        let s = hsum_i32_8(mul_sum_us8_pairs_int($bytes(xb), load32(&yb.qs)));
-                        acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
-                        acc = h2f(xb.m).mul_add(h2f(yb.s), acc);
-                    }
-                    acc
-                }
-
-                #[target_feature(enable = $feat)]
-                pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-                    let mut acc = _mm_setzero_ps();
-                    for (i, xb) in x.iter().enumerate() {
-                        let qx = $bytes(xb);
-                        let v: [__m256i; 4] =
-                            std::array::from_fn(|t| mul_sum_us8_pairs_int(qx, load32(&y[t][i].qs)));
-                        let dy = h2f4([y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d]);
-                        let sy = h2f4([y[0][i].s, y[1][i].s, y[2][i].s, y[3][i].s]);
-                        let d = _mm_mul_ps(_mm_set1_ps(h2f(xb.d)), dy);
-                        acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
-                        acc = _mm_fmadd_ps(_mm_set1_ps(h2f(xb.m)), sy, acc);
-                    }
-                    let mut out = [0f32; 4];
-                    _mm_storeu_ps(out.as_mut_ptr(), acc);
-                    out
-                }
-            };
-        }
-        legacy_q8_1!(
-            vec_dot_q4_1_q8_1,
-            vec_dot4_q4_1_q8_1,
-            vec_dot_rows4_q4_1_q8_1,
-            BlockQ4_1,
-            q4_1_bytes
-        );
-        legacy_q8_1!(
-            vec_dot_q5_1_q8_1,
-            vec_dot4_q5_1_q8_1,
-            vec_dot_rows4_q5_1_q8_1,
-            BlockQ5_1,
-            q5_1_bytes
-        );
-
         /// Σ over one 32-value sub-block pair of a Q4_K/Q5_K chunk: `scale · Σ q·a` in i32 lanes.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -788,15 +715,15 @@ macro_rules! x86_kernels {
         // bits alone, in a batch, at either SIMD level and in the sixteen-lane kernels of
         // [`super::zmm`].
 
-        /// The single, four-token, 2 × 4 and four-row kernels of weight blocks `$B`, unpacked by
-        /// `$bytes`:
-        /// per block the exact integer sum, then [`super::scalar::block_step`]'s chain, tokens
-        /// (and rows) in lanes — the scalar kernel's bits.
-        macro_rules! legacy_q8_0 {
-            ($one:ident, $four:ident, $two:ident, $rows:ident, $B:ty, $bytes:ident) => {
+        /// The single, four-token and four-row kernels of weight blocks `$B` against activation
+        /// blocks `$A`, unpacked by `$bytes` and multiplied by `$mul`: per block the exact
+        /// integer sum, then [`super::scalar::block_step`]'s chain (for the affine types
+        /// [`super::scalar::affine_step`]'s), tokens or rows in lanes — the scalar kernel's bits.
+        macro_rules! legacy {
+            ($one:ident, $four:ident, $rows:ident, $B:ty, $A:ty, $bytes:ident, $mul:ident) => {
                 /// Four rows · one token (decode), the rows in lanes: each as [`$one`] gives it.
                 #[target_feature(enable = $feat)]
-                pub unsafe fn $rows(x: [&[$B]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
+                pub unsafe fn $rows(x: [&[$B]; 4], y: &[$A]) -> [f32; 4] {
                     assert!(
                         x.iter().all(|r| r.len() == y.len()),
                         "rows of the token's length"
@@ -805,9 +732,13 @@ macro_rules! x86_kernels {
                     for (i, yb) in y.iter().enumerate() {
                         let yv = load32(&yb.qs);
                         let b = x.map(|r| r.get_unchecked(i));
-                        let v = b.map(|xb| mul_sum_i8_pairs_int($bytes(xb), yv));
+                        let v = b.map(|xb| $mul($bytes(xb), yv));
                         let d = _mm_mul_ps(h2f4(b.map(|xb| xb.d)), _mm_set1_ps(h2f(yb.d)));
                         acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
+                        if <$B as super::LegacyMin>::AFFINE {
+                            let m = h2f4(b.map(|xb| xb.min_f16()));
+                            acc = _mm_fmadd_ps(m, _mm_set1_ps(h2f(yb.sum_f16())), acc);
+                        }
                     }
                     let mut out = [0f32; 4];
                     _mm_storeu_ps(out.as_mut_ptr(), acc);
@@ -815,31 +746,43 @@ macro_rules! x86_kernels {
                 }
 
                 #[target_feature(enable = $feat)]
-                pub unsafe fn $one(x: &[$B], y: &[BlockQ8_0]) -> f32 {
+                pub unsafe fn $one(x: &[$B], y: &[$A]) -> f32 {
                     let mut acc = 0f32;
                     for (xb, yb) in x.iter().zip(y) {
-                        let s = hsum_i32_8(mul_sum_i8_pairs_int($bytes(xb), load32(&yb.qs)));
+                        let s = hsum_i32_8($mul($bytes(xb), load32(&yb.qs)));
                         acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
+                        if <$B as super::LegacyMin>::AFFINE {
+                            acc = h2f(xb.min_f16()).mul_add(h2f(yb.sum_f16()), acc);
+                        }
                     }
                     acc
                 }
 
                 #[target_feature(enable = $feat)]
-                pub unsafe fn $four(x: &[$B], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                pub unsafe fn $four(x: &[$B], y: [&[$A]; 4]) -> [f32; 4] {
                     let mut acc = _mm_setzero_ps();
                     for (i, xb) in x.iter().enumerate() {
                         let qx = $bytes(xb);
                         let v: [__m256i; 4] =
-                            std::array::from_fn(|t| mul_sum_i8_pairs_int(qx, load32(&y[t][i].qs)));
+                            std::array::from_fn(|t| $mul(qx, load32(&y[t][i].qs)));
                         let dy = h2f4([y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d]);
                         let d = _mm_mul_ps(_mm_set1_ps(h2f(xb.d)), dy);
                         acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
+                        if <$B as super::LegacyMin>::AFFINE {
+                            let sy = h2f4(std::array::from_fn(|t| y[t][i].sum_f16()));
+                            acc = _mm_fmadd_ps(_mm_set1_ps(h2f(xb.min_f16())), sy, acc);
+                        }
                     }
                     let mut out = [0f32; 4];
                     _mm_storeu_ps(out.as_mut_ptr(), acc);
                     out
                 }
+            };
+        }
 
+        /// The 2 × 4 kernel `$two` of weight blocks `$B` against Q8_0, as [`legacy`]'s.
+        macro_rules! legacy_two {
+            ($two:ident, $B:ty, $bytes:ident) => {
                 #[target_feature(enable = $feat)]
                 pub unsafe fn $two(x: [&[$B]; 2], y: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 2] {
                     // Lanes 0..4: row 0 × tokens 0..4; lanes 4..8: row 1.
@@ -866,29 +809,53 @@ macro_rules! x86_kernels {
             };
         }
 
-        legacy_q8_0!(
+        legacy!(
             vec_dot_q4_0_q8_0,
             vec_dot4_q4_0_q8_0,
-            vec_dot4x2_q4_0_q8_0,
             vec_dot_rows4_q4_0_q8_0,
             BlockQ4_0,
-            q4_0_bytes
+            BlockQ8_0,
+            q4_0_bytes,
+            mul_sum_i8_pairs_int
         );
-        legacy_q8_0!(
+        legacy_two!(vec_dot4x2_q4_0_q8_0, BlockQ4_0, q4_0_bytes);
+        legacy!(
             vec_dot_q5_0_q8_0,
             vec_dot4_q5_0_q8_0,
-            vec_dot4x2_q5_0_q8_0,
             vec_dot_rows4_q5_0_q8_0,
             BlockQ5_0,
-            q5_0_bytes
+            BlockQ8_0,
+            q5_0_bytes,
+            mul_sum_i8_pairs_int
         );
-        legacy_q8_0!(
+        legacy_two!(vec_dot4x2_q5_0_q8_0, BlockQ5_0, q5_0_bytes);
+        legacy!(
             vec_dot_q8_0_q8_0,
             vec_dot4_q8_0_q8_0,
-            vec_dot4x2_q8_0_q8_0,
             vec_dot_rows4_q8_0_q8_0,
             BlockQ8_0,
-            q8_0_bytes
+            BlockQ8_0,
+            q8_0_bytes,
+            mul_sum_i8_pairs_int
+        );
+        legacy_two!(vec_dot4x2_q8_0_q8_0, BlockQ8_0, q8_0_bytes);
+        legacy!(
+            vec_dot_q4_1_q8_1,
+            vec_dot4_q4_1_q8_1,
+            vec_dot_rows4_q4_1_q8_1,
+            BlockQ4_1,
+            BlockQ8_1,
+            q4_1_bytes,
+            mul_sum_us8_pairs_int
+        );
+        legacy!(
+            vec_dot_q5_1_q8_1,
+            vec_dot4_q5_1_q8_1,
+            vec_dot_rows4_q5_1_q8_1,
+            BlockQ5_1,
+            BlockQ8_1,
+            q5_1_bytes,
+            mul_sum_us8_pairs_int
         );
 
         /// One token's share of a Q4_K/Q5_K block in [`k4_dot`]: the eight unpacked
@@ -1072,14 +1039,16 @@ macro_rules! x86_kernels {
             iq4_values(xb.qs.as_ptr())
         }
 
-        legacy_q8_0!(
+        legacy!(
             vec_dot_iq4_nl_q8_0,
             vec_dot4_iq4_nl_q8_0,
-            vec_dot4x2_iq4_nl_q8_0,
             vec_dot_rows4_iq4_nl_q8_0,
             BlockIQ4NL,
-            iq4_nl_bytes
+            BlockQ8_0,
+            iq4_nl_bytes,
+            mul_sum_i8_pairs_int
         );
+        legacy_two!(vec_dot4x2_iq4_nl_q8_0, BlockIQ4NL, iq4_nl_bytes);
 
         /// Two 16-value sub-block scales as i16 pairs: `s0` for the first 128 bits (values
         /// 0..16 of a 32-byte group after `maddubs`), `s1` for the second.
