@@ -499,7 +499,7 @@ fn legacy_kernels_give_the_scalar_bits() {
                     .collect();
                 for (a, p) in acts.iter().zip(&packed) {
                     let mut want = vec![bytemuck::Zeroable::zeroed(); nb];
-                    if <$W as dot::packed::PackedWeight>::AFFINE {
+                    if <$W as dot::LegacyBlock>::AFFINE {
                         dot::packed::pack_activations_q8_1(bytemuck::cast_slice(a), &mut want);
                     } else {
                         let shift = <$W as dot::packed::PackedWeight>::SHIFT;
@@ -519,7 +519,7 @@ fn legacy_kernels_give_the_scalar_bits() {
                         "{ty} nb {nb}: SIMD unpack of {k} rows differs from the portable one"
                     );
                     let ys: [&[ActBlock]; 8] = std::array::from_fn(|t| &packed[t][..]);
-                    let affine = <$W as dot::packed::PackedWeight>::AFFINE;
+                    let affine = <$W as dot::LegacyBlock>::AFFINE;
                     let (eight, last) = unsafe {
                         if affine {
                             (gemm::<8, true>(&tiles, ys), gemm::<1, true>(&tiles, [&packed[8]]))

@@ -88,7 +88,7 @@ macro_rules! arm_kernels {
         use quantize::blocks::*;
 
         use super::scalar::{k4_min_term, k4_scales_mins, q2k_min_term};
-        use super::{ActSum, LegacyMin};
+        use super::{ActSum, LegacyBlock};
 
         /// Eight float lanes, x86's one `__m256`: lanes 0..4 in `.0`, 4..8 in `.1`.
         #[derive(Clone, Copy)]
@@ -453,7 +453,7 @@ macro_rules! arm_kernels {
                         let v = b.map(|xb| block_parts($bytes(xb), yv));
                         let d = vmulq_f32(h2f4(b.map(|xb| xb.d)), vdupq_n_f32(h2f(yb.d)));
                         acc = vfmaq_f32(acc, d, vcvtq_f32_s32(sums4(v)));
-                        if <$B as super::LegacyMin>::AFFINE {
+                        if <$B as super::LegacyBlock>::AFFINE {
                             let m = h2f4(b.map(|xb| xb.min_f16()));
                             acc = vfmaq_f32(acc, m, vdupq_n_f32(h2f(yb.sum_f16())));
                         }
@@ -469,7 +469,7 @@ macro_rules! arm_kernels {
                     for (xb, yb) in x.iter().zip(y) {
                         let s = vaddvq_s32(block_parts($bytes(xb), load32(&yb.qs)));
                         acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
-                        if <$B as super::LegacyMin>::AFFINE {
+                        if <$B as super::LegacyBlock>::AFFINE {
                             acc = h2f(xb.min_f16()).mul_add(h2f(yb.sum_f16()), acc);
                         }
                     }
@@ -485,7 +485,7 @@ macro_rules! arm_kernels {
                             std::array::from_fn(|t| block_parts(qx, load32(&y[t][i].qs)));
                         let dy = h2f4(std::array::from_fn(|t| y[t][i].d));
                         acc = chain4(acc, h2f(xb.d), dy, sums4(v));
-                        if <$B as super::LegacyMin>::AFFINE {
+                        if <$B as super::LegacyBlock>::AFFINE {
                             let sy = h2f4(std::array::from_fn(|t| y[t][i].sum_f16()));
                             acc = vfmaq_f32(acc, vdupq_n_f32(h2f(xb.min_f16())), sy);
                         }

@@ -40,26 +40,53 @@ use quantize::{GgmlType, Quantize};
 
 use crate::simd::{level, SimdLevel};
 
-/// The legacy weight blocks' min `m` (the affine types Q4_1 and Q5_1; zero and unused for the
-/// others), so one kernel body serves all six.
-pub(crate) trait LegacyMin {
+/// The legacy weight blocks' stored scale `d` and min `m` (the affine types Q4_1 and Q5_1,
+/// `x = d·q + m`, whose dot adds `Σ m·s`; zero and unused for the others), so one kernel body
+/// serves all six.
+pub trait LegacyBlock {
+    /// True for the affine blocks.
     const AFFINE: bool = false;
+    /// The block's scale, as stored.
+    fn scale_f16(&self) -> f16;
+    /// The block's min, as stored.
     fn min_f16(&self) -> f16 {
         f16::ZERO
     }
 }
-impl LegacyMin for BlockQ4_0 {}
-impl LegacyMin for BlockQ5_0 {}
-impl LegacyMin for BlockQ8_0 {}
-impl LegacyMin for BlockIQ4NL {}
-impl LegacyMin for BlockQ4_1 {
+impl LegacyBlock for BlockQ4_0 {
+    fn scale_f16(&self) -> f16 {
+        self.d
+    }
+}
+impl LegacyBlock for BlockQ5_0 {
+    fn scale_f16(&self) -> f16 {
+        self.d
+    }
+}
+impl LegacyBlock for BlockQ8_0 {
+    fn scale_f16(&self) -> f16 {
+        self.d
+    }
+}
+impl LegacyBlock for BlockIQ4NL {
+    fn scale_f16(&self) -> f16 {
+        self.d
+    }
+}
+impl LegacyBlock for BlockQ4_1 {
     const AFFINE: bool = true;
+    fn scale_f16(&self) -> f16 {
+        self.d
+    }
     fn min_f16(&self) -> f16 {
         self.m
     }
 }
-impl LegacyMin for BlockQ5_1 {
+impl LegacyBlock for BlockQ5_1 {
     const AFFINE: bool = true;
+    fn scale_f16(&self) -> f16 {
+        self.d
+    }
     fn min_f16(&self) -> f16 {
         self.m
     }

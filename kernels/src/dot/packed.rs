@@ -114,26 +114,15 @@ fn with_fifth_bit(v: [u8; 32], qh: [u8; 4]) -> [u8; 32] {
 
 /// A legacy weight block the AVX-512 kernels take: its values as `q + OFFSET` in
 /// `0..=255`, in the order of the Q8_0 activation block's values.
-pub trait PackedWeight: bytemuck::Pod + Sync {
+pub trait PackedWeight: super::LegacyBlock + bytemuck::Pod + Sync {
     /// `log2(c)`: the activation group sums are scaled by `c = 1 << SHIFT`.
     const SHIFT: u32;
-    /// The block's scale.
-    fn scale(&self) -> f32;
     /// The 32 values `q + c`.
     fn unsigned(&self) -> [u8; 32];
-    /// True for the affine blocks (Q4_1, Q5_1: `x = d·q + m`), whose dot adds `Σ m·s`.
-    const AFFINE: bool = false;
-    /// The block's min `m` (affine blocks).
-    fn min(&self) -> f32 {
-        0.0
-    }
 }
 
 impl PackedWeight for BlockQ4_0 {
     const SHIFT: u32 = 3;
-    fn scale(&self) -> f32 {
-        self.d.to_f32()
-    }
     fn unsigned(&self) -> [u8; 32] {
         nibbles(&self.qs)
     }
@@ -141,9 +130,6 @@ impl PackedWeight for BlockQ4_0 {
 
 impl PackedWeight for BlockQ5_0 {
     const SHIFT: u32 = 4;
-    fn scale(&self) -> f32 {
-        self.d.to_f32()
-    }
     fn unsigned(&self) -> [u8; 32] {
         with_fifth_bit(nibbles(&self.qs), self.qh)
     }
@@ -151,9 +137,6 @@ impl PackedWeight for BlockQ5_0 {
 
 impl PackedWeight for BlockQ8_0 {
     const SHIFT: u32 = 7;
-    fn scale(&self) -> f32 {
-        self.d.to_f32()
-    }
     fn unsigned(&self) -> [u8; 32] {
         std::array::from_fn(|j| (self.qs[j] as u8) ^ 0x80)
     }
@@ -162,9 +145,6 @@ impl PackedWeight for BlockQ8_0 {
 impl PackedWeight for BlockIQ4NL {
     /// The grid values `kvalues_iq4nl[i]` are in −127..113: offset by 128 as Q8_0's values.
     const SHIFT: u32 = 7;
-    fn scale(&self) -> f32 {
-        self.d.to_f32()
-    }
     fn unsigned(&self) -> [u8; 32] {
         let kv = &quantize::lowbit::KVALUES_IQ4NL;
         nibbles(&self.qs).map(|i| (kv[i as usize] as u8) ^ 0x80)
@@ -174,13 +154,6 @@ impl PackedWeight for BlockIQ4NL {
 impl PackedWeight for BlockQ4_1 {
     /// Unsigned already: no offset, no group sums.
     const SHIFT: u32 = 0;
-    const AFFINE: bool = true;
-    fn scale(&self) -> f32 {
-        self.d.to_f32()
-    }
-    fn min(&self) -> f32 {
-        self.m.to_f32()
-    }
     fn unsigned(&self) -> [u8; 32] {
         nibbles(&self.qs)
     }
@@ -188,13 +161,6 @@ impl PackedWeight for BlockQ4_1 {
 
 impl PackedWeight for BlockQ5_1 {
     const SHIFT: u32 = 0;
-    const AFFINE: bool = true;
-    fn scale(&self) -> f32 {
-        self.d.to_f32()
-    }
-    fn min(&self) -> f32 {
-        self.m.to_f32()
-    }
     fn unsigned(&self) -> [u8; 32] {
         with_fifth_bit(nibbles(&self.qs), self.qh)
     }
@@ -218,8 +184,8 @@ pub fn unpack_tiles<W: PackedWeight>(x: &[W], nb: usize, out: &mut [WeightTile])
                 o.u[k][r] =
                     u32::from_le_bytes([u[4 * k], u[4 * k + 1], u[4 * k + 2], u[4 * k + 3]]);
             }
-            o.d[r] = blk.scale();
-            o.m[r] = blk.min();
+            o.d[r] = blk.scale_f16().to_f32();
+            o.m[r] = blk.min_f16().to_f32();
         }
     }
 }

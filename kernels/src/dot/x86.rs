@@ -25,7 +25,7 @@ macro_rules! x86_kernels {
         use quantize::blocks::*;
 
         use super::scalar::{k4_min_term, k4_scales_mins, q2k_min_term};
-        use super::{ActSum, LegacyMin};
+        use super::{ActSum, LegacyBlock};
 
         /// f16 → f32 with F16C, inlined (the `half` crate's conversion is an out-of-line call that
         /// re-checks CPU features, a measurable cost once per block).
@@ -735,7 +735,7 @@ macro_rules! x86_kernels {
                         let v = b.map(|xb| $mul($bytes(xb), yv));
                         let d = _mm_mul_ps(h2f4(b.map(|xb| xb.d)), _mm_set1_ps(h2f(yb.d)));
                         acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
-                        if <$B as super::LegacyMin>::AFFINE {
+                        if <$B as super::LegacyBlock>::AFFINE {
                             let m = h2f4(b.map(|xb| xb.min_f16()));
                             acc = _mm_fmadd_ps(m, _mm_set1_ps(h2f(yb.sum_f16())), acc);
                         }
@@ -751,7 +751,7 @@ macro_rules! x86_kernels {
                     for (xb, yb) in x.iter().zip(y) {
                         let s = hsum_i32_8($mul($bytes(xb), load32(&yb.qs)));
                         acc = (h2f(xb.d) * h2f(yb.d)).mul_add(s as f32, acc);
-                        if <$B as super::LegacyMin>::AFFINE {
+                        if <$B as super::LegacyBlock>::AFFINE {
                             acc = h2f(xb.min_f16()).mul_add(h2f(yb.sum_f16()), acc);
                         }
                     }
@@ -768,7 +768,7 @@ macro_rules! x86_kernels {
                         let dy = h2f4([y[0][i].d, y[1][i].d, y[2][i].d, y[3][i].d]);
                         let d = _mm_mul_ps(_mm_set1_ps(h2f(xb.d)), dy);
                         acc = _mm_fmadd_ps(d, _mm_cvtepi32_ps(reduce4(v)), acc);
-                        if <$B as super::LegacyMin>::AFFINE {
+                        if <$B as super::LegacyBlock>::AFFINE {
                             let sy = h2f4(std::array::from_fn(|t| y[t][i].sum_f16()));
                             acc = _mm_fmadd_ps(_mm_set1_ps(h2f(xb.min_f16())), sy, acc);
                         }

@@ -294,12 +294,12 @@ pub unsafe fn gemm<const T: usize, const AFFINE: bool>(
             }
         }
         let dx = _mm512_load_ps(tile.d.as_ptr());
+        let m = _mm512_load_ps(tile.m.as_ptr());
         for t in 0..T {
             let yb = y[t].get_unchecked(b);
             let d = _mm512_mul_ps(dx, _mm512_set1_ps(yb.d));
             acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum[t]), acc[t]);
             if AFFINE {
-                let m = _mm512_load_ps(tile.m.as_ptr());
                 acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(yb.s), acc[t]);
             }
         }
@@ -377,6 +377,12 @@ pub unsafe fn pack_q8_0(y: &[BlockQ8_0], shift: u32, out: &mut [ActBlock]) {
     }
 }
 
+/// [`super::packed::pack_activations_q8_1`], in [`pack_q8_0`]'s shape (Q8_1's unsigned
+/// weights have no offset, so `shift` is unused).
+unsafe fn pack_q8_1(y: &[BlockQ8_1], _shift: u32, out: &mut [ActBlock]) {
+    super::packed::pack_activations_q8_1(y, out)
+}
+
 /// The weight types with these kernels.
 pub trait ZmmWeight: PackedWeight {
     /// The activation blocks (Q8_0, or Q8_1 for the affine types).
@@ -388,57 +394,64 @@ pub trait ZmmWeight: PackedWeight {
     unsafe fn dot(x: &[Self], y: &[Self::Act]) -> f32;
     /// Two blocks' values as unsigned bytes `q + c`, in value order.
     unsafe fn unsigned2(a: &Self, b: &Self) -> __m512i;
-    /// The block's scale, as stored.
-    fn scale_f16(&self) -> f16;
-    /// The block's min, as stored (affine types).
-    fn min_f16(&self) -> f16 {
-        f16::ZERO
-    }
 }
 
 macro_rules! zmm_weight {
-    ($B:ty, Q8_0, $dot:ident, $unsigned:ident) => {
+    ($B:ty, $A:ty, $pack:ident, $dot:ident, $unsigned:ident) => {
         impl ZmmWeight for $B {
-            type Act = BlockQ8_0;
-            unsafe fn pack(y: &[BlockQ8_0], out: &mut [ActBlock]) {
-                pack_q8_0(y, Self::SHIFT, out)
+            type Act = $A;
+            unsafe fn pack(y: &[$A], out: &mut [ActBlock]) {
+                $pack(y, Self::SHIFT, out)
             }
-            unsafe fn dot(x: &[Self], y: &[BlockQ8_0]) -> f32 {
+            unsafe fn dot(x: &[Self], y: &[$A]) -> f32 {
                 super::avx512::$dot(x, y)
             }
             unsafe fn unsigned2(a: &Self, b: &Self) -> __m512i {
                 $unsigned(a, b)
-            }
-            fn scale_f16(&self) -> f16 {
-                self.d
-            }
-        }
-    };
-    ($B:ty, Q8_1, $dot:ident, $unsigned:ident) => {
-        impl ZmmWeight for $B {
-            type Act = BlockQ8_1;
-            unsafe fn pack(y: &[BlockQ8_1], out: &mut [ActBlock]) {
-                super::packed::pack_activations_q8_1(y, out)
-            }
-            unsafe fn dot(x: &[Self], y: &[BlockQ8_1]) -> f32 {
-                super::avx512::$dot(x, y)
-            }
-            unsafe fn unsigned2(a: &Self, b: &Self) -> __m512i {
-                $unsigned(a, b)
-            }
-            fn scale_f16(&self) -> f16 {
-                self.d
-            }
-            fn min_f16(&self) -> f16 {
-                self.m
             }
         }
     };
 }
 
-zmm_weight!(BlockQ4_0, Q8_0, vec_dot_q4_0_q8_0, unsigned_q4_0);
-zmm_weight!(BlockQ5_0, Q8_0, vec_dot_q5_0_q8_0, unsigned_q5_0);
-zmm_weight!(BlockQ8_0, Q8_0, vec_dot_q8_0_q8_0, unsigned_q8_0);
-zmm_weight!(BlockIQ4NL, Q8_0, vec_dot_iq4_nl_q8_0, unsigned_iq4_nl);
-zmm_weight!(BlockQ4_1, Q8_1, vec_dot_q4_1_q8_1, unsigned_q4_1);
-zmm_weight!(BlockQ5_1, Q8_1, vec_dot_q5_1_q8_1, unsigned_q5_1);
+zmm_weight!(
+    BlockQ4_0,
+    BlockQ8_0,
+    pack_q8_0,
+    vec_dot_q4_0_q8_0,
+    unsigned_q4_0
+);
+zmm_weight!(
+    BlockQ5_0,
+    BlockQ8_0,
+    pack_q8_0,
+    vec_dot_q5_0_q8_0,
+    unsigned_q5_0
+);
+zmm_weight!(
+    BlockQ8_0,
+    BlockQ8_0,
+    pack_q8_0,
+    vec_dot_q8_0_q8_0,
+    unsigned_q8_0
+);
+zmm_weight!(
+    BlockIQ4NL,
+    BlockQ8_0,
+    pack_q8_0,
+    vec_dot_iq4_nl_q8_0,
+    unsigned_iq4_nl
+);
+zmm_weight!(
+    BlockQ4_1,
+    BlockQ8_1,
+    pack_q8_1,
+    vec_dot_q4_1_q8_1,
+    unsigned_q4_1
+);
+zmm_weight!(
+    BlockQ5_1,
+    BlockQ8_1,
+    pack_q8_1,
+    vec_dot_q5_1_q8_1,
+    unsigned_q5_1
+);
