@@ -26,7 +26,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use calibrate::masks::THRESHOLDS;
+use calibrate::masks::{CurveSum, THRESHOLDS};
 use kernels::{forward, ForwardOptions, Logits, MatKind, Observer, State};
 
 const BLOCK: usize = 64;
@@ -42,30 +42,21 @@ const CUTS: [f32; 14] = [
     0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0,
 ];
 
-/// Σ coverage, Σ keys, Σ causal keys, queries, for one head and one parameter.
-#[derive(Clone, Copy, Default)]
-struct Sum {
-    cov: f64,
-    keys: f64,
-    causal: f64,
-    n: f64,
-}
-
-impl Sum {
-    fn add(&mut self, cov: f64, keys: usize, causal: usize) {
-        self.cov += cov.min(1.0);
-        self.keys += keys as f64;
-        self.causal += causal as f64;
-        self.n += 1.0;
-    }
+/// Adds one query's outcome (share of its true attention kept, keys computed, causal keys) to
+/// a rule's sums at one parameter.
+fn add(s: &mut CurveSum, coverage: f64, keys: usize, causal: usize) {
+    s.coverage += coverage.min(1.0);
+    s.keys += keys as f64;
+    s.causal += causal as f64;
+    s.n += 1.0;
 }
 
 /// Per head: one row of sums per rule, one sum per parameter; and the block mass matrix.
 struct Head {
-    oracle: Vec<Sum>,
-    quest: Vec<Sum>,
-    true_stop: Vec<Sum>,
-    cut: Vec<Sum>,
+    oracle: Vec<CurveSum>,
+    quest: Vec<CurveSum>,
+    true_stop: Vec<CurveSum>,
+    cut: Vec<CurveSum>,
     mass: Vec<f64>,
 }
 
@@ -119,7 +110,7 @@ impl Observer for Estimators {
             }
         }
         // Blocks added in `order` until the true mass reaches each level.
-        let until = |order: &[usize], sums: &mut [Sum]| {
+        let until = |order: &[usize], sums: &mut [CurveSum]| {
             for (s, &t) in sums.iter_mut().zip(LEVELS.iter()) {
                 let (mut cov, mut keys) = (base, base_keys);
                 for &kb in order {
@@ -129,7 +120,7 @@ impl Observer for Estimators {
                     cov += mass[kb];
                     keys += keys_of(kb);
                 }
-                s.add(cov, keys, causal);
+                add(s, cov, keys, causal);
             }
         };
         let mut by_mass = cand.clone();
@@ -145,7 +136,7 @@ impl Observer for Estimators {
                 cov += mass[kb];
                 keys += keys_of(kb);
             }
-            s.add(cov, keys, causal);
+            add(s, cov, keys, causal);
         }
         let mut keep = vec![false; qb + 1];
         let mut scratch = kernels::SelectScratch::default();
@@ -153,18 +144,18 @@ impl Observer for Estimators {
             kernels::select_blocks(&est, qb, SINK, WINDOW, th, &mut keep, &mut scratch);
             let kept = (0..=qb).filter(|&kb| keep[kb]);
             let cov = kept.clone().map(|kb| mass[kb]).sum();
-            s.add(cov, kept.map(keys_of).sum(), causal);
+            add(s, cov, kept.map(keys_of).sum(), causal);
         }
     }
 }
 
 /// One set per query block from `pred` rows (`[qb][kb]`), applied to the true `mass` rows:
 /// per level, (mean coverage over query blocks, density).
-fn block_rule(mass: &[f64], pred: impl Fn(usize) -> usize, n: usize) -> Vec<Sum> {
+fn block_rule(mass: &[f64], pred: impl Fn(usize) -> usize, n: usize) -> Vec<CurveSum> {
     LEVELS
         .iter()
         .map(|&t| {
-            let mut s = Sum::default();
+            let mut s = CurveSum::default();
             for qb in SINK + WINDOW..n {
                 let row = &mass[qb * n..qb * n + qb + 1];
                 let p = &mass[pred(qb) * n..pred(qb) * n + qb + 1];
@@ -184,7 +175,7 @@ fn block_rule(mass: &[f64], pred: impl Fn(usize) -> usize, n: usize) -> Vec<Sum>
                 let cov: f64 = (0..=qb).filter(|&kb| keep[kb]).map(|kb| row[kb]).sum();
                 // Row mass is one per query: weight the block's coverage by its queries.
                 let queries = BLOCK as f64;
-                s.cov += cov / total * queries;
+                s.coverage += cov / total * queries;
                 s.keys += keep.iter().filter(|&&k| k).count() as f64 * queries;
                 s.causal += (qb + 1) as f64 * queries;
                 s.n += queries;
@@ -196,12 +187,12 @@ fn block_rule(mass: &[f64], pred: impl Fn(usize) -> usize, n: usize) -> Vec<Sum>
 
 /// Mean over heads of the density (and coverage) of each head's cheapest parameter reaching
 /// `target`; a head no parameter satisfies counts as dense.
-fn at_target(curves: &[Vec<Sum>], target: f64) -> (f64, f64) {
+fn at_target(curves: &[Vec<CurveSum>], target: f64) -> (f64, f64) {
     let (mut d, mut c) = (0.0, 0.0);
     for cv in curves {
         let p = cv
             .iter()
-            .map(|s| (s.cov / s.n.max(1.0), s.keys / s.causal.max(1.0)))
+            .map(|s| (s.coverage / s.n.max(1.0), s.keys / s.causal.max(1.0)))
             .filter(|&(cov, _)| cov >= target)
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap_or((1.0, 1.0));
@@ -242,10 +233,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         heads: (0..c.n_layers * c.n_heads)
             .map(|_| {
                 Mutex::new(Head {
-                    oracle: vec![Sum::default(); LEVELS.len()],
-                    quest: vec![Sum::default(); THRESHOLDS.len()],
-                    true_stop: vec![Sum::default(); LEVELS.len()],
-                    cut: vec![Sum::default(); CUTS.len()],
+                    oracle: vec![CurveSum::default(); LEVELS.len()],
+                    quest: vec![CurveSum::default(); THRESHOLDS.len()],
+                    true_stop: vec![CurveSum::default(); LEVELS.len()],
+                    cut: vec![CurveSum::default(); CUTS.len()],
                     mass: vec![0.0; n_blocks * n_blocks],
                 })
             })
@@ -270,7 +261,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|(i, _)| c.window(i / c.n_heads).is_none())
         .map(|(_, h)| h.into_inner().unwrap())
         .collect();
-    let rules: Vec<(&str, Vec<Vec<Sum>>)> = vec![
+    let rules: Vec<(&str, Vec<Vec<CurveSum>>)> = vec![
         ("oracle", heads.iter().map(|h| h.oracle.clone()).collect()),
         ("quest", heads.iter().map(|h| h.quest.clone()).collect()),
         (
