@@ -103,11 +103,24 @@ fn more_than_half_the_ram_converts_and_quantizes_in_bounded_memory() {
     }
     let (total, largest) = bytes_of(&spec);
     spec.shards = (total / (4 << 30) + 1) as usize;
+    // Disk: the checkpoint plus the largest output (F16: half of it; Q8_0: 34/128) plus slack.
     let free = fs_free(tmp.path());
-    let need = total + total / 2 + (1 << 30);
-    if free < need {
+    let slack = 512 << 20;
+    let need_q8 = total + total * 34 / 128 + slack;
+    let need_f16 = total + total / 2 + slack;
+    if free < need_q8 {
         panic!(
-            "{need} bytes of free disk needed under {}, {free} available",
+            "{need_q8} bytes of free disk needed under {}, {free} available",
+            tmp.path().display()
+        );
+    }
+    // Without room for the F16 output the F16 conversion is skipped, loudly (`.ci/run` shows
+    // this test's output); its streaming is still checked at 2.7 GB by the test above, and
+    // quantizing reads the checkpoint the same way.
+    let with_f16 = free >= need_f16;
+    if !with_f16 {
+        eprintln!(
+            "SKIPPED convert f16 at this size: {need_f16} bytes of free disk needed under {}, {free} available",
             tmp.path().display()
         );
     }
@@ -152,6 +165,9 @@ fn more_than_half_the_ram_converts_and_quantizes_in_bounded_memory() {
             ],
         ),
     ] {
+        if what == "convert f16" && !with_f16 {
+            continue;
+        }
         let (rss, secs) = kiln_peak_rss(&args);
         eprintln!(
             "{what}: peak RSS {:.0} MB (bound {:.0} MB) in {secs:.0}s",
