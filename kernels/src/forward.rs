@@ -182,7 +182,8 @@ pub struct AttentionCounts {
     pub causal_keys: std::sync::atomic::AtomicU64,
     /// Key positions scored (the union of a query tile's blocks, per query).
     pub computed_keys: std::sync::atomic::AtomicU64,
-    /// Nanoseconds spent choosing blocks (content-aware masks: bounds and selection).
+    /// Nanoseconds spent choosing blocks (content-aware masks: bounds and selection), summed
+    /// over the threads that ran attention (thread time, not wall time).
     pub selection_ns: std::sync::atomic::AtomicU64,
     /// Key blocks whose bound a query computed (content-aware masks).
     pub selection_blocks: std::sync::atomic::AtomicU64,
@@ -200,7 +201,7 @@ impl AttentionCounts {
         }
     }
 
-    /// Seconds spent choosing blocks.
+    /// Thread-seconds spent choosing blocks (summed over threads).
     pub fn selection_s(&self) -> f64 {
         self.selection_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
     }

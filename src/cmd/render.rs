@@ -514,7 +514,7 @@ th:first-child, td:first-child {{ text-align: left; }} tr.fail td {{ background:
 /// against dense attention, and attention, prefill and decode speed-ups over dense measured in
 /// the same run; the shipped point marked.
 pub fn mask_curve_md(curve: &[MaskPoint]) -> String {
-    let mut s = String::from("| kind | setting | ctx | density | scored | cost | KLD vs dense | KLD p99 | top-1 | attention s | ×attention | ×prefill | selection s | decode t/s | ×decode | |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    let mut s = String::from("| kind | setting | ctx | density | scored | cost | KLD vs dense | KLD p99 | top-1 | attention s | ×attention | ×prefill | selection thread-s | decode t/s | ×decode | |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
     for p in curve {
         s += &format!(
             "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.5} | {:.4} | {:.2} % | {:.2} | {:.2}× | {:.2}× | {:.3} | {} | {} | {} |\n",

@@ -51,8 +51,8 @@ pub struct BenchResult {
     /// Keys attended over causal keys in the prefill (1 without a mask).
     #[serde(default = "one")]
     pub pp_density: f64,
-    /// Seconds choosing key blocks during one prefill (content-aware masks; part of
-    /// `pp_attention_s`).
+    /// Thread-seconds choosing key blocks during one prefill (content-aware masks), summed
+    /// over the threads: about `threads` × its part of `pp_attention_s`.
     #[serde(default)]
     pub pp_selection_s: f64,
 }
@@ -219,7 +219,8 @@ pub struct MaskPoint {
     pub attention_s: f64,
     /// Seconds of the prefills without the logits.
     pub prefill_s: f64,
-    /// Seconds choosing blocks (content-aware masks), part of `attention_s`.
+    /// Thread-seconds choosing blocks (content-aware masks), summed over the threads attention
+    /// runs on: its share of `attention_s` (wall seconds) is about this / the thread count.
     pub selection_s: f64,
     /// Dense over this point's attention and prefill seconds, in the same run.
     pub attention_speedup: f64,
