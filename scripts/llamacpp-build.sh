@@ -19,6 +19,22 @@ base=.baseline
 src="$base/llama_cpp_python-$version/vendor/llama.cpp"
 bin="$src/build/bin"
 mkdir -p "$base"
+# One build at a time (tests that need the tools run in parallel).
+exec 9>"$base/.build-lock"
+flock 9
+
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
+config=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF
+  -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_FMA=$(has fma) -DGGML_F16C=$(has f16c)
+  -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VNNI=$(has avx512_vnni)
+  -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF)
+# Tools built for other CPU flags (a cached .baseline/ that moved machines, or one from before
+# this record) are built again: they could use instructions this CPU lacks.
+if [ -d "$src/build" ] && [ "$(cat "$src/build/kiln-config" 2>/dev/null)" != "${config[*]}" ]; then
+  rm -rf "$src/build"
+fi
 
 need=()
 for t in "${tools[@]}"; do [ -x "$bin/$t" ] || need+=("$t"); done
@@ -41,14 +57,8 @@ PY
     { echo "llamacpp-build: $tarball has the wrong SHA-256" >&2; rm -f "$tarball"; exit 1; }
   [ -d "$src" ] || tar -xzf "$tarball" -C "$base"
   command -v cmake >/dev/null || python3 -m pip install --quiet cmake
-  flags=$(grep -m1 '^flags' /proc/cpuinfo)
-  has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
-  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-    -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_FMA=$(has fma) -DGGML_F16C=$(has f16c) \
-    -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VNNI=$(has avx512_vnni) \
-    -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
-    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-    >"$base/cmake.log" 2>&1
+  mkdir -p "$src/build" && echo "${config[*]}" >"$src/build/kiln-config"
+  cmake -S "$src" -B "$src/build" "${config[@]}" >"$base/cmake.log" 2>&1
   cmake --build "$src/build" --target "${need[@]}" -j"$(nproc)" >"$base/build.log" 2>&1 ||
     { echo "llamacpp-build: building ${need[*]} failed, see $base/build.log" >&2; exit 1; }
 fi
