@@ -198,6 +198,25 @@ pub struct CurveSum {
     pub n: f64,
 }
 
+impl CurveSum {
+    /// Adds one query: the share of its true attention kept (at most 1 is counted), the keys
+    /// it attended and its causal keys.
+    pub fn add(&mut self, coverage: f64, keys: usize, causal: usize) {
+        self.coverage += coverage.min(1.0);
+        self.keys += keys as f64;
+        self.causal += causal as f64;
+        self.n += 1.0;
+    }
+
+    /// (mean coverage, density) over the queries added.
+    pub fn mean(&self) -> (f64, f64) {
+        (
+            self.coverage / self.n.max(1.0),
+            self.keys / self.causal.max(1.0),
+        )
+    }
+}
+
 impl AttentionStats {
     /// Statistics for sequences of `ctx` tokens in blocks of `block`.
     pub fn new(n_layers: usize, n_heads: usize, ctx: usize, block: usize) -> Self {
@@ -230,7 +249,7 @@ impl AttentionStats {
             .lock()
             .unwrap()
             .iter()
-            .map(|c| (c.coverage / c.n.max(1.0), c.keys / c.causal.max(1.0)))
+            .map(CurveSum::mean)
             .collect()
     }
 
@@ -290,7 +309,7 @@ impl Observer for AttentionStats {
 /// [`kernels::select_blocks`] keeps for `bounds` (the query's scaled Quest bounds of the
 /// complete key blocks), and the share of the query's true attention (`mass` per key block,
 /// summing to 1) they hold.
-fn selection_curve(
+pub fn selection_curve(
     bounds: &[f32],
     mass: &[f64],
     q_pos: usize,
@@ -310,10 +329,7 @@ fn selection_curve(
             cov += mass[kb];
             keys += keys_of(kb);
         }
-        s.coverage += cov.min(1.0);
-        s.keys += keys as f64;
-        s.causal += (q_pos + 1) as f64;
-        s.n += 1.0;
+        s.add(cov, keys, q_pos + 1);
     }
 }
 

@@ -26,7 +26,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use calibrate::masks::{CurveSum, THRESHOLDS};
+use calibrate::masks::{selection_curve, CurveSum, THRESHOLDS};
 use kernels::{forward, ForwardOptions, Logits, MatKind, Observer, State};
 
 const BLOCK: usize = 64;
@@ -41,15 +41,6 @@ const LEVELS: [f64; 16] = [
 const CUTS: [f32; 14] = [
     0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0,
 ];
-
-/// Adds one query's outcome (share of its true attention kept, keys computed, causal keys) to
-/// a rule's sums at one parameter.
-fn add(s: &mut CurveSum, coverage: f64, keys: usize, causal: usize) {
-    s.coverage += coverage.min(1.0);
-    s.keys += keys as f64;
-    s.causal += causal as f64;
-    s.n += 1.0;
-}
 
 /// Per head: one row of sums per rule, one sum per parameter; and the block mass matrix.
 struct Head {
@@ -120,7 +111,7 @@ impl Observer for Estimators {
                     cov += mass[kb];
                     keys += keys_of(kb);
                 }
-                add(s, cov, keys, causal);
+                s.add(cov, keys, causal);
             }
         };
         let mut by_mass = cand.clone();
@@ -136,16 +127,10 @@ impl Observer for Estimators {
                 cov += mass[kb];
                 keys += keys_of(kb);
             }
-            add(s, cov, keys, causal);
+            s.add(cov, keys, causal);
         }
-        let mut keep = vec![false; qb + 1];
-        let mut scratch = kernels::SelectScratch::default();
-        for (s, &th) in h.quest.iter_mut().zip(THRESHOLDS.iter()) {
-            kernels::select_blocks(&est, qb, SINK, WINDOW, th, &mut keep, &mut scratch);
-            let kept = (0..=qb).filter(|&kb| keep[kb]);
-            let cov = kept.clone().map(|kb| mass[kb]).sum();
-            add(s, cov, kept.map(keys_of).sum(), causal);
-        }
+        // kiln's selection, summed as `kiln masks` calibrates it.
+        selection_curve(&est, &mass, q_pos, BLOCK, SINK, WINDOW, &mut h.quest);
     }
 }
 
@@ -192,7 +177,7 @@ fn at_target(curves: &[Vec<CurveSum>], target: f64) -> (f64, f64) {
     for cv in curves {
         let p = cv
             .iter()
-            .map(|s| (s.coverage / s.n.max(1.0), s.keys / s.causal.max(1.0)))
+            .map(CurveSum::mean)
             .filter(|&(cov, _)| cov >= target)
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap_or((1.0, 1.0));
